@@ -1,0 +1,190 @@
+"""ImprovementLoop: the long-lived object a team applies for one served model.
+
+It names the model's Deployment, the signals that say whether it is healthy, where feedback comes from, and the
+policies that bound what Kaizen may do; it owns the RetrainJobs and Rollouts it creates and logs every decision.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kaizen.api.common import (
+    CommonStatus, Duration, KaizenModel, ModelRef, Name, SecretKeyRef, TargetRef, bounds_rule, cel, nested,
+    validations,
+)
+from kaizen.api.retrainjob import GATES_FIELD, FeedbackCategory, Gate, RetrainTemplate
+from kaizen.api.rollout import RolloutTemplate
+
+Approval = Literal["Automatic", "Manual"]
+
+
+class PrometheusSpec(KaizenModel):
+    """Where the signals and the canary analysis are read from."""
+
+    url: str = Field(
+        max_length=1024, pattern=r"^https?://[^\s]+$", description="Base URL of the Prometheus HTTP API."
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a bearer token sent with every query."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="Skip TLS certificate verification (tests only).")
+
+
+class Signal(KaizenModel):
+    """A health signal: a PromQL query whose value must stay within [min, max]."""
+
+    name: Name = Field(description="Name shown in status and in decisions.")
+    query: str = Field(
+        min_length=1, max_length=4096,
+        description="PromQL returning one number, e.g. a 5xx ratio or a satisfaction ratio from the collector's "
+        "kaizen_feedback_total. Placeholders {{namespace}}, {{target}} and {{version}} are filled in.",
+    )
+    min: float | None = Field(default=None, description="The signal breaches when it falls below this.")
+    max: float | None = Field(default=None, description="The signal breaches when it rises above this.")
+    for_: Duration = Field(
+        default="5m", alias="for",
+        description="How long a breach must be sustained before it counts (and how long it must be clear before it "
+        "clears).",
+    )
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("has(self.min) || has(self.max)", "a signal needs min or max"), bounds_rule("min", "max")
+        )
+    }
+
+
+class FeedbackSpec(KaizenModel):
+    """Where explicit user feedback comes from (the Kaizen collector) and how much is needed to retrain."""
+
+    collector_url: str = Field(
+        alias="collectorURL", max_length=1024, pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Kaizen collector.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a collector token with the read scope."
+    )
+    min_new_items: int = Field(
+        default=50, ge=0, le=10_000_000,
+        description="Consented negative feedback items since the last retrain needed before retraining.",
+    )
+    categories: list[FeedbackCategory] = Field(
+        default_factory=list, max_length=6, description="Feedback categories that count; all when empty."
+    )
+    require_consent: bool = Field(
+        default=True,
+        description="Use only feedback whose subject consented to training use. Turning this off is recorded in "
+        "every decision.",
+    )
+
+
+class ApprovalPolicy(KaizenModel):
+    """Which actions wait for a human (`kaizen approve`); Kubernetes RBAC on the loop decides who may approve."""
+
+    retrain: Approval = Field(default="Automatic", description="Automatic or Manual approval of retrains.")
+    promote: Approval = Field(default="Automatic", description="Automatic or Manual approval of promotions.")
+
+
+class Policy(KaizenModel):
+    """Limits on what the loop may do on its own."""
+
+    cooldown: Duration = Field(default="24h", description="Minimum time between two retrains.")
+    max_retrains_per_week: int = Field(default=3, ge=0, le=1000, description="Retrains allowed per rolling week.")
+    gpu_hours_per_week: float = Field(
+        default=24, ge=0, le=100_000, description="GPU hours allowed per rolling week (summed from RetrainJobs)."
+    )
+    approval: ApprovalPolicy = nested(ApprovalPolicy, "Which actions wait for a human.")
+    paused: bool = Field(default=False, description="Observe and record, but take no action.")
+    max_consecutive_failures: int = Field(
+        default=3, ge=1, le=100, description="Failed retrains or rollouts in a row before the loop stops (Degraded)."
+    )
+    successful_history_limit: int = Field(
+        default=5, ge=0, le=100, description="Finished RetrainJobs and Rollouts that succeeded to keep."
+    )
+    failed_history_limit: int = Field(
+        default=5, ge=0, le=100, description="Finished RetrainJobs and Rollouts that failed to keep."
+    )
+
+
+class ImprovementLoopSpec(KaizenModel):
+    """The desired improvement loop of one served model."""
+
+    target: TargetRef = Field(description="The Deployment serving the model.")
+    model: ModelRef | None = Field(
+        default=None, description="The model served when the loop is created; later, the last promoted candidate "
+        "(see status.model).",
+    )
+    prometheus: PrometheusSpec = Field(description="Prometheus holding the serving telemetry.")
+    signals: list[Signal] = Field(
+        min_length=1, max_length=32, description="Health signals; a sustained breach is what triggers action.",
+        json_schema_extra=validations(
+            cel("self.all(s, self.exists_one(t, t.name == s.name))", "signal names must be unique")
+        ),
+    )
+    feedback: FeedbackSpec | None = Field(default=None, description="Explicit user feedback from the collector.")
+    interval: Duration = Field(default="1m", description="How often signals and feedback are observed.")
+    policy: Policy = nested(Policy, "Limits, budgets and approvals.")
+    retrain: RetrainTemplate = Field(description="How to retrain; every RetrainJob the loop creates starts from it.")
+    gates: list[Gate] = GATES_FIELD
+    rollout: RolloutTemplate = nested(RolloutTemplate, "How to roll out a candidate that passed its gates.")
+
+
+LoopPhase = Literal["Observing", "Retraining", "RollingOut", "CoolingDown", "AwaitingApproval", "Paused", "Degraded"]
+SignalState = Literal["Healthy", "Breached", "Unknown"]
+
+
+class SignalStatus(KaizenModel):
+    """A signal as last observed."""
+
+    name: str = Field(max_length=63, description="The signal.")
+    value: float | None = Field(default=None, description="Last value; absent when Prometheus returned no data.")
+    state: SignalState = Field(description="Healthy, Breached (sustained for 'for') or Unknown (no data).")
+    since: datetime | None = Field(default=None, description="When the signal entered this state.")
+
+
+class Candidate(ModelRef):
+    """A model on its way: produced by a RetrainJob, rolled out by a Rollout."""
+
+    retrain_job: str | None = Field(default=None, max_length=253, description="The RetrainJob that produced it.")
+    rollout: str | None = Field(default=None, max_length=253, description="The Rollout releasing it.")
+
+
+class ServedModel(ModelRef):
+    """The model the loop serves."""
+
+    since: datetime | None = Field(default=None, description="When it was promoted.")
+
+
+class Budget(KaizenModel):
+    """Use of the policy's weekly budgets over the last seven days."""
+
+    retrains: int = Field(default=0, ge=0, description="Retrains started in the last seven days.")
+    gpu_hours: float = Field(default=0, ge=0, description="GPU hours consumed in the last seven days.")
+
+
+class Decision(KaizenModel):
+    """One entry of the decision log: what was decided, why, on what evidence, and what came of it."""
+
+    id: str = Field(max_length=128, description="Decision id, also in the child's spec.reason and the audit log.")
+    time: datetime = Field(description="When the decision was made.")
+    action: str = Field(max_length=63, description="Nothing, Wait, Retrain, Rollback, RollOut, AwaitApproval, ...")
+    reason: str = Field(max_length=1024, description="Why, in one sentence.")
+    evidence: dict[str, Any] = Field(default_factory=dict, description="The numbers the decision rested on.")
+    outcome: str | None = Field(default=None, max_length=1024, description="What came of it, once known.")
+
+
+class ImprovementLoopStatus(CommonStatus):
+    """Observed state of an ImprovementLoop."""
+
+    phase: LoopPhase | None = Field(default=None, description="What the loop is doing now.")
+    model: ServedModel | None = Field(default=None, description="The model served now.")
+    candidate: Candidate | None = Field(default=None, description="The candidate in training or rollout, if any.")
+    signals: list[SignalStatus] = Field(default_factory=list, max_length=32, description="Signals as last observed.")
+    budget: Budget | None = Field(default=None, description="Use of the weekly budgets.")
+    decisions: list[Decision] = Field(
+        default_factory=list, max_length=50, description="Decision log, newest first (bounded; the collector's "
+        "audit log keeps all)."
+    )

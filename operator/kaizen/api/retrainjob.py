@@ -1,0 +1,257 @@
+"""RetrainJob: one targeted retraining, and the pieces of it an ImprovementLoop templates.
+
+A RetrainJob trains a candidate from the baseline on curated data (targeted slices from feedback, mixed with
+replay data), evaluates candidate and baseline on the same holdout, and judges the candidate against ``gates``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kaizen.api.common import (
+    IMMUTABLE, CommonStatus, DNSLabel, Duration, KaizenModel, ModelRef, Name, Reason, bounds_rule, cel, nested,
+    validations,
+)
+
+Task = Literal["causal-lm", "sequence-classification"]
+FeedbackCategory = Literal["incorrect", "unhelpful", "unsafe", "tone", "feature_request", "other"]
+#: Metrics the trainer reports for candidate and baseline alike; gates name one of them.
+GateMetric = Literal[
+    "accuracy", "exactMatch", "loss", "perplexity", "latencyP50Ms", "latencyP95Ms", "safetyViolationRate",
+    "cohortGap",
+]
+EvalSet = Literal["holdout", "regression", "stress"]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class DataSource(KaizenModel):
+    """A dataset of JSONL examples."""
+
+    uri: str = Field(
+        min_length=1, max_length=1024, pattern=r"^(/|file://|s3://|https?://|pvc://)",
+        description="Location: an absolute path in the trainer pod (a mounted volume), file://, pvc://<claim>/<path>,"
+        " s3:// (through fsspec) or http(s)://.",
+    )
+    sha256: str | None = Field(
+        default=None, pattern=r"^[a-f0-9]{64}$", description="Expected sha256 of the file; the trainer refuses a mismatch."
+    )
+
+
+class DataSpec(KaizenModel):
+    """Which data a retrain uses and how it is mixed."""
+
+    replay: list[DataSource] = Field(
+        default_factory=list, max_length=16,
+        description="Replay (base) datasets mixed into training so the model does not forget what it knew.",
+    )
+    holdout: DataSource | None = Field(
+        default=None, description="Held-out evaluation set; when omitted, holdout rows are drawn from the data by a "
+        "stable hash of the example id.",
+    )
+    regression: DataSource | None = Field(default=None, description="Golden regression suite that must not regress.")
+    use_feedback: bool = Field(
+        default=True, description="Include consented corrections exported by the collector as targeted examples."
+    )
+    targeted_ratio: float = Field(
+        default=0.5, ge=0, le=1, description="Share of targeted (feedback-derived) rows in the training mix."
+    )
+    max_slice_share: float = Field(
+        default=0.5, gt=0, le=1, description="Cap on any one slice's share of training rows, so no slice dominates."
+    )
+    holdout_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Fraction of example ids assigned to the holdout by stable hash."
+    )
+    min_rows: int = Field(default=32, ge=1, le=10_000_000, description="Fewer training rows than this fails the job.")
+
+
+class Targets(KaizenModel):
+    """The scenarios a retrain targets: what regressed, taken from the feedback backlog."""
+
+    categories: list[FeedbackCategory] = Field(
+        default_factory=list, max_length=6, description="Feedback categories to target."
+    )
+    scenarios: list[Label] = Field(
+        default_factory=list, max_length=64, description="Scenario (intent) labels to target."
+    )
+    cohorts: list[Label] = Field(
+        default_factory=list, max_length=64, description="User cohorts to target."
+    )
+
+
+class Hyperparameters(KaizenModel):
+    """Fine-tuning settings."""
+
+    epochs: float = Field(default=1.0, gt=0, le=100, description="Passes over the training mix.")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Stop after this many steps.")
+    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="Peak learning rate.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Examples per step per device.")
+    max_length: int = Field(default=512, ge=8, le=131072, description="Token limit per example.")
+    checkpoint_every_steps: int = Field(
+        default=100, ge=1, le=1_000_000, description="Write a checkpoint this often; a restarted pod resumes from it."
+    )
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Random seed, for reproducible runs.")
+
+
+class Toleration(KaizenModel):
+    """A pod toleration (corev1.Toleration)."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(KaizenModel):
+    """Compute for the training pod."""
+
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs to request; 0 trains on CPU.")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu", max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
+        description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, ...).",
+    )
+    cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=16, description="CPU request.")
+    memory: str = Field(
+        default="8Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=16,
+        description="Memory request and limit.",
+    )
+
+
+class RetrainTemplate(KaizenModel):
+    """How to retrain: the part of a RetrainJob an ImprovementLoop fills in for every retrain it starts."""
+
+    image: str = Field(
+        min_length=1, max_length=512, description="Trainer image (built from trainer-image/ in this repository)."
+    )
+    task: Task = Field(default="causal-lm", description="causal-lm (prompt -> response) or sequence-classification.")
+    base_model: ModelRef | None = Field(
+        default=None,
+        description="Model to fine-tune when the loop has no promoted model yet; later retrains start from the "
+        "model currently served.",
+    )
+    data: DataSpec = nested(DataSpec, "Training and evaluation data and how they are mixed.")
+    hyperparameters: Hyperparameters = nested(Hyperparameters, "Fine-tuning settings.")
+    resources: Resources = nested(Resources, "Compute for the training pod.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the training pod must match.",
+        json_schema_extra={"maxProperties": 32},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of the training pod (e.g. for GPU taints)."
+    )
+    queue_name: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
+        description="Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label.",
+    )
+    output_uri: str = Field(
+        alias="outputURI", min_length=1, max_length=1024, pattern=r"^(/|file://|s3://|pvc://)",
+        description="Where candidate models, metrics, dataset manifests and model cards are written; each job writes "
+        "under <outputURI>/<namespace>/<job name>/.",
+    )
+    backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed training pod.")
+    active_deadline: Duration = Field(default="6h", description="Hard time limit of the training Job.")
+
+
+class Gate(KaizenModel):
+    """One release criterion: a metric of the candidate, absolute or relative to the baseline on the same data."""
+
+    metric: GateMetric = Field(description="Metric reported by the trainer for candidate and baseline.")
+    dataset: EvalSet = Field(default="holdout", description="Evaluation set: holdout, regression or stress.")
+    cohort: str | None = Field(
+        default=None, max_length=128, description="Judge the metric on this cohort only; overall when omitted."
+    )
+    min: float | None = Field(default=None, description="Candidate value must be at least this.")
+    max: float | None = Field(default=None, description="Candidate value must be at most this.")
+    min_delta: float | None = Field(
+        default=None, description="Candidate minus baseline must be at least this (e.g. 0 = no regression)."
+    )
+    max_delta: float | None = Field(default=None, description="Candidate minus baseline must be at most this.")
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.min) || has(self.max) || has(self.minDelta) || has(self.maxDelta)",
+                "a gate needs at least one of min, max, minDelta, maxDelta",
+            ),
+            bounds_rule("min", "max"),
+            bounds_rule("minDelta", "maxDelta"),
+        )
+    }
+
+
+GATES_FIELD = Field(
+    default_factory=list, max_length=32,
+    description="Release criteria; a candidate that fails any is not rolled out.",
+)
+
+
+class RetrainJobSpec(RetrainTemplate):
+    """A targeted retraining of the baseline model, evaluated and gated against it."""
+
+    reason: Reason = Field(description="Why this retrain exists (immutable).", json_schema_extra=IMMUTABLE)
+    baseline: ModelRef = Field(description="Model to start from and to compare the candidate against.")
+    targets: Targets = nested(Targets, "What regressed: the slices to curate targeted data for.")
+    gates: list[Gate] = GATES_FIELD
+
+
+RetrainPhase = Literal["Pending", "Training", "Evaluating", "Succeeded", "Failed"]
+Verdict = Literal["Passed", "Failed"]
+
+
+class DatasetSource(KaizenModel):
+    """One input of a dataset, as read."""
+
+    uri: str = Field(max_length=1024, description="Where it was read from.")
+    sha256: str = Field(max_length=64, description="sha256 of the bytes read.")
+    rows: int = Field(ge=0, description="Rows read.")
+
+
+class DatasetSummary(KaizenModel):
+    """What a retrain trained and evaluated on: the short form of the dataset manifest."""
+
+    sha256: str = Field(max_length=64, description="Hash of the full dataset manifest.")
+    manifest_uri: str | None = Field(default=None, alias="manifestURI", max_length=1024, description="Where the full manifest is.")
+    sources: list[DatasetSource] = Field(default_factory=list, max_length=32, description="Inputs read.")
+    rows: dict[str, int] = Field(
+        default_factory=dict, description="Row counts by role: train, targeted, replay, holdout, regression, stress."
+    )
+    excluded: dict[str, int] = Field(
+        default_factory=dict, description="Rows excluded, by reason (noConsent, optedOut, pii, duplicate, ...)."
+    )
+
+
+class GateResult(KaizenModel):
+    """A gate's judgement, with the numbers it was made on."""
+
+    metric: str = Field(max_length=63, description="The gate's metric.")
+    dataset: str = Field(max_length=63, description="The evaluation set.")
+    cohort: str | None = Field(default=None, max_length=128, description="The cohort, when the gate has one.")
+    candidate: float | None = Field(default=None, description="Candidate value (absent: not measured).")
+    baseline: float | None = Field(default=None, description="Baseline value on the same data.")
+    threshold: str = Field(max_length=256, description="The bound applied, e.g. 'delta >= 0'.")
+    passed: bool = Field(description="Whether the gate passed.")
+
+
+class RetrainJobStatus(CommonStatus):
+    """Observed state of a RetrainJob."""
+
+    phase: RetrainPhase | None = Field(default=None, description="Pending, Training, Evaluating, Succeeded or Failed.")
+    job_name: str | None = Field(default=None, max_length=63, description="The batch/v1 Job running the trainer.")
+    attempts: int | None = Field(default=None, ge=0, description="Training pods started so far.")
+    start_time: datetime | None = Field(default=None, description="When training started.")
+    completion_time: datetime | None = Field(default=None, description="When the job finished.")
+    gpu_seconds: float | None = Field(default=None, ge=0, description="GPU time consumed (GPUs x seconds).")
+    dataset: DatasetSummary | None = Field(default=None, description="The data trained and evaluated on.")
+    candidate: ModelRef | None = Field(default=None, description="The candidate model produced.")
+    metrics: dict[str, dict[str, float]] | None = Field(
+        default=None, description="Metrics of 'candidate' and 'baseline', keyed <dataset>.<metric>[.<cohort>]."
+    )
+    gates: list[GateResult] = Field(default_factory=list, max_length=64, description="Per-gate results.")
+    verdict: Verdict | None = Field(default=None, description="Passed when every gate passed.")
+    model_card_uri: str | None = Field(default=None, alias="modelCardURI", max_length=1024, description="Where the model card is.")
+

@@ -1,0 +1,238 @@
+"""Rollout: one staged canary release of a candidate model, and the part of it an ImprovementLoop templates.
+
+The canary is judged on live telemetry: each analysis interval compares the canary track with the stable track
+(ratio metrics by a sequential test, threshold metrics by a bound) and stores the numbers it judged on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from kaizen.api.common import (
+    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Name, Percent, Reason, TargetRef, bounds_rule, cel,
+    exactly_one_rule, nested, validations,
+)
+
+QUERY_FIELD = dict(
+    min_length=1, max_length=4096,
+    description="PromQL. Placeholders {{track}}, {{version}}, {{namespace}} and {{target}} are filled in per track.",
+)
+
+
+class ReplicaRatioRouting(KaizenModel):
+    """Route by replica count: canary replicas are added beside the untouched stable Deployment."""
+
+    max_canary_replicas: int = Field(default=10, ge=1, le=1000, description="Upper bound on canary replicas.")
+
+
+class TrafficRouting(KaizenModel):
+    """How traffic is split between stable and canary. Exactly one method is set."""
+
+    replica_ratio: ReplicaRatioRouting | None = Field(
+        default=None,
+        description="Replica-ratio routing: canary/(stable+canary) replicas approximates the weight.",
+    )
+
+    model_config = {"json_schema_extra": validations(exactly_one_rule("replicaRatio"))}
+
+
+class AnalysisStep(KaizenModel):
+    """Hold the current weight while the analysis metrics judge the canary; needs at least one metric."""
+
+    duration: Duration = Field(description="How long to analyse, e.g. 10m.")
+
+
+class PauseStep(KaizenModel):
+    """Hold at the current weight; without a duration, wait for `kaizen approve` or `kaizen promote`."""
+
+    duration: Duration | None = Field(default=None, description="How long to pause; omit to wait for approval.")
+
+
+class Step(KaizenModel):
+    """One step of a rollout. Exactly one of setWeight, analysis, pause is set."""
+
+    set_weight: Percent | None = Field(default=None, description="Send this percentage of traffic to the canary.")
+    analysis: AnalysisStep | None = Field(default=None, description="Analyse the canary for a duration.")
+    pause: PauseStep | None = Field(default=None, description="Pause, for a duration or until approved.")
+
+    model_config = {"json_schema_extra": validations(exactly_one_rule("setWeight", "analysis", "pause"))}
+
+
+class RatioMetric(KaizenModel):
+    """A rate: good events over total events, per track (e.g. non-5xx over all requests)."""
+
+    good: str = Field(**QUERY_FIELD)
+    total: str = Field(**QUERY_FIELD)
+
+
+class ThresholdMetric(KaizenModel):
+    """A value per track compared to a bound (e.g. p95 latency in seconds)."""
+
+    query: str = Field(**QUERY_FIELD)
+    min: float | None = Field(default=None, description="The canary's value must be at least this.")
+    max: float | None = Field(default=None, description="The canary's value must be at most this.")
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("has(self.min) || has(self.max)", "a threshold metric needs min or max"), bounds_rule("min", "max")
+        )
+    }
+
+
+class AnalysisMetric(KaizenModel):
+    """One metric judged every analysis interval. Exactly one of ratio, threshold is set."""
+
+    name: Name = Field(description="Name shown in status, Events and rollback messages.")
+    ratio: RatioMetric | None = Field(default=None, description="A good/total ratio judged by a sequential test.")
+    threshold: ThresholdMetric | None = Field(default=None, description="A value judged against a bound.")
+    max_regression: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Ratio metrics: the canary fails when its rate is below stable's by more than this (absolute).",
+    )
+    min_samples: int = Field(
+        default=100, ge=1, le=1_000_000_000, description="Ratio metrics: events per track needed before judging."
+    )
+
+    model_config = {"json_schema_extra": validations(exactly_one_rule("ratio", "threshold"))}
+
+
+class FailurePolicy(KaizenModel):
+    """What missing data, errors and inconclusive results lead to. Kaizen never promotes on missing data."""
+
+    consecutive_error_limit: int = Field(
+        default=3, ge=1, le=100, description="Intervals in a row with query errors or no data before acting."
+    )
+    inconclusive_limit: int = Field(
+        default=5, ge=1, le=1000, description="Inconclusive intervals in a row before acting."
+    )
+    on_limit: Literal["Pause", "Rollback"] = Field(
+        default="Pause", description="What happens past a limit: Pause (wait for a human) or Rollback."
+    )
+
+
+class Analysis(KaizenModel):
+    """How the canary is judged against stable: every interval, throughout the rollout, by every metric."""
+
+    interval: Duration = Field(default="1m", description="Time between two looks at the metrics.")
+    alpha: float = Field(
+        default=0.05, gt=0, le=0.5,
+        description="Bound on the probability of rolling back a canary that is not worse, over all looks.",
+    )
+    metrics: list[AnalysisMetric] = Field(
+        default_factory=list, max_length=16, description="Metrics judged every interval.",
+    )
+    failure_policy: FailurePolicy = nested(FailurePolicy, "What errors, missing data and inconclusive results do.")
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))", "metric names must be unique",
+                ".metrics")
+        )
+    }
+
+
+# Without analysis steps, so a template that defines no metrics is still valid: a timed 10 -> 50 -> 100 canary.
+DEFAULT_STEPS = [{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 50},
+                 {"pause": {"duration": "10m"}}, {"setWeight": 100}]
+
+
+class RolloutTemplate(KaizenModel):
+    """How to release: the part of a Rollout an ImprovementLoop fills in for every candidate it rolls out."""
+
+    traffic_routing: TrafficRouting = Field(
+        default_factory=lambda: TrafficRouting(replica_ratio=ReplicaRatioRouting()),
+        description="How traffic is split between stable and canary.",
+        json_schema_extra={"default": {"replicaRatio": {}}},
+    )
+    steps: list[Step] = Field(
+        default_factory=lambda: [Step.model_validate(s) for s in DEFAULT_STEPS], min_length=1, max_length=32,
+        description="Stages, run in order. The last setWeight must be 100; the canary is promoted after the last "
+        "step.",
+        json_schema_extra={
+            "default": DEFAULT_STEPS,
+            **validations(
+                cel("self.exists(s, has(s.setWeight))", "steps must contain a setWeight step"),
+                cel(
+                    "!self.exists(s, has(s.setWeight)) || "
+                    "self.filter(s, has(s.setWeight))[size(self.filter(s, has(s.setWeight))) - 1].setWeight == 100",
+                    "the last setWeight step must reach 100",
+                ),
+            ),
+        },
+    )
+    analysis: Analysis = nested(Analysis, "How the canary is judged.")
+
+
+class RolloutSpec(RolloutTemplate):
+    """A staged release of a candidate model next to the stable one."""
+
+    target: TargetRef = Field(description="The Deployment serving the stable model.")
+    stable_model: ModelRef = Field(description="The model served now.")
+    canary_model: ModelRef = Field(description="The candidate to release.")
+    retrain_job_ref: str | None = Field(
+        default=None, max_length=253, description="The RetrainJob that produced the candidate, if any."
+    )
+    reason: Reason | None = Field(default=None, description="Why this rollout exists (immutable).",
+                                  json_schema_extra=IMMUTABLE)
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("self.stableModel.version != self.canaryModel.version",
+                "canaryModel.version must differ from stableModel.version", ".canaryModel.version")
+        )
+    }
+
+
+RolloutPhase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Aborted"]
+AnalysisVerdict = Literal["Pass", "Fail", "Inconclusive", "Error"]
+
+
+class TrackSample(KaizenModel):
+    """What one track showed over the analysis window."""
+
+    good: float | None = Field(default=None, description="Good events (ratio metrics).")
+    total: float | None = Field(default=None, description="All events (ratio metrics).")
+    value: float | None = Field(default=None, description="The rate, or the threshold metric's value.")
+
+
+class MetricResult(KaizenModel):
+    """One metric's judgement in one interval."""
+
+    name: str = Field(max_length=63, description="The metric.")
+    stable: TrackSample | None = Field(default=None, description="Stable track.")
+    canary: TrackSample | None = Field(default=None, description="Canary track.")
+    delta: float | None = Field(default=None, description="Canary minus stable.")
+    ci_low: float | None = Field(default=None, description="Lower end of the always-valid confidence interval.")
+    ci_high: float | None = Field(default=None, description="Upper end of the always-valid confidence interval.")
+    verdict: AnalysisVerdict = Field(description="Pass, Fail, Inconclusive or Error.")
+    message: str | None = Field(default=None, max_length=1024, description="Why, in words.")
+
+
+class AnalysisRecord(KaizenModel):
+    """One analysis interval."""
+
+    time: datetime = Field(description="When the metrics were read.")
+    step: int = Field(ge=0, description="Index of the step being analysed.")
+    weight: Percent = Field(description="Canary weight at the time.")
+    verdict: AnalysisVerdict = Field(description="The interval's verdict (the worst of its metrics).")
+    metrics: list[MetricResult] = Field(default_factory=list, max_length=16, description="Per-metric results.")
+
+
+class RolloutStatus(CommonStatus):
+    """Observed state of a Rollout."""
+
+    phase: RolloutPhase | None = Field(
+        default=None, description="Progressing, Paused, Promoted, RolledBack or Aborted."
+    )
+    current_step: int | None = Field(default=None, ge=0, description="Index of the step in progress.")
+    step_started_at: datetime | None = Field(default=None, description="When the current step started.")
+    canary_weight: Percent | None = Field(default=None, description="Traffic percentage now sent to the canary.")
+    canary_replicas: int | None = Field(default=None, ge=0, description="Replicas of the canary Deployment.")
+    consecutive_errors: int | None = Field(default=None, ge=0, description="Error intervals in a row.")
+    consecutive_inconclusive: int | None = Field(default=None, ge=0, description="Inconclusive intervals in a row.")
+    analysis: list[AnalysisRecord] = Field(
+        default_factory=list, max_length=50, description="Recent analysis intervals, newest first (bounded)."
+    )
