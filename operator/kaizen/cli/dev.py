@@ -1,0 +1,109 @@
+"""``kaizen dev``: the local development stack.
+
+``kaizen dev cluster up`` starts a local control plane (:class:`kaizen.dev.cluster.LocalCluster`) whose processes
+keep running after the command exits, and prints how to point kubectl at it; ``kaizen dev cluster down`` stops it.
+Both find the cluster through the state file in its directory (default ``.kaizen/cluster``).
+``kaizen dev demo`` runs Kaizen's main job on the local stack (:mod:`kaizen.dev.demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_DIR = Path(".kaizen") / "cluster"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = subparsers.add_parser("dev", help="the local development stack", description=__doc__.splitlines()[0])
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="COMMAND")
+    cluster = dev_commands.add_parser("cluster", help="a local Kubernetes control plane")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+
+    up = cluster_commands.add_parser(
+        "up",
+        help="start a local control plane in the background",
+        description="Start etcd and kube-apiserver (and optionally more) on loopback, detached from this command.",
+    )
+    _add_dir(up)
+    up.add_argument(
+        "--controllers", action="store_true", help="also run kube-controller-manager and kube-scheduler"
+    )
+    up.add_argument(
+        "--kwok",
+        action="store_true",
+        help="also run kwok with a fake node advertising nvidia.com/gpu: 8 (pods need --controllers to be bound)",
+    )
+    up.set_defaults(func=cluster_up)
+
+    down = cluster_commands.add_parser(
+        "down", help="stop the local control plane", description="Stop the local control plane and remove its files."
+    )
+    _add_dir(down)
+    down.set_defaults(func=cluster_down)
+
+    demo = dev_commands.add_parser(
+        "demo",
+        help="run Kaizen on the local stack: control plane, operator, the example loop reconciled",
+        description="Start a local control plane (or use --kubeconfig), install the CRDs, run the operator and apply "
+        "examples/improvementloop.yaml.",
+    )
+    demo.add_argument("--kubeconfig", type=Path, help="use this cluster instead of starting a local control plane")
+    demo.add_argument("--dir", type=Path, default=Path(".kaizen") / "demo",
+                      help="working directory of the local control plane and the operator's log")
+    demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    demo.set_defaults(func=run_demo)
+
+
+def _add_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help=f"the cluster's working directory (default: {DEFAULT_DIR})"
+    )
+
+
+def cluster_up(args: argparse.Namespace) -> int:
+    # Imported here so that other commands do not pay for the dev stack's imports.
+    from kaizen.dev.cluster import ClusterStartError, LocalCluster
+
+    running = LocalCluster.attach(args.dir)
+    if running is not None and running.running():
+        print(f"A local control plane is already running from {running.workdir}.")
+        _print_usage(running.kubeconfig)
+        return 0
+    if running is not None:
+        # Some of its processes died: clear what is left before starting afresh.
+        running.stop()
+    cluster = LocalCluster(args.dir, controllers=args.controllers, kwok=args.kwok, detach=True)
+    try:
+        cluster.start()  # Reports the start-up time on stderr.
+    except ClusterStartError as error:
+        print(f"Failed to start the local control plane: {error}", file=sys.stderr)
+        return 1
+    _print_usage(cluster.kubeconfig)
+    return 0
+
+
+def cluster_down(args: argparse.Namespace) -> int:
+    from kaizen.dev.cluster import LocalCluster
+
+    cluster = LocalCluster.attach(args.dir)
+    if cluster is None:
+        print(f"No local control plane is recorded in {args.dir.resolve()}; nothing to stop.")
+        return 0
+    cluster.stop()
+    cluster.purge()
+    print(f"Stopped the local control plane in {cluster.workdir}.")
+    return 0
+
+
+def _print_usage(kubeconfig: Path) -> None:
+    print(f"Kubeconfig: {kubeconfig}")
+    print(f"export KUBECONFIG={shlex.quote(str(kubeconfig))}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kaizen.dev import demo
+
+    return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep)

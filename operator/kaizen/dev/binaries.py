@@ -1,0 +1,74 @@
+"""Locates the upstream binaries of the local control plane at the versions pinned in ``hack/versions.env``.
+
+``hack/build-binaries.sh`` builds them into ``${KAIZEN_CACHE:-~/.cache/kaizen}/bin/<tool>-<version>/``; users with
+``setup-envtest`` can point ``KUBEBUILDER_ASSETS`` at its folder (etcd, kube-apiserver, kubectl) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
+
+# Which pinned tool (a <TOOL>_VERSION key of versions.env, lower-cased) ships each binary.
+TOOL_OF_BINARY = {
+    "etcd": "etcd",
+    "kube-apiserver": "kubernetes",
+    "kube-controller-manager": "kubernetes",
+    "kube-scheduler": "kubernetes",
+    "kubectl": "kubernetes",
+    "kwok": "kwok",
+    "helm": "helm",
+}
+
+
+class BinaryNotFoundError(FileNotFoundError):
+    """A binary of the local control plane is neither in ``KUBEBUILDER_ASSETS`` nor in the cache."""
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """The pinned versions by tool, e.g. ``{"kubernetes": "v1.36.3", "etcd": "v3.6.16", ...}``."""
+    try:
+        text = VERSIONS_FILE.read_text()
+    except FileNotFoundError:
+        raise BinaryNotFoundError(
+            f"{VERSIONS_FILE} is missing: the dev stack runs from a checkout of the Kaizen repository"
+        ) from None
+    pinned = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if sep and not key.startswith("#") and key.endswith("_VERSION"):
+            pinned[key.removesuffix("_VERSION").lower()] = value.strip().strip("\"'")
+    return pinned
+
+
+def cache_dir() -> Path:
+    """The cache that ``hack/build-binaries.sh`` fills (``$KAIZEN_CACHE``, default ``~/.cache/kaizen``)."""
+    return Path(os.environ.get("KAIZEN_CACHE") or Path.home() / ".cache" / "kaizen")
+
+
+def find_binary(name: str) -> Path:
+    """The path of the binary ``name`` (e.g. ``"kube-apiserver"``), or :class:`BinaryNotFoundError`."""
+    tool = TOOL_OF_BINARY.get(name)
+    if tool is None:
+        raise ValueError(f"unknown binary {name!r}; expected one of {', '.join(sorted(TOOL_OF_BINARY))}")
+    looked_in = []
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        candidate = Path(assets) / name
+        if os.access(candidate, os.X_OK):
+            return candidate
+        looked_in.append(f"KUBEBUILDER_ASSETS={assets}")
+    candidate = cache_dir() / "bin" / f"{tool}-{versions()[tool]}" / name
+    if os.access(candidate, os.X_OK):
+        return candidate
+    looked_in.append(str(candidate.parent))
+    raise BinaryNotFoundError(
+        f"{name} {versions()[tool]} was not found (looked in {' and '.join(looked_in)}); "
+        "run `make binaries` (hack/build-binaries.sh) to build it"
+    )
