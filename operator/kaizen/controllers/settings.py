@@ -1,0 +1,28 @@
+"""Operator-wide kopf settings: where kopf keeps its bookkeeping, timeouts, and how noisy it is."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kaizen.api.common import API_GROUP
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handler progress and the last-handled spec go to annotations under our own prefix (not status), so the
+    # status schema stays ours and nothing is pruned.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    # kopf's defaults wait 5 minutes on a request and forever on a watch; a stuck connection must surface.
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Our own Events say what users need to see; kopf's per-handler "succeeded" Events would drown them.
+    settings.posting.level = logging.WARNING

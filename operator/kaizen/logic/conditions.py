@@ -1,0 +1,32 @@
+"""Kubernetes-style conditions, kept as a list keyed by ``type`` (metav1.Condition semantics)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], *, type: str, status: str, reason: str, message: str, now: datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with the one of ``type`` set; ``lastTransitionTime`` moves only when status changes."""
+    previous = next((c for c in conditions if c.get("type") == type), None)
+    changed = previous is None or previous.get("status") != status
+    condition = {
+        "type": type,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now.isoformat().replace("+00:00", "Z") if changed else previous["lastTransitionTime"],
+        "observedGeneration": generation,
+    }
+    return [condition if c.get("type") == type else c for c in conditions] if previous else [*conditions, condition]
+
+
+def remove_condition(conditions: list[dict[str, Any]], type: str) -> list[dict[str, Any]]:
+    return [c for c in conditions if c.get("type") != type]
+
+
+def find_condition(conditions: list[dict[str, Any]], type: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type), None)

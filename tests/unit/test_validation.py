@@ -1,0 +1,100 @@
+"""Semantic validation: what the schema cannot catch is reported with the field and what to do."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kaizen.api import IMPROVEMENT_LOOP, RETRAIN_JOB, ROLLOUT
+from kaizen.logic.validation import InvalidSpec, parse_spec
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def example(name):
+    return copy.deepcopy(yaml.safe_load((EXAMPLES / name).read_text())["spec"])
+
+
+def problems(resource, spec):
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(resource, spec)
+    return raised.value.problems
+
+
+def test_valid_examples_have_no_problems():
+    parse_spec(IMPROVEMENT_LOOP, example("improvementloop.yaml"))
+    parse_spec(IMPROVEMENT_LOOP, example("improvementloop-minimal.yaml"))
+    parse_spec(RETRAIN_JOB, example("retrainjob.yaml"))
+    parse_spec(ROLLOUT, example("rollout.yaml"))
+
+
+def test_unknown_placeholder_in_a_signal_names_the_field():
+    spec = example("improvementloop.yaml")
+    spec["signals"][1]["query"] = 'rate(x{deployment="{{taget}}"}[5m])'
+    assert problems(IMPROVEMENT_LOOP, spec) == [
+        "spec.signals[1].query: unknown placeholder {{taget}}; known: namespace, target, version"
+    ]
+
+
+def test_track_placeholder_is_for_analysis_only():
+    spec = example("improvementloop.yaml")
+    spec["signals"][0]["query"] = 'rate(x{track="{{track}}"}[5m])'
+    assert "unknown placeholder {{track}}" in problems(IMPROVEMENT_LOOP, spec)[0]
+
+
+def test_loop_without_any_baseline_is_invalid():
+    spec = example("improvementloop.yaml")
+    del spec["model"]
+    [problem] = problems(IMPROVEMENT_LOOP, spec)
+    assert problem.startswith("spec.model: neither spec.model nor spec.retrain.baseModel is set")
+
+
+def test_cohort_gap_cannot_be_restricted_to_a_cohort():
+    spec = example("retrainjob.yaml")
+    spec["gates"].append({"metric": "cohortGap", "cohort": "refund", "max": 0.1})
+    [problem] = problems(RETRAIN_JOB, spec)
+    assert problem.startswith("spec.gates[2].cohort: cohortGap is the largest gap")
+
+
+def test_analysis_shorter_than_its_interval_is_invalid():
+    spec = example("rollout.yaml")
+    spec["analysis"]["interval"] = "15m"
+    found = problems(ROLLOUT, spec)
+    assert found == [
+        "spec.steps[1].analysis.duration: 10m is shorter than the analysis interval 15m, so the canary would never "
+        "be looked at"
+    ]
+
+
+def test_analysis_steps_need_metrics():
+    spec = example("rollout.yaml")
+    spec["analysis"]["metrics"] = []
+    assert problems(ROLLOUT, spec) == [
+        "spec.analysis.metrics: steps [1, 3] analyse the canary, but no analysis metric is defined"
+    ]
+
+
+def test_analysis_queries_must_distinguish_tracks():
+    spec = example("rollout.yaml")
+    spec["analysis"]["metrics"][0]["ratio"] = {"good": "sum(ok)", "total": "sum(all)"}
+    [problem] = problems(ROLLOUT, spec)
+    assert problem.startswith("spec.analysis.metrics[0]: the queries do not use {{track}}")
+
+
+def test_schema_level_errors_name_the_field_when_the_api_server_was_bypassed():
+    spec = example("rollout.yaml")
+    spec["steps"][0]["setWeight"] = 130
+    spec["analysis"]["alpha"] = "often"
+    found = problems(ROLLOUT, spec)
+    assert any(p.startswith("spec.steps[0].setWeight: Input should be less than or equal to 100") for p in found)
+    assert any(p.startswith("spec.analysis.alpha: Input should be a valid number") for p in found)
+
+
+def test_every_problem_is_reported_at_once():
+    spec = example("improvementloop.yaml")
+    spec["signals"][0]["query"] = "{{a}}"
+    spec["signals"][1]["query"] = "{{b}}"
+    assert len(problems(IMPROVEMENT_LOOP, spec)) == 2
