@@ -1,0 +1,53 @@
+"""Command line of the trainer: read and validate the config, run, and report the result for the operator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kaizen.api.trainer import TrainerConfig, TrainerResult
+
+DEFAULT_CONFIG = "/etc/kaizen/trainer/config.json"
+DEFAULT_RESULT = "/dev/termination-log"
+
+
+def load_config(path: Path) -> TrainerConfig:
+    """Parse the config; every problem is named by its field, so a bad RetrainJob is easy to fix."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    try:
+        return TrainerConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"invalid trainer config: {problems}") from None
+
+
+def report(result: TrainerResult, path: Path) -> None:
+    path.write_text(result.to_termination_message())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kaizen-trainer", description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="trainer config (JSON)")
+    parser.add_argument("--result", type=Path, default=Path(DEFAULT_RESULT),
+                        help="where to write the result for the operator (the pod's termination message)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ValueError as error:
+        report(TrainerResult(phase="Failed", reason="InvalidConfig", message=str(error)[:1024]), args.result)
+        print(f"kaizen-trainer: {error}", file=sys.stderr)
+        return 2
+    message = (f"config for {config.job} is valid, but this trainer version has no training stages yet "
+               "(they arrive with the RetrainJob issue)")
+    report(TrainerResult(phase="Failed", reason="Error", message=message), args.result)
+    print(f"kaizen-trainer: {message}", file=sys.stderr)
+    return 1
