@@ -1,0 +1,43 @@
+# Kaizen developer entry points. Every target sets up what it needs (idempotently, from caches when warm).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help setup binaries venv crds demo test test-unit test-integration e2e e2e-kind lint clean-cluster
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+binaries: ## Build the local control plane's upstream binaries (cached in ~/.cache/kaizen/bin)
+	hack/build-binaries.sh
+
+venv: ## Create the Python environment (cached in ~/.cache/kaizen/venvs, linked as .venv)
+	hack/setup-python.sh test
+
+setup: binaries venv
+
+crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic models
+	$(PY) -m kaizen.api.crd
+
+demo: setup ## Run Kaizen on the local stack: control plane, operator, the example loop reconciled
+	$(VENV)/bin/kaizen dev demo
+
+test: setup ## Run the whole test suite (unit, integration, e2e) on the local control plane
+	$(VENV)/bin/pytest
+
+test-unit: venv ## Run the unit tests only (no control plane needed)
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: setup ## Run the integration tests only
+	$(VENV)/bin/pytest tests/integration
+
+e2e: setup ## Run the end-to-end tests (against KAIZEN_TEST_KUBECONFIG when set)
+	$(VENV)/bin/pytest tests/e2e
+
+e2e-kind: venv ## Run the end-to-end tests on a kind cluster (needs Docker and kind)
+	kind create cluster --name kaizen-e2e --kubeconfig .kaizen/kind.kubeconfig
+	KAIZEN_TEST_KUBECONFIG=$(CURDIR)/.kaizen/kind.kubeconfig $(VENV)/bin/pytest tests/e2e; \
+	  status=$$?; kind delete cluster --name kaizen-e2e; exit $$status
+
+clean-cluster: ## Stop a cluster left by `kaizen dev cluster up`
+	$(VENV)/bin/kaizen dev cluster down
