@@ -137,7 +137,8 @@ def custom_resource_definition(resource: ResourceKind) -> dict[str, Any]:
                     "properties": {
                         "apiVersion": {"type": "string", "description": "APIVersion of this object: kaizen.dev/v1alpha1."},
                         "kind": {"type": "string", "description": f"Kind of this object: {resource.kind}."},
-                        "metadata": {"type": "object", "description": "Standard object metadata."},
+                        # The API server allows nothing but the type here.
+                        "metadata": {"type": "object"},
                         "spec": spec,
                         "status": status,
                     },

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, DNSLabel, Duration, KaizenModel, ModelRef, Name, Reason, bounds_rule, cel, nested,
+    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Reason, bounds_rule, cel, nested,
     validations,
 )
 

@@ -128,7 +128,7 @@ class Analysis(KaizenModel):
 
     model_config = {
         "json_schema_extra": validations(
-            cel("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))", "metric names must be unique",
+            cel("!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))", "metric names must be unique",
                 ".metrics")
         )
     }
