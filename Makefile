@@ -12,7 +12,7 @@ binaries: ## Build the local control plane's upstream binaries (cached in ~/.cac
 	hack/build-binaries.sh
 
 venv: ## Create the Python environment (cached in ~/.cache/kaizen/venvs, linked as .venv)
-	hack/setup-python.sh test
+	hack/setup-python.sh
 
 setup: binaries venv
 

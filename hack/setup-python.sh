@@ -4,10 +4,10 @@
 # The environment lives in the cache outside the repository, keyed by the Python version and a hash of
 # pyproject.toml, so a fresh clone (as CI makes) reuses an environment whose dependencies are already installed;
 # only the editable install of this checkout is redone, which takes seconds.
-# Usage: hack/setup-python.sh [EXTRAS]   (default: test)
+# Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer — the tests train tiny models with torch)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-extras=${1:-test}
+extras=${1:-test,trainer}
 cache=${KAIZEN_CACHE:-$HOME/.cache/kaizen}
 python=${PYTHON:-python3}
 # Keyed by the dependency lists only, so editing other parts of pyproject.toml keeps the environment.
