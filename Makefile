@@ -41,3 +41,7 @@ e2e-kind: venv ## Run the end-to-end tests on a kind cluster (needs Docker and k
 
 clean-cluster: ## Stop a cluster left by `kaizen dev cluster up`
 	$(VENV)/bin/kaizen dev cluster down
+
+.PHONY: bench-collector
+bench-collector: venv ## Benchmark collector ingest on SQLite and PostgreSQL; writes bench/results/collector.json
+	$(PY) bench/collector/run.py

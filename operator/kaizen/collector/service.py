@@ -1,0 +1,462 @@
+"""The collector's HTTP service (aiohttp): routes, auth, CORS, errors, Prometheus metrics.
+
+Handlers are thin: validate with the models of :mod:`kaizen.collector.models`, redact, hand rows to the
+:class:`~kaizen.collector.store.Store`, and answer only once the store has committed. Every failure a client can
+cause is a 4xx whose JSON body says what was wrong, down to the field; a 5xx means the collector or its database
+failed. ``/metrics`` counters move only after a commit, so they never count what was not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from kaizen.collector import models as m
+from kaizen.collector.auth import TokenFile
+from kaizen.collector.openapi import Route, document
+from kaizen.collector.redact import redact
+from kaizen.collector.store import AuditConflict, IngestResult, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ROUTES = [
+    Route("POST", "/v1/traces", "post_traces", "Record one trace, or a batch as {items: [...]}", "ingest",
+          m.Stored, 201, body=(m.TraceIn, m.TraceBatch)),
+    Route("GET", "/v1/traces/{id}", "get_trace", "A stored (redacted) trace", "read", m.TraceOut),
+    Route("POST", "/v1/feedback", "post_feedback", "Record feedback on a trace, or a batch as {items: [...]}",
+          "ingest", m.Stored, 201, body=(m.FeedbackIn, m.FeedbackBatch)),
+    Route("GET", "/v1/feedback/count", "count_feedback", "Count negative feedback", "read", m.FeedbackCount,
+          query=m.CountQuery),
+    Route("DELETE", "/v1/subjects/{id}", "delete_subject", "Opt-out: delete a subject's data and tombstone it",
+          "admin", m.SubjectDeleted),
+    Route("GET", "/v1/export", "export", "Training export: consented examples as JSONL, manifest last", "read",
+          m.ExportRow, query=m.ExportQuery, content_type="application/x-ndjson"),
+    Route("GET", "/v1/backlog", "backlog", "Negative feedback grouped by category, scenario and cohort", "read",
+          m.Backlog, query=m.BacklogQuery),
+    Route("POST", "/v1/audit", "post_audit", "Append a decision to the audit log", "audit", m.AuditRecord, 201,
+          body=(m.AuditEntry,)),
+    Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", m.AuditPage,
+          query=m.AuditQuery),
+    Route("GET", "/healthz", "healthz", "Liveness", None, m.Health),
+    Route("GET", "/readyz", "readyz", "Readiness: the database answers", None, m.Health),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", None, None, content_type=CONTENT_TYPE_LATEST),
+    Route("GET", "/openapi.json", "openapi", "This document", None, None),
+]
+
+_ID = re.compile(m.ID_PATTERN)
+
+
+@dataclasses.dataclass
+class Config:
+    """How one collector runs."""
+
+    db: str
+    tokens: TokenFile | None
+    cors_origins: tuple[str, ...] = ()
+    store_text: bool = True
+    max_body_bytes: int = 1 << 20
+    retention_days: float | None = None
+
+
+class Metrics:
+    """The collector's Prometheus metrics, in a registry of its own (several collectors may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.feedback = Counter(
+            "kaizen_feedback", "Feedback items stored, by the judged trace's model, version and track.",
+            ["model", "model_version", "track", "rating", "category"], registry=self.registry,
+        )
+        self.traces = Counter(
+            "kaizen_traces", "Traces stored.", ["model", "model_version", "track"], registry=self.registry
+        )
+        self.unknown_trace = Counter(
+            "kaizen_feedback_unknown_trace", "Feedback stored for a trace the collector did not know.", ["model"],
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "kaizen_collector_dropped", "Items dropped because their subject opted out.", ["kind"],
+            registry=self.registry,
+        )
+        self.redactions = Counter(
+            "kaizen_pii_redactions", "PII findings redacted at ingestion, by kind.", ["kind"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "kaizen_collector_request_duration_seconds", "Request latency by route and status code.",
+            ["method", "route", "code"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+class ClientError(Exception):
+    """Input the client must fix: a 4xx with a message and, for invalid input, the fields at fault."""
+
+    def __init__(self, status: int, message: str, fields: list[m.FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.fields = status, message, fields or []
+
+
+def _field_errors(error: ValidationError, prefix: str = "") -> list[m.FieldError]:
+    return [
+        m.FieldError(loc=prefix + ".".join(str(part) for part in e["loc"]) or "body", message=e["msg"])
+        for e in error.errors(include_url=False)
+    ]
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(body=model.model_dump_json(by_alias=True, exclude_none=True), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str, fields: list[m.FieldError] | None = None) -> web.Response:
+    response = _json(m.ErrorResponse(error=message, fields=fields or []), status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="kaizen-collector"'
+    return response
+
+
+async def _body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise ClientError(415, f"the body must be JSON (Content-Type: application/json), not {request.content_type!r}")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ClientError(400, f"the body is not valid JSON: {error}") from None
+
+
+def _parse_ingest(data: Any, single: type[BaseModel], batch: type[BaseModel]) -> tuple[list[Any], bool]:
+    """One object, or ``{"items": [...]}``; returns the items and whether it was a batch."""
+    if not isinstance(data, dict):
+        raise ClientError(422, "the body must be a JSON object (one item, or {\"items\": [...]})",
+                          [m.FieldError(loc="body", message=f"expected an object, got {type(data).__name__}")])
+    try:
+        if "items" in data:
+            return batch.model_validate(data).items, True  # type: ignore[attr-defined]
+        return [single.model_validate(data)], False
+    except ValidationError as error:
+        raise ClientError(422, "the body is invalid; see fields", _field_errors(error)) from None
+
+
+def _query(request: web.Request, model: type[m.FeedbackQuery] | type[m.AuditQuery]) -> Any:
+    try:
+        if issubclass(model, m.FeedbackQuery):
+            return model.from_query(request.query)
+        return model.model_validate(dict(request.query))
+    except ValidationError as error:
+        raise ClientError(422, "the query is invalid; see fields", _field_errors(error, "query.")) from None
+
+
+def _path_id(request: web.Request) -> str:
+    value = request.match_info["id"]
+    if not _ID.fullmatch(value):
+        raise ClientError(422, f"invalid id {value[:64]!r}: expected 1-128 of [A-Za-z0-9_.:@/+=-]",
+                          [m.FieldError(loc="path.id", message=f"does not match {m.ID_PATTERN}")])
+    return value
+
+
+class Collector:
+    """The request handlers, bound to one store, token file and metrics."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self.config, self.store, self.prom = config, store, metrics
+        self._document = json.dumps(document(ROUTES, "Kaizen collector", "v1")).encode()
+        # Generated ids: a random per-process prefix and a counter. Unique across restarts and replicas like a
+        # uuid4, without a system call per item (os.urandom shows up in profiles at thousands of items a second).
+        self._id_prefix, self._id_counter = secrets.token_hex(6), itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
+
+    def _texts(self, counts: dict[str, int], *texts: str | None) -> list[str | None]:
+        if not self.config.store_text:
+            return [None for _ in texts]
+        return [None if t is None else redact(t, counts)[0] for t in texts]
+
+    async def post_traces(self, request: web.Request) -> web.Response:
+        items, batch = _parse_ingest(await _body(request), m.TraceIn, m.TraceBatch)
+        now, rows, found = time.time(), [], []
+        for item in items:
+            counts: dict[str, int] = {}
+            text_in, text_out = self._texts(counts, item.input, item.output)
+            rows.append({
+                "id": item.id or self._new_id(), "request_id": item.request_id, "model": item.model,
+                "model_version": item.model_version, "track": item.track, "cohort": item.cohort,
+                "scenario": item.scenario, "input": text_in, "output": text_out, "latency_ms": item.latency_ms,
+                "subject_id": item.subject_id, "consent_training": item.consent.training,
+                "redactions": json.dumps(counts), "created_at": now,
+            })
+            found.append(counts)
+        results = await self.store.add_traces(rows)
+        stored = []
+        for row, counts, result in zip(rows, found, results, strict=True):
+            self._count_redactions(counts)
+            if result.stored:
+                self.prom.traces.labels(row["model"], row["model_version"], row["track"]).inc()
+            else:
+                self.prom.dropped.labels("trace").inc()
+            stored.append(m.Stored.model_construct(id=row["id"], stored=result.stored, redacted=counts))
+        return _json(m.IngestResponse.model_construct(items=stored) if batch else stored[0], 201)
+
+    async def post_feedback(self, request: web.Request) -> web.Response:
+        items, batch = _parse_ingest(await _body(request), m.FeedbackIn, m.FeedbackBatch)
+        now, rows, found = time.time(), [], []
+        for item in items:
+            counts: dict[str, int] = {}
+            comment, correction = self._texts(counts, item.comment, item.correction)
+            rating = item.rating
+            rows.append({
+                "id": item.id or self._new_id(), "trace_id": item.trace_id, "model": item.model, "rating": rating,
+                "negative": rating in m.NEGATIVE_RATINGS, "category": item.category, "comment": comment,
+                "correction": correction, "subject_id": item.subject_id, "consent_training": item.consent.training,
+                "redactions": json.dumps(counts), "created_at": now,
+            })
+            found.append(counts)
+        results = await self.store.add_feedback(rows)
+        return _json(self._feedback_outcome(rows, found, results, batch), 201)
+
+    def _feedback_outcome(
+        self, rows: list[dict[str, Any]], found: list[dict[str, int]], results: list[IngestResult], batch: bool
+    ) -> BaseModel:
+        stored = []
+        for row, counts, result in zip(rows, found, results, strict=True):
+            self._count_redactions(counts)
+            if not result.stored:
+                self.prom.dropped.labels("feedback").inc()
+                stored.append(m.Stored.model_construct(id=row["id"], stored=False, redacted=counts))
+                continue
+            trace = result.trace
+            if trace is None:
+                self.prom.unknown_trace.labels(row["model"] or "unknown").inc()
+                labels = (row["model"] or "unknown", "unknown", "unknown")
+            else:
+                labels = (trace["model"], trace["model_version"], trace["track"])
+            self.prom.feedback.labels(*labels, row["rating"], row["category"] or "none").inc()
+            stored.append(
+                m.Stored.model_construct(id=row["id"], stored=True, redacted=counts, trace_known=trace is not None)
+            )
+        return m.IngestResponse.model_construct(items=stored) if batch else stored[0]
+
+    def _count_redactions(self, counts: dict[str, int]) -> None:
+        for kind, n in counts.items():
+            self.prom.redactions.labels(kind).inc(n)
+
+    async def get_trace(self, request: web.Request) -> web.Response:
+        trace_id = _path_id(request)
+        row = await self.store.get_trace(trace_id)
+        if row is None:
+            raise ClientError(404, f"no trace {trace_id!r}: it was never recorded, or its subject opted out")
+        return _json(m.TraceOut(
+            **{k: row[k] for k in ("id", "request_id", "model", "model_version", "track", "cohort", "scenario",
+                                   "input", "output", "latency_ms")},
+            consent=m.Consent(training=row["consent_training"]), redacted=json.loads(row["redactions"]),
+            created_at=datetime.fromtimestamp(row["created_at"], UTC),
+        ))
+
+    async def count_feedback(self, request: web.Request) -> web.Response:
+        query = _query(request, m.CountQuery)
+        return _json(m.FeedbackCount(count=await self.store.count_negative(query, query.consented_only)))
+
+    async def delete_subject(self, request: web.Request) -> web.Response:
+        subject = _path_id(request)
+        traces, feedback, at = await self.store.delete_subject(subject)
+        log.info("Deleted subject data traces=%d feedback=%d", traces, feedback)
+        return _json(m.SubjectDeleted(subject_id=subject, traces_deleted=traces, feedback_deleted=feedback,
+                                      tombstoned_at=datetime.fromtimestamp(at, UTC)))
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        query = _query(request, m.ExportQuery)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            await self._stream_export(query, response)
+        except Exception:
+            # The status line is gone; the missing manifest line is how the reader learns the export is incomplete.
+            log.exception("Failed to stream an export model=%s", query.model)
+        await response.write_eof()
+        return response
+
+    async def _stream_export(self, query: m.ExportQuery, response: web.StreamResponse) -> None:
+        digest, rows, with_target = hashlib.sha256(), 0, 0
+        async for kind, data in self.store.export(query, query.negative_only):
+            if kind == "excluded":
+                opted_out = data.pop("subjectsOptedOut")
+                manifest = m.ExportManifest(
+                    model=query.model, generated_at=datetime.now(UTC),
+                    filters=query.model_dump(mode="json", by_alias=True, exclude_none=True), rows=rows,
+                    with_target=with_target, sha256=digest.hexdigest(), excluded=data, subjects_opted_out=opted_out,
+                )
+                await response.write(manifest.model_dump_json(by_alias=True).encode() + b"\n")
+                return
+            line = m.ExportRow(
+                id=data["id"], trace_id=data["trace_id"], model=data["model"], model_version=data["model_version"],
+                track=data["track"], cohort=data["cohort"], scenario=data["scenario"], input=data["input"],
+                output=data["output"], target=data["correction"], rating=data["rating"],
+                sentiment=m.sentiment(data["rating"]), category=data["category"], comment=data["comment"],
+                redacted=data["f_redactions"] != "{}" or data["t_redactions"] != "{}",
+                created_at=datetime.fromtimestamp(data["created_at"], UTC),
+            ).model_dump_json(by_alias=True).encode() + b"\n"
+            digest.update(line)
+            rows += 1
+            with_target += data["correction"] is not None
+            await response.write(line)
+
+    async def backlog(self, request: web.Request) -> web.Response:
+        query = _query(request, m.BacklogQuery)
+        items = await self.store.backlog(query, query.consented_only, query.limit, query.examples)
+        return _json(m.Backlog(model=query.model, items=[m.BacklogItem.model_validate(i) for i in items]))
+
+    async def post_audit(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        try:
+            entry = m.AuditEntry.model_validate(data)
+        except ValidationError as error:
+            raise ClientError(422, "the audit entry is invalid; see fields", _field_errors(error)) from None
+        record, created = await self.store.append_audit(entry.id, entry.loop, entry.to_wire())
+        return _json(_audit_record(record), 201 if created else 200)
+
+    async def get_audit(self, request: web.Request) -> web.Response:
+        query = _query(request, m.AuditQuery)
+        rows = await self.store.audit_page(query.loop, query.after, query.limit)
+        return _json(m.AuditPage(items=[_audit_record(r) for r in rows]))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(m.Health(status="ok"))
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self.store.ping()
+        except Exception as error:  # noqa: BLE001 - any failure means not ready, and says why
+            return _json(m.Health(status="unavailable", reason=f"database: {error.__class__.__name__}: {error}"), 503)
+        return _json(m.Health(status="ok"))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.prom.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._document, content_type="application/json")
+
+
+def _audit_record(row: dict[str, Any]) -> m.AuditRecord:
+    return m.AuditRecord.model_validate(
+        {**json.loads(row["entry"]), "seq": row["seq"], "receivedAt": datetime.fromtimestamp(row["received_at"], UTC)}
+    )
+
+
+def _guard(route: Route, handler: Handler, config: Config) -> Handler:
+    """Wrap a handler with its route's scope check."""
+    if route.scope is None or config.tokens is None:
+        return handler
+    scope, tokens = route.scope, config.tokens
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ClientError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        principal = tokens.lookup(token.strip())
+        if principal is None:
+            raise ClientError(401, "invalid bearer token")
+        if not principal.allows(scope):
+            raise ClientError(403, f"token {principal.name!r} lacks the {scope!r} scope needed for {route.path}")
+        return await handler(request)
+
+    return guarded
+
+
+def _middleware(config: Config, metrics: Metrics) -> Any:
+    origins = set(config.cors_origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            if request.method == "OPTIONS" and origins:
+                response: web.StreamResponse = web.Response(status=204)
+            else:
+                response = await handler(request)
+        except ClientError as error:
+            response = _error(error.status, error.message, error.fields)
+        except web.HTTPRequestEntityTooLarge:
+            response = _error(413, f"the body is larger than the limit of {config.max_body_bytes} bytes; send "
+                              f"smaller batches")
+        except web.HTTPException as error:
+            response = _error(error.status, f"{error.reason}: {request.method} {request.path}")
+        except StoreUnavailable as error:
+            response = _error(503, f"not stored, retry later: {error}")
+        except AuditConflict as error:
+            response = _error(409, str(error))
+        except Exception:
+            log.exception("Failed to handle request method=%s path=%s", request.method, request.path)
+            response = _error(500, "internal error; the collector's log has the details")
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+                response.headers["Access-Control-Max-Age"] = "600"
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.latency.labels(request.method, route, str(response.status)).observe(time.perf_counter() - started)
+        return response
+
+    return middleware
+
+
+async def _retain(store: Store, days: float, every: float = 3600) -> None:
+    """Delete traces and feedback older than ``days``, now and then every ``every`` seconds."""
+    while True:
+        try:
+            traces, feedback = await store.purge(time.time() - days * 86400)
+            if traces or feedback:
+                log.info("Purged data past retention days=%s traces=%d feedback=%d", days, traces, feedback)
+        except StoreUnavailable as error:
+            log.error("Failed to purge data past retention error=%s", error)
+        await asyncio.sleep(every)
+
+
+def create_app(config: Config) -> web.Application:
+    """The collector application; its store opens on startup and closes on cleanup."""
+    metrics = Metrics()
+    store = Store(config.db)
+    collector = Collector(config, store, metrics)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config, metrics)])
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _guard(route, getattr(collector, route.handler), config))
+    if config.cors_origins:
+        app.router.add_route("OPTIONS", "/{tail:.*}", collector.healthz)
+
+    retention: list[asyncio.Task[None]] = []
+
+    async def start(_: web.Application) -> None:
+        await store.open()
+        if config.retention_days is not None:
+            retention.append(asyncio.create_task(_retain(store, config.retention_days), name="collector-retention"))
+
+    async def stop(_: web.Application) -> None:
+        for task in retention:
+            task.cancel()
+        await asyncio.gather(*retention, return_exceptions=True)
+        await store.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

@@ -1,0 +1,408 @@
+"""The collector's storage: SQLAlchemy 2 (async) on SQLite (WAL) or PostgreSQL.
+
+Every write goes through one writer task that commits before the caller is answered, so a 2xx response always
+means the item is on disk (SQLite with ``synchronous=FULL``; PostgreSQL's default ``synchronous_commit``). Writes
+that arrive while a commit is in flight are merged into the next transaction - group commit - which is what lets
+thousands of single-item requests a second share a few fsyncs. One writer also means SQLite never sees two writers
+racing for its lock. Reads use their own pooled connections; WAL lets them run beside the writer.
+
+Privacy rules live here, next to the queries that must obey them: a tombstoned subject's items are dropped at
+ingestion and filtered out of every read, and training exports carry only rows whose feedback and trace were both
+consented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement, Connection, Engine, and_, create_engine, event, exists, func, or_, select, text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from kaizen.collector import schema
+from kaizen.collector.models import FeedbackQuery
+
+log = logging.getLogger(__name__)
+_f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
+
+
+class StoreUnavailable(Exception):
+    """The database refused or failed a write; nothing of the request was stored."""
+
+
+class AuditConflict(Exception):
+    """An audit entry with this id exists with different content; the log is append-only."""
+
+
+def async_url(url: str) -> str:
+    """Map a plain database URL (``sqlite:///path``, ``postgresql://...``) to its async driver."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError("SQLite needs a file path, e.g. sqlite:////var/lib/kaizen/collector.db (not :memory:)")
+        return str(parsed.set(drivername="sqlite+aiosqlite"))
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:/// or postgresql://")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+@dataclasses.dataclass
+class _Job:
+    """A unit of work for the writer: ingest rows (merged with others) or a callable run in its own transaction."""
+
+    future: asyncio.Future[Any]
+    traces: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    feedback: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    run: Callable[[Connection], Any] | None = None
+
+
+@dataclasses.dataclass
+class IngestResult:
+    """What happened to one ingested row."""
+
+    stored: bool
+    trace: dict[str, Any] | None = None  # feedback only: model, model_version, track of the judged trace
+
+
+class Store:
+    """The database behind the collector; :meth:`open` before use, :meth:`close` after."""
+
+    def __init__(self, url: str, *, max_batch: int = 1024) -> None:
+        self.url = async_url(url)
+        self.max_batch = max_batch
+        self.engine: AsyncEngine | None = None
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._insert = sqlite.insert
+        # SQLite only: the writer's synchronous engine and the one thread it runs in.
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    @property
+    def dialect(self) -> str:
+        return make_url(self.url).get_backend_name()
+
+    async def open(self) -> None:
+        if self.dialect == "sqlite":
+            engine = create_async_engine(self.url, pool_size=8, max_overflow=0)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            self._sync_engine = create_engine(
+                make_url(self.url).set(drivername="sqlite"), poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-writer")
+        else:
+            engine = create_async_engine(self.url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+            self._insert = postgresql.insert
+        self.engine = engine
+        async with engine.begin() as conn:
+            applied = await schema.migrate(conn)
+        if applied:
+            log.info("Migrated collector schema versions=%s", applied)
+        self._writer = asyncio.create_task(self._write_loop(), name="collector-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.dispose()
+        if self._sync_engine is not None and self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sync_engine.dispose)
+            self._thread.shutdown()
+
+    async def ping(self) -> None:
+        """Raise unless the database answers and the writer runs."""
+        if self._writer is None or self._writer.done():
+            raise StoreUnavailable("the writer task is not running")
+        async with self._engine().connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def _engine(self) -> AsyncEngine:
+        if self.engine is None:
+            raise StoreUnavailable("the store is not open")
+        return self.engine
+
+    # Writes
+
+    async def add_traces(self, rows: list[dict[str, Any]]) -> list[IngestResult]:
+        """Store trace rows durably; rows of opted-out subjects are dropped."""
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), traces=rows))
+
+    async def add_feedback(self, rows: list[dict[str, Any]]) -> list[IngestResult]:
+        """Store feedback rows durably, looking up the traces they judge."""
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), feedback=rows))
+
+    async def delete_subject(self, subject_id: str) -> tuple[int, int, float]:
+        """Opt-out: tombstone the subject, delete its traces and its feedback and all feedback on its traces."""
+
+        def run(conn: Connection) -> tuple[int, int, float]:
+            conn.execute(self._insert(_tomb).values(subject_id=subject_id, deleted_at=_now()).on_conflict_do_nothing())
+            deleted_at = conn.execute(select(_tomb.c.deleted_at).where(_tomb.c.subject_id == subject_id)).scalar_one()
+            own_traces = select(_t.c.id).where(_t.c.subject_id == subject_id)
+            fb = conn.execute(_f.delete().where(or_(_f.c.subject_id == subject_id, _f.c.trace_id.in_(own_traces))))
+            tr = conn.execute(_t.delete().where(_t.c.subject_id == subject_id))
+            return tr.rowcount, fb.rowcount, deleted_at
+
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
+
+    async def purge(self, before: float) -> tuple[int, int]:
+        """Retention: delete traces and feedback stored before ``before`` (epoch seconds). The audit log is kept."""
+
+        def run(conn: Connection) -> tuple[int, int]:
+            fb = conn.execute(_f.delete().where(_f.c.created_at < before))
+            tr = conn.execute(_t.delete().where(_t.c.created_at < before))
+            return tr.rowcount, fb.rowcount
+
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
+
+    async def append_audit(self, entry_id: str, loop: str, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Append an audit entry; return the stored record and whether it is new. Identical re-sends are no-ops."""
+        payload = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        a = schema.audit
+
+        def run(conn: Connection) -> tuple[dict[str, Any], bool]:
+            result = conn.execute(
+                self._insert(a).values(id=entry_id, loop=loop, entry=payload, received_at=_now())
+                .on_conflict_do_nothing()
+            )
+            row = conn.execute(select(a).where(a.c.id == entry_id)).mappings().one()
+            if result.rowcount == 0 and row["entry"] != payload:
+                raise AuditConflict(
+                    f"audit entry {entry_id!r} already exists with different content; the log is append-only: "
+                    "record a change as a new entry with a new id"
+                )
+            return dict(row), result.rowcount == 1
+
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._writer is None or self._writer.done():
+            raise StoreUnavailable("the collector's database writer is not running")
+        self._queue.put_nowait(job)
+        # Shielded: a client that disconnects must not cancel a commit other requests share.
+        return await asyncio.shield(job.future)
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first.run is not None:
+                await self._run_jobs([first], first.run)
+                continue
+            jobs, size = [first], len(first.traces) + len(first.feedback)
+            held: _Job | None = None
+            while size < self.max_batch and not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job.run is not None:
+                    held = job  # runs alone, after this batch
+                    break
+                jobs.append(job)
+                size += len(job.traces) + len(job.feedback)
+            await self._run_jobs(jobs, functools.partial(self._ingest, jobs=jobs))
+            if held is not None and held.run is not None:
+                await self._run_jobs([held], held.run)
+
+    async def _transact(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` in one write transaction, in a single hop to the database.
+
+        SQLite: on the writer's own synchronous connection in the writer thread (aiosqlite would cross threads for
+        every statement, which costs more than the statements). PostgreSQL: through asyncpg, natively async.
+        """
+        if self._sync_engine is not None:
+            engine = self._sync_engine
+
+            def transaction() -> Any:
+                with engine.begin() as conn:
+                    return work(conn)
+
+            return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
+        async with self._engine().begin() as conn:
+            return await conn.run_sync(work)
+
+    async def _run_jobs(self, jobs: list[_Job], work: Callable[[Connection], Any]) -> None:
+        try:
+            result = await self._transact(work)
+        except AuditConflict as error:
+            _settle(jobs, error=error)
+        except Exception as error:  # noqa: BLE001 - any database failure fails the requests, never the writer
+            if len(jobs) > 1:
+                # One bad job must not fail its neighbours: retry each alone.
+                for job in jobs:
+                    await self._run_jobs([job], functools.partial(self._ingest, jobs=[job]))
+                return
+            log.error("Failed to write to the collector database error=%r", error)
+            _settle(jobs, error=StoreUnavailable(f"the database write failed: {error.__class__.__name__}"))
+        else:
+            _settle(jobs, result=result)
+
+    def _ingest(self, conn: Connection, jobs: Sequence[_Job]) -> list[list[IngestResult]]:
+        subjects = {r["subject_id"] for j in jobs for r in (*j.traces, *j.feedback) if r.get("subject_id")}
+        opted_out: set[str] = set()
+        if subjects:
+            found = conn.execute(select(_tomb.c.subject_id).where(_tomb.c.subject_id.in_(subjects)))
+            opted_out = set(found.scalars())
+        traces = [r for j in jobs for r in j.traces if r.get("subject_id") not in opted_out]
+        if traces:
+            conn.execute(self._insert(_t).on_conflict_do_nothing(), traces)
+        feedback = [r for j in jobs for r in j.feedback if r.get("subject_id") not in opted_out]
+        known: dict[str, dict[str, Any]] = {}
+        if feedback:
+            trace_ids = {r["trace_id"] for r in feedback}
+            found = conn.execute(
+                select(_t.c.id, _t.c.model, _t.c.model_version, _t.c.track).where(_t.c.id.in_(trace_ids))
+            )
+            known = {row.id: dict(row._mapping) for row in found}
+            conn.execute(self._insert(_f).on_conflict_do_nothing(), feedback)
+        return [
+            [IngestResult(r.get("subject_id") not in opted_out) for r in j.traces]
+            + [IngestResult(r.get("subject_id") not in opted_out, known.get(r["trace_id"])) for r in j.feedback]
+            for j in jobs
+        ]
+
+    # Reads
+
+    async def get_trace(self, trace_id: str) -> dict[str, Any] | None:
+        async with self._engine().connect() as conn:
+            row = (await conn.execute(select(_t).where(_t.c.id == trace_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def count_negative(self, query: FeedbackQuery, consented_only: bool) -> int:
+        where = _feedback_filters(query, negative=True, consented=consented_only)
+        statement = select(func.count()).select_from(_joined()).where(*where)
+        async with self._engine().connect() as conn:
+            return int((await conn.execute(statement)).scalar_one())
+
+    async def backlog(
+        self, query: FeedbackQuery, consented_only: bool, limit: int, examples: int
+    ) -> list[dict[str, Any]]:
+        """Negative feedback grouped by (category, scenario, cohort): by volume, then recency."""
+        where = _feedback_filters(query, negative=True, consented=consented_only)
+        keys = (_f.c.category, _t.c.scenario, _t.c.cohort)
+        count, last_at = func.count().label("count"), func.max(_f.c.created_at).label("last_at")
+        groups = (
+            select(*keys, count, last_at).select_from(_joined()).where(*where).group_by(*keys)
+            .order_by(count.desc(), last_at.desc()).limit(limit)
+        )
+        rank = func.row_number().over(partition_by=keys, order_by=(_f.c.created_at.desc(), _f.c.id.desc()))
+        ranked = select(*keys, _f.c.trace_id, rank.label("rank")).select_from(_joined()).where(*where).subquery()
+        newest = select(ranked).where(ranked.c.rank <= examples).order_by(ranked.c.rank)
+        async with self._engine().connect() as conn:
+            items = [dict(r._mapping) for r in await conn.execute(groups)]
+            samples: dict[tuple[Any, ...], list[str]] = {}
+            if examples and items:
+                for r in await conn.execute(newest):
+                    samples.setdefault((r.category, r.scenario, r.cohort), []).append(r.trace_id)
+        for item in items:
+            item["example_trace_ids"] = samples.get((item["category"], item["scenario"], item["cohort"]), [])
+            item["last_at"] = _time(item["last_at"])
+        return items
+
+    async def export(self, query: FeedbackQuery, negative_only: bool) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield ``("example", row)`` for each exportable row, then ``("excluded", counts)`` once.
+
+        One statement, so the rows and the counts come from the same snapshot of the database.
+        """
+        where = _feedback_filters(query, negative=negative_only or None, consented=False)
+        statement = (
+            select(
+                _f.c.id, _f.c.trace_id, _f.c.rating, _f.c.negative, _f.c.category, _f.c.comment, _f.c.correction,
+                _f.c.redactions.label("f_redactions"), _f.c.created_at, _f.c.consent_training.label("f_consent"),
+                _t.c.id.label("t_id"), _t.c.model, _t.c.model_version, _t.c.track, _t.c.cohort, _t.c.scenario,
+                _t.c.input, _t.c.output, _t.c.redactions.label("t_redactions"),
+                _t.c.consent_training.label("t_consent"),
+            )
+            .select_from(_joined()).where(*where).order_by(_f.c.created_at, _f.c.id)
+        )
+        excluded = {"noConsent": 0, "unknownTrace": 0, "noText": 0}
+        async with self._engine().connect() as conn:
+            result = await conn.stream(statement.execution_options(yield_per=500))
+            async for row in result.mappings():
+                if row["t_id"] is None:
+                    excluded["unknownTrace"] += 1
+                elif not (row["f_consent"] and row["t_consent"]):
+                    excluded["noConsent"] += 1
+                elif row["input"] is None:
+                    excluded["noText"] += 1
+                else:
+                    yield "example", dict(row)
+            opted_out = (await conn.execute(select(func.count()).select_from(_tomb))).scalar_one()
+        yield "excluded", {**excluded, "subjectsOptedOut": int(opted_out)}
+
+    async def audit_page(self, loop: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        a = schema.audit
+        statement = select(a).where(a.c.seq > after).order_by(a.c.seq).limit(limit)
+        if loop is not None:
+            statement = statement.where(a.c.loop == loop)
+        async with self._engine().connect() as conn:
+            return [dict(r) for r in (await conn.execute(statement)).mappings()]
+
+
+def _settle(jobs: Sequence[_Job], *, result: Any = None, error: Exception | None = None) -> None:
+    for index, job in enumerate(jobs):
+        if job.future.done():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        elif job.run is not None:
+            job.future.set_result(result)
+        else:
+            job.future.set_result(result[index])
+
+
+def _joined() -> Any:
+    return _f.outerjoin(_t, _t.c.id == _f.c.trace_id)
+
+
+def _feedback_filters(query: FeedbackQuery, *, negative: bool | None, consented: bool) -> list[ColumnElement[bool]]:
+    """WHERE clauses over feedback LEFT JOIN traces. Opted-out subjects are always excluded."""
+    where: list[ColumnElement[bool]] = [
+        func.coalesce(_t.c.model, _f.c.model) == query.model,
+        ~exists().where(_tomb.c.subject_id == _f.c.subject_id),
+        ~exists().where(_tomb.c.subject_id == _t.c.subject_id),
+    ]
+    if negative:
+        where.append(_f.c.negative.is_(True))
+    if consented:
+        where.append(and_(_f.c.consent_training.is_(True), or_(_t.c.id.is_(None), _t.c.consent_training.is_(True))))
+    if query.since is not None:
+        where.append(_f.c.created_at > query.since.timestamp())
+    if query.categories:
+        where.append(_f.c.category.in_(query.categories))
+    if query.cohorts:
+        where.append(_t.c.cohort.in_(query.cohorts))
+    if query.scenarios:
+        where.append(_t.c.scenario.in_(query.scenarios))
+    return where
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; FULL syncs the WAL on every commit, so an acknowledged write survives
+    # a power cut and not just a crash of this process.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
