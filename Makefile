@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup binaries venv crds demo test test-unit test-integration e2e e2e-kind lint clean-cluster
+.PHONY: help setup binaries venv crds demo test test-unit test-integration e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,9 +39,16 @@ e2e-kind: venv ## Run the end-to-end tests on a kind cluster (needs Docker and k
 	KAIZEN_TEST_KUBECONFIG=$(CURDIR)/.kaizen/kind.kubeconfig $(VENV)/bin/pytest tests/e2e; \
 	  status=$$?; kind delete cluster --name kaizen-e2e; exit $$status
 
+bench-retrain: venv ## Benchmark targeted vs full retraining and trainer throughput; writes bench/results/retrain.json
+	$(PY) bench/retrain/run.py
+
 clean-cluster: ## Stop a cluster left by `kaizen dev cluster up`
 	$(VENV)/bin/kaizen dev cluster down
 
 .PHONY: bench-collector
 bench-collector: venv ## Benchmark collector ingest on SQLite and PostgreSQL; writes bench/results/collector.json
 	$(PY) bench/collector/run.py
+
+.PHONY: bench-canary
+bench-canary: venv ## Benchmark canary analysis (Kaizen vs Flagger, Argo Rollouts, Wald); writes bench/results/canary.json
+	$(PY) bench/canary/run.py

@@ -98,6 +98,18 @@ class SecretKeyRef(KaizenModel):
     key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
 
 
+class PrometheusSpec(KaizenModel):
+    """Where the signals and the canary analysis are read from."""
+
+    url: str = Field(
+        max_length=1024, pattern=r"^https?://[^\s]+$", description="Base URL of the Prometheus HTTP API."
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a bearer token sent with every query."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="Skip TLS certificate verification (tests only).")
+
+
 class ModelRef(KaizenModel):
     """A model version and where its weights are."""
 

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Name, Percent, Reason, TargetRef, bounds_rule, cel,
-    exactly_one_rule, nested, validations,
+    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
+    bounds_rule, cel, exactly_one_rule, nested, validations,
 )
 
 QUERY_FIELD = dict(
@@ -106,7 +106,8 @@ class FailurePolicy(KaizenModel):
         default=3, ge=1, le=100, description="Intervals in a row with query errors or no data before acting."
     )
     inconclusive_limit: int = Field(
-        default=5, ge=1, le=1000, description="Inconclusive intervals in a row before acting."
+        default=5, ge=1, le=1000,
+        description="Inconclusive intervals in a row, after an analysis step's duration has passed, before acting.",
     )
     on_limit: Literal["Pause", "Rollback"] = Field(
         default="Pause", description="What happens past a limit: Pause (wait for a human) or Rollback."
@@ -119,7 +120,8 @@ class Analysis(KaizenModel):
     interval: Duration = Field(default="1m", description="Time between two looks at the metrics.")
     alpha: float = Field(
         default=0.05, gt=0, le=0.5,
-        description="Bound on the probability of rolling back a canary that is not worse, over all looks.",
+        description="Bound on the probability of rolling back a canary that is not worse, over all looks and all "
+        "ratio metrics (each gets alpha divided by their number).",
     )
     metrics: list[AnalysisMetric] = Field(
         default_factory=list, max_length=16, description="Metrics judged every interval.",
@@ -177,11 +179,17 @@ class RolloutSpec(RolloutTemplate):
     )
     reason: Reason | None = Field(default=None, description="Why this rollout exists (immutable).",
                                   json_schema_extra=IMMUTABLE)
+    prometheus: PrometheusSpec | None = Field(
+        default=None, description="Prometheus the analysis metrics are read from; required when metrics are set."
+    )
 
     model_config = {
         "json_schema_extra": validations(
             cel("self.stableModel.version != self.canaryModel.version",
-                "canaryModel.version must differ from stableModel.version", ".canaryModel.version")
+                "canaryModel.version must differ from stableModel.version", ".canaryModel.version"),
+            cel("has(self.prometheus) || !has(self.analysis) || !has(self.analysis.metrics) || "
+                "size(self.analysis.metrics) == 0",
+                "analysis metrics need spec.prometheus to read them from", ".prometheus"),
         )
     }
 
@@ -207,8 +215,24 @@ class MetricResult(KaizenModel):
     delta: float | None = Field(default=None, description="Canary minus stable.")
     ci_low: float | None = Field(default=None, description="Lower end of the always-valid confidence interval.")
     ci_high: float | None = Field(default=None, description="Upper end of the always-valid confidence interval.")
+    evidence: float | None = Field(
+        default=None, description="Ratio metrics: the rollback test's e-value (likelihood ratio of 'worse' against "
+        "'not worse', over the whole rollout); the canary is rolled back when it reaches 1/alpha (2/alpha with a "
+        "maxRegression).",
+    )
     verdict: AnalysisVerdict = Field(description="Pass, Fail, Inconclusive or Error.")
     message: str | None = Field(default=None, max_length=1024, description="Why, in words.")
+
+
+class MetricEvidence(KaizenModel):
+    """The rollback test's running state for one ratio metric, so a restarted operator continues it."""
+
+    name: str = Field(max_length=63, description="The metric.")
+    log_likelihood_ratios: list[float] = Field(
+        max_length=16, description="Log likelihood ratio of each alternative the test mixes over."
+    )
+    stable: TrackSample = Field(description="Stable's cumulative counts at the last look.")
+    canary: TrackSample = Field(description="Canary's cumulative counts at the last look.")
 
 
 class AnalysisRecord(KaizenModel):
@@ -221,18 +245,43 @@ class AnalysisRecord(KaizenModel):
     metrics: list[MetricResult] = Field(default_factory=list, max_length=16, description="Per-metric results.")
 
 
+UserAction = Literal["promote", "abort", "approve"]
+
+
+class ActionRecord(KaizenModel):
+    """A user's action (``kaizen promote|abort|approve``), as the operator received it."""
+
+    action: UserAction = Field(description="promote, abort or approve.")
+    by: str = Field(max_length=256, description="Who asked (the Kubernetes user name).")
+    at: datetime = Field(description="When they asked.")
+    outcome: str = Field(max_length=1024, description="What the operator did about it.")
+
+
 class RolloutStatus(CommonStatus):
     """Observed state of a Rollout."""
 
     phase: RolloutPhase | None = Field(
         default=None, description="Progressing, Paused, Promoted, RolledBack or Aborted."
     )
-    current_step: int | None = Field(default=None, ge=0, description="Index of the step in progress.")
+    current_step: int | None = Field(
+        default=None, ge=0, description="Index of the step in progress; the number of steps while promoting."
+    )
     step_started_at: datetime | None = Field(default=None, description="When the current step started.")
+    analysis_started_at: datetime | None = Field(
+        default=None, description="When the canary first served traffic: the start of every analysis window."
+    )
+    awaiting_approval: bool | None = Field(
+        default=None, description="True while the rollout waits for `kaizen approve` or `kaizen promote`: at a "
+        "pause step without duration, or past a failure-policy limit with onLimit Pause.",
+    )
+    last_action: ActionRecord | None = Field(default=None, description="The last user action and its outcome.")
     canary_weight: Percent | None = Field(default=None, description="Traffic percentage now sent to the canary.")
     canary_replicas: int | None = Field(default=None, ge=0, description="Replicas of the canary Deployment.")
     consecutive_errors: int | None = Field(default=None, ge=0, description="Error intervals in a row.")
     consecutive_inconclusive: int | None = Field(default=None, ge=0, description="Inconclusive intervals in a row.")
     analysis: list[AnalysisRecord] = Field(
         default_factory=list, max_length=50, description="Recent analysis intervals, newest first (bounded)."
+    )
+    evidence: list[MetricEvidence] = Field(
+        default_factory=list, max_length=16, description="The sequential test's state per ratio metric."
     )

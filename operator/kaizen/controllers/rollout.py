@@ -1,7 +1,195 @@
-"""Rollout controller. For now it validates the spec and reports Ready or InvalidSpec; the canary step machine
-and the analysis land with the Rollout issue."""
+"""Rollout controller: every tick, gather → decide (:func:`kaizen.logic.rollout.next_action`) → act → write status.
+
+Gathering reads the Rollout fresh (so a tick never decides on a status older than the last write), the stable and
+canary Deployments, the ``kaizen.dev/action`` request, and — when an analysis interval is due — both tracks'
+metrics from Prometheus. Acting applies the canary's size, promotes by server-side apply of the model variable
+alone, removes the canary once the rollout has ended, and posts the Events the step machine produced. All of it is
+declarative (sizes and values, never increments), so a restart or a retried tick repeats nothing.
+
+Spec validation (Ready / InvalidSpec) is the shared handler of :mod:`kaizen.controllers.reconcile`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import ROLLOUT
-from kaizen.controllers.reconcile import register
+from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, REQUEST_KEYS, parse_time
+from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
+from kaizen.api.rollout import RolloutSpec, RolloutStatus
+from kaizen.controllers.reconcile import register, write_status
+from kaizen.k8s import deployments, resources, rollouts
+from kaizen.logic.conditions import set_condition
+from kaizen.logic.promql import fill
+from kaizen.logic.rollout import (
+    TERMINAL, Action, Look, MetricSample, Observation, analysis_window, judge_look, look_due, next_action,
+)
+from kaizen.logic.validation import InvalidSpec, parse_spec
+from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
 
 register(ROLLOUT)
+
+#: How often each Rollout is looked at; analysis looks happen every spec.analysis.interval, steps end on time.
+TICK_SECONDS = 1.0
+STATUS_FIELDS = {field.alias or name for name, field in RolloutStatus.model_fields.items()}
+# Written by the spec handler (reconcile.accept), not by the step machine.
+_SPEC_HANDLER_FIELDS = {"observedGeneration", "conditions"}
+
+
+@kopf.timer(API_GROUP, API_VERSION, ROLLOUT.plural, interval=TICK_SECONDS)
+def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
+         **_: Any) -> None:
+    namespace, name = meta["namespace"], meta["name"]
+    if status.get("phase") in TERMINAL and ACTION not in (meta.get("annotations") or {}):
+        return  # ended: nothing to do, and no need to read anything
+    try:
+        fresh = rollouts.read(namespace, name)
+    except ApiException as error:
+        if error.status == 404:
+            return
+        raise
+    try:
+        spec: RolloutSpec = parse_spec(ROLLOUT, fresh.get("spec", {}))  # type: ignore[assignment]
+    except InvalidSpec:
+        return  # the spec handler reports it; nothing can be rolled out on it
+    stored = dict(fresh.get("status") or {})
+    current = RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
+    annotations = fresh["metadata"].get("annotations") or {}
+    try:
+        action = parse_action(annotations, current)
+    except ValueError as problem:
+        kopf.warn(body, reason="InvalidAction", message=str(problem))
+        action = None
+    if ACTION in annotations and action is None:
+        # Handled on an earlier tick (status.lastAction records it) or unusable: consume it only now, so that a
+        # crash between acting and writing the status can never lose a request.
+        resources.remove_annotations(ROLLOUT.kind, namespace, name, REQUEST_KEYS)
+    if current.phase in TERMINAL and action is None:
+        return
+    now = datetime.now(timezone.utc)
+    target = spec.target.deployment
+
+    stable = deployments.read(namespace, target)
+    if stable is None:
+        hold(stored, patch, body, f"The target Deployment {namespace}/{target} does not exist; waiting for it.")
+        return
+    try:
+        container = deployments.container_name(stable, spec.target.container)
+    except ValueError as problem:
+        hold(stored, patch, body, str(problem))
+        return
+    canary = deployments.read(namespace, deployments.canary_name(target))
+    look = analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None
+    serving = deployments.serves(stable, container=container, model_env=spec.target.model_env,
+                                 uri=spec.canary_model.uri)
+    observation = Observation(
+        stable_replicas=stable["spec"].get("replicas", 1), canary_available=deployments.available(canary),
+        stable_promoted=serving and deployments.rolled_out(stable), look=look, action=action,
+    )
+    decision = next_action(spec, current, observation, now)
+
+    if decision.canary_replicas is None:
+        if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
+            logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
+    elif canary is None or canary["spec"].get("replicas") != decision.canary_replicas:
+        deployments.apply(deployments.canary_manifest(
+            stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
+            replicas=decision.canary_replicas))
+        logger.info(f"Scaled canary deployment={deployments.canary_name(target)} replicas={decision.canary_replicas}")
+    if decision.promote and not serving:
+        deployments.apply(deployments.model_patch(stable, container=container, model_env=spec.target.model_env,
+                                                  model=spec.canary_model))
+        logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
+
+    new = decision.status.to_wire()
+    fields: dict[str, Any] = {key: new.get(key) for key in STATUS_FIELDS - _SPEC_HANDLER_FIELDS}
+    fields["conditions"] = progressing(stored, decision.status, now, fresh["metadata"].get("generation"))
+    write_status(stored, patch, fields)
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    if decision.status.phase != current.phase:
+        logger.info(f"Rollout phase={decision.status.phase} step={decision.status.current_step} "
+                    f"message={decision.status.message!r}")
+
+
+def parse_action(annotations: dict[str, str], status: RolloutStatus) -> Action | None:
+    """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
+    kind = annotations.get(ACTION)
+    if kind is None:
+        return None
+    at = parse_time(annotations.get(ACTION_AT))
+    if kind not in ("promote", "abort", "approve"):
+        raise ValueError(f"annotation {ACTION}={kind!r} is not an action on a Rollout: use promote, abort or "
+                         "approve (kaizen promote|abort|approve ROLLOUT)")
+    if at is None:
+        raise ValueError(f"annotation {ACTION_AT}={annotations.get(ACTION_AT)!r} is not an RFC 3339 time; "
+                         "the request was dropped: ask again with the kaizen CLI")
+    action = Action(kind, annotations.get(ACTION_BY) or "unknown", at)  # type: ignore[arg-type]
+    done = status.last_action
+    if done is not None and (done.action, done.by, done.at) == (action.action, action.by, action.at):
+        return None
+    return action
+
+
+def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datetime,
+            logger: kopf.Logger) -> Look:
+    """Query every metric for both tracks over the window since the canary first served, and judge it."""
+    window = analysis_window(status, now, parse_duration(spec.analysis.interval))
+    samples: dict[str, tuple[MetricSample, MetricSample]] = {}
+    try:
+        client = prometheus_client(spec, namespace)
+    except (ApiException, KeyError) as error:
+        problem = MetricSample(error=f"cannot read the Prometheus bearer token: {error}")
+        samples = {m.name: (problem, problem) for m in spec.analysis.metrics}
+    else:
+        for metric in spec.analysis.metrics:
+            pair = []
+            for track, model in (("stable", spec.stable_model), ("canary", spec.canary_model)):
+                values = dict(track=track, version=model.version, namespace=namespace,
+                              target=spec.target.deployment, window=window)
+                try:
+                    if metric.ratio:
+                        pair.append(MetricSample(good=client.scalar(fill(metric.ratio.good, **values)),
+                                                 total=client.scalar(fill(metric.ratio.total, **values))))
+                    else:
+                        assert metric.threshold is not None
+                        pair.append(MetricSample(value=client.scalar(fill(metric.threshold.query, **values))))
+                except PrometheusError as error:
+                    pair.append(MetricSample(error=str(error)))
+            samples[metric.name] = (pair[0], pair[1])
+    look = judge_look(spec.analysis, samples, step=status.current_step or 0, weight=status.canary_weight or 0,
+                      now=now, evidence=status.evidence)
+    logger.info(f"Analysed step={look.record.step} weight={look.record.weight} verdict={look.record.verdict} "
+                f"window={window}")
+    return look
+
+
+def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
+    prometheus = spec.prometheus
+    assert prometheus is not None  # the CRD requires it whenever metrics are set
+    token = None
+    if prometheus.bearer_token_secret_ref is not None:
+        ref = prometheus.bearer_token_secret_ref
+        token = resources.read_secret_key(namespace, ref.name, ref.key)
+    return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
+
+
+def progressing(stored: dict[str, Any], status: RolloutStatus, now: datetime,
+                generation: int | None) -> list[dict[str, Any]]:
+    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended."""
+    ended = status.phase in TERMINAL
+    return set_condition(list(stored.get("conditions") or []), type="Progressing",
+                         status="False" if ended else "True", reason=status.phase or "Progressing",
+                         message=status.message or "", now=now, generation=generation)
+
+
+def hold(stored: dict[str, Any], patch: kopf.Patch, body: kopf.Body, message: str) -> None:
+    """Wait for the target: say why in status, and once in a Warning Event (not every tick)."""
+    if stored.get("message") != message:
+        kopf.warn(body, reason="TargetUnavailable", message=message)
+    write_status(stored, patch, {"message": message})
+

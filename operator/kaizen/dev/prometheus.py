@@ -1,0 +1,173 @@
+"""A real Prometheus (Debian's ``/usr/bin/prometheus``) on loopback, for tests and the demo.
+
+Debian's build has no ``kubernetes_sd_configs``, so targets come from a ``file_sd_configs`` file that can be
+rewritten at any time (Prometheus watches it). :func:`pod_target` describes a process the way Kubernetes service
+discovery would describe a pod (``__meta_kubernetes_*`` labels), and :data:`RELABEL_CONFIGS` — the same rules a
+user writes for in-cluster scraping — turn the pod's ``kaizen.dev/track`` and ``kaizen.dev/model-version`` labels
+into the ``track`` and ``model_version`` labels analysis queries select on.
+
+It scrapes every second, keeps its data in a temporary directory (kept across :meth:`LocalPrometheus.stop` and
+:meth:`LocalPrometheus.start`, so a test can take Prometheus away and bring it back on the same port), and runs in
+its own process group (:mod:`kaizen.dev.processes`), so stopping it leaves no stray process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from kaizen.dev import processes
+from kaizen.dev.cluster import _free_ports
+
+PROMETHEUS = Path(os.environ.get("KAIZEN_PROMETHEUS", "/usr/bin/prometheus"))
+TRACK_LABEL = "kaizen.dev/track"
+MODEL_VERSION_LABEL = "kaizen.dev/model-version"
+
+#: Pod metadata to metric labels, as for kubernetes_sd_configs with role: pod.
+RELABEL_CONFIGS: list[dict[str, Any]] = [
+    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+    {"source_labels": ["__meta_kubernetes_pod_label_kaizen_dev_track"], "target_label": "track"},
+    {"source_labels": ["__meta_kubernetes_pod_label_kaizen_dev_model_version"], "target_label": "model_version"},
+    {"source_labels": ["__meta_kubernetes_pod_label_app"], "target_label": "app"},
+]
+
+
+class PrometheusStartError(RuntimeError):
+    """Prometheus did not become ready; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One scrape target: ``host:port`` and the discovery labels it comes with."""
+
+    address: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _sanitize(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def pod_target(address: str, *, namespace: str, pod: str, labels: dict[str, str]) -> Target:
+    """A target described as Kubernetes service discovery describes a pod with these labels."""
+    meta = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_name": pod}
+    meta.update({f"__meta_kubernetes_pod_label_{_sanitize(k)}": v for k, v in labels.items()})
+    return Target(address, meta)
+
+
+class LocalPrometheus:
+    """``with LocalPrometheus() as prometheus: prometheus.set_targets([...]); prometheus.url``."""
+
+    def __init__(self, workdir: Path | None = None, scrape_interval: str = "1s") -> None:
+        self._owned = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kaizen-prometheus-"))
+        self.scrape_interval = scrape_interval
+        self.port = _free_ports(1)[0]
+        self._process: processes.ManagedProcess | None = None
+        self._targets: list[Target] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def targets_file(self) -> Path:
+        return self.workdir / "targets.json"
+
+    def __enter__(self) -> LocalPrometheus:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+        if self._owned:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    def start(self, timeout: float = 30.0) -> LocalPrometheus:
+        """Start (or start again, on the same port and data) and wait until it is ready."""
+        if not PROMETHEUS.exists():
+            raise PrometheusStartError(f"{PROMETHEUS} not found: install Debian's prometheus package, or set "
+                                       "KAIZEN_PROMETHEUS to a Prometheus binary")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_targets()
+        config = self.workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "scrape_configs": [{
+                "job_name": "kaizen",
+                "scrape_timeout": self.scrape_interval,
+                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+                "relabel_configs": RELABEL_CONFIGS,
+            }],
+        }))
+        self._process = processes.spawn("prometheus", [
+            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", "--log.level=warn",
+        ], self.workdir / "prometheus.log", detach=False)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if not self._process.alive():
+                raise PrometheusStartError(f"Prometheus exited with status {self._process.exit_code()}:\n"
+                                           f"{self._process.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise PrometheusStartError(f"Prometheus was not ready after {timeout:g}s:\n"
+                                           f"{self._process.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        """Stop Prometheus and everything in its process group; its data stays for a later :meth:`start`."""
+        if self._process is not None:
+            processes.stop([self._process])
+            self._process = None
+
+    def set_targets(self, targets: list[Target]) -> None:
+        """Replace the scrape targets; Prometheus picks the change up within a second."""
+        self._targets = list(targets)
+        self._write_targets()
+
+    def _write_targets(self) -> None:
+        groups = [{"targets": [t.address], "labels": t.labels} for t in self._targets]
+        # Written whole and renamed, so Prometheus never reads a half-written file.
+        partial = self.targets_file.with_suffix(".tmp")
+        partial.write_text(json.dumps(groups))
+        partial.replace(self.targets_file)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query, for tests that wait for data to arrive (the operator uses kaizen.metrics)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}",
+                                    timeout=5) as response:
+            return json.load(response)["data"]["result"]
+
+    def wait_for_data(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until ``promql`` returns something (targets discovered and scraped) and return it."""
+        deadline = time.monotonic() + timeout
+        while not (result := self.query(promql)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Prometheus at {self.url} returned nothing for {promql!r} within {timeout:g}s; "
+                                   f"targets: {self.targets_file.read_text()}")
+            time.sleep(0.2)
+        return result
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False

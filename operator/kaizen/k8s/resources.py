@@ -1,0 +1,81 @@
+"""Kaizen's own objects through the API: the children a loop owns, create-or-adopt, annotations, Secrets."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from kaizen.api import KINDS, ResourceKind
+from kaizen.api.common import API_GROUP, API_VERSION
+from kaizen.k8s.client import FIELD_MANAGER, api_client
+
+BY_KIND: dict[str, ResourceKind] = {k.kind: k for k in KINDS}
+LOOP_LABEL = f"{API_GROUP}/loop"
+
+
+class ConflictError(RuntimeError):
+    """An object with the child's name exists and belongs to someone else."""
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api_client())
+
+
+def list_owned(kind: str, namespace: str, loop: str) -> list[dict[str, Any]]:
+    """The objects of ``kind`` a loop created (found by label; owner references make them its children)."""
+    listed = _custom().list_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, label_selector=f"{LOOP_LABEL}={loop}"
+    )
+    return listed["items"]
+
+
+def create_or_adopt(kind: str, namespace: str, body: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+    """Create the object; if one of that name exists and the same owner made it, adopt it (a retry or a restart
+    after a crash between create and status write), otherwise refuse."""
+    plural = BY_KIND[kind].plural
+    try:
+        return _custom().create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, body,
+                                                          field_manager=FIELD_MANAGER)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    existing = _custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural,
+                                                      body["metadata"]["name"])
+    owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
+    if owner_uid not in owners:
+        raise ConflictError(f"{kind} {namespace}/{body['metadata']['name']} exists and is not owned by this loop")
+    return existing
+
+
+def delete(kind: str, namespace: str, name: str) -> None:
+    try:
+        _custom().delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name,
+                                                  propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
+    return _custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name)
+
+
+def set_annotations(kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """A merge patch of annotations only (None deletes one): user requests never touch a GitOps-managed spec."""
+    patch = {"metadata": {"annotations": annotations}}
+    _custom().patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name, patch)
+
+
+def remove_annotations(kind: str, namespace: str, name: str, keys: list[str]) -> None:
+    """Consume a user's request."""
+    set_annotations(kind, namespace, name, {key: None for key in keys})
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    secret = kubernetes.client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+    if key not in (secret.data or {}):
+        raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(secret.data[key]).decode().strip()

@@ -1,0 +1,22 @@
+"""Rollout objects through the API: read one fresh, and write its status subresource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes.client
+
+from kaizen.api import ROLLOUT
+from kaizen.api.common import API_GROUP, API_VERSION
+from kaizen.k8s.client import api_client
+
+
+def read(namespace: str, name: str) -> dict[str, Any]:
+    return kubernetes.client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name)
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """A merge patch of the status subresource (``None`` values remove a field)."""
+    kubernetes.client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name, {"status": status})

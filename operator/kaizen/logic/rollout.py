@@ -1,0 +1,378 @@
+"""The Rollout step machine and the judgement of one analysis look: pure functions, no I/O, ``now`` injected.
+
+The controller (:mod:`kaizen.controllers.rollout`) gathers an :class:`Observation` — the stable Deployment's size,
+the canary's available replicas, whether a promotion has rolled out, this tick's analysis look (built by
+:func:`judge_look` from what Prometheus returned) and a user's action — and :func:`next_action` returns the new
+status, the canary size to apply, whether to promote, and the Events to post. Everything it needs to resume after a
+restart (step, step start, analysis start, counters) is in the status it returns.
+
+Failure policy: a look with no data or a query error holds the rollout (phase Paused) and never lets a step end;
+``consecutiveErrorLimit`` such looks, or ``inconclusiveLimit`` inconclusive looks after an analysis step's
+duration, trigger ``onLimit``: Pause (wait for a human) or Rollback. A Fail rolls back at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from kaizen.api.common import parse_duration
+from kaizen.api.rollout import (
+    ActionRecord, Analysis, AnalysisMetric, AnalysisRecord, MetricEvidence, MetricResult, RolloutSpec, RolloutStatus,
+    Step, TrackSample, UserAction,
+)
+from kaizen.logic.stats import Counts, Evidence, judge_ratio
+
+TERMINAL = ("Promoted", "RolledBack", "Aborted")
+#: Analysis records kept in status, newest first.
+MAX_RECORDS = 20
+# The worst verdict of a look's metrics is the look's verdict.
+_SEVERITY = {"Pass": 0, "Inconclusive": 1, "Error": 2, "Fail": 3}
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """What Prometheus returned for one metric and one track; ``error`` when the query failed."""
+
+    good: float | None = None
+    total: float | None = None
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """A user's request, read from the ``kaizen.dev/action*`` annotations."""
+
+    action: UserAction
+    by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Look:
+    """One analysis interval: its record, and the sequential test's state after it."""
+
+    record: AnalysisRecord
+    evidence: tuple[MetricEvidence, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The world as the controller saw it this tick."""
+
+    stable_replicas: int
+    canary_available: int = 0
+    stable_promoted: bool = False
+    look: Look | None = None
+    action: Action | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do: the new status, the canary size (None: remove the canary), whether to promote, Events."""
+
+    status: RolloutStatus
+    canary_replicas: int | None
+    promote: bool
+    events: tuple[Event, ...] = field(default_factory=tuple)
+
+
+def canary_replicas(stable_replicas: int, weight: int, max_replicas: int) -> int:
+    """Replica-ratio routing: canary replicas so that canary / (stable + canary) is about ``weight`` percent.
+
+    At 100 % the canary runs at the stable's size (the stable is never scaled down; promotion then moves it).
+    """
+    if weight <= 0:
+        return 0
+    wanted = stable_replicas if weight >= 100 else math.ceil(stable_replicas * weight / (100 - weight))
+    return min(max(wanted, 1), max_replicas)
+
+
+def look_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
+    """Whether this tick should read the metrics: the canary has served for an interval, and half an interval has
+    passed since the last look.
+
+    The first interval is left alone because Prometheus has not yet discovered and scraped a canary that just
+    started, and that "no data" is no sign of trouble. Half, not a whole interval between looks, so a timer firing a
+    little early never skips an interval, while a restart right after a look does not look twice.
+    """
+    if not spec.analysis.metrics or status.phase in TERMINAL or status.analysis_started_at is None:
+        return False
+    if status.current_step is not None and status.current_step >= len(spec.steps):
+        return False
+    interval = parse_duration(spec.analysis.interval)
+    if now - status.analysis_started_at < interval:
+        return False
+    last = status.analysis[0].time if status.analysis else None
+    return last is None or now - last >= interval / 2
+
+
+def analysis_window(status: RolloutStatus, now: datetime, interval: timedelta) -> str:
+    """The PromQL range ({{window}}) a look reads: everything since the canary first served, at least 2 intervals."""
+    assert status.analysis_started_at is not None
+    seconds = max((now - status.analysis_started_at).total_seconds(), 2 * interval.total_seconds())
+    return f"{math.ceil(seconds)}s"
+
+
+def _to_stats(evidence: MetricEvidence | None) -> Evidence | None:
+    if evidence is None:
+        return None
+    stable, canary = evidence.stable, evidence.canary
+    return Evidence(tuple(evidence.log_likelihood_ratios), Counts(stable.good or 0, stable.total or 0),
+                    Counts(canary.good or 0, canary.total or 0))
+
+
+def _to_api(name: str, evidence: Evidence) -> MetricEvidence:
+    return MetricEvidence(
+        name=name, log_likelihood_ratios=list(evidence.log_ratios),
+        stable=TrackSample(good=evidence.stable.good, total=evidence.stable.total),
+        canary=TrackSample(good=evidence.canary.good, total=evidence.canary.total),
+    )
+
+
+def judge_metric(
+    metric: AnalysisMetric, stable: MetricSample, canary: MetricSample, alpha: float,
+    evidence: MetricEvidence | None = None,
+) -> tuple[MetricResult, MetricEvidence | None]:
+    """One metric's verdict from both tracks' samples, and its sequential test's new state (ratio metrics).
+
+    ``alpha`` is this metric's share of the bound; ``evidence`` the state after the previous look.
+    """
+    for track, sample in (("stable", stable), ("canary", canary)):
+        if sample.error:
+            return MetricResult(name=metric.name, verdict="Error",
+                                message=f"{track} query failed: {sample.error}"), evidence
+    if metric.ratio:
+        missing = [t for t, s in (("stable", stable), ("canary", canary)) if s.good is None or s.total is None]
+        if missing:
+            return MetricResult(name=metric.name, verdict="Error",
+                                message=f"no data for the {' and '.join(missing)} track: the queries returned "
+                                "nothing (is the track scraped, and labelled?)"), evidence
+        assert stable.good is not None and stable.total is not None
+        assert canary.good is not None and canary.total is not None
+        judgement = judge_ratio(Counts(stable.good, stable.total), Counts(canary.good, canary.total),
+                                max_regression=metric.max_regression, alpha=alpha, min_samples=metric.min_samples,
+                                evidence=_to_stats(evidence))
+        return MetricResult(
+            name=metric.name,
+            stable=TrackSample(good=stable.good, total=stable.total, value=judgement.stable_rate),
+            canary=TrackSample(good=canary.good, total=canary.total, value=judgement.canary_rate),
+            delta=judgement.delta, ci_low=judgement.ci_low, ci_high=judgement.ci_high,
+            evidence=judgement.evidence.value, verdict=judgement.verdict, message=judgement.message,
+        ), _to_api(metric.name, judgement.evidence)
+    return _judge_threshold(metric, stable, canary), None
+
+
+def _judge_threshold(metric: AnalysisMetric, stable: MetricSample, canary: MetricSample) -> MetricResult:
+    threshold = metric.threshold
+    assert threshold is not None
+    if canary.value is None:
+        return MetricResult(name=metric.name, verdict="Error",
+                            message="no data for the canary track: the query returned nothing")
+    samples = dict(stable=TrackSample(value=stable.value), canary=TrackSample(value=canary.value),
+                   delta=None if stable.value is None else canary.value - stable.value)
+    if threshold.min is not None and canary.value < threshold.min:
+        return MetricResult(name=metric.name, verdict="Fail", **samples,
+                            message=f"canary {canary.value:g} is below the minimum {threshold.min:g}")
+    if threshold.max is not None and canary.value > threshold.max:
+        return MetricResult(name=metric.name, verdict="Fail", **samples,
+                            message=f"canary {canary.value:g} is above the maximum {threshold.max:g}")
+    return MetricResult(name=metric.name, verdict="Pass", **samples, message=f"canary {canary.value:g} within bounds")
+
+
+def judge_look(
+    analysis: Analysis, samples: dict[str, tuple[MetricSample, MetricSample]], *, step: int, weight: int,
+    now: datetime, evidence: list[MetricEvidence] | None = None,
+) -> Look:
+    """One analysis interval: every metric judged, the look's verdict the worst of them.
+
+    ``samples`` maps a metric name to its (stable, canary) samples; ``evidence`` is the sequential tests' state
+    from status. The ratio metrics share ``alpha`` equally (Bonferroni), so the false-rollback bound holds for the
+    rollout as a whole.
+    """
+    ratios = sum(1 for m in analysis.metrics if m.ratio)
+    alpha = analysis.alpha / max(ratios, 1)
+    previous = {e.name: e for e in evidence or []}
+    judged = [judge_metric(m, *samples[m.name], alpha, previous.get(m.name)) for m in analysis.metrics]
+    results = [result for result, _ in judged]
+    verdict = max((r.verdict for r in results), key=_SEVERITY.__getitem__, default="Inconclusive")
+    return Look(AnalysisRecord(time=now, step=step, weight=weight, verdict=verdict, metrics=results),
+                tuple(state for _, state in judged if state is not None))
+
+
+def _summary(record: AnalysisRecord) -> str:
+    return "; ".join(f"{m.name}: {m.verdict} ({m.message})" if m.message else f"{m.name}: {m.verdict}"
+                     for m in record.metrics)
+
+
+class _Machine:
+    """One transition's working state: the status being rebuilt and the Events it produced."""
+
+    def __init__(self, spec: RolloutSpec, status: RolloutStatus, observation: Observation, now: datetime):
+        self.spec, self.observation, self.now = spec, observation, now
+        self.status = status.model_copy(deep=True)
+        self.events: list[Event] = []
+
+    def event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type, reason, message))
+
+    @property
+    def step(self) -> Step | None:
+        index = self.status.current_step or 0
+        return self.spec.steps[index] if index < len(self.spec.steps) else None
+
+    def finish(self, phase: Literal["Promoted", "RolledBack", "Aborted"], message: str) -> None:
+        self.status.phase, self.status.message, self.status.awaiting_approval = phase, message, None
+        self.status.canary_replicas, self.status.canary_weight = 0, 0
+        self.event("Warning" if phase == "RolledBack" else "Normal", phase, message)
+
+    def start_step(self, index: int) -> None:
+        self.status.current_step, self.status.step_started_at = index, self.now
+        self.status.consecutive_inconclusive = 0
+        if index >= len(self.spec.steps):
+            self.status.message = f"Promoting {self.spec.canary_model.version}: updating the stable Deployment."
+            self.event("Normal", "Promoting", self.status.message)
+            return
+        step = self.spec.steps[index]
+        if step.set_weight is not None:
+            self.status.canary_weight = step.set_weight
+            self.status.canary_replicas = canary_replicas(
+                self.observation.stable_replicas, step.set_weight,
+                self.spec.traffic_routing.replica_ratio.max_canary_replicas,
+            )
+            self.event("Normal", "WeightSet", f"Step {index}: canary weight {step.set_weight}% "
+                       f"({self.status.canary_replicas} canary replicas).")
+        elif step.pause is not None and step.pause.duration is None:
+            self.status.phase, self.status.awaiting_approval = "Paused", True
+            self.status.message = f"Step {index}: paused until `kaizen approve` or `kaizen promote`."
+            self.event("Normal", "AwaitingApproval", self.status.message)
+
+    def limit(self, what: str) -> None:
+        policy = self.spec.analysis.failure_policy
+        if policy.on_limit == "Rollback":
+            self.finish("RolledBack", f"Rolled back: {what}.")
+        else:
+            self.status.phase, self.status.awaiting_approval = "Paused", True
+            self.status.message = f"Paused: {what}; `kaizen approve` resumes, `kaizen abort` ends it."
+            self.event("Warning", "AwaitingApproval", self.status.message)
+
+    def apply_action(self, action: Action) -> None:
+        s = self.status
+        if s.phase in TERMINAL:
+            outcome = f"ignored: the rollout is already {s.phase}"
+        elif action.action == "abort":
+            outcome = "aborted: canary removed, stable untouched"
+            self.finish("Aborted", f"Aborted by {action.by} at {action.at.isoformat()}; stable untouched.")
+        elif action.action == "promote":
+            outcome = "promoting: remaining steps skipped"
+            s.phase, s.awaiting_approval, s.consecutive_errors = "Progressing", None, 0
+            self.start_step(len(self.spec.steps))
+        elif not s.awaiting_approval:
+            outcome = "ignored: the rollout is not waiting for approval"
+        else:
+            outcome = f"approved: step {s.current_step} completed"
+            s.phase, s.awaiting_approval, s.consecutive_errors = "Progressing", None, 0
+            self.start_step((s.current_step or 0) + 1)
+        s.last_action = ActionRecord(action=action.action, by=action.by, at=action.at, outcome=outcome)
+        self.event("Normal", "UserAction", f"{action.action} by {action.by}: {outcome}.")
+
+    def record(self, observed: Look) -> None:
+        s, policy, look = self.status, self.spec.analysis.failure_policy, observed.record
+        s.analysis = [look, *s.analysis][:MAX_RECORDS]
+        s.evidence = list(observed.evidence)
+        summary = _summary(look)
+        self.event("Warning" if look.verdict in ("Fail", "Error") else "Normal", f"Analysis{look.verdict}",
+                   f"Step {look.step} at {look.weight}%: {summary}"[:1024])
+        if look.verdict == "Fail":
+            failed = [m for m in look.metrics if m.verdict == "Fail"]
+            self.finish("RolledBack", "Rolled back: " + "; ".join(f"metric {m.name} failed: {m.message}"
+                                                                  for m in failed))
+            return
+        if look.verdict == "Error":
+            s.consecutive_errors = (s.consecutive_errors or 0) + 1
+            if s.consecutive_errors >= policy.consecutive_error_limit:
+                if policy.on_limit == "Rollback" or not s.awaiting_approval:  # already waiting: say it once
+                    self.limit(f"{s.consecutive_errors} analysis intervals in a row without data ({summary})")
+            elif not s.awaiting_approval:
+                s.phase = "Paused"
+                s.message = (f"Holding: no usable metrics ({s.consecutive_errors} of "
+                             f"{policy.consecutive_error_limit} intervals): {summary}")
+            return
+        s.consecutive_errors = 0
+        if not s.awaiting_approval:
+            s.phase = "Progressing"
+        step = self.step
+        if look.verdict == "Inconclusive" and step is not None and step.analysis is not None and self.elapsed(
+                step.analysis.duration):
+            s.consecutive_inconclusive = (s.consecutive_inconclusive or 0) + 1
+            if s.consecutive_inconclusive >= policy.inconclusive_limit and (
+                    policy.on_limit == "Rollback" or not s.awaiting_approval):
+                self.limit(f"{s.consecutive_inconclusive} inconclusive analysis intervals after step "
+                           f"{s.current_step}'s {step.analysis.duration} ({summary})")
+        elif look.verdict == "Pass":
+            s.consecutive_inconclusive = 0
+
+    def elapsed(self, duration: str) -> bool:
+        assert self.status.step_started_at is not None
+        return self.now - self.status.step_started_at >= parse_duration(duration)
+
+    def step_done(self) -> bool:
+        step, s = self.step, self.status
+        assert step is not None
+        if step.set_weight is not None:
+            return self.observation.canary_available >= (s.canary_replicas or 0)
+        if step.analysis is not None:
+            latest = s.analysis[0] if s.analysis else None
+            return (self.elapsed(step.analysis.duration) and latest is not None and latest.verdict == "Pass"
+                    and latest.step == s.current_step and latest.time >= s.step_started_at)
+        assert step.pause is not None
+        return step.pause.duration is not None and self.elapsed(step.pause.duration)
+
+    def advance(self) -> None:
+        s = self.status
+        while s.phase == "Progressing" and (s.current_step or 0) < len(self.spec.steps) and self.step_done():
+            step = self.step
+            if step is not None and step.set_weight is not None and s.analysis_started_at is None:
+                s.analysis_started_at = self.now
+            self.start_step((s.current_step or 0) + 1)
+        if s.phase == "Progressing" and (s.current_step or 0) >= len(self.spec.steps) \
+                and self.observation.stable_promoted:
+            self.finish("Promoted", f"Promoted {self.spec.canary_model.version}: the stable Deployment serves "
+                        f"{self.spec.canary_model.uri}.")
+        elif s.phase == "Progressing" and (s.current_step or 0) < len(self.spec.steps):
+            s.message = f"Step {s.current_step} of {len(self.spec.steps)} at canary weight {s.canary_weight or 0}%."
+
+
+def next_action(spec: RolloutSpec, status: RolloutStatus, observation: Observation, now: datetime) -> Decision:
+    """One transition of the step machine.
+
+    The canary size and the promotion it returns are targets to apply, not increments, and the status carries the
+    step and its start: a retried or restarted reconcile re-applies the same targets and never scales or promotes
+    twice.
+    """
+    m = _Machine(spec, status, observation, now)
+    s = m.status
+    if s.phase is None:
+        s.phase, s.canary_weight, s.canary_replicas = "Progressing", 0, 0
+        s.consecutive_errors = s.consecutive_inconclusive = 0
+        m.event("Normal", "Started", f"Rolling out {spec.canary_model.version} beside {spec.stable_model.version}.")
+        m.start_step(0)
+    if observation.action is not None:
+        m.apply_action(observation.action)
+    if observation.look is not None and s.phase not in TERMINAL:
+        m.record(observation.look)
+    if s.phase not in TERMINAL:
+        m.advance()
+    promoting = s.phase not in TERMINAL and (s.current_step or 0) >= len(spec.steps)
+    canary = None if s.phase in TERMINAL else s.canary_replicas or 0
+    return Decision(status=s, canary_replicas=canary, promote=promoting, events=tuple(m.events))

@@ -1,0 +1,83 @@
+"""Prometheus queries through prometheus-api-client, with errors that say what went wrong.
+
+Synchronous, like the client it wraps: call it from kopf's sync handlers (they run in its thread pool) or through
+``asyncio.to_thread``. "No data" (an empty result, or NaN such as 0/0) is ``None``, never an exception, because the
+callers treat it differently from an error: both hold a rollout, but only errors say Prometheus is unwell.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+
+class PrometheusError(RuntimeError):
+    """A query failed: Prometheus unreachable, an HTTP error, or a query it rejected. The message says which."""
+
+
+class PrometheusClient:
+    """Instant queries against one Prometheus."""
+
+    def __init__(self, url: str, bearer_token: str | None = None, insecure_skip_verify: bool = False,
+                 timeout: float = 10) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else None
+        # One quick retry: a reconcile that cannot reach Prometheus should say so within its interval, not back off
+        # for tens of seconds as the client's default retries do.
+        self._connection = PrometheusConnect(
+            url=self.url, headers=headers, disable_ssl=insecure_skip_verify, timeout=timeout,
+            retry=Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504)),
+        )
+
+    def query(self, query: str) -> list[dict[str, Any]] | list[Any]:
+        """The raw instant-query result (a vector's series, or a scalar's ``[time, value]``)."""
+        try:
+            return self._connection.custom_query(query)
+        except PrometheusApiClientException as error:
+            raise PrometheusError(f"Prometheus at {self.url} rejected {query!r}: {_reason(error)}") from None
+        except requests.RequestException as error:
+            raise PrometheusError(f"Prometheus at {self.url} is unreachable: {type(error).__name__}: "
+                                  f"{_first_line(error)}") from None
+        except ValueError as error:  # A body that is not Prometheus' JSON (a proxy's error page).
+            raise PrometheusError(f"Prometheus at {self.url} answered {query!r} with something that is not its "
+                                  f"API's JSON: {error}") from None
+
+    def scalar(self, query: str) -> float | None:
+        """The query's single value; None when there is no data. A result of several series is an error."""
+        result = self.query(query)
+        if not result:
+            return None
+        if isinstance(result[0], dict):
+            if len(result) > 1:
+                labels = ", ".join(str(series.get("metric", {})) for series in result[:3])
+                raise PrometheusError(f"{query!r} returned {len(result)} series ({labels}, ...), not one value: "
+                                      "aggregate it, e.g. with sum(...)")
+            value = result[0]["value"][1]
+        else:  # A scalar result: [time, value].
+            value = result[1]
+        number = float(value)
+        return None if math.isnan(number) else number
+
+
+def _reason(error: PrometheusApiClientException) -> str:
+    # The client's message is "HTTP Status Code 400 (b'{...}')": the repr of Prometheus' JSON error body, whose
+    # errorType and error say what was wrong with the query.
+    text = str(error)
+    start = text.find("(b")
+    if start != -1 and text.endswith(")"):
+        try:
+            body = json.loads(ast.literal_eval(text[start + 1:-1]))
+            return f"{body.get('errorType', 'error')}: {body['error']}"
+        except (ValueError, SyntaxError, KeyError, TypeError):
+            pass
+    return text
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:300] if str(error) else "no details"

@@ -1,0 +1,201 @@
+"""Rollouts on a real API server with kube-controller-manager (Deployments become ReplicaSets and kwok pods) and a
+real Prometheus scraping emitter processes labelled as the stable and canary pods: the issue's scenarios."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from kaizen.cli import main as kaizen_cli
+from kaizen.k8s.identity import whoami
+from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
+from tests.integration.kube import apply, get, wait_for
+from tests.integration.rollouts import (
+    SUCCESS_RATE, deployment, env, kubectl_apply, reasons, rollout, running_operator, stable_manifest,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def operator(crds):
+    with running_operator(crds):
+        yield crds
+
+
+@pytest.fixture
+def served(operator, namespace):
+    """The stable Deployment `bot` (4 replicas), rolled out."""
+    kubectl_apply(operator, namespace, stable_manifest())
+    operator.kubectl("rollout", "status", "deployment/bot", "-n", namespace, "--timeout=60s")
+    return deployment(operator, namespace, "bot")
+
+
+def tracks(emit, prometheus, namespace, *, stable_error=0.01, canary_error=0.01):
+    labels = {"app": "bot"}
+    stable = emit(namespace=namespace, pod="bot-stable", rate=200, error_rate=stable_error,
+                  labels={**labels, "kaizen.dev/track": "stable", "kaizen.dev/model-version": "v1"})
+    canary = emit(namespace=namespace, pod="bot-canary", rate=50, error_rate=canary_error,
+                  labels={**labels, "kaizen.dev/track": "canary", "kaizen.dev/model-version": "v2"})
+    # Prometheus serving both tracks before the rollout starts, as in a cluster that has been scraping for a while.
+    prometheus.wait_for_data(
+        f'count(count by (track) (increase(http_requests_total{{namespace="{namespace}"}}[5s]) > 0)) == 2')
+    return stable, canary
+
+
+def phase(name):
+    return lambda obj: obj.get("status", {}).get("phase") == name
+
+
+def test_a_healthy_canary_is_promoted_through_10_50_100(operator, namespace, served, prometheus, emit):
+    tracks(emit, prometheus, namespace)
+    steps = [{"setWeight": 10}, {"analysis": {"duration": "3s"}}, {"setWeight": 50}, {"analysis": {"duration": "3s"}},
+             {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps, prometheus_url=prometheus.url, metrics=[SUCCESS_RATE]))
+
+    seen_replicas = set()
+
+    def watch(obj):
+        canary = deployment(operator, namespace, "bot-canary")
+        if canary is not None:
+            seen_replicas.add(canary["spec"]["replicas"])
+        return phase("Promoted")(obj)
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, watch, timeout=90)
+    stable = deployment(operator, namespace, "bot")
+    assert env(stable) == {"GREETING": "hello", "MODEL_URI": "s3://models/bot/v2"}
+    assert stable["spec"]["template"]["metadata"]["labels"]["kaizen.dev/model-version"] == "v2"
+    assert stable["spec"]["replicas"] == 4  # never touched by routing
+    assert {1, 4} <= seen_replicas  # 10 % is 1 canary beside 4 stable, 50 % is 4 beside 4
+    operator.kubectl("wait", "--for=delete", "deployment/bot-canary", "-n", namespace, "--timeout=30s")
+    records = obj["status"]["analysis"]
+    assert {r["weight"] for r in records} >= {10, 50}
+    passed = next(r for r in records if r["verdict"] == "Pass")["metrics"][0]
+    assert passed["canary"]["total"] >= 50 and passed["ciLow"] >= -0.05
+    assert obj["status"]["message"] == "Promoted v2: the stable Deployment serves s3://models/bot/v2."
+    assert reasons(operator, namespace, "bot-v2").count("Promoted") == 1
+
+
+def test_a_regression_at_50_percent_is_rolled_back_with_its_numbers(operator, namespace, served, prometheus, emit):
+    _, canary = tracks(emit, prometheus, namespace)
+    steps = [{"setWeight": 10}, {"analysis": {"duration": "2s"}}, {"setWeight": 50},
+             {"analysis": {"duration": "60s"}}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps, prometheus_url=prometheus.url, metrics=[SUCCESS_RATE]))
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("canaryWeight") == 50,
+             timeout=60)
+    canary.set(error_rate=0.4)
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("RolledBack"), timeout=60)
+    message = obj["status"]["message"]
+    assert message.startswith("Rolled back: metric success-rate failed: canary 0.")
+    assert "vs stable 0.99" in message and "always-valid CI" in message
+    failed = obj["status"]["analysis"][0]
+    assert failed["verdict"] == "Fail" and failed["weight"] == 50
+    assert failed["metrics"][0]["evidence"] >= 2 / 0.05  # the e-value reached 2/alpha (a margin is set)
+    assert failed["metrics"][0]["canary"]["value"] < failed["metrics"][0]["stable"]["value"] - 0.05
+    stable = deployment(operator, namespace, "bot")
+    assert stable["metadata"]["generation"] == served["metadata"]["generation"]  # untouched
+    assert "MODEL_URI" not in env(stable)
+    operator.kubectl("wait", "--for=delete", "deployment/bot-canary", "-n", namespace, "--timeout=30s")
+    assert "AnalysisFail" in reasons(operator, namespace, "bot-v2")
+
+
+def test_prometheus_down_pauses_and_never_promotes_then_resumes(operator, namespace, served, prometheus, emit):
+    tracks(emit, prometheus, namespace)
+    steps = [{"setWeight": 10}, {"analysis": {"duration": "3s"}}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps, prometheus_url=prometheus.url, metrics=[SUCCESS_RATE],
+                                       policy={"consecutiveErrorLimit": 100}))
+    wait_for(operator, "rollout", "bot-v2", namespace,
+             lambda o: o.get("status", {}).get("currentStep") == 1 and o["status"].get("analysis"), timeout=60)
+    prometheus.stop()
+
+    held = wait_for(operator, "rollout", "bot-v2", namespace, phase("Paused"), timeout=30)
+    assert "Holding: no usable metrics" in held["status"]["message"]
+    assert "is unreachable" in held["status"]["analysis"][0]["metrics"][0]["message"]
+    # Past the analysis step's 3 s, with no data: still at step 1, the stable Deployment not promoted.
+    time.sleep(4)
+    obj = get(operator, "rollout", "bot-v2", namespace)
+    assert obj["status"]["phase"] == "Paused" and obj["status"]["currentStep"] == 1
+    assert "MODEL_URI" not in env(deployment(operator, namespace, "bot"))
+
+    prometheus.start()
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Promoted"), timeout=60)
+    assert env(deployment(operator, namespace, "bot"))["MODEL_URI"] == "s3://models/bot/v2"
+    assert obj["status"]["consecutiveErrors"] == 0
+
+
+def test_a_pause_without_duration_waits_for_approve(operator, namespace, served):
+    steps = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps))
+    waiting = wait_for(operator, "rollout", "bot-v2", namespace,
+                       lambda o: o.get("status", {}).get("awaitingApproval") is True, timeout=60)
+    assert waiting["status"]["phase"] == "Paused" and waiting["status"]["currentStep"] == 1
+    time.sleep(2)  # nothing but an approval ends this step
+    assert get(operator, "rollout", "bot-v2", namespace)["status"]["currentStep"] == 1
+
+    assert kaizen_cli(["approve", "bot-v2", "-n", namespace]) == 0
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Promoted"), timeout=60)
+    action = obj["status"]["lastAction"]
+    assert action["action"] == "approve" and action["by"] == whoami()
+    assert action["outcome"] == "approved: step 1 completed"
+    wait_for(operator, "rollout", "bot-v2", namespace,
+             lambda o: "kaizen.dev/action" not in o["metadata"].get("annotations", {}), timeout=10)
+
+
+def test_reapplying_the_manifest_after_promotion_keeps_the_promoted_model(operator, namespace, served):
+    steps = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps))
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=60)
+    assert kaizen_cli(["promote", "bot-v2", "-n", namespace]) == 0
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Promoted"), timeout=60)
+    assert obj["status"]["lastAction"]["outcome"] == "promoting: remaining steps skipped"
+
+    # What Argo CD self-heal does: apply the manifest from git again, here with a real change in it.
+    kubectl_apply(operator, namespace, stable_manifest(extra_env="hello again"))
+    assert env(deployment(operator, namespace, "bot")) == {"GREETING": "hello again", "MODEL_URI": "s3://models/bot/v2"}
+    # And as Argo CD does with server-side apply, under its own field manager.
+    operator.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-n",
+                     namespace, "-f", "-", input=yaml.safe_dump(stable_manifest(extra_env="bye")))
+    stable = json.loads(operator.kubectl("get", "deployment", "bot", "-n", namespace, "-o", "json",
+                                         "--show-managed-fields").stdout)
+    assert env(stable) == {"GREETING": "bye", "MODEL_URI": "s3://models/bot/v2"}
+    owners = [m["manager"] for m in stable["metadata"]["managedFields"] if owns(m.get("fieldsV1", {}), "MODEL_URI")]
+    assert owners == ["kaizen"]
+
+
+def owns(fields: dict, env_name: str) -> bool:
+    """Whether a managedFields entry's fieldsV1 holds the env entry ``env_name``."""
+    key = json.dumps({"name": env_name}, separators=(",", ":"))
+    return any(k == f"k:{key}" or (isinstance(v, dict) and owns(v, env_name)) for k, v in fields.items())
+
+
+def test_a_missing_target_is_waited_for_and_abort_leaves_the_stable_untouched(operator, namespace):
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]))
+    waiting = wait_for(operator, "rollout", "bot-v2", namespace, lambda o: "does not exist" in o.get("status", {})
+                       .get("message", ""))
+    assert waiting["status"]["message"] == (f"The target Deployment {namespace}/bot does not exist; waiting for it.")
+    assert reasons(operator, namespace, "bot-v2") == ["TargetUnavailable"]
+
+    kubectl_apply(operator, namespace, stable_manifest())
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=60)
+    stable = deployment(operator, namespace, "bot")
+    assert kaizen_cli(["abort", "bot-v2", "-n", namespace]) == 0
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Aborted"))
+    assert obj["status"]["message"].startswith(f"Aborted by {whoami()} at ")
+    assert obj["status"]["message"].endswith("; stable untouched.")
+    operator.kubectl("wait", "--for=delete", "deployment/bot-canary", "-n", namespace, "--timeout=30s")
+    assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable["metadata"]["generation"]
+
+
+def test_metrics_without_prometheus_are_rejected_by_the_api_server(crds, namespace):
+    doc = rollout("bot-v2", [{"setWeight": 10}, {"analysis": {"duration": "1m"}}, {"setWeight": 100}],
+                  metrics=[SUCCESS_RATE])
+    result = crds.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0
+    assert "spec.prometheus: Invalid value" in result.stderr
+    assert "analysis metrics need spec.prometheus to read them from" in result.stderr
