@@ -90,6 +90,11 @@ watchNamespaces is empty, otherwise by a Role in each watched namespace. Least p
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Only to read the tokens an ImprovementLoop names (spec.prometheus.bearerTokenSecretRef,
+# spec.feedback.tokenSecretRef): get by name, never list or watch.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 # Decisions and handler outcomes are reported as Events (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]

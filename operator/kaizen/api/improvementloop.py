@@ -12,25 +12,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    CommonStatus, Duration, KaizenModel, ModelRef, Name, SecretKeyRef, TargetRef, bounds_rule, cel, nested,
-    validations,
+    CommonStatus, Duration, KaizenModel, ModelRef, Name, PrometheusSpec, SecretKeyRef, TargetRef, bounds_rule, cel,
+    nested, validations,
 )
 from kaizen.api.retrainjob import GATES_FIELD, FeedbackCategory, Gate, RetrainTemplate
 from kaizen.api.rollout import RolloutTemplate
 
 Approval = Literal["Automatic", "Manual"]
-
-
-class PrometheusSpec(KaizenModel):
-    """Where the signals and the canary analysis are read from."""
-
-    url: str = Field(
-        max_length=1024, pattern=r"^https?://[^\s]+$", description="Base URL of the Prometheus HTTP API."
-    )
-    bearer_token_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding a bearer token sent with every query."
-    )
-    insecure_skip_verify: bool = Field(default=False, description="Skip TLS certificate verification (tests only).")
 
 
 class Signal(KaizenModel):
@@ -101,6 +89,11 @@ class Policy(KaizenModel):
     max_consecutive_failures: int = Field(
         default=3, ge=1, le=100, description="Failed retrains or rollouts in a row before the loop stops (Degraded)."
     )
+    rollback_window: Duration = Field(
+        default="1h",
+        description="A breach that begins within this time after a promotion is blamed on it: Kaizen rolls back to "
+        "the previous model instead of retraining.",
+    )
     successful_history_limit: int = Field(
         default=5, ge=0, le=100, description="Finished RetrainJobs and Rollouts that succeeded to keep."
     )
@@ -143,6 +136,9 @@ class SignalStatus(KaizenModel):
     value: float | None = Field(default=None, description="Last value; absent when Prometheus returned no data.")
     state: SignalState = Field(description="Healthy, Breached (sustained for 'for') or Unknown (no data).")
     since: datetime | None = Field(default=None, description="When the signal entered this state.")
+    pending_since: datetime | None = Field(
+        default=None, description="Since when the value has disagreed with the state (it changes after 'for')."
+    )
 
 
 class Candidate(ModelRef):
@@ -173,6 +169,9 @@ class Decision(KaizenModel):
     action: str = Field(max_length=63, description="Nothing, Wait, Retrain, Rollback, RollOut, AwaitApproval, ...")
     reason: str = Field(max_length=1024, description="Why, in one sentence.")
     evidence: dict[str, Any] = Field(default_factory=dict, description="The numbers the decision rested on.")
+    child: str | None = Field(
+        default=None, max_length=300, description="The object the decision created, as Kind/name."
+    )
     outcome: str | None = Field(default=None, max_length=1024, description="What came of it, once known.")
 
 
@@ -181,9 +180,16 @@ class ImprovementLoopStatus(CommonStatus):
 
     phase: LoopPhase | None = Field(default=None, description="What the loop is doing now.")
     model: ServedModel | None = Field(default=None, description="The model served now.")
+    previous_model: ServedModel | None = Field(
+        default=None, description="The model served before the last promotion: what a rollback returns to."
+    )
     candidate: Candidate | None = Field(default=None, description="The candidate in training or rollout, if any.")
     signals: list[SignalStatus] = Field(default_factory=list, max_length=32, description="Signals as last observed.")
     budget: Budget | None = Field(default=None, description="Use of the weekly budgets.")
+    last_observed: datetime | None = Field(default=None, description="When signals were last observed.")
+    consecutive_failures: int | None = Field(
+        default=None, ge=0, description="Failed retrains and rolled-back rollouts in a row."
+    )
     decisions: list[Decision] = Field(
         default_factory=list, max_length=50, description="Decision log, newest first (bounded; the collector's "
         "audit log keeps all)."

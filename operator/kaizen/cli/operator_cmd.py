@@ -11,14 +11,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     parser.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--controllers", metavar="KINDS",
+                        help="comma-separated controllers to run (improvementloop,retrainjob,rollout; default: all)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import kopf
 
-    import kaizen.controllers  # noqa: F401  (registers the handlers)
+    if args.controllers:
+        os.environ["KAIZEN_CONTROLLERS"] = args.controllers
+    import kaizen.controllers  # noqa: F401  (registers the handlers of the selected controllers)
 
     kopf.configure(verbose=args.verbose)
     # Standalone: one replica; HA via peering is decided with the chart's replica story.

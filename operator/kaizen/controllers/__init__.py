@@ -2,8 +2,28 @@
 
 Handlers are thin: parse the spec, gather what they observe, call pure logic from ``kaizen.logic``, and write
 status once. Operator-wide settings live in :mod:`kaizen.controllers.settings`.
+
+``$KAIZEN_CONTROLLERS`` (``kaizen operator --controllers``) names the controllers to run, comma-separated; all by
+default. Running one kind alone serves tests that play the other kinds' part themselves.
 """
 
-from kaizen.controllers import improvementloop, retrainjob, rollout, settings
+from __future__ import annotations
 
-__all__ = ["improvementloop", "retrainjob", "rollout", "settings"]
+import importlib
+import os
+
+from kaizen.controllers import settings  # noqa: F401  (operator-wide kopf settings)
+
+ALL = ("improvementloop", "retrainjob", "rollout")
+
+
+def selected(value: str | None) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in (value or ",".join(ALL)).split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise ValueError(f"unknown controller(s) {', '.join(unknown)} in KAIZEN_CONTROLLERS; known: {', '.join(ALL)}")
+    return names
+
+
+for _name in selected(os.environ.get("KAIZEN_CONTROLLERS")):
+    importlib.import_module(f"kaizen.controllers.{_name}")

@@ -1,0 +1,485 @@
+"""The ImprovementLoop's decision engine: from what was observed to one action, with its reason and evidence.
+
+Pure: the controller gathers the world into :class:`Observed` (signal readings, children, feedback, a user's
+request), and these functions return the new signal states, what the children's outcomes mean for the loop, and a
+:class:`Plan` — one action, why, on what numbers, and the child to create if any. The controller carries it out.
+
+The order of :func:`decide` is the policy, most important first: paused, degraded, a child still running, a
+candidate that passed its gates (roll it out), the signals (healthy, unknown, breached), a breach right after a
+promotion (roll back), then the guards on a retrain (cooldown, weekly limit, GPU budget, feedback volume, same data
+after a failure) and approval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from kaizen.api.common import ModelRef, parse_duration
+from kaizen.api.improvementloop import (
+    Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, ServedModel, Signal, SignalStatus,
+)
+
+Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
+WEEK = timedelta(days=7)
+RETRAIN_FINISHED = ("Succeeded", "Failed")
+ROLLOUT_FINISHED = ("Promoted", "RolledBack", "Aborted")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One signal's value as Prometheus returned it (None: no data or an error)."""
+
+    name: str
+    value: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Child:
+    """A RetrainJob or Rollout owned by the loop, as far as decisions care."""
+
+    kind: Literal["RetrainJob", "Rollout"]
+    name: str
+    created: datetime
+    phase: str | None = None
+    verdict: str | None = None
+    finished: datetime | None = None
+    gpu_seconds: float = 0.0
+    candidate: ModelRef | None = None
+    retrain_job: str | None = None
+    rollback: bool = False
+    loop_generation: int | None = None
+    decision_id: str | None = None
+    summary: str | None = None
+    message: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.phase not in (RETRAIN_FINISHED if self.kind == "RetrainJob" else ROLLOUT_FINISHED)
+
+    @property
+    def failed(self) -> bool:
+        if self.kind == "RetrainJob":
+            return self.phase == "Failed" or (self.phase == "Succeeded" and self.verdict != "Passed")
+        return self.phase in ("RolledBack", "Aborted")
+
+    @property
+    def passed(self) -> bool:
+        return self.kind == "RetrainJob" and self.phase == "Succeeded" and self.verdict == "Passed"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class BacklogItem:
+    """A group of negative feedback from the collector's backlog."""
+
+    category: str
+    scenario: str | None
+    cohort: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Consented negative feedback since the last retrain, and the backlog; ``error`` when the collector failed."""
+
+    new_items: int | None = None
+    backlog: tuple[BacklogItem, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a user asked for through the CLI (annotations on the loop): ``approve`` or ``retrain``."""
+
+    action: Literal["approve", "retrain"]
+    by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Observed:
+    signals: tuple[SignalStatus, ...]
+    children: tuple[Child, ...] = ()
+    feedback: Feedback | None = None
+    request: Request | None = None
+    paused: bool = False
+    failures_acknowledged: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """A child to create: deterministic name, so that a retry or a restart adopts it instead of duplicating it."""
+
+    kind: Literal["RetrainJob", "Rollout"]
+    name: str
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    code: str  # stable CamelCase reason: the log records a decision only when (action, code) changes
+    reason: str
+    phase: LoopPhase
+    evidence: dict[str, Any] = field(default_factory=dict)
+    create: ChildPlan | None = None
+    consumes_request: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------- signals
+
+
+def breached(signal: Signal, value: float) -> bool:
+    return (signal.min is not None and value < signal.min) or (signal.max is not None and value > signal.max)
+
+
+def observe_signals(
+    signals: list[Signal], readings: dict[str, Reading], previous: list[SignalStatus], now: datetime
+) -> tuple[SignalStatus, ...]:
+    """New signal states. A breach counts once sustained for ``for``, and clears only after ``for`` within bounds
+    (hysteresis, so a flapping value does not flap the loop). No data is Unknown, never Healthy."""
+    before = {s.name: s for s in previous}
+    states = []
+    for signal in signals:
+        reading = readings.get(signal.name, Reading(signal.name, None, "not read"))
+        old = before.get(signal.name)
+        sustain = parse_duration(signal.for_)
+        if reading.value is None:
+            state, since, pending = "Unknown", (old.since if old and old.state == "Unknown" else now), None
+        else:
+            raw = "Breached" if breached(signal, reading.value) else "Healthy"
+            current = old.state if old else "Unknown"
+            if current == "Unknown" and raw == "Healthy":
+                state, since, pending = "Healthy", now, None  # no evidence of a problem: healthy at once
+            elif raw == current:
+                state, since, pending = current, old.since if old else now, None
+            else:
+                pending = (old.pending_since if old and old.pending_since else now)
+                if now - pending >= sustain:
+                    state, since, pending = raw, pending, None
+                else:
+                    state, since = current, (old.since if old else now)
+        states.append(SignalStatus(name=signal.name, value=reading.value, state=state, since=since,
+                                   pending_since=pending))
+    return tuple(states)
+
+
+# ---------------------------------------------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What the children's results mean for the loop's status."""
+
+    model: ServedModel | None
+    previous_model: ServedModel | None
+    decisions: list[Decision]
+    consecutive_failures: int
+    promoted: Child | None = None
+
+
+def fold_outcomes(
+    status: ImprovementLoopStatus, spec: ImprovementLoopSpec, children: tuple[Child, ...],
+    failures_acknowledged: datetime | None,
+) -> Outcomes:
+    """Fill in decisions' outcomes from their children, and make a promoted candidate the served model."""
+    model = status.model or (ServedModel(**spec.model.model_dump()) if spec.model else None)
+    previous = status.previous_model
+    by_ref = {c.ref: c for c in children}
+    decisions = []
+    for decision in status.decisions:
+        child = by_ref.get(decision.child or "")
+        if child is not None and decision.outcome is None and not child.running:
+            decision = decision.model_copy(update={"outcome": describe_outcome(child)})
+        decisions.append(decision)
+    promoted = None
+    for child in sorted((c for c in children if c.kind == "Rollout" and c.phase == "Promoted" and c.candidate),
+                        key=lambda c: c.finished or c.created):
+        when = child.finished or child.created
+        if model is not None and (model.version == child.candidate.version or (model.since and when <= model.since)):
+            continue  # already folded in on an earlier observation
+        previous, model = model, ServedModel(version=child.candidate.version, uri=child.candidate.uri, since=when)
+        promoted = child
+    finished = sorted((c for c in children if not c.running), key=lambda c: c.finished or c.created)
+    failures = 0
+    for child in finished:
+        if failures_acknowledged and (child.finished or child.created) <= failures_acknowledged:
+            continue
+        if child.failed:
+            failures += 1
+        elif child.passed or child.phase == "Promoted":
+            failures = 0
+    return Outcomes(model, previous, decisions, failures, promoted)
+
+
+def describe_outcome(child: Child) -> str:
+    if child.kind == "RetrainJob":
+        if child.passed:
+            version = child.candidate.version if child.candidate else "?"
+            return f"RetrainJob {child.name} passed its gates: candidate {version}"
+        return f"RetrainJob {child.name} {child.phase or 'failed'}" + (f": {child.message}" if child.message else "")
+    what = {"Promoted": "promoted", "RolledBack": "rolled back", "Aborted": "aborted"}.get(child.phase or "", "ended")
+    return f"Rollout {child.name} {what}" + (f": {child.message}" if child.message else "")
+
+
+# ------------------------------------------------------------------------------------------------------ decide
+
+
+def decide(
+    spec: ImprovementLoopSpec, observed: Observed, model: ServedModel | None, previous_model: ServedModel | None,
+    consecutive_failures: int, now: datetime, *, loop: str, uid: str, generation: int,
+) -> Plan:
+    """The one thing to do now, why, and on what evidence."""
+    policy = spec.policy
+    request = observed.request
+    if observed.paused:
+        return Plan("Paused", "Paused", "The loop is paused: observing and recording only.", "Paused")
+    if consecutive_failures >= policy.max_consecutive_failures and not (request and request.action == "retrain"):
+        return Plan("Degraded", "TooManyFailures",
+                    f"{consecutive_failures} retrains or rollouts failed in a row (limit "
+                    f"{policy.max_consecutive_failures}); Kaizen stopped acting. Fix the cause, then `kaizen resume`.",
+                    "Degraded", {"consecutiveFailures": consecutive_failures})
+
+    running = [c for c in observed.children if c.running]
+    if running:
+        child = running[0]
+        phase: LoopPhase = "Retraining" if child.kind == "RetrainJob" else "RollingOut"
+        return Plan("Wait", "ChildRunning", f"{child.kind} {child.name} is still {child.phase or 'starting'}.",
+                    phase, {"child": child.ref, "phase": child.phase})
+
+    rollout_plan = _roll_out_passed_candidate(spec, observed, model, now, loop=loop, uid=uid)
+    if rollout_plan is not None:
+        return rollout_plan
+
+    signals = {s.name: s for s in observed.signals}
+    evidence = {"signals": [_signal_evidence(sig, signals.get(sig.name)) for sig in spec.signals]}
+    breaches = [s for s in observed.signals if s.state == "Breached"]
+    manual = request is not None and request.action == "retrain"
+    if not breaches and not manual:
+        unknown = [s.name for s in observed.signals if s.state == "Unknown"]
+        if unknown:
+            return Plan("Wait", "NoData", f"No data for signal(s) {', '.join(unknown)}: missing data is never taken "
+                        "as healthy.", "Observing", evidence)
+        return Plan("Nothing", "Healthy", f"All {len(observed.signals)} signals are healthy.", "Observing", evidence)
+
+    if breaches and not manual:
+        onset = min(s.since for s in breaches if s.since)
+        rollback = _rollback(spec, observed, model, previous_model, onset, evidence, loop=loop, uid=uid)
+        if rollback is not None:
+            return rollback
+
+    return _retrain(spec, observed, model, breaches, evidence, now, loop=loop, uid=uid, generation=generation)
+
+
+def _roll_out_passed_candidate(spec, observed, model, now, *, loop, uid) -> Plan | None:
+    jobs = sorted((c for c in observed.children if c.kind == "RetrainJob"), key=lambda c: c.created)
+    if not jobs or not jobs[-1].passed or jobs[-1].candidate is None:
+        return None
+    job = jobs[-1]
+    if any(c.kind == "Rollout" and c.retrain_job == job.name for c in observed.children):
+        return None  # already rolled out (or rolled back): its outcome is recorded, not retried
+    if model is not None and model.version == job.candidate.version:
+        return None
+    evidence = {"retrainJob": job.name, "candidate": job.candidate.version, **job.evidence}
+    if spec.policy.approval.promote == "Manual" and not (observed.request and observed.request.action == "approve"):
+        return Plan("AwaitApproval", "PromoteApproval",
+                    f"Candidate {job.candidate.version} from {job.name} passed its gates; rolling it out needs "
+                    f"approval: `kaizen approve {loop}`.", "AwaitingApproval", evidence)
+    approved = _approval_evidence(observed.request)
+    name = child_name(loop, "rollout", uid, job.name)
+    reason = f"Candidate {job.candidate.version} from RetrainJob {job.name} passed its gates."
+    rollout = {
+        **spec.rollout.to_wire(),
+        "target": spec.target.to_wire(),
+        "stableModel": _model_ref(model),
+        "canaryModel": job.candidate.model_dump(mode="json"),
+        "retrainJobRef": job.name,
+        "prometheus": spec.prometheus.to_wire(),
+    }
+    return Plan("RollOut", "CandidatePassed", reason, "RollingOut", {**evidence, **approved},
+                ChildPlan("Rollout", name, rollout), consumes_request=bool(approved))
+
+
+def _rollback(spec, observed, model, previous_model, onset, evidence, *, loop, uid) -> Plan | None:
+    if model is None or model.since is None or previous_model is None:
+        return None
+    window = parse_duration(spec.policy.rollback_window)
+    if not (model.since <= onset <= model.since + window):
+        return None
+    for child in observed.children:
+        if child.kind == "Rollout" and child.rollback and (
+            child.created >= model.since or (child.candidate and child.candidate.version == model.version)
+        ):
+            return None  # a rollback was tried, or the served model is itself a rollback: what follows is a retrain
+    reason = (f"The breach began {_ago(onset - model.since)} after {model.version} was promoted (within the "
+              f"rollback window of {spec.policy.rollback_window}): rolling back to {previous_model.version}.")
+    rollout = {
+        "target": spec.target.to_wire(),
+        "stableModel": _model_ref(model),
+        "canaryModel": _model_ref(previous_model),
+        "steps": [{"setWeight": 100}],
+        "trafficRouting": spec.rollout.traffic_routing.to_wire(),
+    }
+    return Plan("Rollback", "BreachAfterPromotion", reason, "RollingOut",
+                {**evidence, "promotedAt": _time(model.since), "breachOnset": _time(onset),
+                 "from": model.version, "to": previous_model.version},
+                ChildPlan("Rollout", child_name(loop, "rollback", uid, model.version), rollout))
+
+
+def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, generation) -> Plan:
+    policy = spec.policy
+    request = observed.request
+    manual = request is not None and request.action == "retrain"
+    jobs = sorted((c for c in observed.children if c.kind == "RetrainJob"), key=lambda c: c.created)
+    recent = [j for j in jobs if now - j.created < WEEK]
+    gpu_hours = sum(j.gpu_seconds for j in recent) / 3600
+    evidence = {**evidence, "retrainsThisWeek": len(recent), "gpuHoursThisWeek": round(gpu_hours, 3)}
+    if breaches:
+        evidence["breached"] = [s.name for s in breaches]
+    if manual:
+        evidence["requestedBy"] = request.by
+
+    def wait(code: str, reason: str) -> Plan:
+        return Plan("Wait", code, reason, "CoolingDown", evidence)
+
+    if not manual and jobs and now - jobs[-1].created < parse_duration(policy.cooldown):
+        ready = jobs[-1].created + parse_duration(policy.cooldown)
+        return wait("Cooldown", f"Cooling down: the last retrain ({jobs[-1].name}) started {_time(jobs[-1].created)}; "
+                                f"the next is possible after {_time(ready)} (cooldown {policy.cooldown}).")
+    if len(recent) >= policy.max_retrains_per_week:
+        return wait("WeeklyLimit", f"{len(recent)} retrains in the last 7 days reach the limit of "
+                                   f"{policy.max_retrains_per_week} per week.")
+    if gpu_hours >= policy.gpu_hours_per_week:
+        return wait("GPUBudget", f"{gpu_hours:.2f} GPU hours used in the last 7 days reach the budget of "
+                                 f"{policy.gpu_hours_per_week:g} per week.")
+    targets: dict[str, list[str]] = {"categories": [], "scenarios": [], "cohorts": []}
+    if spec.feedback is not None:
+        feedback = observed.feedback or Feedback(error="not observed")
+        if feedback.error:
+            return wait("CollectorUnavailable", f"The collector could not be read ({feedback.error}); a retrain "
+                                                "needs its feedback.")
+        evidence["newFeedback"] = feedback.new_items
+        if not manual and (feedback.new_items or 0) < spec.feedback.min_new_items:
+            return wait("TooLittleFeedback", f"{feedback.new_items or 0} new consented feedback items since the last "
+                                             f"retrain; {spec.feedback.min_new_items} are needed.")
+        targets = target_slices(feedback.backlog, spec.feedback.categories)
+        evidence["targets"] = targets
+    elif not manual and jobs and _last_attempt_failed(observed.children) and jobs[-1].loop_generation == generation:
+        return wait("SameData", f"The last retrain ({jobs[-1].name}) or its rollout failed, and the data has not "
+                                "changed since (no feedback source, same spec); change spec.retrain.data or run "
+                                f"`kaizen retrain {loop}`.")
+    if policy.approval.retrain == "Manual" and not manual and not (request and request.action == "approve"):
+        return Plan("AwaitApproval", "RetrainApproval",
+                    f"A retrain is warranted ({_why(breaches)}); it needs approval: `kaizen approve {loop}`.",
+                    "AwaitingApproval", evidence)
+    baseline = model or spec.retrain.base_model
+    if baseline is None:  # validation rejects such a spec; this keeps decide() total
+        return wait("NoBaseline", "There is no model to retrain from.")
+    approved = _approval_evidence(request)
+    trigger = request.at if request else min(s.since for s in breaches if s.since)
+    reason = (f"Retrain requested by {request.by}." if manual else f"Retraining: {_why(breaches)}.")
+    job = {
+        **spec.retrain.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"base_model"}),
+        "baseline": _model_ref(baseline),
+        "targets": {k: v for k, v in targets.items() if v},
+        "gates": [g.to_wire() for g in spec.gates],
+    }
+    return Plan("Retrain", "Retrain", reason, "Retraining", {**evidence, **approved},
+                ChildPlan("RetrainJob", child_name(loop, "retrain", uid, _time(trigger)), job),
+                consumes_request=request is not None)
+
+
+def target_slices(backlog: tuple[BacklogItem, ...], categories: list[str]) -> dict[str, list[str]]:
+    """The slices to target: the most reported categories, scenarios and cohorts of negative feedback."""
+    items = [b for b in backlog if not categories or b.category in categories]
+
+    def top(values: Counter, n: int) -> list[str]:
+        return [v for v, _ in values.most_common(n) if v]
+
+    return {
+        "categories": top(_count(items, "category"), 3),
+        "scenarios": top(_count(items, "scenario"), 5),
+        "cohorts": top(_count(items, "cohort"), 5),
+    }
+
+
+def _count(items: list[BacklogItem], attribute: str) -> Counter:
+    counts: Counter = Counter()
+    for item in items:
+        if getattr(item, attribute):
+            counts[getattr(item, attribute)] += item.count
+    return counts
+
+
+def _last_attempt_failed(children: tuple[Child, ...]) -> bool:
+    finished = sorted((c for c in children if not c.running), key=lambda c: c.finished or c.created)
+    return bool(finished) and finished[-1].failed
+
+
+def child_name(loop: str, role: str, uid: str, key: str) -> str:
+    """Deterministic: the same trigger always names the same child, across retries and operator restarts."""
+    digest = hashlib.sha256(f"{uid}/{role}/{key}".encode()).hexdigest()[:6]
+    return f"{loop[:63 - len(role) - 8]}-{role}-{digest}"
+
+
+def record(decisions: list[Decision], plan: Plan, now: datetime, *, loop: str, limit: int = 50) -> list[Decision]:
+    """The decision log after ``plan``: newest first, bounded, one entry per change of (action, reason code)."""
+    newest = decisions[0] if decisions else None
+    if newest is not None and newest.action == plan.action and newest.evidence.get("code") == plan.code \
+            and plan.create is None:
+        return decisions
+    decision = Decision(
+        id=decision_id(loop, now, _sequence(newest) + 1), time=now, action=plan.action, reason=plan.reason,
+        evidence={"code": plan.code, **plan.evidence},
+        child=f"{plan.create.kind}/{plan.create.name}" if plan.create else None,
+    )
+    return [decision, *decisions][:limit]
+
+
+def decision_id(loop: str, now: datetime, sequence: int) -> str:
+    """Unique within the loop: a sequence number that keeps counting when the bounded log drops old entries."""
+    return f"{loop}-{now:%Y%m%dT%H%M%S}-{sequence}"
+
+
+def _sequence(decision: Decision | None) -> int:
+    suffix = decision.id.rsplit("-", 1)[-1] if decision else "0"
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def _why(breaches: list[SignalStatus]) -> str:
+    return ", ".join(f"{s.name} breached since {_time(s.since)} (value {s.value:g})" for s in breaches
+                     if s.since and s.value is not None) or "requested"
+
+
+def _signal_evidence(signal: Signal, status: SignalStatus | None) -> dict[str, Any]:
+    return {"name": signal.name, "value": status.value if status else None,
+            "state": status.state if status else "Unknown", "min": signal.min, "max": signal.max,
+            "for": signal.for_, "since": _time(status.since) if status and status.since else None}
+
+
+def _approval_evidence(request: Request | None) -> dict[str, Any]:
+    if request is None or request.action != "approve":
+        return {}
+    return {"approvedBy": request.by, "approvedAt": _time(request.at)}
+
+
+def _model_ref(model: ModelRef) -> dict[str, str]:
+    return {"version": model.version, "uri": model.uri}
+
+
+def _time(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 3600}h{seconds % 3600 // 60}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60}s"

@@ -1,0 +1,305 @@
+"""The loop's decision engine, branch by branch: signals with hysteresis, outcomes, and decide()."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kaizen.api.common import ModelRef
+from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
+from kaizen.logic.loop import (
+    BacklogItem, Child, Feedback, Observed, Reading, Request, child_name, decide, fold_outcomes, observe_signals,
+    record, target_slices,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+EXAMPLE = yaml.safe_load((Path(__file__).parents[2] / "examples" / "improvementloop.yaml").read_text())["spec"]
+V1 = ServedModel(version="v1", uri="/models/v1", since=NOW - timedelta(days=10))
+V2 = ServedModel(version="v2", uri="/models/v2", since=NOW - timedelta(minutes=20))
+
+
+def loop_spec(**policy) -> ImprovementLoopSpec:
+    spec = copy.deepcopy(EXAMPLE)
+    spec["policy"].update(policy)
+    return ImprovementLoopSpec.model_validate(spec)
+
+
+def status(name="error-rate", state="Healthy", value=0.01, since=NOW - timedelta(hours=1)) -> SignalStatus:
+    return SignalStatus(name=name, value=value, state=state, since=since)
+
+
+HEALTHY = (status(), status("satisfaction", value=0.9))
+BREACHED = (status(state="Breached", value=0.08, since=NOW - timedelta(minutes=12)), status("satisfaction", value=0.9))
+ENOUGH_FEEDBACK = Feedback(new_items=500, backlog=(BacklogItem("incorrect", "refund", "de", 300),
+                                                   BacklogItem("unhelpful", "shipping", None, 50)))
+
+
+def run(observed: Observed, spec: ImprovementLoopSpec | None = None, model=V1, previous=None, failures=0):
+    return decide(spec or loop_spec(approval={"retrain": "Automatic", "promote": "Automatic"}), observed, model,
+                  previous, failures, NOW, loop="support-bot", uid="uid-1", generation=1)
+
+
+def job(name="rj-1", phase="Training", verdict=None, created=NOW - timedelta(days=3), **kw) -> Child:
+    return Child("RetrainJob", name, created, phase=phase, verdict=verdict, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+SIGNALS = loop_spec().signals  # error-rate: max 0.02 for 10m; satisfaction: min 0.8 for 30m
+
+
+def observe(value, previous, at):
+    return observe_signals(SIGNALS[:1], {"error-rate": Reading("error-rate", value)}, list(previous), at)[0]
+
+
+def test_a_breach_counts_only_once_sustained_for_its_window():
+    healthy = observe(0.01, [], NOW)
+    assert healthy.state == "Healthy"
+    first = observe(0.05, [healthy], NOW + timedelta(minutes=1))
+    assert first.state == "Healthy" and first.pending_since == NOW + timedelta(minutes=1)
+    still = observe(0.05, [first], NOW + timedelta(minutes=10))
+    assert still.state == "Healthy"
+    breached = observe(0.05, [still], NOW + timedelta(minutes=11))
+    assert breached.state == "Breached" and breached.since == NOW + timedelta(minutes=1)
+
+
+def test_a_short_blip_never_breaches():
+    healthy = observe(0.01, [], NOW)
+    blip = observe(0.5, [healthy], NOW + timedelta(minutes=1))
+    back = observe(0.01, [blip], NOW + timedelta(minutes=2))
+    later = observe(0.5, [back], NOW + timedelta(minutes=12))
+    assert (back.state, back.pending_since) == ("Healthy", None)
+    assert later.state == "Healthy"  # the window restarted with the second excursion
+
+
+def test_a_breach_clears_only_after_its_window_within_bounds():
+    breached = SignalStatus(name="error-rate", value=0.05, state="Breached", since=NOW)
+    recovering = observe(0.01, [breached], NOW + timedelta(minutes=1))
+    assert recovering.state == "Breached"
+    cleared = observe(0.01, [recovering], NOW + timedelta(minutes=11))
+    assert cleared.state == "Healthy"
+
+
+def test_no_data_is_unknown_never_healthy():
+    unknown = observe(None, [status()], NOW)
+    assert unknown.state == "Unknown" and unknown.value is None
+    assert observe(0.01, [unknown], NOW + timedelta(seconds=1)).state == "Healthy"
+
+
+# --------------------------------------------------------------------------------------------- decisions
+
+
+def test_paused_loop_does_nothing():
+    plan = run(Observed(BREACHED, paused=True))
+    assert (plan.action, plan.phase, plan.create) == ("Paused", "Paused", None)
+
+
+def test_repeated_failures_degrade_the_loop():
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK), failures=3)
+    assert (plan.action, plan.phase) == ("Degraded", "Degraded")
+    assert "3 retrains or rollouts failed in a row" in plan.reason
+
+
+def test_a_manual_retrain_request_gets_past_degraded():
+    request = Request("retrain", "alice", NOW)
+    plan = run(Observed(HEALTHY, feedback=ENOUGH_FEEDBACK, request=request), failures=3)
+    assert plan.action == "Retrain" and plan.evidence["requestedBy"] == "alice"
+
+
+@pytest.mark.parametrize("child, phase", [(job(), "Retraining"),
+                                          (Child("Rollout", "ro-1", NOW, phase="Progressing"), "RollingOut")])
+def test_a_running_child_means_wait(child, phase):
+    plan = run(Observed(BREACHED, children=(child,), feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.code, plan.phase, plan.create) == ("Wait", "ChildRunning", phase, None)
+
+
+def test_healthy_signals_mean_nothing():
+    plan = run(Observed(HEALTHY))
+    assert (plan.action, plan.code, plan.phase) == ("Nothing", "Healthy", "Observing")
+    assert plan.evidence["signals"][0] == {"name": "error-rate", "value": 0.01, "state": "Healthy", "min": None,
+                                           "max": 0.02, "for": "10m", "since": "2026-11-28T11:00:00Z"}
+
+
+def test_unknown_signals_mean_wait_not_healthy():
+    plan = run(Observed((status(state="Unknown", value=None), status("satisfaction"))))
+    assert (plan.action, plan.code) == ("Wait", "NoData")
+    assert "error-rate" in plan.reason
+
+
+def test_sustained_breach_with_enough_feedback_retrains_on_the_backlog():
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.phase) == ("Retrain", "Retraining")
+    assert plan.create.kind == "RetrainJob"
+    assert plan.create.spec["baseline"] == {"version": "v1", "uri": "/models/v1"}
+    assert plan.create.spec["targets"] == {"categories": ["incorrect", "unhelpful"], "scenarios": ["refund", "shipping"],
+                                           "cohorts": ["de"]}
+    assert plan.create.spec["image"] == EXAMPLE["retrain"]["image"]
+    assert [g["metric"] for g in plan.create.spec["gates"]][:2] == ["accuracy", "accuracy"]
+    assert plan.evidence["breached"] == ["error-rate"] and plan.evidence["newFeedback"] == 500
+    assert "error-rate breached since 2026-11-28T11:48:00Z (value 0.08)" in plan.reason
+
+
+def test_the_same_breach_names_the_same_child():
+    first = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    again = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    assert first.create.name == again.create.name
+    assert len(first.create.name) <= 63
+    assert child_name("x" * 80, "retrain", "u", "k") != child_name("x" * 80, "retrain", "u", "other")
+
+
+def test_breach_right_after_a_promotion_rolls_back_instead_of_retraining():
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK), model=V2, previous=V1)
+    assert (plan.action, plan.code) == ("Rollback", "BreachAfterPromotion")
+    assert plan.create.kind == "Rollout"
+    assert plan.create.spec["stableModel"]["version"] == "v2" and plan.create.spec["canaryModel"]["version"] == "v1"
+    assert plan.create.spec["steps"] == [{"setWeight": 100}]
+    assert "rolling back to v1" in plan.reason
+
+
+def test_breach_long_after_a_promotion_retrains():
+    old_promotion = ServedModel(version="v2", uri="/models/v2", since=NOW - timedelta(days=2))
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK), model=old_promotion, previous=V1)
+    assert plan.action == "Retrain"
+
+
+def test_a_rollback_is_tried_once_then_the_loop_retrains():
+    tried = Child("Rollout", "rb", NOW - timedelta(minutes=5), phase="RolledBack", rollback=True,
+                  candidate=ModelRef(version="v1", uri="/models/v1"))
+    plan = run(Observed(BREACHED, children=(tried,), feedback=ENOUGH_FEEDBACK), model=V2, previous=V1)
+    assert plan.action == "Retrain"
+
+
+def test_cooldown_holds():
+    recent = job(phase="Succeeded", verdict="Failed", created=NOW - timedelta(hours=2))
+    plan = run(Observed(BREACHED, children=(recent,), feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.code, plan.phase) == ("Wait", "Cooldown", "CoolingDown")
+    assert "after 2026-11-29T10:00:00Z (cooldown 24h)" in plan.reason
+
+
+def test_weekly_retrain_limit_holds():
+    jobs = tuple(job(f"rj-{i}", "Succeeded", "Passed", created=NOW - timedelta(days=i + 2)) for i in range(2))
+    plan = run(Observed(BREACHED, children=jobs, feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.code) == ("Wait", "WeeklyLimit")
+
+
+def test_gpu_budget_holds():
+    spent = job("rj-gpu", "Succeeded", "Passed", gpu_seconds=17 * 3600)
+    plan = run(Observed(BREACHED, children=(spent,), feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.code) == ("Wait", "GPUBudget")
+    assert "17.00 GPU hours" in plan.reason
+
+
+def test_too_little_new_feedback_waits():
+    plan = run(Observed(BREACHED, feedback=Feedback(new_items=12)))
+    assert (plan.action, plan.code) == ("Wait", "TooLittleFeedback")
+    assert "12 new consented feedback items" in plan.reason and "200 are needed" in plan.reason
+
+
+def test_an_unreachable_collector_waits():
+    plan = run(Observed(BREACHED, feedback=Feedback(error="connection refused")))
+    assert (plan.action, plan.code) == ("Wait", "CollectorUnavailable")
+
+
+def test_no_retrain_on_the_same_data_after_a_failure():
+    spec = copy.deepcopy(EXAMPLE)
+    del spec["feedback"]
+    spec["policy"].update(cooldown="1h", approval={"retrain": "Automatic", "promote": "Automatic"})
+    failed = job("rj-failed", "Failed", created=NOW - timedelta(hours=3), loop_generation=1)
+    plan = run(Observed(BREACHED, children=(failed,)), spec=ImprovementLoopSpec.model_validate(spec))
+    assert (plan.action, plan.code) == ("Wait", "SameData")
+
+
+def test_manual_retrain_approval_waits_then_records_the_approver():
+    spec = loop_spec(approval={"retrain": "Manual", "promote": "Automatic"})
+    waiting = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK), spec=spec)
+    assert (waiting.action, waiting.phase, waiting.create) == ("AwaitApproval", "AwaitingApproval", None)
+    approved = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK, request=Request("approve", "bob", NOW)), spec=spec)
+    assert approved.action == "Retrain" and approved.consumes_request
+    assert approved.evidence["approvedBy"] == "bob"
+
+
+def test_a_passed_candidate_is_rolled_out():
+    passed = job("rj-ok", "Succeeded", "Passed", candidate=ModelRef(version="v2", uri="/models/v2"),
+                 evidence={"gates": "5/5"})
+    plan = run(Observed(HEALTHY, children=(passed,)))
+    assert (plan.action, plan.phase) == ("RollOut", "RollingOut")
+    assert plan.create.kind == "Rollout"
+    assert plan.create.spec["canaryModel"] == {"version": "v2", "uri": "/models/v2"}
+    assert plan.create.spec["stableModel"] == {"version": "v1", "uri": "/models/v1"}
+    assert plan.create.spec["retrainJobRef"] == "rj-ok"
+    assert plan.create.spec["steps"][0] == {"setWeight": 10}
+
+
+def test_promotion_approval_waits_for_kaizen_approve():
+    passed = job("rj-ok", "Succeeded", "Passed", candidate=ModelRef(version="v2", uri="/models/v2"))
+    spec = loop_spec(approval={"retrain": "Automatic", "promote": "Manual"})
+    assert run(Observed(HEALTHY, children=(passed,)), spec=spec).action == "AwaitApproval"
+    approved = run(Observed(HEALTHY, children=(passed,), request=Request("approve", "carol", NOW)), spec=spec)
+    assert approved.action == "RollOut" and approved.evidence["approvedBy"] == "carol"
+
+
+def test_a_rolled_back_candidate_is_not_rolled_out_again():
+    passed = job("rj-ok", "Succeeded", "Passed", candidate=ModelRef(version="v2", uri="/models/v2"),
+                 created=NOW - timedelta(hours=5))
+    rolled_back = Child("Rollout", "ro", NOW - timedelta(hours=4), phase="RolledBack", retrain_job="rj-ok",
+                        finished=NOW - timedelta(hours=3))
+    plan = run(Observed(BREACHED, children=(passed, rolled_back), feedback=ENOUGH_FEEDBACK))
+    assert (plan.action, plan.code) == ("Wait", "Cooldown")
+
+
+# ----------------------------------------------------------------------------------------------- outcomes
+
+
+def test_a_promoted_rollout_becomes_the_served_model_and_the_next_baseline():
+    promoted = Child("Rollout", "ro", NOW - timedelta(hours=1), phase="Promoted", finished=NOW - timedelta(minutes=5),
+                     candidate=ModelRef(version="v2", uri="/models/v2"), retrain_job="rj")
+    before = ImprovementLoopStatus(model=V1)
+    outcome = fold_outcomes(before, loop_spec(), (promoted,), None)
+    assert outcome.model.version == "v2" and outcome.model.since == NOW - timedelta(minutes=5)
+    assert outcome.previous_model.version == "v1"
+    assert outcome.promoted is promoted
+    # Folding again changes nothing (the operator observes the same world every interval).
+    again = fold_outcomes(ImprovementLoopStatus(model=outcome.model, previous_model=outcome.previous_model),
+                          loop_spec(), (promoted,), None)
+    assert (again.model, again.previous_model, again.promoted) == (outcome.model, outcome.previous_model, None)
+
+
+def test_outcomes_are_written_into_the_decisions_that_made_the_children():
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    decisions = record([], plan, NOW, loop="support-bot")
+    finished = job(plan.create.name, "Succeeded", "Failed", message="gate accuracy: delta -0.02 < 0")
+    outcome = fold_outcomes(ImprovementLoopStatus(model=V1, decisions=decisions), loop_spec(), (finished,), None)
+    assert outcome.decisions[0].outcome == f"RetrainJob {plan.create.name} Succeeded: gate accuracy: delta -0.02 < 0"
+    assert outcome.consecutive_failures == 1
+
+
+def test_failures_count_in_a_row_until_acknowledged():
+    children = tuple(job(f"rj-{i}", "Failed", created=NOW - timedelta(days=i + 1), finished=NOW - timedelta(days=i))
+                     for i in range(3))
+    assert fold_outcomes(ImprovementLoopStatus(), loop_spec(), children, None).consecutive_failures == 3
+    acknowledged = NOW - timedelta(hours=12)
+    assert fold_outcomes(ImprovementLoopStatus(), loop_spec(), children, acknowledged).consecutive_failures == 1
+
+
+def test_the_log_records_changes_newest_first_and_stays_bounded():
+    decisions = []
+    for minute in range(3):
+        decisions = record(decisions, run(Observed(HEALTHY)), NOW + timedelta(minutes=minute), loop="l")
+    assert len(decisions) == 1  # "healthy" three times is one decision
+    decisions = record(decisions, run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK)), NOW, loop="l")
+    assert [d.action for d in decisions] == ["Retrain", "Nothing"]
+    assert decisions[0].child.startswith("RetrainJob/support-bot-retrain-")
+    for i in range(60):
+        decisions = record(decisions, run(Observed(BREACHED, feedback=Feedback(new_items=i))), NOW, loop="l")
+        decisions = record(decisions, run(Observed(HEALTHY)), NOW, loop="l")
+    assert len(decisions) == 50
+    assert len({d.id for d in decisions}) == 50
+
+
+def test_target_slices_respect_the_configured_categories():
+    backlog = (BacklogItem("unsafe", "x", None, 5), BacklogItem("tone", "y", "fr", 100))
+    assert target_slices(backlog, ["unsafe"]) == {"categories": ["unsafe"], "scenarios": ["x"], "cohorts": []}
