@@ -32,7 +32,7 @@ import aiohttp
 from kaizen.collector.schema import feedback
 from kaizen.collector.store import Store
 from kaizen.dev import processes
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 from kaizen.dev.postgres import PostgresServer, find_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
 def _serve(db: str, workdir: Path) -> tuple[processes.ManagedProcess, str]:
     tokens = workdir / "tokens"
     tokens.write_text(f"{TOKEN} ingest,read bench\n")
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     process = processes.spawn("collector", [
         sys.executable, "-m", "kaizen.collector", "--db", db, "--host", "127.0.0.1", "--port", str(port),
         "--tokens-file", tokens,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 
 TOKENS = {
     "ingest": "ingest-token-000000000000",
@@ -32,7 +32,7 @@ class Collector:
     def __init__(self, db: str, workdir: Path, *extra: str) -> None:
         self.db, self.workdir, self.extra = db, workdir, extra
         self.tokens = write_tokens(workdir / "tokens")
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: processes.ManagedProcess | None = None
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kaizen.collector.client import CollectorClient, CollectorError
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 from kaizen.sdk import ASGIRequestMetrics, FeedbackRecorder, WSGIRequestMetrics
 from tests.collector.harness import TOKENS, Collector, call
 
@@ -53,7 +53,7 @@ def test_client_errors_say_what_went_wrong(collector: Collector, model: str) -> 
         CollectorClient(collector.url, TOKENS["read"]).feedback_count(model, categories=["rude"])
     with pytest.raises(CollectorError, match="invalid audit entry, not sent"):
         CollectorClient(collector.url, TOKENS["audit"]).post_audit({"id": "x"})
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     with pytest.raises(CollectorError, match=r"cannot reach the collector"):
         CollectorClient(f"http://127.0.0.1:{port}", timeout=2).feedback_count(model)
     with pytest.raises(ValueError, match="must carry a time zone"):

@@ -204,7 +204,7 @@ class LocalCluster(ClusterAccess):
 
     def _start(self, deadline: float) -> None:
         binaries = {name: find_binary(name) for name in self.components}
-        etcd_port, peer_port, api_port, kcm_port, scheduler_port = _free_ports(5)
+        etcd_port, peer_port, api_port, kcm_port, scheduler_port = free_ports(5)
         self.api_url = api_url = f"https://127.0.0.1:{api_port}"
         pki = self.workdir / "pki"
         self.ca = ca = _write_pki(pki)
@@ -425,7 +425,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports (the sockets are held together, so no port is picked twice)."""
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(count)]

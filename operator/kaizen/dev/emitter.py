@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 
 _TICK = 0.05
 
@@ -116,7 +116,7 @@ class Emitter:
 
     def __init__(self, log_dir: Path, name: str = "emitter", rate: float = 100, error_rate: float = 0.0,
                  timeout: float = 10.0) -> None:
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
         self._process = processes.spawn(name, [
             sys.executable, "-m", "kaizen.dev.emitter", "--port", str(self.port), "--rate", str(rate),

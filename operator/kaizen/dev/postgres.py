@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 
 
 def find_bin_dir() -> Path:
@@ -41,7 +41,7 @@ class PostgresServer:
     def __init__(self, bin_dir: Path | None = None) -> None:
         self.bin_dir = bin_dir or find_bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="kaizen-pg-"))
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self.process: processes.ManagedProcess | None = None
         self._as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
 

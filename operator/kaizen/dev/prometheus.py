@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import _free_ports
+from kaizen.dev.cluster import free_ports
 
 PROMETHEUS = Path(os.environ.get("KAIZEN_PROMETHEUS", "/usr/bin/prometheus"))
 TRACK_LABEL = "kaizen.dev/track"
@@ -75,7 +75,7 @@ class LocalPrometheus:
         self._owned = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kaizen-prometheus-"))
         self.scrape_interval = scrape_interval
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self._process: processes.ManagedProcess | None = None
         self._targets: list[Target] = []
 
