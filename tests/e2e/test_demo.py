@@ -1,5 +1,7 @@
-"""End to end: the README's main command, `kaizen dev demo`, takes a machine from nothing to a reconciled
-ImprovementLoop and cleans up after itself. Runs against KAIZEN_TEST_KUBECONFIG when set (kind, any cluster)."""
+"""End to end: the README's main command, `kaizen dev demo`, takes a machine from nothing to a decision made on
+live telemetry and feedback — a healthy loop that does nothing, then a sustained breach that starts a retrain
+targeted at what users complained about — and cleans up after itself. Runs against KAIZEN_TEST_KUBECONFIG when set
+(kind, any cluster)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def test_demo_reconciles_the_example_loop_and_leaves_nothing_running(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Installing the Kaizen CRDs: done" in output
-    assert "improvementloop.kaizen.dev/support-bot" in output
-    assert "Ready=True (SpecAccepted)" in output
+    assert "Signals: error-rate=0.0" in output and "decision: All 1 signals are healthy." in output
+    assert "(Breached)" in output
+    assert 'targets {"categories": ["incorrect"], "cohorts": ["de", "fr"], "scenarios": ["refund"]}' in output
+    assert "Retraining: error-rate breached since" in output and "30 new consented feedback items" in output
+    assert "improvementloop.kaizen.dev/support-bot   Retraining   v1" in output
     assert processes_mentioning(str(tmp_path)) == []

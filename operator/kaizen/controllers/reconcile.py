@@ -62,5 +62,19 @@ def accept(
 def write_status(status: dict[str, Any], patch: kopf.Patch, fields: dict[str, Any]) -> None:
     """Patch the status fields that differ from what is stored; nothing when nothing changed."""
     for key, value in fields.items():
+        value = value if value is None else stored_form(value)  # a top-level None deletes the field
         if status.get(key) != value:
             patch.status[key] = value
+
+
+def stored_form(value: Any) -> Any:
+    """``value`` as the API server will store and return it: no nulls (a merge patch's null deletes), and JSON
+    numbers without a fraction read back as ints. Comparing in this form avoids needless patches, and kopf's
+    "patched with inconsistencies" warnings."""
+    if isinstance(value, dict):
+        return {k: stored_form(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [stored_form(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

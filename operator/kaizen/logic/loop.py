@@ -386,7 +386,10 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
         return wait("NoBaseline", "There is no model to retrain from.")
     approved = _approval_evidence(request)
     trigger = request.at if request else min(s.since for s in breaches if s.since)
-    reason = (f"Retrain requested by {request.by}." if manual else f"Retraining: {_why(breaches)}.")
+    reason = f"Retrain requested by {request.by}." if manual else f"Retraining: {_why(breaches)}."
+    if any(targets.values()):
+        reason += " Targeting " + "; ".join(f"{k} {', '.join(v)}" for k, v in targets.items() if v) + \
+            f" ({evidence['newFeedback']} new consented feedback items)."
     job = {
         **spec.retrain.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"base_model"}),
         "baseline": _model_ref(baseline),
@@ -456,7 +459,7 @@ def _sequence(decision: Decision | None) -> int:
 
 
 def _why(breaches: list[SignalStatus]) -> str:
-    return ", ".join(f"{s.name} breached since {_time(s.since)} (value {s.value:g})" for s in breaches
+    return ", ".join(f"{s.name} breached since {_time(s.since)} (value {s.value:.4g})" for s in breaches
                      if s.since and s.value is not None) or "requested"
 
 
@@ -477,7 +480,7 @@ def _model_ref(model: ModelRef) -> dict[str, str]:
 
 
 def _time(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _ago(delta: timedelta) -> str:
