@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from kaizen.api.trainer import TrainerConfig, TrainerResult
+from kaizen_trainer import pipeline
+from kaizen_trainer.errors import TrainerError
+from kaizen_trainer.report import compact
 
 DEFAULT_CONFIG = "/etc/kaizen/trainer/config.json"
 DEFAULT_RESULT = "/dev/termination-log"
@@ -34,20 +38,36 @@ def report(result: TrainerResult, path: Path) -> None:
     path.write_text(result.to_termination_message())
 
 
+#: Exit codes the RetrainJob's Job podFailurePolicy reads: a permanent failure fails the Job at once.
+EXIT_PERMANENT = 2
+EXIT_RETRY = 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kaizen-trainer", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="trainer config (JSON)")
     parser.add_argument("--result", type=Path, default=Path(DEFAULT_RESULT),
                         help="where to write the result for the operator (the pod's termination message)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = load_config(args.config)
     except ValueError as error:
         report(TrainerResult(phase="Failed", reason="InvalidConfig", message=str(error)[:1024]), args.result)
         print(f"kaizen-trainer: {error}", file=sys.stderr)
-        return 2
-    message = (f"config for {config.job} is valid, but this trainer version has no training stages yet "
-               "(they arrive with the RetrainJob issue)")
-    report(TrainerResult(phase="Failed", reason="Error", message=message), args.result)
-    print(f"kaizen-trainer: {message}", file=sys.stderr)
-    return 1
+        return EXIT_PERMANENT
+    try:
+        result = pipeline.run(config)
+    except TrainerError as error:
+        failed = TrainerResult(phase="Failed", reason=error.reason, message=str(error)[:1024])
+        report(failed, args.result)
+        print(f"kaizen-trainer: {error}", file=sys.stderr)
+        return EXIT_PERMANENT if failed.permanent else EXIT_RETRY
+    except Exception as error:  # an unforeseen crash (CUDA out of memory, a bug): retryable, with its traceback
+        logging.exception("Training failed")
+        report(TrainerResult(phase="Failed", reason="Error", message=f"{type(error).__name__}: {error}"[:1024]),
+               args.result)
+        return EXIT_RETRY
+    report(compact(result, config), args.result)
+    print(f"kaizen-trainer: {result.message}", file=sys.stderr)
+    return 0

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Reason, bounds_rule, cel, nested,
+    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Reason, SecretKeyRef, bounds_rule, cel, nested,
     validations,
 )
 
@@ -190,11 +190,32 @@ GATES_FIELD = Field(
 )
 
 
+class FeedbackSource(KaizenModel):
+    """The collector export a retrain curates its targeted examples from (``GET /v1/export``)."""
+
+    collector_url: str = Field(
+        alias="collectorURL", max_length=1024, pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Kaizen collector, as seen from the training pod.",
+    )
+    model: Label = Field(description="Model name the feedback was collected for (a loop uses its Deployment's name).")
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a collector token with the read scope; mounted as a file."
+    )
+    since: datetime | None = Field(default=None, description="Only feedback stored after this time.")
+
+
 class RetrainJobSpec(RetrainTemplate):
     """A targeted retraining of the baseline model, evaluated and gated against it."""
 
     reason: Reason = Field(description="Why this retrain exists (immutable).", json_schema_extra=IMMUTABLE)
     baseline: ModelRef = Field(description="Model to start from and to compare the candidate against.")
+    candidate_version: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Version label of the candidate; defaults to the RetrainJob's name.",
+    )
+    feedback: FeedbackSource | None = Field(
+        default=None, description="Collector export to take targeted examples from (consented items only).",
+    )
     targets: Targets = nested(Targets, "What regressed: the slices to curate targeted data for.")
     gates: list[Gate] = GATES_FIELD
 
@@ -237,6 +258,17 @@ class GateResult(KaizenModel):
     passed: bool = Field(description="Whether the gate passed.")
 
 
+class AttemptFailure(KaizenModel):
+    """A training pod that failed, and what the operator made of it."""
+
+    pod: str = Field(max_length=253, description="The pod.")
+    reason: str = Field(
+        max_length=63, description="OOMKilled, Evicted, Preempted, InvalidConfig, InvalidData, Error or DeadlineExceeded."
+    )
+    message: str = Field(default="", max_length=1024, description="What happened, e.g. the trainer's message.")
+    retried: bool = Field(description="Whether the Job retries it (resuming from the last checkpoint).")
+
+
 class RetrainJobStatus(CommonStatus):
     """Observed state of a RetrainJob."""
 
@@ -254,4 +286,7 @@ class RetrainJobStatus(CommonStatus):
     gates: list[GateResult] = Field(default_factory=list, max_length=64, description="Per-gate results.")
     verdict: Verdict | None = Field(default=None, description="Passed when every gate passed.")
     model_card_uri: str | None = Field(default=None, alias="modelCardURI", max_length=1024, description="Where the model card is.")
+    failures: list[AttemptFailure] = Field(
+        default_factory=list, max_length=32, description="Failed training pods, oldest first, classified."
+    )
 

@@ -4,15 +4,55 @@ model card go to the output URI)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kaizen.api.common import KaizenModel, ModelRef
-from kaizen.api.retrainjob import DataSpec, DatasetSummary, Gate, GateResult, Hyperparameters, Targets, Task
+from kaizen.api.retrainjob import (
+    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Targets, Task,
+)
 
 #: Kubernetes truncates termination messages beyond this.
 TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class Example(KaizenModel):
+    """One JSONL row the trainer reads: a dataset example (replay, holdout, regression), or a feedback item joined to
+    its trace as the collector's ``GET /v1/export`` writes it (``kaizen.collector.models.ExportRow``; its last line,
+    ``kind: manifest``, is read separately). Unknown fields are ignored, so the export may carry more.
+
+    For sequence classification, ``output`` and ``target`` are label names. A row with ``optedOut: true`` is a
+    tombstone: every row of its ``subjectId``, in any source, is excluded.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["example"] = Field(default="example", description="Row type (the export's manifest is another).")
+    id: str = Field(min_length=1, max_length=256, description="Stable example id; decides holdout membership.")
+    input: str | None = Field(default=None, description="The prompt (or text to classify); absent in a tombstone.")
+    output: str | None = Field(
+        default=None, description="The reference answer of a dataset row, or the model's answer a feedback row is on."
+    )
+    target: str | None = Field(default=None, description="Feedback: the user's correction of the output.")
+    category: FeedbackCategory | None = Field(default=None, description="Feedback category.")
+    rating: str | None = Field(default=None, description="Feedback rating: up, down, or 1..5 stars.")
+    sentiment: Literal["positive", "neutral", "negative"] | None = Field(
+        default=None, description="Feedback sentiment; a positive item without a correction teaches its own output."
+    )
+    consent: bool | None = Field(
+        default=None, description="The subject consented to training use. In a collector export (which holds only "
+        "consented items) absent means yes; in any other feedback file absent means no.",
+    )
+    opted_out: bool = Field(default=False, description="The subject opted out: exclude all their rows everywhere.")
+    subject_id: str | None = Field(default=None, max_length=256, description="Pseudonymous subject (user) id.")
+    cohort: str | None = Field(default=None, max_length=128, description="User cohort (plan, locale, ...).")
+    scenario: str | None = Field(default=None, max_length=128, description="Scenario / intent label.")
+    pii: bool = Field(default=False, description="PII was found that could not be redacted: never trained on.")
+    trace_id: str | None = Field(default=None, max_length=256, description="Trace the feedback is about.")
+    model_version: str | None = Field(default=None, max_length=63, description="Model version that answered.")
+    created_at: datetime | None = Field(default=None, description="When the feedback was given.")
 
 
 class FeedbackExport(KaizenModel):
@@ -37,7 +77,11 @@ class TrainerConfig(KaizenModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Fine-tuning settings.")
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
     output_dir: str = Field(min_length=1, description="Where the model, metrics, manifest and card are written.")
-    checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are kept, across pod restarts.")
+    checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are written (a path in the pod).")
+    checkpoint_mirror: str | None = Field(
+        default=None, description="Remote copy of the checkpoints (s3://...) when checkpointDir does not outlive the "
+        "pod: every checkpoint is uploaded there, and a new pod downloads them to resume.",
+    )
 
 
 class TrainerResult(KaizenModel):

@@ -1,0 +1,338 @@
+"""RetrainJob logic, pure: what to create for a RetrainJob (the trainer config, its ConfigMap and the batch/v1 Job)
+and what its status is, given the Job and its pods as observed. No I/O; the controller gathers and writes.
+
+Retries are the Job's own: ``backoffLimit`` counts failed pods, and a ``podFailurePolicy`` fails the Job at once
+when the trainer exits with :data:`EXIT_PERMANENT` (a bad config or bad data) and does not count pods disrupted by
+preemption or eviction. Each new pod resumes from the checkpoint the last one left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
+from kaizen.api.retrainjob import AttemptFailure, GateResult, RetrainJobSpec, RetrainPhase
+from kaizen.api.trainer import FeedbackExport, TrainerConfig, TrainerResult
+from kaizen.logic.gates import judge
+
+#: Exit code of a trainer failure that retrying cannot fix (kaizen_trainer.cli.EXIT_PERMANENT).
+EXIT_PERMANENT = 2
+CONTAINER = "trainer"
+LABEL = f"{API_GROUP}/retrainjob"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONFIG_DIR = "/etc/kaizen/trainer"
+TOKEN_DIR = "/var/run/kaizen/collector"
+PVC_ROOT = "/mnt/kaizen/pvc"
+WORKSPACE = "/workspace"
+#: The trainer image's unprivileged user (trainer-image/Dockerfile).
+TRAINER_UID = 10001
+_PVC = re.compile(r"^pvc://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)(/.*)?$")
+
+
+def child_name(name: str) -> str:
+    """The Job's (and ConfigMap's) name: the RetrainJob's, suffixed; hashed down to stay a 63-character label."""
+    if len(name) <= 55:
+        return f"{name}-trainer"
+    return f"{name[:46]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}-tr"
+
+
+def _mount(uri: str, claims: dict[str, str]) -> str:
+    """A pvc:// URI as the path where the pod mounts the claim (and note the claim); other URIs as they are."""
+    match = _PVC.match(uri)
+    if not match:
+        return uri
+    claim, path = match.group(1), match.group(3) or ""
+    claims[claim] = f"{PVC_ROOT}/{claim}"
+    return f"{PVC_ROOT}/{claim}{path}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the controller creates for one RetrainJob."""
+
+    config: TrainerConfig
+    config_map: dict[str, Any]
+    job: dict[str, Any]
+
+
+def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
+    claims: dict[str, str] = {}
+    data = spec.data.model_copy(deep=True)
+    for source in [*data.replay, data.holdout, data.regression]:
+        if source is not None:
+            source.uri = _mount(source.uri, claims)
+    output = _mount(spec.output_uri.rstrip("/"), claims) + f"/{namespace}/{name}"
+    # Checkpoints must outlive the pod: next to the output on a volume; for s3:// output on the pod's own disk,
+    # mirrored next to the output.
+    on_volume = output.startswith("/")
+    checkpoints = f"{output}/checkpoints" if on_volume else f"{WORKSPACE}/checkpoints"
+    feedback = None
+    if spec.feedback is not None:
+        query = {"model": spec.feedback.model}
+        for key, values in (("categories", spec.targets.categories), ("scenarios", spec.targets.scenarios),
+                            ("cohorts", spec.targets.cohorts)):
+            if values:
+                query[key] = ",".join(values)
+        if spec.feedback.since:
+            query["since"] = spec.feedback.since.isoformat().replace("+00:00", "Z")
+        feedback = FeedbackExport(
+            url=f"{spec.feedback.collector_url.rstrip('/')}/v1/export?{urlencode(query)}",
+            token_file=f"{TOKEN_DIR}/token" if spec.feedback.token_secret_ref else None,
+        )
+    config = TrainerConfig(
+        job=f"{namespace}/{name}", decision_id=spec.reason.decision_id, task=spec.task, baseline=spec.baseline,
+        candidate_version=spec.candidate_version or name[:63], data=data, feedback=feedback, targets=spec.targets,
+        hyperparameters=spec.hyperparameters, gates=spec.gates, output_dir=output, checkpoint_dir=checkpoints,
+        checkpoint_mirror=None if on_volume else f"{output}/checkpoints",
+    )
+    child = child_name(name)
+    owner = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "RetrainJob", "name": name, "uid": uid,
+             "controller": True, "blockOwnerDeletion": True}
+    labels = {LABEL: name, "app.kubernetes.io/managed-by": "kaizen", "app.kubernetes.io/component": "trainer"}
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": child, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "data": {"config.json": config.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
+    }
+    return Plan(config, config_map, _job(spec, child, namespace, labels, owner, claims))
+
+
+def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str], owner: dict[str, Any],
+         claims: dict[str, str]) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus:
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus)
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": child}},
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for i, (claim, path) in enumerate(sorted(claims.items())):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": path})
+    if spec.feedback is not None and spec.feedback.token_secret_ref is not None:
+        ref = spec.feedback.token_secret_ref
+        volumes.append({"name": "collector-token",
+                        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "token"}]}})
+        mounts.append({"name": "collector-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[QUEUE_LABEL] = spec.queue_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The trainer talks to no Kubernetes API: it gets no token to lose.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                            "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER, "image": spec.image, "args": ["--config", f"{CONFIG_DIR}/config.json"],
+            "resources": {"requests": requests, "limits": limits},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "terminationMessagePath": "/dev/termination-log",
+            # A trainer that dies before writing its result still leaves the end of its log as the message.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": child, "namespace": namespace, "labels": job_labels, "ownerReferences": [owner]},
+        "spec": {
+            "suspend": bool(spec.queue_name),  # Kueue admits (unsuspends) it when the queue has room
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": int(parse_duration(spec.active_deadline).total_seconds()),
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+# --- observing -------------------------------------------------------------------------------------------------
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            return (status.get("state") or {}).get("terminated")
+    return None
+
+
+def _started(pod: dict[str, Any]) -> datetime | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            state = status.get("state") or {}
+            return _time((state.get("running") or state.get("terminated") or {}).get("startedAt"))
+    return None
+
+
+def trainer_result(pod: dict[str, Any]) -> TrainerResult | None:
+    """The trainer's result from the pod's termination message, or None when there is none (or only a log tail)."""
+    message = (_terminated(pod) or {}).get("message")
+    if not message:
+        return None
+    try:
+        return TrainerResult.model_validate_json(message)
+    except ValueError:
+        return None
+
+
+def classify(pod: dict[str, Any]) -> AttemptFailure | None:
+    """What went wrong with a failed (or disrupted) pod, and whether the Job retries it."""
+    status = pod.get("status", {})
+    name = pod["metadata"]["name"]
+    disrupted = next((c for c in status.get("conditions") or []
+                      if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    terminated = _terminated(pod) or {}
+    if status.get("phase") != "Failed" and not (disrupted and terminated):
+        return None
+    if disrupted:
+        reason = "Evicted" if disrupted.get("reason") in ("TerminationByKubelet", "EvictionByEvictionAPI") \
+            else "Preempted"
+        return AttemptFailure(pod=name, reason=reason, retried=True,
+                              message=(disrupted.get("message") or reason)[:1024])
+    if status.get("reason") == "Evicted":
+        return AttemptFailure(pod=name, reason="Evicted", retried=True, message=(status.get("message") or "")[:1024])
+    if terminated.get("reason") == "OOMKilled":
+        return AttemptFailure(pod=name, reason="OOMKilled", retried=True,
+                              message="the trainer ran out of memory; the next pod resumes from the last checkpoint "
+                              "(raise resources.memory or lower batchSize/maxLength if it repeats)")
+    if status.get("reason") == "DeadlineExceeded":
+        return AttemptFailure(pod=name, reason="DeadlineExceeded", retried=False, message="activeDeadline exceeded")
+    result = trainer_result(pod)
+    if result is not None and result.phase == "Failed":
+        return AttemptFailure(pod=name, reason=result.reason, retried=not result.permanent, message=result.message)
+    code = terminated.get("exitCode")
+    tail = (terminated.get("message") or "").strip().splitlines()[-1:] or [terminated.get("reason") or "failed"]
+    return AttemptFailure(pod=name, reason="Error", retried=code != EXIT_PERMANENT,
+                          message=f"exit code {code}: {tail[0]}"[:1024])
+
+
+def _job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
+    return next((c for c in job.get("status", {}).get("conditions") or []
+                 if c.get("type") == type and c.get("status") == "True"), None)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The status a RetrainJob should have, rebuilt from its Job and pods."""
+
+    phase: RetrainPhase
+    message: str
+    fields: dict[str, Any]
+    failures: list[AttemptFailure]
+
+
+def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[str, Any]],
+            now: datetime) -> Observation:
+    """Phase, message and status fields from what the Job and its pods show (see the module docstring)."""
+    if job is None:
+        return Observation("Pending", "Creating the training Job.", {}, [])
+    pods = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    failures = [f for f in (classify(p) for p in pods) if f is not None]
+    gpu_seconds = 0.0
+    for pod in pods:
+        started = _started(pod)
+        if started:
+            ended = _time((_terminated(pod) or {}).get("finishedAt")) or now
+            gpu_seconds += max(0.0, (ended - started).total_seconds()) * spec.resources.gpus
+    started_times = [t for t in (_started(p) for p in pods) if t]
+    fields: dict[str, Any] = {
+        "jobName": job["metadata"]["name"],
+        "attempts": len(pods),
+        "gpuSeconds": round(gpu_seconds, 3),
+        "failures": [f.to_wire() for f in failures][-32:],
+    }
+    if started_times:
+        fields["startTime"] = _iso(min(started_times))
+
+    complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
+    if complete:
+        fields["completionTime"] = _iso(_time(job["status"].get("completionTime")) or now)
+        succeeded = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+        result = trainer_result(succeeded[-1]) if succeeded else None
+        if result is None or result.phase != "Succeeded":
+            return Observation("Failed", "The trainer finished without reporting a result in its termination "
+                               "message; see the pod's log.", fields, failures)
+        return _succeeded(spec, result, fields, failures)
+    if failed:
+        fields["completionTime"] = _iso(_time(failed.get("lastTransitionTime")) or now)
+        last = failures[-1] if failures else None
+        why = {"BackoffLimitExceeded": f"{len(pods)} attempt(s) failed, backoffLimit {spec.backoff_limit} reached",
+               "DeadlineExceeded": f"activeDeadline {spec.active_deadline} exceeded",
+               "PodFailurePolicy": "the trainer reported a failure retrying cannot fix"}.get(
+            failed.get("reason"), failed.get("message") or failed.get("reason") or "the Job failed")
+        detail = f"; last: {last.reason}: {last.message}" if last else ""
+        return Observation("Failed", f"Training failed: {why}{detail}", fields, failures)
+    if job.get("spec", {}).get("suspend"):
+        queue = job["metadata"].get("labels", {}).get(QUEUE_LABEL)
+        return Observation("Pending", f"Queued: waiting for Kueue to admit the Job (queue {queue})." if queue
+                           else "The Job is suspended.", fields, failures)
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    retrying = f" after {len(failures)} failed attempt(s), last {failures[-1].reason}: resuming from the last " \
+               "checkpoint" if failures else ""
+    if running:
+        return Observation("Training", f"Training in pod {running[-1]['metadata']['name']}{retrying}.", fields,
+                           failures)
+    return Observation("Pending", f"Waiting for a training pod to be scheduled{retrying}.", fields, failures)
+
+
+def _succeeded(spec: RetrainJobSpec, result: TrainerResult, fields: dict[str, Any],
+               failures: list[AttemptFailure]) -> Observation:
+    metrics = result.metrics
+    gates, verdict = judge(spec.gates, metrics.get("candidate", {}), metrics.get("baseline", {}))
+    fields.update({
+        "verdict": verdict,
+        "gates": [g.to_wire() for g in gates],
+        "metrics": metrics,
+    })
+    if result.candidate:
+        fields["candidate"] = result.candidate.to_wire()
+    if result.dataset:
+        fields["dataset"] = result.dataset.to_wire()
+    if result.model_card_uri:
+        fields["modelCardURI"] = result.model_card_uri
+    return Observation("Succeeded", _verdict_message(verdict, gates), fields, failures)
+
+
+def _verdict_message(verdict: str, gates: list[GateResult]) -> str:
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        return f"Candidate passed all {len(gates)} gate(s)."
+    return "Candidate failed gate(s): " + "; ".join(
+        f"{g.dataset}.{g.metric}{'.' + g.cohort if g.cohort else ''} candidate={_fmt(g.candidate)} "
+        f"baseline={_fmt(g.baseline)} ({g.threshold})" for g in failed)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+

@@ -1,0 +1,258 @@
+"""RetrainJobs on the local control plane (API server, controller-manager, scheduler, kwok's GPU node): the operator
+creates the trainer Job, follows its pods, reads the termination message, judges the gates and writes the status.
+
+The trainer image here is kwok's "held" image: its pod stays Running until the test, playing the kubelet, patches
+the pod's status -- with the trainer's result as termination message, an OOM kill, or a permanent failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import kubernetes.config
+import pytest
+from kopf.testing import KopfRunner
+
+import kaizen.k8s.client
+from kaizen.api.common import ModelRef
+from kaizen.api.retrainjob import DatasetSummary
+from kaizen.api.trainer import TrainerResult
+from tests.integration.kube import apply, condition, get, wait_for
+
+pytestmark = pytest.mark.integration
+
+HELD_IMAGE = "kaizen.invalid/kwok-held:test"
+
+
+@pytest.fixture(scope="module")
+def operator(crds):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBECONFIG", str(crds.kubeconfig))
+        patch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(crds.kubeconfig))
+        kaizen.k8s.client.reset()
+        with KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "kaizen.controllers"], timeout=60) as runner:
+            yield crds
+        kaizen.k8s.client.reset()
+    assert runner.exception is None, runner.output
+
+
+def retrain_job(name, **spec):
+    return {
+        "apiVersion": "kaizen.dev/v1alpha1", "kind": "RetrainJob", "metadata": {"name": name},
+        "spec": {
+            "reason": {"decisionId": f"d-{name}", "summary": "Refund answers regressed."},
+            "baseline": {"version": "v3", "uri": "s3://models/bot/v3"},
+            "image": HELD_IMAGE, "task": "sequence-classification",
+            "data": {"replay": [{"uri": "s3://data/replay.jsonl"}]},
+            "targets": {"scenarios": ["refund"]},
+            "outputURI": "s3://models/bot",
+            "gates": [{"metric": "accuracy", "cohort": "refund", "minDelta": 0.1},
+                      {"metric": "accuracy", "minDelta": -0.005}],
+            **spec,
+        },
+    }
+
+
+def kubectl_json(cluster, *args):
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def wait_json(cluster, predicate, *args, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cluster.kubectl(*args, "-o", "json", check=False)
+        obj = json.loads(result.stdout) if result.returncode == 0 else None
+        if obj is not None and predicate(obj):
+            return obj
+        if time.monotonic() > deadline:
+            pytest.fail(f"kubectl get {' '.join(args)} never matched; last seen: {result.stdout or result.stderr}")
+        time.sleep(0.2)
+
+
+def running_pods(cluster, namespace, job, count=1):
+    pods = wait_json(cluster, lambda o: len([p for p in o["items"] if p["status"].get("phase") == "Running"]) >= count,
+                     "get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={job}")
+    return sorted((p for p in pods["items"] if p["status"].get("phase") == "Running"),
+                  key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def terminate(cluster, pod, *, exit_code, reason, message=None, conditions=None):
+    """Act as the kubelet: the trainer container terminated, with its termination message."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now}
+    if message is not None:
+        terminated["message"] = message
+    status = {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
+        "name": "trainer", "image": HELD_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "started": False,
+        "state": {"terminated": terminated}}]}
+    if conditions is not None:
+        status["conditions"] = conditions
+    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],
+                    "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+
+
+def result(refund_candidate, refund_baseline=0.1, overall=(0.91, 0.90)):
+    return TrainerResult(
+        phase="Succeeded", reason="Completed", message="done", steps=120,
+        candidate=ModelRef(version="v4", uri="s3://models/bot/ns/rj/model"),
+        metrics={"candidate": {"holdout.accuracy": overall[0], "holdout.accuracy.refund": refund_candidate},
+                 "baseline": {"holdout.accuracy": overall[1], "holdout.accuracy.refund": refund_baseline}},
+        dataset=DatasetSummary(sha256="a" * 64, rows={"train": 800, "targeted": 400, "replay": 400, "holdout": 90},
+                               excluded={"noConsent": 3, "optedOut": 1}),
+        model_card_uri="s3://models/bot/ns/rj/MODEL_CARD.md",
+    ).to_termination_message()
+
+
+def finished(obj):
+    return obj.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def test_job_shape(operator, namespace):
+    apply(operator, namespace, retrain_job(
+        "shape", resources={"gpus": 2, "gpuResourceName": "nvidia.com/gpu", "cpu": "4", "memory": "16Gi"},
+        nodeSelector={"nvidia.com/gpu.present": "true"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                               "effect": "NoSchedule"}],
+        backoffLimit=3, activeDeadline="2h"))
+    job = wait_json(operator, lambda o: True, "get", "job", "shape-trainer", "-n", namespace)
+    rj = get(operator, "retrainjob", "shape", namespace)
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "RetrainJob", "shape", rj["metadata"]["uid"], True)
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 7200 and not spec.get("suspend")
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert container["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["args"] == ["--config", "/etc/kaizen/trainer/config.json"]
+    assert {"name": "config", "configMap": {"name": "shape-trainer", "defaultMode": 420}} in pod["volumes"]
+
+    config_map = kubectl_json(operator, "get", "configmap", "shape-trainer", "-n", namespace)
+    config = json.loads(config_map["data"]["config.json"])
+    assert config["job"] == f"{namespace}/shape" and config["candidateVersion"] == "shape"
+    assert config["outputDir"] == f"s3://models/bot/{namespace}/shape"
+    assert config_map["metadata"]["ownerReferences"][0]["uid"] == rj["metadata"]["uid"]
+
+    running_pods(operator, namespace, "shape-trainer")  # scheduled onto kwok's GPU node, which has 8
+    obj = wait_for(operator, "retrainjob", "shape", namespace, lambda o: o["status"].get("phase") == "Training")
+    assert obj["status"]["jobName"] == "shape-trainer" and obj["status"]["attempts"] == 1
+    assert condition(obj, "Progressing")["status"] == "True"
+
+
+def test_kueue_queue_creates_the_job_suspended(operator, namespace):
+    apply(operator, namespace, retrain_job("queued", queueName="gpu-queue"))
+    job = wait_json(operator, lambda o: True, "get", "job", "queued-trainer", "-n", namespace)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    obj = wait_for(operator, "retrainjob", "queued", namespace,
+                   lambda o: o.get("status", {}).get("jobName") == "queued-trainer")
+    assert obj["status"]["phase"] == "Pending"
+    assert obj["status"]["message"] == "Queued: waiting for Kueue to admit the Job (queue gpu-queue)."
+
+
+def test_succeeded_pod_with_passing_gates(operator, namespace):
+    apply(operator, namespace, retrain_job("passes"))
+    (pod,) = running_pods(operator, namespace, "passes-trainer")
+    terminate(operator, pod, exit_code=0, reason="Completed", message=result(refund_candidate=0.95))
+    obj = wait_for(operator, "retrainjob", "passes", namespace, finished, timeout=60)
+    status = obj["status"]
+    assert status["phase"] == "Succeeded" and status["verdict"] == "Passed", status
+    assert status["candidate"] == {"version": "v4", "uri": "s3://models/bot/ns/rj/model"}
+    assert status["modelCardURI"] == "s3://models/bot/ns/rj/MODEL_CARD.md"
+    assert status["dataset"]["rows"]["targeted"] == 400 and status["dataset"]["excluded"]["optedOut"] == 1
+    refund = status["gates"][0]
+    assert (refund["cohort"], refund["candidate"], refund["baseline"], refund["passed"]) == ("refund", 0.95, 0.1, True)
+    assert status["metrics"]["candidate"]["holdout.accuracy.refund"] == 0.95
+    assert status["metrics"]["baseline"]["holdout.accuracy"] == 0.9
+    assert status["gpuSeconds"] >= 0 and status["attempts"] == 1 and "completionTime" in status
+    assert condition(obj, "Progressing")["status"] == "False"
+
+
+def test_failing_gates_give_verdict_failed_with_the_numbers(operator, namespace):
+    apply(operator, namespace, retrain_job("fails-gates"))
+    (pod,) = running_pods(operator, namespace, "fails-gates-trainer")
+    terminate(operator, pod, exit_code=0, reason="Completed",
+              message=result(refund_candidate=0.15, overall=(0.88, 0.90)))
+    status = wait_for(operator, "retrainjob", "fails-gates", namespace, finished, timeout=60)["status"]
+    assert status["phase"] == "Succeeded" and status["verdict"] == "Failed"
+    refund, overall = status["gates"]
+    assert (refund["candidate"], refund["baseline"], refund["threshold"], refund["passed"]) == (
+        0.15, 0.1, "delta >= 0.1", False)
+    assert (overall["candidate"], overall["baseline"], overall["passed"]) == (0.88, 0.9, False)
+    assert status["message"].startswith("Candidate failed gate(s): holdout.accuracy.refund candidate=0.15 "
+                                        "baseline=0.1 (delta >= 0.1)")
+
+
+def test_oom_killed_pod_is_retried(operator, namespace):
+    apply(operator, namespace, retrain_job("oom"))
+    (first,) = running_pods(operator, namespace, "oom-trainer")
+    terminate(operator, first, exit_code=137, reason="OOMKilled")
+    # The Job controller makes a new pod (after its backoff); the trainer in it resumes from the checkpoint.
+    second = running_pods(operator, namespace, "oom-trainer")[-1]
+    assert second["metadata"]["name"] != first["metadata"]["name"]
+    obj = wait_for(operator, "retrainjob", "oom", namespace,
+                   lambda o: o["status"].get("attempts") == 2 and o["status"].get("phase") == "Training", timeout=30)
+    (failure,) = obj["status"]["failures"]
+    assert failure["pod"] == first["metadata"]["name"] and failure["reason"] == "OOMKilled" and failure["retried"]
+    assert "resuming from the last checkpoint" in obj["status"]["message"]
+
+    terminate(operator, second, exit_code=0, reason="Completed", message=result(refund_candidate=0.9))
+    status = wait_for(operator, "retrainjob", "oom", namespace, finished, timeout=60)["status"]
+    assert status["phase"] == "Succeeded" and status["verdict"] == "Passed" and status["attempts"] == 2
+
+
+def test_preempted_pod_is_retried_without_counting_against_backoff_limit(operator, namespace):
+    apply(operator, namespace, retrain_job("preempted", backoffLimit=0))
+    (first,) = running_pods(operator, namespace, "preempted-trainer")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    terminate(operator, first, exit_code=143, reason="Error", conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "lastTransitionTime": now,
+         "message": "preempted by a higher-priority pod"}])
+    # backoffLimit 0: had the Job counted this failure, it would have failed; preemption is ignored instead.
+    second = running_pods(operator, namespace, "preempted-trainer")[-1]
+    assert second["metadata"]["name"] != first["metadata"]["name"]
+    obj = wait_for(operator, "retrainjob", "preempted", namespace,
+                   lambda o: o["status"].get("attempts") == 2 and o["status"].get("phase") == "Training", timeout=30)
+    assert obj["status"]["failures"] == [{"pod": first["metadata"]["name"], "reason": "Preempted",
+                                          "message": "preempted by a higher-priority pod", "retried": True}]
+
+
+def test_bad_config_is_a_permanent_failure_with_the_trainers_message(operator, namespace):
+    apply(operator, namespace, retrain_job("bad-data"))
+    (pod,) = running_pods(operator, namespace, "bad-data-trainer")
+    message = "the targeted slice is empty: no consented feedback matched the job's targets"
+    terminate(operator, pod, exit_code=2, reason="Error",
+              message=TrainerResult(phase="Failed", reason="InvalidData", message=message).to_termination_message())
+    status = wait_for(operator, "retrainjob", "bad-data", namespace, finished, timeout=60)["status"]
+    assert status["phase"] == "Failed" and "verdict" not in status
+    assert status["message"] == ("Training failed: the trainer reported a failure retrying cannot fix; last: "
+                                 f"InvalidData: {message}")
+    assert status["failures"] == [{"pod": pod["metadata"]["name"], "reason": "InvalidData", "message": message,
+                                   "retried": False}]
+    time.sleep(3)  # no second pod: the podFailurePolicy failed the Job at once
+    pods = kubectl_json(operator, "get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=bad-data-trainer")
+    assert len(pods["items"]) == 1
+
+
+def test_deleting_the_retrainjob_removes_its_job_and_pods(operator, namespace):
+    apply(operator, namespace, retrain_job("deleted"))
+    running_pods(operator, namespace, "deleted-trainer")
+    operator.kubectl("delete", "retrainjob.kaizen.dev", "deleted", "-n", namespace, "--timeout=30s")
+    # kube-controller-manager's garbage collector follows the owner references: RetrainJob -> Job -> pods.
+    wait_json(operator, lambda o: not o["items"], "get", "jobs,configmaps", "-n", namespace,
+              "-l", "kaizen.dev/retrainjob=deleted", timeout=60)
+    wait_json(operator, lambda o: not o["items"], "get", "pods", "-n", namespace,
+              "-l", "batch.kubernetes.io/job-name=deleted-trainer", timeout=60)

@@ -1,0 +1,43 @@
+"""Gate judgement: candidate against bounds and against the baseline on the same data; never passed on a metric
+that was not measured."""
+
+from __future__ import annotations
+
+from kaizen.api.retrainjob import Gate
+from kaizen.logic.gates import judge, metric_key
+
+CANDIDATE = {"holdout.accuracy": 0.91, "holdout.accuracy.refund": 0.30, "stress.exactMatch": 0.5}
+BASELINE = {"holdout.accuracy": 0.90, "holdout.accuracy.refund": 0.28, "stress.exactMatch": 0.6}
+
+
+def test_keys_name_dataset_metric_and_cohort():
+    assert metric_key(Gate(metric="accuracy", cohort="refund", min=0)) == "holdout.accuracy.refund"
+    assert metric_key(Gate(metric="exactMatch", dataset="stress", min=0)) == "stress.exactMatch"
+
+
+def test_delta_against_the_baseline_with_its_numbers():
+    results, verdict = judge([Gate(metric="accuracy", cohort="refund", min_delta=0.02)], CANDIDATE, BASELINE)
+    (result,) = results
+    assert verdict == "Passed" and result.passed  # 0.30 - 0.28 meets 0.02 despite binary floating point
+    assert (result.candidate, result.baseline, result.threshold) == (0.30, 0.28, "delta >= 0.02")
+
+
+def test_any_failing_gate_fails_the_verdict():
+    results, verdict = judge([Gate(metric="accuracy", min=0.9, max_delta=0.005),
+                              Gate(metric="exactMatch", dataset="stress", min_delta=-0.05)], CANDIDATE, BASELINE)
+    assert verdict == "Failed"
+    assert [r.passed for r in results] == [False, False]
+    assert results[0].threshold == "candidate >= 0.9, delta <= 0.005"
+
+
+def test_missing_metric_fails_and_says_so():
+    results, verdict = judge([Gate(metric="accuracy", cohort="enterprise", min=0.5)], CANDIDATE, BASELINE)
+    assert verdict == "Failed"
+    assert results[0].candidate is None
+    assert results[0].threshold == "candidate >= 0.5 (not measured: holdout.accuracy.enterprise)"
+
+
+def test_absolute_bound_needs_no_baseline_and_no_gates_pass():
+    results, verdict = judge([Gate(metric="accuracy", min=0.9)], CANDIDATE, {})
+    assert verdict == "Passed" and results[0].baseline is None
+    assert judge([], CANDIDATE, BASELINE) == ([], "Passed")

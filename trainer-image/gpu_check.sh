@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# GPU check of the trainer, for a machine with an NVIDIA GPU (run from the repository root):
+#
+#   trainer-image/gpu_check.sh [PYTHON]
+#
+# 1. a real trainer run (python -m kaizen_trainer) of a tiny model on cuda: it must pick cuda+bf16, train, evaluate
+#    candidate and baseline, and report Succeeded;
+# 2. the retrain benchmark (bench/retrain/run.py), which on a GPU measures a ~100M-parameter GPT-2 in bf16: trainer
+#    tokens/s against a bare torch loop, and GPU utilisation. Its results go to /tmp, not over the committed CPU
+#    figures; copy them into bench/results/ if you want them kept.
+set -euo pipefail
+PY=${1:-.venv/bin/python}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+export PYTHONPATH="$ROOT/trainer-image${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PY" - "$WORK" <<'PYTHON'
+import json, sys
+from pathlib import Path
+import torch
+from kaizen_trainer import modeling, synthetic
+
+work = Path(sys.argv[1])
+device = modeling.pick_device()
+print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}, trainer device: {device.name}")
+if device.device.type != "cuda":
+    sys.exit("no CUDA device: this check needs a GPU")
+print(f"GPU: {torch.cuda.get_device_name(0)}")
+task = "causal-lm"
+synthetic.save_model(task, work / "init", layers=4, width=256, heads=4)
+rows = synthetic.dataset(4000, seed=1, task=task)
+(work / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+config = {
+    "job": "gpu-check/tiny", "decisionId": "gpu-check", "task": task,
+    "baseline": {"version": "v0", "uri": str(work / "init")}, "candidateVersion": "v1",
+    "data": {"replay": [{"uri": str(work / "replay.jsonl")}], "targetedRatio": 0, "maxSliceShare": 1},
+    "hyperparameters": {"maxSteps": 300, "learningRate": 1e-3, "batchSize": 64, "maxLength": 64,
+                        "checkpointEverySteps": 100},
+    "gates": [{"metric": "exactMatch", "min": 0.9}],
+    "outputDir": str(work / "out"), "checkpointDir": str(work / "ckpt"),
+}
+(work / "config.json").write_text(json.dumps(config))
+PYTHON
+
+"$PY" -m kaizen_trainer --config "$WORK/config.json" --result "$WORK/result.json"
+"$PY" - "$WORK" <<'PYTHON'
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+result = json.loads((work / "result.json").read_text())
+training = json.loads((work / "out" / "metrics.json").read_text())["training"]
+print(f"trainer run: {result['phase']} ({result['message']}), device {training['device']}, "
+      f"{training['steps']} steps, {training['tokensPerSecond']:.0f} tokens/s, "
+      f"holdout exactMatch {result['metrics']['candidate']['holdout.exactMatch']:.3f}")
+assert result["phase"] == "Succeeded" and training["device"].startswith("cuda"), result
+PYTHON
+
+"$PY" "$ROOT/bench/retrain/run.py" --out /tmp/kaizen-retrain-gpu.json

@@ -1,0 +1,296 @@
+"""Stage 2, curate: from the rows loaded (stage 1) to the training mix, the holdout and the regression suite, with a
+dataset manifest that says what was used and what was excluded and why. Pure: no I/O, no torch.
+
+The rules, in order:
+
+* a subject who opted out (a tombstone row ``optedOut: true`` in any source) is excluded everywhere;
+* feedback is used only with consent (``consent: true``, or a collector export, which holds only consented items),
+  never when flagged ``pii``; its training target is the user's correction (``target``), or the model's own answer
+  when the sentiment is positive; it is targeted when it matches the job's targets;
+* replay rows in a targeted scenario or cohort are superseded by the feedback there (their answers are the ones
+  users said were wrong);
+* holdout membership is a stable hash of the example id, the same in every retrain, so a row held out once is never
+  trained on later; rows of an explicit holdout file are held out too, and sharing ids with training data is an error;
+* duplicates (exact, and after normalising case, punctuation and whitespace) are dropped, feedback first;
+* within the targeted and the replay pool, no slice (scenario, else cohort) exceeds ``maxSliceShare``;
+* targeted and replay rows are mixed in ``targetedRatio`` by deterministic down-sampling of the larger side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kaizen.api.retrainjob import DataSpec, Targets
+from kaizen.api.trainer import Example
+from kaizen_trainer.errors import invalid_data
+
+Role = Literal["replay", "feedback", "holdout", "regression"]
+UNLABELLED = "unlabelled"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One loaded input: where it came from, the sha256 of its bytes, and its rows."""
+
+    uri: str
+    role: Role
+    sha256: str
+    rows: tuple[Example, ...]
+    #: The collector export's closing line: what the collector itself left out (no consent, opted out, ...).
+    export_manifest: dict | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """A curated example: the text in, the answer (or label) to learn or to expect."""
+
+    id: str
+    input: str
+    target: str
+    origin: Role
+    cohort: str | None = None
+    scenario: str | None = None
+
+    @property
+    def slice(self) -> str:
+        return self.scenario or self.cohort or UNLABELLED
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The cohort and scenario labels a per-cohort metric groups this row under."""
+        return tuple(dict.fromkeys(label for label in (self.cohort, self.scenario) if label))
+
+
+@dataclass
+class Curated:
+    train: list[Row]
+    holdout: list[Row]
+    regression: list[Row]
+    manifest: dict = field(default_factory=dict)
+
+
+def in_holdout(example_id: str, fraction: float) -> bool:
+    """Stable holdout membership: the same id is in or out in every retrain, whatever the seed or the data."""
+    digest = hashlib.sha256(example_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _order(rows: Iterable[Row], seed: int) -> list[Row]:
+    """A deterministic shuffle keyed by id and seed, used for every down-sampling."""
+    return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).digest())
+
+
+def _matches(example: Example, targets: Targets) -> bool:
+    return all((
+        not targets.categories or example.category in targets.categories,
+        not targets.scenarios or example.scenario in targets.scenarios,
+        not targets.cohorts or example.cohort in targets.cohorts,
+    ))
+
+
+def _superseded(row: Row, targets: Targets) -> bool:
+    return (row.scenario in targets.scenarios) or (row.cohort in targets.cohorts)
+
+
+def cap_slices(rows: Sequence[Row], max_share: float, seed: int) -> list[Row]:
+    """Down-sample so no slice is more than ``max_share`` of the rows (a pool of one slice is left alone)."""
+    by_slice: dict[str, list[Row]] = {}
+    for row in rows:
+        by_slice.setdefault(row.slice, []).append(row)
+    if len(by_slice) < 2 or max_share >= 1:
+        return list(rows)
+    sizes = sorted(len(v) for v in by_slice.values())
+    if max_share * len(sizes) < 1:
+        raise invalid_data(
+            f"maxSliceShare {max_share:g} cannot be met with {len(sizes)} slices ({', '.join(sorted(by_slice))}): "
+            f"each would need at most {max_share:.0%} of the rows; add data from other slices or raise maxSliceShare"
+        )
+    # The largest per-slice cap c with c <= share * sum(min(n, c)); rows above c in a slice are dropped. The slack
+    # share * sum(min(n, c)) - c is concave in c and 0 at c = 0, so where it is >= 0 is an interval: bisect it.
+    def fits(c: int) -> bool:
+        return c <= max_share * sum(min(n, c) for n in sizes) + 1e-9
+
+    low, high = 1, sizes[-1]
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    cap = low
+    return [row for group in by_slice.values() for row in _order(group, seed)[:cap]]
+
+
+def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: int) -> Curated:
+    """Build the training mix, holdout and regression suite from the loaded sources (see the module docstring)."""
+    excluded: Counter[str] = Counter()
+    opted_out = {r.subject_id for s in sources for r in s.rows if r.opted_out and r.subject_id}
+
+    def usable(example: Example, training: bool) -> bool:
+        if example.opted_out or (example.subject_id and example.subject_id in opted_out):
+            excluded["optedOut"] += 1
+        elif training and example.pii:
+            excluded["pii"] += 1
+        elif not example.input:
+            excluded["noInput"] += 1
+        else:
+            return True
+        return False
+
+    targeted: list[Row] = []
+    replay: list[Row] = []
+    explicit_holdout: list[Row] = []
+    regression: list[Row] = []
+    for source in sources:
+        for ex in source.rows:
+            if not usable(ex, training=source.role in ("replay", "feedback")):
+                continue
+            if source.role == "feedback":
+                if ex.consent is not True:
+                    excluded["noConsent"] += 1
+                    continue
+                target = ex.target or (ex.output if ex.sentiment == "positive" else None)
+                if not target:
+                    excluded["noTarget"] += 1
+                    continue
+                if not _matches(ex, targets):
+                    excluded["offTarget"] += 1
+                    continue
+            else:
+                target = ex.output
+                if ex.consent is False:
+                    excluded["noConsent"] += 1
+                    continue
+                if not target:
+                    excluded["noOutput"] += 1
+                    continue
+            row = Row(ex.id, ex.input, target, source.role, ex.cohort, ex.scenario)
+            {"feedback": targeted, "replay": replay, "holdout": explicit_holdout, "regression": regression}[
+                source.role].append(row)
+
+    if targeted:
+        kept = [r for r in replay if not _superseded(r, targets)]
+        excluded["supersededByFeedback"] += len(replay) - len(kept)
+        replay = kept
+
+    training_ids = {r.id for r in targeted + replay}
+    leaked = sorted({r.id for r in explicit_holdout} & training_ids)
+    if leaked:
+        raise invalid_data(
+            f"holdout leakage: {len(leaked)} example id(s) of the holdout file also appear in training data "
+            f"(e.g. {', '.join(leaked[:3])}); remove them from the replay data or the holdout"
+        )
+    fraction = data.holdout_fraction
+    holdout = explicit_holdout + [r for r in targeted + replay if in_holdout(r.id, fraction)]
+    targeted = [r for r in targeted if not in_holdout(r.id, fraction)]
+    replay = [r for r in replay if not in_holdout(r.id, fraction)]
+
+    # Exact and normalised duplicates, feedback first so a correction wins over a stale replay answer; a training
+    # row whose input is also held out would leak the holdout, so it goes too.
+    held_inputs = {normalise(r.input) for r in holdout}
+    seen: set[str] = set()
+    pools: dict[str, list[Row]] = {"targeted": [], "replay": []}
+    for pool, rows in (("targeted", targeted), ("replay", replay)):
+        for row in rows:
+            key = normalise(row.input)
+            if key in held_inputs:
+                excluded["inHoldout"] += 1
+            elif key in seen:
+                excluded["duplicate"] += 1
+            else:
+                seen.add(key)
+                pools[pool].append(row)
+    holdout = _dedupe(holdout, excluded)
+
+    for pool in pools:
+        capped = cap_slices(pools[pool], data.max_slice_share, seed)
+        excluded["sliceCap"] += len(pools[pool]) - len(capped)
+        pools[pool] = capped
+    targeted, replay = _mix(pools["targeted"], pools["replay"], data.targeted_ratio, seed, excluded)
+
+    train = _order(targeted + replay, seed)
+    _check(train, targeted, replay, holdout, data)
+    manifest = {
+        "sources": [{"uri": s.uri, "role": s.role, "sha256": s.sha256, "rows": len(s.rows)}
+                    | ({"collectorExcluded": s.export_manifest.get("excluded", {})} if s.export_manifest else {})
+                    for s in sources],
+        "rows": {"train": len(train), "targeted": len(targeted), "replay": len(replay), "holdout": len(holdout),
+                 "regression": len(regression)},
+        "slices": {"train": _count(train), "holdout": _count(holdout)},
+        "excluded": {k: v for k, v in sorted(excluded.items()) if v},
+        "subjectsOptedOut": len(opted_out) + sum(
+            int(s.export_manifest.get("subjectsOptedOut", 0)) for s in sources if s.export_manifest),
+        "holdoutRule": f"sha256(id) < {fraction:g} of the hash space, plus the holdout file",
+        "trainIds": sorted(r.id for r in train),
+        "holdoutIds": sorted(r.id for r in holdout),
+    }
+    manifest["sha256"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return Curated(train=train, holdout=holdout, regression=regression, manifest=manifest)
+
+
+def _dedupe(rows: list[Row], excluded: Counter[str]) -> list[Row]:
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        key = normalise(row.input)
+        if key in seen:
+            excluded["duplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    return kept
+
+
+def _mix(targeted: list[Row], replay: list[Row], ratio: float, seed: int,
+         excluded: Counter[str]) -> tuple[list[Row], list[Row]]:
+    """Down-sample the larger side so targeted rows are ``ratio`` of the mix."""
+    if ratio == 0:
+        excluded["mixRatio"] += len(targeted)
+        return [], replay
+    if ratio == 1:
+        excluded["mixRatio"] += len(replay)
+        return targeted, []
+    want_replay = math.floor(len(targeted) * (1 - ratio) / ratio)
+    if want_replay <= len(replay):
+        excluded["mixRatio"] += len(replay) - want_replay
+        return targeted, _order(replay, seed)[:want_replay]
+    want_targeted = math.floor(len(replay) * ratio / (1 - ratio))
+    excluded["mixRatio"] += len(targeted) - want_targeted
+    return _order(targeted, seed)[:want_targeted], replay
+
+
+def _check(train: list[Row], targeted: list[Row], replay: list[Row], holdout: list[Row], data: DataSpec) -> None:
+    """Quality checks: fail loudly rather than train on too little or evaluate on nothing."""
+    if data.targeted_ratio > 0 and not targeted:
+        raise invalid_data(
+            f"the targeted slice is empty: no consented feedback with a correction (or a good rating) matched the "
+            f"job's targets outside the holdout, but targetedRatio is {data.targeted_ratio:g}; check targets and the "
+            "feedback export, or set data.targetedRatio to 0 for a replay-only retrain"
+        )
+    if data.targeted_ratio < 1 and not replay:
+        raise invalid_data(
+            f"no replay rows are left, but targetedRatio {data.targeted_ratio:g} asks for "
+            f"{1 - data.targeted_ratio:.0%} replay data to prevent forgetting; add data.replay or set targetedRatio to 1"
+        )
+    if len(train) < data.min_rows:
+        raise invalid_data(
+            f"too few training rows: {len(train)} after curation, minRows is {data.min_rows}; see the excluded "
+            "counts in the dataset manifest, add data, or lower data.minRows"
+        )
+    if not holdout:
+        raise invalid_data(
+            "the holdout is empty: no row's id hashed into the holdout and no holdout file was given; add "
+            "data.holdout or raise data.holdoutFraction"
+        )
+
+
+def _count(rows: Iterable[Row]) -> dict[str, int]:
+    return dict(sorted(Counter(r.slice for r in rows).items()))

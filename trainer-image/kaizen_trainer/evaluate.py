@@ -1,0 +1,159 @@
+"""Stage 4, evaluate: measure a model on an evaluation set, overall and per cohort, the same way for the candidate
+and the baseline, so their numbers compare.
+
+Metrics (keys ``<dataset>.<metric>[.<label>]``, where a label is a row's cohort or scenario):
+
+* ``accuracy`` -- sequence classification: predicted label is right; causal LM: share of response tokens predicted
+  right under teacher forcing;
+* ``exactMatch`` (causal LM) -- greedy decoding reproduces the whole response and stops: computed exactly in one
+  forward pass, since greedy decoding yields the reference iff every next-token argmax along it is the reference;
+* ``loss`` and ``perplexity`` (causal LM) -- mean token negative log-likelihood of the responses, and its exp;
+* ``cohortGap`` -- largest difference in the primary metric (accuracy, exactMatch for causal LM) between cohorts;
+* ``latencyP50Ms`` / ``latencyP95Ms`` -- one example per forward pass, on up to :data:`LATENCY_SAMPLE` examples.
+
+The stress set is the holdout with perturbed inputs (case, whitespace, a typo), one perturbation per row chosen by
+its id, so candidate and baseline see the very same perturbations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import PreTrainedModel
+
+from kaizen_trainer.curate import Row
+from kaizen_trainer.modeling import IGNORE, Device, Encoder
+
+LATENCY_SAMPLE = 32
+EVAL_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Scored:
+    row: Row
+    correct: float
+    exact: float
+    nll: float
+    tokens: int
+
+
+def perturb(row: Row) -> Row:
+    """A stress variant of a row: upper case, doubled whitespace, or two adjacent letters swapped."""
+    pick = int.from_bytes(hashlib.sha256(row.id.encode()).digest()[:4], "big")
+    text = row.input
+    kind = pick % 3
+    if kind == 0:
+        text = text.upper()
+    elif kind == 1:
+        text = "  " + "  ".join(text.split()) + " "
+    else:
+        letters = [i for i in range(len(text) - 1) if text[i].isalpha() and text[i + 1].isalpha()]
+        if letters:
+            i = letters[(pick // 3) % len(letters)]
+            text = text[:i] + text[i + 1] + text[i] + text[i + 2:]
+    return replace(row, input=text)
+
+
+@torch.no_grad()
+def score(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[Scored]:
+    model.to(device.device).eval()
+    scored = []
+    for start in range(0, len(rows), EVAL_BATCH):
+        chunk = rows[start: start + EVAL_BATCH]
+        batch = encoder.batch(encoder.encode_all(chunk), device.device)
+        with _autocast(device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        if encoder.task == "sequence-classification":
+            nll = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+            correct = (logits.argmax(-1) == batch["labels"]).float()
+            scored += [Scored(r, float(c), float(c), float(n), 1) for r, c, n in zip(chunk, correct, nll)]
+            continue
+        labels = batch["labels"][:, 1:]
+        logits = logits[:, :-1]
+        mask = labels != IGNORE
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+        hits = (logits.argmax(-1) == labels) & mask
+        counts = mask.sum(1)
+        for i, row in enumerate(chunk):
+            n = int(counts[i])
+            right = int(hits[i].sum())
+            scored.append(Scored(row, right / n, float(right == n), float(nll[i].sum()), n))
+    return scored
+
+
+def latencies_ms(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[float]:
+    model.to(device.device).eval()
+    times = []
+    with torch.no_grad():
+        for row in rows[:LATENCY_SAMPLE]:
+            batch = encoder.batch([encoder.encode(row)], device.device)
+            began = time.perf_counter()
+            with _autocast(device):
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if device.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def _autocast(device: Device):
+    return torch.autocast(device_type=device.device.type, dtype=device.autocast, enabled=device.autocast is not None)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def summarise(dataset: str, scored: Sequence[Scored], causal: bool) -> dict[str, float]:
+    """Aggregate scores into ``<dataset>.<metric>[.<label>]`` metrics."""
+    def aggregate(items: Sequence[Scored], suffix: str) -> dict[str, float]:
+        out = {f"{dataset}.accuracy{suffix}": sum(s.correct for s in items) / len(items)}
+        if causal:
+            loss = sum(s.nll for s in items) / sum(s.tokens for s in items)
+            out[f"{dataset}.exactMatch{suffix}"] = sum(s.exact for s in items) / len(items)
+            out[f"{dataset}.loss{suffix}"] = loss
+            out[f"{dataset}.perplexity{suffix}"] = math.exp(min(loss, 50.0))
+        else:
+            out[f"{dataset}.loss{suffix}"] = sum(s.nll for s in items) / len(items)
+        return out
+
+    if not scored:
+        return {}
+    metrics = aggregate(scored, "")
+    groups: dict[str, list[Scored]] = defaultdict(list)
+    cohorts: dict[str, list[Scored]] = defaultdict(list)
+    for s in scored:
+        for label in s.row.labels:
+            groups[label].append(s)
+        if s.row.cohort:
+            cohorts[s.row.cohort].append(s)
+    for label, items in sorted(groups.items()):
+        metrics.update(aggregate(items, f".{label}"))
+    if len(cohorts) >= 2:
+        values = [sum(getattr(s, "exact" if causal else "correct") for s in items) / len(items)
+                  for items in cohorts.values()]
+        metrics[f"{dataset}.cohortGap"] = max(values) - min(values)
+    return metrics
+
+
+def evaluate(model: PreTrainedModel, encoder: Encoder, sets: dict[str, Sequence[Row]],
+             device: Device) -> dict[str, float]:
+    """All metrics of one model on every non-empty evaluation set, latency measured on the holdout."""
+    causal = encoder.task == "causal-lm"
+    metrics: dict[str, float] = {}
+    for name, rows in sets.items():
+        if rows:
+            metrics.update(summarise(name, score(model, encoder, rows, device), causal))
+    if sets.get("holdout"):
+        times = latencies_ms(model, encoder, sets["holdout"], device)
+        metrics["holdout.latencyP50Ms"] = _percentile(times, 0.5)
+        metrics["holdout.latencyP95Ms"] = _percentile(times, 0.95)
+    return metrics

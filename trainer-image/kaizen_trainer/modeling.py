@@ -1,0 +1,141 @@
+"""Models and tensors: load the baseline with transformers, pick the device (CUDA with bf16 when present, CPU
+otherwise), and turn curated rows into padded batches for both tasks.
+
+Causal LM rows become ``prompt <sep> response <eos>`` with the loss on the response only; sequence classification
+rows become the text and the id of its label, which must be one of the baseline's labels.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kaizen.api.retrainjob import Task
+from kaizen_trainer.curate import Row
+from kaizen_trainer.errors import TrainerError, invalid_config, invalid_data
+from kaizen_trainer.load import local_path, require_fsspec
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Device:
+    device: torch.device
+    #: Autocast dtype: bf16 on GPUs that support it, None (full precision) elsewhere.
+    autocast: torch.dtype | None
+
+    @property
+    def name(self) -> str:
+        return self.device.type + ("+bf16" if self.autocast else "")
+
+
+def pick_device() -> Device:
+    if torch.cuda.is_available():
+        return Device(torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+    return Device(torch.device("cpu"), None)
+
+
+def model_dir(uri: str) -> str:
+    """A directory (or hub name) ``from_pretrained`` can read; s3:// models are copied to a local directory first."""
+    path = local_path(uri)
+    if path is not None:
+        if not (path / "config.json").is_file():
+            raise invalid_config(f"baseline {uri} is not a saved transformers model (no config.json there)")
+        return str(path)
+    if uri.startswith("hf://"):
+        return uri.removeprefix("hf://")
+    if uri.startswith("s3://"):
+        fsspec = require_fsspec(uri)
+        target = tempfile.mkdtemp(prefix="kaizen-baseline-")
+        try:
+            fsspec.filesystem("s3").get(uri.rstrip("/") + "/", target, recursive=True)
+        except (OSError, ValueError, ImportError) as error:
+            raise TrainerError("Error", f"cannot download baseline {uri}: {error}") from None
+        return target
+    raise invalid_config(f"baseline uri {uri}: unsupported scheme; use a path, file://, s3:// or hf://")
+
+
+def load(task: Task, uri: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    source = model_dir(uri)
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = auto.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise invalid_config(f"cannot load baseline {uri} as a {task} model: {error}") from None
+    if task == "causal-lm" and tokenizer.eos_token_id is None:
+        raise invalid_config(f"baseline {uri}: the tokenizer has no eos token, so responses cannot be delimited")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is None:
+        raise invalid_config(f"baseline {uri}: the tokenizer has neither a pad nor an eos token")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One row as token ids: ``labels`` is the response ids (causal LM) or a one-element label id."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+class Encoder:
+    def __init__(self, task: Task, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        self.label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+
+    def encode(self, row: Row) -> Encoded:
+        tok = self.tokenizer
+        if self.task == "sequence-classification":
+            if row.target not in self.label2id:
+                raise invalid_data(f"row {row.id}: label {row.target!r} is not one of the baseline's labels "
+                                   f"({', '.join(sorted(self.label2id))})")
+            ids = tok(row.input, truncation=True, max_length=self.max_length)["input_ids"]
+            return Encoded(ids, [self.label2id[row.target]])
+        sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        response = tok(row.target, add_special_tokens=False)["input_ids"][: self.max_length // 2] + [tok.eos_token_id]
+        prompt = tok(row.input, add_special_tokens=False)["input_ids"]
+        prompt = prompt[max(0, len(prompt) - (self.max_length - len(response) - 1)):] + [sep]
+        return Encoded(prompt + response, [IGNORE] * len(prompt) + response)
+
+    def encode_all(self, rows: Sequence[Row]) -> list[Encoded]:
+        return [self.encode(row) for row in rows]
+
+    def batch(self, items: Sequence[Encoded], device: torch.device) -> dict[str, torch.Tensor]:
+        """Right-padded tensors: ``input_ids``, ``attention_mask`` and ``labels``."""
+        width = max(len(e.input_ids) for e in items)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, e in enumerate(items):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[i, : len(e.input_ids)] = 1
+        if self.task == "causal-lm":
+            labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+            for i, e in enumerate(items):
+                labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        else:
+            labels = torch.tensor([e.labels[0] for e in items], dtype=torch.long)
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """``save_pretrained`` of model and tokenizer, replacing what a previous attempt left there."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    try:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    except OSError as error:
+        raise TrainerError("Error", f"cannot write the candidate model to {directory}: {error}") from None

@@ -1,0 +1,95 @@
+"""The five stages in order: load -> curate -> train -> evaluate candidate and baseline on the same data -> write.
+
+Artefacts go to ``outputDir`` (a path; for ``s3://`` they are written to a local staging directory and uploaded at
+the end through fsspec). Checkpoints go to ``checkpointDir``, a path (a volume, when the output is on one), and
+are mirrored to ``checkpointMirror`` when the output is remote, so a new pod resumes wherever it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+
+from kaizen.api.common import ModelRef
+from kaizen.api.trainer import TrainerConfig, TrainerResult
+from kaizen.logic.gates import judge
+from kaizen_trainer import curate as curation
+from kaizen_trainer import evaluate, load, modeling, report, train
+from kaizen_trainer.errors import TrainerError, invalid_config
+from kaizen_trainer.mirror import Mirror
+
+log = logging.getLogger("kaizen_trainer")
+
+MODEL_CARD = "MODEL_CARD.md"
+
+
+def run(config: TrainerConfig) -> TrainerResult:
+    """Run the whole job and return its (uncompacted) result; raises :class:`TrainerError` on failure."""
+    checkpoints = load.local_path(config.checkpoint_dir)
+    if checkpoints is None:
+        raise invalid_config(f"checkpointDir {config.checkpoint_dir} must be a path (a volume that outlives the pod)")
+    output = load.local_path(config.output_dir)
+    if output is None:
+        load.require_fsspec(config.output_dir)  # found missing now, not after hours of training
+    staging = output or Path(tempfile.mkdtemp(prefix="kaizen-output-"))
+    staging.mkdir(parents=True, exist_ok=True)
+    hp = config.hyperparameters
+
+    sources = load.load(config)
+    log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
+    curated = curation.curate(sources, config.data, config.targets, hp.seed)
+    manifest = curated.manifest
+    log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
+
+    baseline, tokenizer = modeling.load(config.task, config.baseline.uri)
+    candidate = copy.deepcopy(baseline)
+    encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
+    device = modeling.pick_device()
+    rows = encoder.encode_all(curated.train)
+    sets = {"holdout": curated.holdout, "regression": curated.regression,
+            "stress": [evaluate.perturb(r) for r in curated.holdout]}
+    for rows_of_set in sets.values():
+        encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
+    tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json())
+    log.info("Training steps=%d rows=%d device=%s", train.total_steps(len(rows), hp), len(rows), device.name)
+    mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror else None
+    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror)
+    log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
+             stats.resumed_from)
+
+    metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device)}
+    candidate.cpu()  # one model on the device at a time
+    metrics["baseline"] = evaluate.evaluate(baseline, encoder, sets, device)
+    gates, verdict = judge(config.gates, metrics["candidate"], metrics["baseline"])
+    log.info("Evaluated verdict=%s gates=%s", verdict, [(g.metric, g.cohort, g.passed) for g in gates])
+
+    modeling.save(candidate.cpu(), tokenizer, staging / "model")
+    report.write_json(staging / "metrics.json", {
+        **metrics, "gates": [g.to_wire() for g in gates], "verdict": verdict,
+        "training": {"steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds,
+                     "tokensPerSecond": stats.tokens_per_second, "resumedFrom": stats.resumed_from,
+                     "device": device.name},
+    })
+    report.write_json(staging / "dataset-manifest.json", manifest)
+    (staging / MODEL_CARD).write_text(report.model_card(config, manifest, metrics, gates, verdict, stats,
+                                                         device.name))
+    base = config.output_dir.rstrip("/")
+    if output is None:
+        _upload(staging, base)
+    return TrainerResult(
+        phase="Succeeded", reason="Completed", message=f"{verdict}: {sum(g.passed for g in gates)}/{len(gates)} "
+        "gates passed",
+        candidate=ModelRef(version=config.candidate_version, uri=f"{base}/model"),
+        metrics=metrics, gates=gates, dataset=report.summary(manifest, f"{base}/dataset-manifest.json"),
+        model_card_uri=f"{base}/{MODEL_CARD}", steps=stats.steps,
+    )
+
+
+def _upload(staging: Path, uri: str) -> None:
+    fsspec = load.require_fsspec(uri)
+    try:
+        fsspec.filesystem(uri.split("://")[0]).put(str(staging) + "/", uri + "/", recursive=True)
+    except (OSError, ValueError, ImportError) as error:
+        raise TrainerError("Error", f"cannot upload the results to {uri}: {error}") from None

@@ -1,0 +1,180 @@
+"""Stage 3, train: a plain torch loop (AdamW, linear decay, bf16 autocast on GPUs) with checkpoints.
+
+Every ``checkpointEverySteps`` steps the model, optimizer, scheduler and RNG states are written atomically to the
+checkpoint directory, tagged with a fingerprint of the data and settings. A restarted pod (OOMKilled, evicted,
+preempted) finds the newest checkpoint with the same fingerprint and continues from its step, on the same batch
+order, so a resumed run ends where an uninterrupted one would. SIGTERM (what the kubelet sends before a
+preemption) writes a checkpoint at the current step before the pod goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from kaizen.api.retrainjob import Hyperparameters
+from kaizen_trainer.errors import TrainerError
+from kaizen_trainer.mirror import Mirror
+from kaizen_trainer.modeling import Device, Encoded, Encoder
+
+log = logging.getLogger("kaizen_trainer")
+KEEP_CHECKPOINTS = 2
+#: How often the loss is checked for NaN/inf (a check waits for the device, so not every step).
+FINITE_CHECK_EVERY = 25
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    #: Tokens the model was trained on in this process (padding excluded).
+    tokens: int
+    seconds: float
+    resumed_from: int | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def total_steps(rows: int, hp: Hyperparameters) -> int:
+    return hp.max_steps or max(1, math.ceil(hp.epochs * math.ceil(rows / hp.batch_size)))
+
+
+def batch_order(rows: int, hp: Hyperparameters) -> Iterator[list[int]]:
+    """Row indices of each step: a fresh seeded permutation per epoch, so the order depends only on the seed."""
+    per_epoch = math.ceil(rows / hp.batch_size)
+    epoch = 0
+    while True:
+        order = torch.randperm(rows, generator=torch.Generator().manual_seed(hp.seed + epoch)).tolist()
+        for b in range(per_epoch):
+            yield order[b * hp.batch_size: (b + 1) * hp.batch_size]
+        epoch += 1
+
+
+def _checkpoints(directory: Path, tag: str) -> list[Path]:
+    """This run's checkpoints, oldest first. The fingerprint is in the name, so telling runs apart reads no file."""
+    return sorted(directory.glob(f"step-*-{tag}.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _save_checkpoint(directory: Path, step: int, tag: str, model, optimizer, scheduler,
+                     mirror: Mirror | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    partial = directory / f".step-{step}-{tag}.pt.partial"
+    torch.save(state, partial)
+    # A pod killed while writing leaves only a .partial file, never a truncated checkpoint that resume would trust.
+    os.replace(partial, directory / f"step-{step}-{tag}.pt")
+    for old in _checkpoints(directory, tag)[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+    if mirror is not None:
+        mirror.push(directory / f"step-{step}-{tag}.pt", tag, {p.name for p in _checkpoints(directory, tag)})
+
+
+def _resume(directory: Path, tag: str, model, optimizer, scheduler) -> int | None:
+    """Load the newest readable checkpoint of this run; checkpoints of another run (other data or settings, say
+    after the RetrainJob was edited) are removed, since they can never be resumed."""
+    for stale in set(directory.glob("*step-*.pt*")) - set(_checkpoints(directory, tag)):
+        log.info("Removed checkpoint of another run path=%s", stale)
+        stale.unlink(missing_ok=True)
+    for path in reversed(_checkpoints(directory, tag)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as error:
+            log.warning("Skipped unreadable checkpoint path=%s error=%s", path, error)
+            continue
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return int(state["step"])
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list[bool]]:
+    flag = [False]
+    # Signal handlers can only be installed from the main thread (the CLI); elsewhere training just runs.
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__(0, True))
+        try:
+            yield flag
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    else:
+        yield flag
+
+
+def train(
+    model: PreTrainedModel, encoder: Encoder, rows: Sequence[Encoded], hp: Hyperparameters, device: Device,
+    checkpoint_dir: Path, tag: str, until: Callable[[int, int], bool] | None = None, mirror: Mirror | None = None,
+) -> TrainStats:
+    """Fine-tune ``model`` in place on ``rows``; resumes from a checkpoint of the same ``tag`` when there is one.
+
+    ``until(step, tokens)``, called after each step, may end training early by returning True (the benchmark
+    evaluates the model there to measure the compute a target accuracy takes). With a ``mirror``, checkpoints are
+    also kept remotely (:mod:`kaizen_trainer.mirror`)."""
+    torch.manual_seed(hp.seed)
+    model.to(device.device).train()
+    steps = total_steps(len(rows), hp)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    if mirror is not None:
+        mirror.pull(checkpoint_dir, tag)
+    resumed = _resume(checkpoint_dir, tag, model, optimizer, scheduler)
+    start = resumed or 0
+    if resumed is not None:
+        log.info("Resumed from checkpoint step=%d of %d dir=%s", resumed, steps, checkpoint_dir)
+    order = batch_order(len(rows), hp)
+    for _ in range(start):
+        next(order)
+    tokens, began, finished = 0, time.perf_counter(), steps
+    autocast = (torch.autocast(device_type=device.device.type, dtype=device.autocast) if device.autocast
+                else contextlib.nullcontext())
+    with _sigterm_flag() as terminated:
+        for step in range(start + 1, steps + 1):
+            items = [rows[i] for i in next(order)]
+            batch = encoder.batch(items, device.device)
+            with autocast:
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            # Counted on the host: reading anything back from a GPU every step would stall its queue.
+            tokens += sum(len(e.input_ids) for e in items)
+            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
+                raise TrainerError("Error", f"the training loss became {loss.item()} at step {step}; lower "
+                                   "hyperparameters.learningRate")
+            if step % hp.checkpoint_every_steps == 0 or terminated[0]:
+                _save_checkpoint(checkpoint_dir, step, tag, model, optimizer, scheduler, mirror)
+            if terminated[0]:
+                raise TrainerError("Error", f"terminated (SIGTERM) at step {step}; the checkpoint there is "
+                                   "resumed by the next pod")
+            if until is not None and until(step, tokens):
+                finished = step
+                break
+    if device.device.type == "cuda":
+        torch.cuda.synchronize()
+    return TrainStats(steps=finished, tokens=tokens, seconds=time.perf_counter() - began, resumed_from=resumed)
