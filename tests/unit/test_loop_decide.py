@@ -303,3 +303,15 @@ def test_the_log_records_changes_newest_first_and_stays_bounded():
 def test_target_slices_respect_the_configured_categories():
     backlog = (BacklogItem("unsafe", "x", None, 5), BacklogItem("tone", "y", "fr", 100))
     assert target_slices(backlog, ["unsafe"]) == {"categories": ["unsafe"], "scenarios": ["x"], "cohorts": []}
+
+
+def test_the_retrainjob_reads_the_loops_feedback_or_refreshes_on_replay_without_it():
+    with_feedback = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK)).create.spec
+    assert with_feedback["feedback"] == {"collectorURL": "http://kaizen-collector.kaizen:8080", "model": "support-bot",
+                                         "tokenSecretRef": {"name": "kaizen-collector-token", "key": "token"}}
+    spec = copy.deepcopy(EXAMPLE)
+    del spec["feedback"]
+    spec["policy"]["approval"] = {"retrain": "Automatic", "promote": "Automatic"}
+    without = run(Observed(BREACHED), spec=ImprovementLoopSpec.model_validate(spec)).create.spec
+    assert "feedback" not in without
+    assert without["data"]["targetedRatio"] == 0 and without["data"]["useFeedback"] is False

@@ -98,3 +98,14 @@ def test_every_problem_is_reported_at_once():
     spec["signals"][0]["query"] = "{{a}}"
     spec["signals"][1]["query"] = "{{b}}"
     assert len(problems(IMPROVEMENT_LOOP, spec)) == 2
+
+
+def test_a_targeted_mix_needs_something_to_target():
+    spec = example("retrainjob.yaml")
+    del spec["feedback"]
+    del spec["targets"]
+    [problem] = problems(RETRAIN_JOB, spec)
+    assert problem.startswith("spec.feedback: data.targetedRatio is 0.5, but with neither spec.feedback nor "
+                              "spec.targets there can be no targeted rows")
+    spec["data"]["targetedRatio"] = 0
+    parse_spec(RETRAIN_JOB, spec)

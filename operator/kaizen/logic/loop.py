@@ -396,6 +396,12 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
         "targets": {k: v for k, v in targets.items() if v},
         "gates": [g.to_wire() for g in spec.gates],
     }
+    if spec.feedback is not None:
+        job["feedback"] = {"collectorURL": spec.feedback.collector_url, "model": spec.target.deployment}
+        if spec.feedback.token_secret_ref:
+            job["feedback"]["tokenSecretRef"] = spec.feedback.token_secret_ref.to_wire()
+    else:  # nothing to target without feedback: the retrain refreshes the model on its replay data
+        job["data"] = {**job["data"], "targetedRatio": 0, "useFeedback": False}
     return Plan("Retrain", "Retrain", reason, "Retraining", {**evidence, **approved},
                 ChildPlan("RetrainJob", child_name(loop, "retrain", uid, _time(trigger)), job),
                 consumes_request=request is not None)

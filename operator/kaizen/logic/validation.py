@@ -63,6 +63,10 @@ def semantic_problems(spec: BaseModel) -> Iterator[str]:
         yield from _rollout_problems(spec.rollout, "spec.rollout")
     elif isinstance(spec, RetrainJobSpec):
         yield from _gate_problems(spec.gates, "spec.gates")
+        targeted = spec.data.targeted_ratio > 0
+        if targeted and spec.feedback is None and not any(spec.targets.model_dump().values()):
+            yield (f"spec.feedback: data.targetedRatio is {spec.data.targeted_ratio:g}, but with neither "
+                   "spec.feedback nor spec.targets there can be no targeted rows; set one, or data.targetedRatio: 0")
     elif isinstance(spec, RolloutSpec):
         yield from _rollout_problems(spec, "spec")
 
