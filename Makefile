@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# This checkout's code, whatever checkout the shared cached venv's editable install points at.
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
 .PHONY: help setup binaries venv crds demo test test-unit test-integration e2e e2e-kind lint clean-cluster bench-retrain
 

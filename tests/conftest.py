@@ -11,10 +11,18 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kaizen.dev.cluster import ClusterAccess, LocalCluster
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Processes the tests start (`python -m kaizen ...`, the collector, the trainer) run this checkout's code too, not
+# whichever checkout the shared virtual environment's editable install points at.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / "operator"), str(REPO_ROOT / "trainer-image"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 
 @pytest.fixture(scope="session")
