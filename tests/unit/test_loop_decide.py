@@ -12,7 +12,8 @@ import yaml
 from kaizen.api.common import ModelRef
 from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
 from kaizen.logic.loop import (
-    BacklogItem, Child, Feedback, Observed, Reading, Request, child_name, decide, fold_outcomes, observe_signals,
+    BacklogItem, Child, Feedback, Observed, Reading, Request, beyond_history_limits, child_name, decide,
+    fold_outcomes, observe_signals,
     record, target_slices,
 )
 
@@ -315,3 +316,14 @@ def test_the_retrainjob_reads_the_loops_feedback_or_refreshes_on_replay_without_
     without = run(Observed(BREACHED), spec=ImprovementLoopSpec.model_validate(spec)).create.spec
     assert "feedback" not in without
     assert without["data"]["targetedRatio"] == 0 and without["data"]["useFeedback"] is False
+
+
+def test_history_limits_prune_the_oldest_finished_children_but_keep_the_budget_window():
+    spec = loop_spec(successfulHistoryLimit=1, failedHistoryLimit=0)
+    old = [job(f"ok-{i}", "Succeeded", "Passed", created=NOW - timedelta(days=10 + i)) for i in range(3)]
+    failed_old = job("failed-old", "Failed", created=NOW - timedelta(days=9))
+    failed_recent = job("failed-recent", "Failed", created=NOW - timedelta(days=1))
+    running = job("running", "Training", created=NOW - timedelta(days=30))
+    pruned = beyond_history_limits(
+        (*old, failed_old, failed_recent, running), spec.policy, NOW)
+    assert [c.name for c in pruned] == ["ok-2", "ok-1", "failed-old"]

@@ -95,10 +95,14 @@ class Policy(KaizenModel):
         "the previous model instead of retraining.",
     )
     successful_history_limit: int = Field(
-        default=5, ge=0, le=100, description="Finished RetrainJobs and Rollouts that succeeded to keep."
+        default=5, ge=0, le=100,
+        description="Finished RetrainJobs and Rollouts that succeeded to keep (those of the last 7 days are kept "
+        "regardless: the budgets are counted from them).",
     )
     failed_history_limit: int = Field(
-        default=5, ge=0, le=100, description="Finished RetrainJobs and Rollouts that failed to keep."
+        default=5, ge=0, le=100,
+        description="Finished RetrainJobs and Rollouts that failed to keep (those of the last 7 days are kept "
+        "regardless).",
     )
 
 

@@ -20,8 +20,8 @@ from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, I
 from kaizen.controllers.reconcile import register, write_status
 from kaizen.k8s import resources
 from kaizen.logic.loop import (
-    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, decide, fold_outcomes, observe_signals,
-    record,
+    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, beyond_history_limits, decide,
+    fold_outcomes, observe_signals, record,
 )
 from kaizen.logic.promql import fill
 from kaizen.logic.validation import InvalidSpec, parse_spec
@@ -82,7 +82,7 @@ def observe_and_decide(
         if not plan.consumes_request:
             kopf.info(body, reason="RequestIgnored", message=f"{request.action} by {request.by} was not needed: "
                                                              f"{plan.reason}"[:1024])
-    prune_history(loop, namespace, children)
+    prune_history(loop, namespace, children, now)
 
     recent = [c for c in children if c.kind == "RetrainJob" and now - c.created < WEEK]
     new = ImprovementLoopStatus(
@@ -230,13 +230,9 @@ def candidate(children: tuple[Child, ...], model: Any) -> Candidate | None:
     return None
 
 
-def prune_history(loop: ImprovementLoopSpec, namespace: str, children: tuple[Child, ...]) -> None:
-    """Keep the newest finished children, as many as the history limits say; never touch running ones."""
-    finished = sorted((c for c in children if not c.running), key=lambda c: c.created, reverse=True)
-    for failed, limit in ((True, loop.policy.failed_history_limit), (False, loop.policy.successful_history_limit)):
-        for kind in ("RetrainJob", "Rollout"):
-            for child in [c for c in finished if c.kind == kind and c.failed == failed][limit:]:
-                resources.delete(kind, namespace, child.name)
+def prune_history(loop: ImprovementLoopSpec, namespace: str, children: tuple[Child, ...], now: datetime) -> None:
+    for child in beyond_history_limits(children, loop.policy, now):
+        resources.delete(child.kind, namespace, child.name)
 
 
 def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[str, Any], logger: kopf.Logger) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from kaizen.api.common import ModelRef, parse_duration
 from kaizen.api.improvementloop import (
-    Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, ServedModel, Signal, SignalStatus,
+    Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, Policy, ServedModel, Signal, SignalStatus,
 )
 
 Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
@@ -432,6 +432,18 @@ def _count(items: list[BacklogItem], attribute: str) -> Counter:
 def _last_attempt_failed(children: tuple[Child, ...]) -> bool:
     finished = sorted((c for c in children if not c.running), key=lambda c: c.finished or c.created)
     return bool(finished) and finished[-1].failed
+
+
+def beyond_history_limits(children: tuple[Child, ...], policy: Policy, now: datetime) -> list[Child]:
+    """Finished children past the history limits, oldest first. Running ones are never pruned, nor any from the
+    last seven days: cooldown, the weekly retrain limit and the GPU budget are counted from them."""
+    finished = sorted((c for c in children if not c.running), key=lambda c: c.created, reverse=True)
+    prune = []
+    for failed, limit in ((True, policy.failed_history_limit), (False, policy.successful_history_limit)):
+        for kind in ("RetrainJob", "Rollout"):
+            prune += [c for c in [c for c in finished if c.kind == kind and c.failed == failed][limit:]
+                      if now - c.created >= WEEK]
+    return sorted(prune, key=lambda c: c.created)
 
 
 def child_name(loop: str, role: str, uid: str, key: str) -> str:
