@@ -292,6 +292,31 @@ def test_a_rolled_back_rollout_is_recorded_and_not_retried_on_the_same_data(crds
     assert loop_status(crds, namespace)["phase"] == "CoolingDown"
 
 
+def test_cooldown_and_gpu_budget_hold_after_a_retrain(crds, operator, telemetry, namespace):
+    telemetry.emitter(namespace, error_rate=0.3)
+    apply(crds, namespace, loop_manifest(telemetry.prometheus.url, cooldown="1h"))
+    [job] = eventually(lambda: children(crds, namespace, "retrainjob"), what="a RetrainJob")
+    set_status(crds, namespace, "retrainjob", job["metadata"]["name"],
+               {"phase": "Failed", "gpuSeconds": 7200, "message": "gate accuracy: delta -0.03 < 0"})
+
+    def latest(code):
+        return lambda: (s := loop_status(crds, namespace)).get("decisions", [{}])[0].get("evidence", {}).get(
+            "code") == code and s
+
+    status = eventually(latest("Cooldown"), what="the cooldown to hold")
+    assert status["phase"] == "CoolingDown"
+    assert "(cooldown 1h)" in status["decisions"][0]["reason"]
+    assert status["budget"] == {"retrains": 1, "gpuHours": 2}
+    observed_ticks(crds, namespace, 3)
+    assert len(children(crds, namespace, "retrainjob")) == 1
+
+    apply(crds, namespace, loop_manifest(telemetry.prometheus.url, cooldown="1s", gpuHoursPerWeek=1.5))
+    status = eventually(latest("GPUBudget"), what="the GPU budget to hold")
+    assert "2.00 GPU hours used in the last 7 days reach the budget of 1.5 per week" in status["decisions"][0]["reason"]
+    observed_ticks(crds, namespace, 3)
+    assert len(children(crds, namespace, "retrainjob")) == 1
+
+
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
     """The Kaizen collector as a real process on SQLite; the loop gets a token with the read and audit scopes."""
