@@ -2,11 +2,16 @@
 against the raw batched-insert rate of the same database (the ceiling), in one table.
 
 Runs everything on loopback: a real collector process (``python -m kaizen.collector``), a throwaway PostgreSQL
-(:mod:`kaizen.dev.postgres`), and a load generator in this process (aiohttp, 64 concurrent clients, each sending
-its next request as soon as the last is answered). Every run is bounded in time and in request count. Prints the
-table and writes it, with the machine it ran on, to ``bench/results/collector.json``.
+(:mod:`kaizen.dev.postgres`), and a load generator: 64 concurrent clients on keep-alive connections, each sending
+its next request as soon as the last is answered. The load generator shares the machine with the collector, so it
+is ``wrk`` (C; Debian package ``wrk``: ``apt-get install -y wrk``) when it is installed, driven by a generated Lua
+script, and otherwise an aiohttp client in this process, which takes about as much CPU as the collector itself and
+so understates what the collector sustains; the table and the results file say which one ran. Every run is bounded
+in time (and the aiohttp one also in request count). Prints the table and writes it, with the machine it ran on, to
+``bench/results/collector.json``.
 
     .venv/bin/python bench/collector/run.py [--seconds 10] [--clients 64] [--backends sqlite,postgresql]
+                                            [--generator wrk|aiohttp]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -47,22 +53,74 @@ def _feedback(trace: int, n: int) -> dict[str, Any]:
             "comment": "the total is wrong", "subjectId": f"user-{n % 5000}", "consent": {"training": True}}
 
 
-async def _load(url: str, clients: int, seconds: float, batch: int) -> dict[str, Any]:
-    """``clients`` closed-loop clients posting feedback (``batch`` items per request) for ``seconds``."""
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    # Bodies are serialised up front so the load generator, which shares the machine, spends its CPU on HTTP only.
-    bodies = [json.dumps(_feedback(n % TRACES, n) if batch == 1 else {
+HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def _bodies(batch: int) -> list[bytes]:
+    """Request bodies, serialised up front so the load generator spends its CPU on HTTP only."""
+    return [json.dumps(_feedback(n % TRACES, n) if batch == 1 else {
         "items": [_feedback((n * batch + j) % TRACES, n * batch + j) for j in range(batch)]}).encode()
         for n in range(2048)]
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        traces = [{"id": f"bench-{i}", "model": "bench", "modelVersion": "v1", "track": "stable", "input": "2+2?",
-                   "output": "5", "consent": {"training": True}} for i in range(TRACES)]
+
+
+async def _add_traces(url: str) -> None:
+    """The traces the feedback judges, so that every feedback item takes the known-trace path."""
+    traces = [{"id": f"bench-{i}", "model": "bench", "modelVersion": "v1", "track": "stable", "input": "2+2?",
+               "output": "5", "consent": {"training": True}} for i in range(TRACES)]
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
         for i in range(0, TRACES, 500):
             async with session.post(f"{url}/v1/traces", json={"items": traces[i:i + 500]}) as response:
                 assert response.status == 201, await response.text()
+
+
+# wrk calls request() for every request and done() once; done() prints one JSON line for _load_wrk to read.
+_WRK_SCRIPT = """
+local bodies = {%s}
+local n = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+request = function()
+  n = n %% #bodies + 1
+  return wrk.format(nil, "/v1/feedback", nil, bodies[n])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "failed": %%d, "errors": %%d, "us": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.status + e.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _load_wrk(url: str, clients: int, seconds: float, batch: int, workdir: Path) -> dict[str, Any]:
+    """``clients`` closed-loop wrk connections posting feedback (``batch`` items per request) for ``seconds``."""
+    bodies = ", ".join(f"[==[{body.decode()}]==]" for body in _bodies(batch))  # Lua long strings; JSON has no ]==]
+    script = workdir / "feedback.lua"
+    script.write_text(_WRK_SCRIPT % (bodies, TOKEN))
+    # One wrk thread drives tens of thousands of requests a second; more would only take CPU from the collector.
+    completed = subprocess.run(
+        ["wrk", "--threads", "1", "--connections", str(clients), "--duration", f"{seconds:g}s", "--timeout", "10s",
+         "--script", str(script), url], capture_output=True, text=True, timeout=seconds + 60, check=True,
+    )
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    elapsed = out["us"] / 1e6
+    ok = out["requests"] - out["failed"]  # wrk counts answered requests, 4xx and 5xx included
+    return {
+        "requests": ok, "errors": out["errors"], "seconds": round(elapsed, 2),
+        "events_per_s": round(ok * batch / elapsed), "p50_ms": round(out["p50_us"] / 1000, 2),
+        "p99_ms": round(out["p99_us"] / 1000, 2),
+    }
+
+
+async def _load(url: str, clients: int, seconds: float, batch: int) -> dict[str, Any]:
+    """``clients`` closed-loop clients posting feedback (``batch`` items per request) for ``seconds``."""
+    bodies = _bodies(batch)
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
         started = time.perf_counter()
         deadline = started + seconds
         counter = 0
@@ -160,7 +218,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument("--generator", choices=("wrk", "aiohttp"), default="wrk" if shutil.which("wrk") else "aiohttp",
+                        help="load generator (default: wrk when installed, else aiohttp in this process)")
     args = parser.parse_args()
+    generator = _generator(args.generator)
     results = []
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="kaizen-bench-") as tmp:
@@ -170,8 +231,12 @@ def main() -> int:
                 for scenario, batch in (("feedback, 1 per request", 1), ("feedback, 20 per request", 20)):
                     process, url = _serve(_fresh(pg, workdir, f"b{batch}"), workdir)
                     try:
+                        asyncio.run(_add_traces(url))
                         cpu_before = _cpu_seconds(process.pid)
-                        load = asyncio.run(_load(url, args.clients, args.seconds, batch))
+                        if args.generator == "wrk":
+                            load = _load_wrk(url, args.clients, args.seconds, batch, workdir)
+                        else:
+                            load = asyncio.run(_load(url, args.clients, args.seconds, batch))
                         cpu = _cpu_seconds(process.pid) - cpu_before
                     finally:
                         processes.stop([process])
@@ -188,12 +253,21 @@ def main() -> int:
                     pg.stop()
     report = {
         "benchmark": "collector ingest", "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(), "target": {"events_per_s": 5000, "p99_ms": 25, "clients": 64}, "results": results,
+        "machine": _machine(), "load_generator": generator,
+        "target": {"events_per_s": 5000, "p99_ms": 25, "clients": 64}, "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     return 0
+
+
+def _generator(name: str) -> str:
+    """The load generator as the results name it: wrk with its version, or the in-process aiohttp client."""
+    if name == "aiohttp":
+        return f"aiohttp {aiohttp.__version__} client in the bench process (Python)"
+    banner = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()  # "wrk <version> ..."
+    return f"wrk {banner[1] if len(banner) > 1 else '(version unknown)'}, 1 thread"
 
 
 def _fresh(pg: PostgresServer | None, workdir: Path, name: str) -> str:
@@ -205,7 +279,7 @@ def table(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
         f"Collector ingest, {machine['cores']} cores ({machine['cpu']}), {machine['python']}, SQLite "
-        f"{machine['sqlite']}, {machine['postgresql']}",
+        f"{machine['sqlite']}, {machine['postgresql']}; load generator: {report.get('load_generator', 'aiohttp')}",
         f"{'backend':<11} {'scenario':<33} {'clients':>7} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'CPU us/event':>12}",
     ]
