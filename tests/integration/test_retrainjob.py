@@ -1,8 +1,8 @@
 """RetrainJobs on the local control plane (API server, controller-manager, scheduler, kwok's GPU node): the operator
 creates the trainer Job, follows its pods, reads the termination message, judges the gates and writes the status.
 
-The trainer image here is kwok's "held" image: its pod stays Running until the test, playing the kubelet, patches
-the pod's status -- with the trainer's result as termination message, an OOM kill, or a permanent failure.
+kwok holds every training pod Running (no dev node agent runs here): the test, playing the kubelet, patches the pod's
+status -- with the trainer's result as termination message, an OOM kill, or a permanent failure.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.integration.kube import apply, condition, get, wait_for
 
 pytestmark = pytest.mark.integration
 
-HELD_IMAGE = "kaizen.invalid/kwok-held:test"
+TRAINER_IMAGE = "kaizen.invalid/trainer:test"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def retrain_job(name, **spec):
         "spec": {
             "reason": {"decisionId": f"d-{name}", "summary": "Refund answers regressed."},
             "baseline": {"version": "v3", "uri": "s3://models/bot/v3"},
-            "image": HELD_IMAGE, "task": "sequence-classification",
+            "image": TRAINER_IMAGE, "task": "sequence-classification",
             "data": {"replay": [{"uri": "s3://data/replay.jsonl"}]},
             "targets": {"scenarios": ["refund"]},
             "outputURI": "s3://models/bot",
@@ -86,7 +86,7 @@ def terminate(cluster, pod, *, exit_code, reason, message=None, conditions=None)
     if message is not None:
         terminated["message"] = message
     status = {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
-        "name": "trainer", "image": HELD_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "started": False,
+        "name": "trainer", "image": TRAINER_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "started": False,
         "state": {"terminated": terminated}}]}
     if conditions is not None:
         status["conditions"] = conditions

@@ -46,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     demo = dev_commands.add_parser(
         "demo",
-        help="run Kaizen on the local stack: control plane, operator, the example loop reconciled",
-        description="Start a local control plane (or use --kubeconfig), install the CRDs, run the operator and apply "
-        "examples/improvementloop.yaml.",
+        help="run Kaizen's whole loop on the local stack: breach, retrain, gates, canary, promotion",
+        description="Start a local control plane (or use --kubeconfig), Prometheus, the collector, the operator and "
+        "the dev node agent, apply examples/demo/, and play the users and the model server until the loop serves a "
+        "retrained model.",
     )
     demo.add_argument("--kubeconfig", type=Path, help="use this cluster instead of starting a local control plane")
     demo.add_argument("--dir", type=Path, default=Path(".kaizen") / "demo",

@@ -120,8 +120,10 @@ def _die_with_parent(parent: int, prctl: Callable[..., int]) -> Callable[[], Non
     return preexec
 
 
-def spawn(name: str, argv: Sequence[str | Path], log: Path, *, detach: bool) -> ManagedProcess:
-    """Starts ``argv`` in a new process group with stdout and stderr appended to ``log``.
+def spawn(name: str, argv: Sequence[str | Path], log: Path, *, detach: bool, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> ManagedProcess:
+    """Starts ``argv`` in a new process group with stdout and stderr appended to ``log`` (``env`` and ``cwd``:
+    its environment and working directory, by default this process's).
 
     ``detach=False`` ties the process to this one: on Linux it dies when the calling *thread* ends (the kernel's
     rule for ``PR_SET_PDEATHSIG``), so spawn from a thread that lives as long as the process should, such as the
@@ -141,6 +143,8 @@ def spawn(name: str, argv: Sequence[str | Path], log: Path, *, detach: bool) -> 
             start_new_session=detach,
             process_group=None if detach else 0,
             preexec_fn=preexec,
+            env=env,
+            cwd=cwd,
         )
     return ManagedProcess(name, popen.pid, popen.pid, _start_time(popen.pid), log, popen)
 

@@ -1,0 +1,300 @@
+"""The dev node agent: the kubelet of kwok's fake GPU node for RetrainJob training pods, running them as local
+processes, so the local stack trains for real.
+
+kwok plays the rest of the node: it makes bound pods Running, completes other Jobs' pods at once, and holds a
+training pod (label ``kaizen.dev/retrainjob``, see ``kwok-stages.yaml``) Running until someone ends it. This agent
+does, as a kubelet would: it polls the pods bound to the node, runs each held pod's container with the local entry
+point of its image (:data:`IMAGES`), then patches the pod's status to terminated with the exit code, the reason and
+the termination message the container wrote. A pod deleted while it runs has its process stopped.
+
+The pod's filesystem is mapped onto folders under ``--dir``: each volume (ConfigMap, Secret, emptyDir,
+PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets; every other absolute
+path is under ``--root``, the node's shared storage (where the demo puts its data and models). Pod paths in the
+container's arguments and in JSON files of its ConfigMaps are rewritten to those folders, and folders in the
+termination message back to pod paths, so what the operator reads is what a pod in a cluster would report.
+
+Run as ``python -m kaizen.dev.node_agent --kubeconfig FILE --dir DIR --root DIR``. Dev-stack code: never imported
+by the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from kaizen.dev import processes
+from kaizen.dev.cluster import GPU_NODE
+
+log = logging.getLogger("kaizen.dev.node_agent")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+#: The pods this agent runs: those kwok holds for it.
+POD_LABEL = "kaizen.dev/retrainjob"
+#: Image (without tag) -> its entry point here; ``{terminationMessagePath}`` is the container's, mapped.
+IMAGES = {
+    "ghcr.io/kaizen-dev/kaizen-trainer": [sys.executable, "-m", "kaizen_trainer", "--result",
+                                          "{terminationMessagePath}"],
+}
+#: As the trainer image sets them (trainer-image/Dockerfile): its package and the kaizen package it depends on.
+IMAGE_PYTHONPATH = os.pathsep.join([str(REPO_ROOT / "trainer-image"), str(REPO_ROOT / "operator")])
+#: What a kubelet keeps of a failed container's log as its message (FallbackToLogsOnError).
+LOG_TAIL_BYTES, LOG_TAIL_LINES = 2048, 80
+POLL_SECONDS = 0.5
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_name(image: str) -> str:
+    """The image without its tag or digest."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    """A pod's filesystem on this machine: its volume mounts (pod path -> folder) and the node's root for the rest."""
+
+    mounts: tuple[tuple[str, Path], ...]
+    root: Path
+
+    def host(self, path: str) -> str:
+        """The local path of an absolute pod path."""
+        for mount, folder in sorted(self.mounts, key=lambda m: -len(m[0])):
+            if path == mount or path.startswith(mount.rstrip("/") + "/"):
+                return str(folder) + path[len(mount.rstrip("/")):]
+        return str(self.root) + path
+
+    def pod(self, text: str) -> str:
+        """``text`` with local folders written back as the pod's paths."""
+        folders = [(str(folder), mount.rstrip("/")) for mount, folder in self.mounts] + [(str(self.root), "")]
+        for folder, mount in sorted(folders, key=lambda f: -len(f[0])):
+            text = text.replace(folder, mount)
+        return text
+
+    def rewrite(self, value: Any) -> Any:
+        """Pod paths (absolute path strings) in a JSON value, mapped to local paths."""
+        if isinstance(value, str):
+            return self.host(value) if value.startswith("/") else value
+        if isinstance(value, list):
+            return [self.rewrite(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.rewrite(v) for k, v in value.items()}
+        return value
+
+
+@dataclass
+class Running:
+    """A container this agent started."""
+
+    process: processes.ManagedProcess
+    pod: dict[str, Any]
+    container: dict[str, Any]
+    filesystem: Filesystem
+    started_at: str
+
+
+class NodeAgent:
+    def __init__(self, api: kubernetes.client.ApiClient, workdir: Path, root: Path, node: str = GPU_NODE) -> None:
+        self.api, self.core = api, kubernetes.client.CoreV1Api(api)
+        self.workdir, self.root, self.node = workdir, root, node
+        self.running: dict[str, Running] = {}  # by pod uid
+        self.finished: set[str] = set()
+
+    def pods(self) -> list[dict[str, Any]]:
+        listed = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}",
+                                                      label_selector=POD_LABEL)
+        return [self.api.sanitize_for_serialization(p) for p in listed.items]
+
+    def sync(self) -> None:
+        """One pass: start what is held and not yet run, report what ended, stop what was deleted."""
+        pods = {p["metadata"]["uid"]: p for p in self.pods()}
+        for uid, pod in pods.items():
+            if uid in self.running or uid in self.finished or pod["metadata"].get("deletionTimestamp"):
+                continue
+            if pod.get("status", {}).get("phase") == "Running":
+                self.start(pod)
+        for uid, run in list(self.running.items()):
+            pod = pods.get(uid)
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                log.info(f"Stopped container of deleted pod pod={_key(run.pod)}")
+                processes.stop([run.process])
+                del self.running[uid]
+            elif not run.process.alive():
+                self.report(run)
+                del self.running[uid]
+                self.finished.add(uid)
+
+    def start(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        directory = self.workdir / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
+        filesystem = self.volumes(pod, container, directory)
+        entry = IMAGES.get(image_name(container["image"]))
+        if entry is None:
+            self.terminate(pod, container, exit_code=128, reason="ContainerCannotRun", started_at=_now(),
+                           message=f"the dev node agent has no local entry point for image {container['image']}; "
+                           f"it runs {', '.join(IMAGES)}")
+            self.finished.add(pod["metadata"]["uid"])
+            return
+        message_path = container.get("terminationMessagePath") or "/dev/termination-log"
+        termination_log = directory / "termination-log"
+        termination_log.unlink(missing_ok=True)
+        filesystem = Filesystem(((message_path, termination_log), *filesystem.mounts), filesystem.root)
+        argv = [a.format(terminationMessagePath=termination_log) for a in entry]
+        argv += [filesystem.host(a) if a.startswith("/") else a for a in container.get("args") or []]
+        cpus = (container.get("resources", {}).get("requests") or {}).get("cpu", "1")
+        env = {
+            **os.environ, "PYTHONPATH": IMAGE_PYTHONPATH, "PYTHONUNBUFFERED": "1",
+            # The image's HOME is its writable workspace, so caches land there.
+            "HOME": filesystem.host("/workspace"), "HF_HOME": filesystem.host("/workspace/.cache/huggingface"),
+            # As a CPU limit would: the trainer's threads fit the pod's CPU request.
+            "OMP_NUM_THREADS": str(max(1, math.ceil(_cpus(cpus)))),
+            **{e["name"]: e.get("value", "") for e in container.get("env") or [] if "value" in e},
+        }
+        started_at = _now()
+        workspace = Path(filesystem.host("/workspace"))
+        workspace.mkdir(parents=True, exist_ok=True)
+        process = processes.spawn(f"{pod['metadata']['name']}/{container['name']}", argv, directory / "container.log",
+                                  detach=False, env=env, cwd=workspace)
+        self.running[pod["metadata"]["uid"]] = Running(process, pod, container, filesystem, started_at)
+        log.info(f"Started container pod={_key(pod)} container={container['name']} image={container['image']} "
+                 f"log={directory / 'container.log'}")
+
+    def volumes(self, pod: dict[str, Any], container: dict[str, Any], directory: Path) -> Filesystem:
+        """Make a folder for each of the container's volume mounts, filled as the kubelet fills the volume."""
+        namespace = pod["metadata"]["namespace"]
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes[mount["name"]]
+            folder = directory / "volumes" / mount["name"]
+            if "persistentVolumeClaim" in volume:
+                folder = self.workdir / "claims" / namespace / volume["persistentVolumeClaim"]["claimName"]
+            folder.mkdir(parents=True, exist_ok=True)
+            mounts.append((mount["mountPath"], folder))
+        filesystem = Filesystem(tuple(mounts), self.root)
+        for mount in container.get("volumeMounts") or []:
+            volume, folder = volumes[mount["name"]], filesystem.host(mount["mountPath"])
+            if "configMap" in volume:
+                data = self.core.read_namespaced_config_map(volume["configMap"]["name"], namespace).data or {}
+                self.project(Path(folder), data, volume["configMap"].get("items"), filesystem)
+            elif "secret" in volume:
+                secret = self.core.read_namespaced_secret(volume["secret"]["secretName"], namespace).data or {}
+                decoded = {k: base64.b64decode(v).decode() for k, v in secret.items()}
+                self.project(Path(folder), decoded, volume["secret"].get("items"), None)
+        return filesystem
+
+    @staticmethod
+    def project(folder: Path, data: dict[str, str], items: list[dict[str, str]] | None,
+                filesystem: Filesystem | None) -> None:
+        """Write a ConfigMap's or Secret's keys as files (``items`` picks and renames them); pod paths in JSON
+        files of a ConfigMap become local paths."""
+        for key, path in ((i["key"], i["path"]) for i in items) if items else ((k, k) for k in data):
+            text = data[key]
+            if filesystem is not None and path.endswith(".json"):
+                text = json.dumps(filesystem.rewrite(json.loads(text)), indent=2)
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_text(text)
+
+    def report(self, run: Running) -> None:
+        """Patch the pod's status as the kubelet does when its container ends."""
+        code = run.process.exit_code()
+        code = 128 - code if code is not None and code < 0 else code  # killed by a signal: 128 + its number
+        termination_log = Path(run.filesystem.host(run.container.get("terminationMessagePath")
+                                                    or "/dev/termination-log"))
+        message = termination_log.read_text() if termination_log.is_file() else ""
+        if not message and code and run.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            tail = run.process.log.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
+            message = "\n".join(tail.splitlines()[-LOG_TAIL_LINES:])
+        self.terminate(run.pod, run.container, exit_code=code or 0, reason="Completed" if code == 0 else "Error",
+                       started_at=run.started_at, message=run.filesystem.pod(message))
+
+    def terminate(self, pod: dict[str, Any], container: dict[str, Any], *, exit_code: int, reason: str,
+                  started_at: str, message: str) -> None:
+        terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started_at, "finishedAt": _now()}
+        if message:
+            terminated["message"] = message
+        now = _now()
+        # A merge patch replaces the whole list: keep the other conditions, the pod is no longer ready.
+        conditions = [{**c, "status": "False", "lastTransitionTime": now, "reason": "PodCompleted"}
+                      if c.get("type") in ("Ready", "ContainersReady") else c
+                      for c in pod.get("status", {}).get("conditions") or []]
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": conditions,
+            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                   "ready": False, "restartCount": 0, "started": False,
+                                   "state": {"terminated": terminated}}],
+        }
+        try:
+            self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                                  {"status": status}, _content_type="application/merge-patch+json")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return  # deleted meanwhile: nobody is left to tell
+        log.info(f"Container terminated pod={_key(pod)} exitCode={exit_code} reason={reason}")
+
+    def stop(self) -> None:
+        processes.stop([run.process for run in self.running.values()])
+        self.running.clear()
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _key(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="the cluster to serve")
+    parser.add_argument("--dir", type=Path, required=True, help="where pods' volumes, logs and claims go")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="the node's shared storage: what absolute paths outside a pod's volumes refer to")
+    parser.add_argument("--node", default=GPU_NODE, help=f"the node to serve (default {GPU_NODE})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    api = kubernetes.config.new_client_from_config(config_file=str(args.kubeconfig))
+    agent = NodeAgent(api, args.dir.resolve(), args.root.resolve(), args.node)
+    stopping = False
+
+    def on_signal(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(f"Serving node node={args.node} dir={args.dir} root={args.root}")
+    try:
+        while not stopping:
+            try:
+                agent.sync()
+            except (ApiException, OSError) as error:  # the API server restarting, say: try again next pass
+                log.warning(f"Sync failed error={error}")
+            time.sleep(POLL_SECONDS)
+    finally:
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
