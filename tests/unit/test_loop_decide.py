@@ -327,3 +327,52 @@ def test_history_limits_prune_the_oldest_finished_children_but_keep_the_budget_w
     pruned = beyond_history_limits(
         (*old, failed_old, failed_recent, running), spec.policy, NOW)
     assert [c.name for c in pruned] == ["ok-2", "ok-1", "failed-old"]
+
+
+def test_a_breach_that_outlives_a_retrain_can_start_another_after_the_cooldown():
+    first = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    failed = job(first.create.name, "Failed", created=NOW - timedelta(days=2))
+    second = run(Observed(BREACHED, children=(failed,), feedback=ENOUGH_FEEDBACK))
+    assert second.action == "Retrain" and second.create.name != first.create.name
+
+
+def test_an_overlong_reason_is_cut_to_what_the_status_accepts():
+    long_backlog = Feedback(new_items=500, backlog=tuple(
+        BacklogItem("incorrect", f"scenario-{'x' * 100}-{i}", f"cohort-{'y' * 100}-{i}", 10) for i in range(5)))
+    plan = run(Observed(BREACHED, feedback=long_backlog))
+    assert len(plan.reason) > 1024
+    [decision] = record([], plan, NOW, loop="l")
+    assert len(decision.reason) == 1024
+
+
+def test_a_loop_that_names_only_a_base_model_serves_it_until_a_promotion():
+    spec = copy.deepcopy(EXAMPLE)
+    del spec["model"]
+    spec["retrain"]["baseModel"] = {"version": "base", "uri": "/models/base"}
+    outcome = fold_outcomes(ImprovementLoopStatus(), ImprovementLoopSpec.model_validate(spec), (), None)
+    assert (outcome.model.version, outcome.model.uri) == ("base", "/models/base")
+
+
+def test_a_gap_in_the_data_keeps_the_onset_of_a_breach():
+    onset = NOW - timedelta(hours=3)
+    breached = SignalStatus(name="error-rate", value=0.05, state="Breached", since=onset)
+    gap = observe(None, [breached], NOW)
+    assert gap.state == "Unknown" and gap.pending_since == onset
+    still_gap = observe(None, [gap], NOW + timedelta(minutes=5))
+    back = observe(0.05, [still_gap], NOW + timedelta(minutes=6))
+    assert back.state == "Breached" and back.since == onset
+
+
+def test_a_candidate_older_than_the_served_model_is_not_rolled_out_again():
+    passed = job("rj-v2", "Succeeded", "Passed", candidate=ModelRef(version="v2", uri="/models/v2"),
+                 created=NOW - timedelta(days=9))
+    rolled_back_to = ServedModel(version="v1", uri="/models/v1", since=NOW - timedelta(days=8))
+    plan = run(Observed(HEALTHY, children=(passed,)), model=rolled_back_to)
+    assert plan.action == "Nothing"
+
+
+def test_pruning_a_rollout_prunes_the_retrainjob_it_released():
+    spec = loop_spec(successfulHistoryLimit=5, failedHistoryLimit=0)
+    passed = job("rj", "Succeeded", "Passed", created=NOW - timedelta(days=12))
+    released = Child("Rollout", "ro", NOW - timedelta(days=11), phase="RolledBack", retrain_job="rj")
+    assert {c.name for c in beyond_history_limits((passed, released), spec.policy, NOW)} == {"rj", "ro"}

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import IMPROVEMENT_LOOP
 from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
@@ -31,6 +32,8 @@ register(IMPROVEMENT_LOOP)
 #: How often each loop is looked at; it acts only when its spec.interval has passed since the last observation.
 TICK_SECONDS = 1.0
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
+#: Waits that pass by themselves: a user's request waits through them instead of being dropped.
+TRANSIENT_WAITS = {"NoData", "CollectorUnavailable"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
@@ -77,7 +80,7 @@ def observe_and_decide(
     if outcomes.promoted is not None:
         kopf.info(body, reason="Promoted", message=f"{outcomes.model.version} is now served (Rollout "
                                                     f"{outcomes.promoted.name}).")
-    if request is not None:
+    if request is not None and not (plan.action == "Wait" and plan.code in TRANSIENT_WAITS):
         resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
         if not plan.consumes_request:
             kopf.info(body, reason="RequestIgnored", message=f"{request.action} by {request.by} was not needed: "
@@ -116,7 +119,12 @@ def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger
     token = None
     if loop.prometheus.bearer_token_secret_ref:
         ref = loop.prometheus.bearer_token_secret_ref
-        token = resources.read_secret_key(namespace, ref.name, ref.key)
+        try:
+            token = resources.read_secret_key(namespace, ref.name, ref.key)
+        except (ApiException, KeyError) as error:
+            problem = f"cannot read the Prometheus token from Secret {ref.name}: {_reason(error)}"
+            logger.warning(f"Failed to read signals: {problem}")
+            return {s.name: Reading(s.name, None, problem) for s in loop.signals}
     client = PrometheusClient(loop.prometheus.url, bearer_token=token,
                               insecure_skip_verify=loop.prometheus.insecure_skip_verify)
     readings = {}
@@ -154,9 +162,9 @@ def read_feedback(loop: ImprovementLoopSpec, namespace: str, children: tuple[Chi
         count = client.feedback_count(loop.target.deployment, since=since, categories=categories,
                                       consented_only=loop.feedback.require_consent)
         backlog = client.backlog(loop.target.deployment, since=since, categories=categories)
-    except (CollectorError, KeyError) as error:
-        logger.warning(f"Failed to read feedback collector={loop.feedback.collector_url}: {error}")
-        return Feedback(error=str(error))
+    except (CollectorError, KeyError, ApiException) as error:
+        logger.warning(f"Failed to read feedback collector={loop.feedback.collector_url}: {_reason(error)}")
+        return Feedback(error=_reason(error))
     return Feedback(new_items=count, backlog=tuple(
         BacklogItem(item.category, item.scenario, item.cohort, item.count) for item in backlog
     ))
@@ -246,5 +254,12 @@ def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[s
         if decision.get("child"):
             entry["evidence"] = {**entry.get("evidence", {}), "child": decision["child"]}
         collector(loop, namespace).post_audit({"loop": f"{namespace}/{name}", **entry})
-    except (CollectorError, KeyError) as error:
-        logger.warning(f"Failed to write decision={decision['id']} to the audit log: {error}")
+    except (CollectorError, KeyError, ApiException) as error:
+        logger.warning(f"Failed to write decision={decision['id']} to the audit log: {_reason(error)}")
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong, in one line (an ApiException's str() is a multi-line HTTP dump)."""
+    if isinstance(error, ApiException):
+        return "not found" if error.status == 404 else f"HTTP {error.status} {error.reason}"
+    return str(error)

@@ -154,12 +154,18 @@ def observe_signals(
         old = before.get(signal.name)
         sustain = parse_duration(signal.for_)
         if reading.value is None:
-            state, since, pending = "Unknown", (old.since if old and old.state == "Unknown" else now), None
+            # The onset of a breach is kept through a gap in the data (in pending_since), so that a breach that
+            # outlives the gap keeps its onset: the rollback window is judged on when it really began.
+            state, since = "Unknown", (old.since if old and old.state == "Unknown" else now)
+            pending = (old.pending_since if old and old.state == "Unknown"
+                       else old.since if old and old.state == "Breached" else None)
         else:
             raw = "Breached" if breached(signal, reading.value) else "Healthy"
             current = old.state if old else "Unknown"
             if current == "Unknown" and raw == "Healthy":
                 state, since, pending = "Healthy", now, None  # no evidence of a problem: healthy at once
+            elif current == "Unknown" and raw == "Breached" and old and old.pending_since:
+                state, since, pending = "Breached", old.pending_since, None  # the breach outlived a gap in the data
             elif raw == current:
                 state, since, pending = current, old.since if old else now, None
             else:
@@ -192,7 +198,8 @@ def fold_outcomes(
     failures_acknowledged: datetime | None,
 ) -> Outcomes:
     """Fill in decisions' outcomes from their children, and make a promoted candidate the served model."""
-    model = status.model or (ServedModel(**spec.model.model_dump()) if spec.model else None)
+    first = spec.model or spec.retrain.base_model  # what is served before any promotion
+    model = status.model or (ServedModel(version=first.version, uri=first.uri) if first else None)
     previous = status.previous_model
     by_ref = {c.ref: c for c in children}
     decisions = []
@@ -287,8 +294,8 @@ def _roll_out_passed_candidate(spec, observed, model, now, *, loop, uid) -> Plan
     job = jobs[-1]
     if any(c.kind == "Rollout" and c.retrain_job == job.name for c in observed.children):
         return None  # already rolled out (or rolled back): its outcome is recorded, not retried
-    if model is not None and model.version == job.candidate.version:
-        return None
+    if model is not None and (model.version == job.candidate.version or (model.since and job.created < model.since)):
+        return None  # served already, or older than what is served (e.g. promoted, then rolled back)
     evidence = {"retrainJob": job.name, "candidate": job.candidate.version, **job.evidence}
     if spec.policy.approval.promote == "Manual" and not (observed.request and observed.request.action == "approve"):
         return Plan("AwaitApproval", "PromoteApproval",
@@ -385,7 +392,10 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
     if baseline is None:  # validation rejects such a spec; this keeps decide() total
         return wait("NoBaseline", "There is no model to retrain from.")
     approved = _approval_evidence(request)
-    trigger = request.at if request else min(s.since for s in breaches if s.since)
+    # The same trigger names the same child (restarts, retries); the previous attempt is part of the key, so a
+    # breach that outlives a retrain can start another one once the guards allow.
+    trigger = f"{_time(request.at if request else min(s.since for s in breaches if s.since))}/" \
+              f"{jobs[-1].name if jobs else ''}"
     reason = f"Retrain requested by {request.by}." if manual else f"Retraining: {_why(breaches)}."
     if any(targets.values()):
         reason += " Targeting " + "; ".join(f"{k} {', '.join(v)}" for k, v in targets.items() if v) + \
@@ -403,7 +413,7 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
     else:  # nothing to target without feedback: the retrain refreshes the model on its replay data
         job["data"] = {**job["data"], "targetedRatio": 0, "useFeedback": False}
     return Plan("Retrain", "Retrain", reason, "Retraining", {**evidence, **approved},
-                ChildPlan("RetrainJob", child_name(loop, "retrain", uid, _time(trigger)), job),
+                ChildPlan("RetrainJob", child_name(loop, "retrain", uid, trigger), job),
                 consumes_request=request is not None)
 
 
@@ -443,6 +453,9 @@ def beyond_history_limits(children: tuple[Child, ...], policy: Policy, now: date
         for kind in ("RetrainJob", "Rollout"):
             prune += [c for c in [c for c in finished if c.kind == kind and c.failed == failed][limit:]
                       if now - c.created >= WEEK]
+    # A Rollout goes with the RetrainJob it released, so that a kept job never looks like it was not rolled out.
+    released = {c.retrain_job for c in prune if c.kind == "Rollout"}
+    prune += [c for c in finished if c.kind == "RetrainJob" and c.name in released and c not in prune]
     return sorted(prune, key=lambda c: c.created)
 
 
@@ -459,7 +472,7 @@ def record(decisions: list[Decision], plan: Plan, now: datetime, *, loop: str, l
             and plan.create is None:
         return decisions
     decision = Decision(
-        id=decision_id(loop, now, _sequence(newest) + 1), time=now, action=plan.action, reason=plan.reason,
+        id=decision_id(loop, now, _sequence(newest) + 1), time=now, action=plan.action, reason=plan.reason[:1024],
         evidence={"code": plan.code, **plan.evidence},
         child=f"{plan.create.kind}/{plan.create.name}" if plan.create else None,
     )
