@@ -179,6 +179,9 @@ def test_promotion_after_the_last_step_waits_for_the_stable_rollout():
     assert promoting.status.phase == "Progressing"
     still = run(s, promoting.status, at + timedelta(seconds=1), canary_available=4)
     assert still.promote and still.status.phase == "Progressing"
+    abort = run(s, still.status, at + timedelta(seconds=1), canary_available=4, action=Action("abort", "zoe", at))
+    assert abort.promote and abort.status.phase == "Progressing"  # the stable already carries v2: no half-abort
+    assert abort.status.last_action.outcome == "ignored: the promotion is already applied to the stable Deployment"
     done = run(s, still.status, at + timedelta(seconds=2), canary_available=4, stable_promoted=True)
     assert done.status.phase == "Promoted" and done.canary_replicas is None and not done.promote
     assert done.status.message == "Promoted v2: the stable Deployment serves s3://m/v2."

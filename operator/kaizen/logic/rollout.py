@@ -270,6 +270,10 @@ class _Machine:
         s = self.status
         if s.phase in TERMINAL:
             outcome = f"ignored: the rollout is already {s.phase}"
+        elif (s.current_step or 0) >= len(self.spec.steps) and action.action in ("abort", "promote"):
+            # Past the last step the stable Deployment already carries the candidate: an abort could no longer
+            # leave it untouched, so the promotion completes (a rollback is a new Rollout).
+            outcome = "ignored: the promotion is already applied to the stable Deployment"
         elif action.action == "abort":
             outcome = "aborted: canary removed, stable untouched"
             self.finish("Aborted", f"Aborted by {action.by} at {action.at.isoformat()}; stable untouched.")
