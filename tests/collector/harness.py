@@ -3,58 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from kaizen.dev import processes
-from kaizen.dev.cluster import free_ports
-
-TOKENS = {
-    "ingest": "ingest-token-000000000000",
-    "read": "read-token-0000000000000",
-    "audit": "audit-token-000000000000",
-    "admin": "admin-token-000000000000",
-}
+from kaizen.dev.collector import TOKENS, LocalCollector
 
 
-def write_tokens(path: Path) -> Path:
-    path.write_text("# test tokens\n" + "".join(f"{token} {scope} {scope}-client\n" for scope, token in TOKENS.items()))
-    return path
-
-
-class Collector:
-    """One collector process on a free loopback port."""
-
-    def __init__(self, db: str, workdir: Path, *extra: str) -> None:
-        self.db, self.workdir, self.extra = db, workdir, extra
-        self.tokens = write_tokens(workdir / "tokens")
-        self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: processes.ManagedProcess | None = None
-
-    def start(self, timeout: float = 30) -> Collector:
-        self.process = processes.spawn("collector", [
-            sys.executable, "-m", "kaizen.collector", "--db", self.db, "--host", "127.0.0.1",
-            "--port", str(self.port), "--tokens-file", self.tokens, *self.extra,
-        ], self.workdir / f"collector-{self.port}.log", detach=False)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if call(self, "GET", "/readyz")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            if not self.process.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the collector did not become ready:\n{self.process.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            processes.stop([self.process])
+class Collector(LocalCollector):
+    """One collector process on a free loopback port (:class:`kaizen.dev.collector.LocalCollector`), which tests
+    may also kill -9."""
 
     def kill(self) -> None:
         """kill -9: no shutdown, no flush."""

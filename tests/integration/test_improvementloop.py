@@ -319,19 +319,13 @@ def test_cooldown_and_gpu_budget_hold_after_a_retrain(crds, operator, telemetry,
 
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
-    """The Kaizen collector as a real process on SQLite; the loop gets a token with the read and audit scopes."""
-    from tests.collector.harness import Collector
+    """The Kaizen collector as a real process on SQLite; the loop gets the operator's token (read and audit)."""
+    from kaizen.dev.collector import LocalCollector
 
     workdir = tmp_path_factory.mktemp("collector")
-    service = Collector(f"sqlite:///{workdir / 'feedback.db'}", workdir)
-    with service.tokens.open("a") as tokens:
-        tokens.write(f"{LOOP_TOKEN} read,audit kaizen-operator\n")
-    service.start()
+    service = LocalCollector(f"sqlite:///{workdir / 'feedback.db'}", workdir).start()
     yield service
     service.stop()
-
-
-LOOP_TOKEN = "loop-token-0000000000000000"
 
 
 def send_feedback(collector, namespace, count, scenario, cohort):
@@ -352,7 +346,7 @@ def test_feedback_volume_gates_a_retrain_targeted_at_the_backlog_and_decisions_r
     from tests.collector.harness import call
 
     telemetry.emitter(namespace, error_rate=0.3)
-    crds.kubectl("create", "secret", "generic", "collector-token", "-n", namespace, f"--from-literal=token={LOOP_TOKEN}")
+    crds.kubectl("create", "secret", "generic", "collector-token", "-n", namespace, f"--from-literal=token={collector.tokens['read,audit']}")
     manifest = loop_manifest(telemetry.prometheus.url)
     manifest["spec"]["feedback"] = {"collectorURL": collector.url, "minNewItems": 5, "categories": ["incorrect"],
                                     "tokenSecretRef": {"name": "collector-token", "key": "token"}}

@@ -12,14 +12,15 @@ from pathlib import Path
 from kaizen.dev import processes
 from kaizen.dev.cluster import free_ports
 
-#: One token per scope, and the operator's (read the backlog and counts, append to the audit log).
+#: One token per scope.
 TOKENS = {
     "ingest": "ingest-token-000000000000",
     "read": "read-token-0000000000000",
     "audit": "audit-token-000000000000",
     "admin": "admin-token-000000000000",
-    "read,audit": "operator-token-0000000000",
 }
+#: The operator's token: it reads the backlog and counts, and appends to the audit log.
+OPERATOR_SCOPES, OPERATOR_TOKEN = "read,audit", "operator-token-0000000000"
 
 
 class LocalCollector:
@@ -29,9 +30,10 @@ class LocalCollector:
         self.db, self.workdir, self.options = db, Path(workdir), options
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tokens_file = self.workdir / "tokens"
+        #: scopes -> token, the operator's under "read,audit"
+        self.tokens = {**TOKENS, OPERATOR_SCOPES: OPERATOR_TOKEN}
         self.tokens_file.write_text("".join(f"{token} {scopes} {scopes.replace(',', '-')}-client\n"
-                                            for scopes, token in TOKENS.items()))
-        self.tokens = dict(TOKENS)
+                                            for scopes, token in self.tokens.items()))
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: processes.ManagedProcess | None = None
