@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kaizen.dev.simulation import binomial
 from kaizen.logic.stats import Counts, judge_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,18 +53,6 @@ FLAGGER_FAILED_CHECKS = 5
 ARGO_FAILURE_LIMIT = 3
 WALD_BETA = 0.1
 TUNED_FALSE_ROLLBACK = 0.01
-
-
-def binomial(rng: random.Random, n: int, p: float) -> int:
-    """Binomial(n, p) by the waiting times between successes: exact, and fast for the small p simulated here."""
-    if p <= 0:
-        return 0
-    count, position, log_q = 0, 0, math.log1p(-p)
-    while True:
-        position += int(math.log(1.0 - rng.random()) / log_q) + 1
-        if position > n:
-            return count
-        count += 1
 
 
 def binomial_tail(n: int, p: float, k: int) -> float:

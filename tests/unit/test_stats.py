@@ -3,22 +3,12 @@ detects a real regression."""
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
 
+from kaizen.dev.simulation import binomial
 from kaizen.logic.stats import Counts, judge_ratio, rate_interval
-
-
-def bad_events(rng: random.Random, n: int, p: float) -> int:
-    """Binomial(n, p) by waiting times between bad events (fast for the small rates simulated here)."""
-    count, position, log_q = 0, 0, math.log1p(-p)
-    while True:
-        position += int(math.log(1.0 - rng.random()) / log_q) + 1
-        if position > n:
-            return count
-        count += 1
 
 
 def simulate(rng, *, stable_error, canary_error, canary_per_look, looks, alpha, max_regression=0.0, weights=(10,)):
@@ -30,9 +20,9 @@ def simulate(rng, *, stable_error, canary_error, canary_per_look, looks, alpha, 
     for look in range(1, looks + 1):
         weight = weights[(look - 1) * len(weights) // looks]
         stable_per_look = round(canary_per_look * (100 - weight) / weight)
-        stable = Counts(stable.good + stable_per_look - bad_events(rng, stable_per_look, stable_error),
+        stable = Counts(stable.good + stable_per_look - binomial(rng, stable_per_look, stable_error),
                         stable.total + stable_per_look)
-        canary = Counts(canary.good + canary_per_look - bad_events(rng, canary_per_look, canary_error),
+        canary = Counts(canary.good + canary_per_look - binomial(rng, canary_per_look, canary_error),
                         canary.total + canary_per_look)
         judgement = judge_ratio(stable, canary, max_regression=max_regression, alpha=alpha, min_samples=1,
                                 evidence=evidence)
