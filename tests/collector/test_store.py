@@ -52,14 +52,14 @@ async def _concurrent_writes(url: str, n: int) -> tuple[int, int]:
     store = Store(url)
     await store.open()
     transactions = 0
-    original = store._transact
+    original = store._commit
 
-    async def counting(work: Any) -> Any:
+    async def counting(jobs: Any) -> Any:
         nonlocal transactions
         transactions += 1
-        return await original(work)
+        return await original(jobs)
 
-    store._transact = counting  # type: ignore[method-assign]
+    store._commit = counting  # type: ignore[method-assign]
     try:
         now = time.time()
         await asyncio.gather(*(store.add_traces([_trace(i, now)]) for i in range(n)))

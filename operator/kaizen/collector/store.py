@@ -4,7 +4,13 @@ Every write goes through one writer task that commits before the caller is answe
 means the item is on disk (SQLite with ``synchronous=FULL``; PostgreSQL's default ``synchronous_commit``). Writes
 that arrive while a commit is in flight are merged into the next transaction - group commit - which is what lets
 thousands of single-item requests a second share a few fsyncs. One writer also means SQLite never sees two writers
-racing for its lock. Reads use their own pooled connections; WAL lets them run beside the writer.
+racing for its lock, and an opt-out is ordered with the ingests around it. Reads use their own pooled connections;
+WAL lets them run beside the writer.
+
+On PostgreSQL a group of ingested rows is one statement - the rows travel as one array per column, and the
+tombstone check, the insert and the lookup of the judged traces happen in the database - sent on the writer's own
+connection in autocommit: one round trip per group instead of one per statement plus BEGIN and COMMIT. Round trips,
+not rows, bound the writer there (each wakes a PostgreSQL backend on a shared machine).
 
 Privacy rules live here, next to the queries that must obey them: a tombstoned subject's items are dropped at
 ingestion and filtered out of every read, and training exports carry only rows whose feedback and trace were both
@@ -25,11 +31,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement, Connection, Engine, and_, bindparam, create_engine, event, exists, func, or_, select, text,
+    ColumnElement, Connection, Engine, Select, String, Table, Text, and_, bindparam, cast, create_engine,
+    event, exists, func, or_, select, text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from kaizen.collector import schema
@@ -38,13 +45,64 @@ from kaizen.collector.models import FeedbackQuery
 log = logging.getLogger(__name__)
 _f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
 
-# The writer's statements are built once: SQLAlchemy memoizes a statement object's cache key, so reusing the object
-# skips rebuilding it and coercing every value of an IN list on each group commit, which profiles showed as a large
-# share of the writer's CPU (on SQLite the writer shares the GIL with the request handlers).
-_OPTED_OUT = select(_tomb.c.subject_id).where(_tomb.c.subject_id.in_(bindparam("ids", expanding=True)))
-_KNOWN_TRACES = select(_t.c.id, _t.c.model, _t.c.model_version, _t.c.track).where(
-    _t.c.id.in_(bindparam("ids", expanding=True))
-)
+# How a group of ingested rows is stored. The rows travel to the database in one parameter - one array per column on
+# PostgreSQL, one JSON document on SQLite - and the tombstone check, the insert and the lookup of the judged traces
+# run there, so a group costs a fixed number of statements whatever its size. On PostgreSQL that is one round trip
+# (each wakes a backend process; per-statement round trips bounded the writer). On SQLite it is one step of the
+# database per statement: the sqlite3 module releases and retakes the GIL around every step, and the per-row steps
+# of executemany and of fetching a row at a time waited for the GIL on the request handlers' thread. Every answer
+# is, per input row in input order: whether its subject had opted out (then it was not stored) and, for feedback,
+# the judged trace's model, model version and track (NULLs when the trace is unknown).
+#
+# The statements are built once: SQLAlchemy memoizes a statement object's compiled form.
+
+
+def _answer(table: Table, rows: Any, opted_out: Any, trace_id: Any) -> tuple[list[Any], Any]:
+    """The answer's columns and the FROM clause that yields them (feedback joins the traces it judges)."""
+    if table is _t:
+        return [opted_out], rows
+    return [opted_out, _t.c.model, _t.c.model_version, _t.c.track], rows.outerjoin(_t, _t.c.id == trace_id)
+
+
+def _postgres_ingest(table: Table) -> Select[Any]:
+    """One statement: insert the rows and answer for each. Its parts share one snapshot, so feedback does not see
+    traces inserted by the same statement: the writer stores traces first, in a statement of their own."""
+    names = [c.name for c in table.c]
+    # Strings travel as TEXT[]: a cast to VARCHAR(n)[] would silently truncate, where the insert rejects overlong.
+    arrays = [cast(bindparam(c.name), postgresql.ARRAY(Text if isinstance(c.type, String) else c.type))
+              for c in table.c]
+    unnested = func.unnest(*arrays).table_valued(*names, with_ordinality="ord").render_derived()
+    opted_out = exists().where(_tomb.c.subject_id == unnested.c.subject_id).label("opted_out")
+    incoming = select(unnested, opted_out).cte("incoming")
+    kept = select(*(incoming.c[n] for n in names)).where(~incoming.c.opted_out)
+    inserted = postgresql.insert(table).from_select(names, kept).on_conflict_do_nothing().cte("inserted")
+    columns, source = _answer(table, incoming, incoming.c.opted_out, incoming.c.get("trace_id"))
+    return select(*columns).select_from(source).order_by(incoming.c.ord).add_cte(inserted)
+
+
+def _sqlite_ingest(table: Table) -> tuple[Any, Select[Any]]:
+    """An insert, then a select whose one row is the answer as a JSON array of ``[index, opted_out, ...]``."""
+    document = func.json_each(bindparam("rows", type_=Text)).table_valued("key", "value")
+    fields = {c.name: func.json_extract(document.c.value, f"$.{c.name}") for c in table.c}
+    opted_out = exists().where(_tomb.c.subject_id == fields["subject_id"])
+    kept = select(*fields.values()).where(~opted_out)  # SQLite's upsert needs the WHERE: it parses ON as a join's
+    insert = sqlite.insert(table).from_select(list(fields), kept).on_conflict_do_nothing()
+    columns, source = _answer(table, document, opted_out, fields.get("trace_id"))
+    return insert, select(func.json_group_array(func.json_array(document.c.key, *columns))).select_from(source)
+
+
+_POSTGRES_INGEST = {table: _postgres_ingest(table) for table in (_t, _f)}
+_SQLITE_INGEST = {table: _sqlite_ingest(table) for table in (_t, _f)}
+
+
+def _results(table: Table, answers: Sequence[Sequence[Any]]) -> list[IngestResult]:
+    if table is _t:
+        return [IngestResult(not answer[0]) for answer in answers]
+    return [
+        IngestResult(not opted_out, None if model is None else
+                     {"model": model, "model_version": version, "track": track})
+        for opted_out, model, version, track in answers
+    ]
 
 
 class StoreUnavailable(Exception):
@@ -104,12 +162,12 @@ class Store:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-        # Built once, like _OPTED_OUT and _KNOWN_TRACES.
-        self._insert_traces = self._insert(_t).on_conflict_do_nothing()
-        self._insert_feedback = self._insert(_f).on_conflict_do_nothing()
-        # SQLite only: the writer's synchronous engine and the one thread it runs in.
+        # SQLite only: the writer's synchronous engine, the one thread it runs in, and the WAL checkpointer.
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        # PostgreSQL only: the writer's own autocommit connection for ingests, reopened after a failure.
+        self._ingest_conn: AsyncConnection | None = None
 
     @property
     def dialect(self) -> str:
@@ -124,6 +182,7 @@ class Store:
                 connect_args={"check_same_thread": False},
             )
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self._sync_engine, "connect", _no_autocheckpoint)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-writer")
         else:
             engine = create_async_engine(self.url, pool_size=8, max_overflow=4, pool_pre_ping=True)
@@ -133,11 +192,16 @@ class Store:
         if applied:
             log.info("Migrated collector schema versions=%s", applied)
         self._writer = asyncio.create_task(self._write_loop(), name="collector-writer")
+        if self._sync_engine is not None:
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="collector-checkpointer")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        for task in (self._writer, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._ingest_conn is not None:
+            await self._ingest_conn.close()
         if self.engine is not None:
             await self.engine.dispose()
         if self._sync_engine is not None and self._thread is not None:
@@ -221,7 +285,7 @@ class Store:
         while True:
             first = await self._queue.get()
             if first.run is not None:
-                await self._run_jobs([first], first.run)
+                await self._run_jobs([first])
                 continue
             jobs, size = [first], len(first.traces) + len(first.feedback)
             held: _Job | None = None
@@ -232,9 +296,43 @@ class Store:
                     break
                 jobs.append(job)
                 size += len(job.traces) + len(job.feedback)
-            await self._run_jobs(jobs, functools.partial(self._ingest, jobs=jobs))
-            if held is not None and held.run is not None:
-                await self._run_jobs([held], held.run)
+            await self._run_jobs(jobs)
+            if held is not None:
+                await self._run_jobs([held])
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        """Write ``jobs`` (one callable job, or a group of ingests) and settle their futures."""
+        run = jobs[0].run
+        try:
+            result = await (self._transact(run) if run is not None else self._commit(jobs))
+        except AuditConflict as error:
+            _settle(jobs, error=error)
+        except Exception as error:  # noqa: BLE001 - any database failure fails the requests, never the writer
+            if len(jobs) > 1:
+                # One bad job must not fail its neighbours: retry each alone (ingests are idempotent by id).
+                for job in jobs:
+                    await self._run_jobs([job])
+                return
+            log.error("Failed to write to the collector database error=%r", error)
+            _settle(jobs, error=StoreUnavailable(f"the database write failed: {error.__class__.__name__}"))
+        else:
+            _settle(jobs, result=result)
+
+    async def _checkpoint_loop(self, every: float = 1.0) -> None:
+        """SQLite: copy the WAL into the database every ``every`` seconds, beside the writer.
+
+        The writer's connection does not checkpoint (see :func:`_no_autocheckpoint`): SQLite's automatic checkpoint
+        runs inside the commit that crosses its threshold, which made one group commit in a dozen several times
+        slower - the p99 of every request in it. A PASSIVE checkpoint on a reader's connection (its own thread)
+        never blocks the writer, and running every second keeps the WAL to about a second of writes.
+        """
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self._engine().connect() as conn:
+                    await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as error:  # noqa: BLE001 - the next round retries; writes do not depend on it
+                log.warning("WAL checkpoint failed error=%r", error)
 
     async def _transact(self, work: Callable[[Connection], Any]) -> Any:
         """Run ``work`` in one write transaction, in a single hop to the database.
@@ -253,43 +351,33 @@ class Store:
         async with self._engine().begin() as conn:
             return await conn.run_sync(work)
 
-    async def _run_jobs(self, jobs: list[_Job], work: Callable[[Connection], Any]) -> None:
-        try:
-            result = await self._transact(work)
-        except AuditConflict as error:
-            _settle(jobs, error=error)
-        except Exception as error:  # noqa: BLE001 - any database failure fails the requests, never the writer
-            if len(jobs) > 1:
-                # One bad job must not fail its neighbours: retry each alone.
-                for job in jobs:
-                    await self._run_jobs([job], functools.partial(self._ingest, jobs=[job]))
-                return
-            log.error("Failed to write to the collector database error=%r", error)
-            _settle(jobs, error=StoreUnavailable(f"the database write failed: {error.__class__.__name__}"))
+    async def _commit(self, jobs: Sequence[_Job]) -> list[list[IngestResult]]:
+        """Store a group of ingest jobs durably; one list of results per job."""
+        # Traces first, so that feedback in the same group finds the traces it judges.
+        groups = [(table, rows) for table, rows in ((_t, [r for j in jobs for r in j.traces]),
+                                                     (_f, [r for j in jobs for r in j.feedback])) if rows]
+        if self._sync_engine is not None:
+            answers = await self._transact(functools.partial(_ingest_sqlite, groups=groups))
         else:
-            _settle(jobs, result=result)
+            answers = await self._ingest_postgres(groups)
+        results = {table: iter(_results(table, answer)) for (table, _), answer in zip(groups, answers, strict=True)}
+        return [[next(results[_t]) for _ in job.traces] + [next(results[_f]) for _ in job.feedback] for job in jobs]
 
-    def _ingest(self, conn: Connection, jobs: Sequence[_Job]) -> list[list[IngestResult]]:
-        subjects = {r["subject_id"] for j in jobs for r in (*j.traces, *j.feedback) if r.get("subject_id")}
-        opted_out: set[str] = set()
-        if subjects:
-            opted_out = set(conn.execute(_OPTED_OUT, {"ids": list(subjects)}).scalars())
-        traces = [r for j in jobs for r in j.traces if r.get("subject_id") not in opted_out]
-        if traces:
-            conn.execute(self._insert_traces, traces)
-        feedback = [r for j in jobs for r in j.feedback if r.get("subject_id") not in opted_out]
-        known: dict[str, dict[str, Any]] = {}
-        if feedback:
-            found = conn.execute(_KNOWN_TRACES, {"ids": list({r["trace_id"] for r in feedback})})
-            # Unpacking the rows' tuples: dict(row._mapping) per row showed in profiles of the writer.
-            known = {id_: {"model": model, "model_version": version, "track": track}
-                     for id_, model, version, track in found}
-            conn.execute(self._insert_feedback, feedback)
-        return [
-            [IngestResult(r.get("subject_id") not in opted_out) for r in j.traces]
-            + [IngestResult(r.get("subject_id") not in opted_out, known.get(r["trace_id"])) for r in j.feedback]
-            for j in jobs
-        ]
+    async def _ingest_postgres(self, groups: list[tuple[Table, list[dict[str, Any]]]]) -> list[Sequence[Any]]:
+        """Each group in one statement on the writer's own connection; autocommit makes each its own transaction."""
+        if self._ingest_conn is None:
+            self._ingest_conn = await (await self._engine().connect()).execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            return [
+                (await self._ingest_conn.execute(
+                    _POSTGRES_INGEST[table], {c.name: [r.get(c.name) for r in rows] for c in table.c}
+                )).all()
+                for table, rows in groups
+            ]
+        except Exception:
+            conn, self._ingest_conn = self._ingest_conn, None
+            await conn.invalidate()  # a connection in an unknown state is not reused
+            raise
 
     # Reads
 
@@ -369,6 +457,16 @@ class Store:
             return [dict(r) for r in (await conn.execute(statement)).mappings()]
 
 
+def _ingest_sqlite(conn: Connection, groups: list[tuple[Table, list[dict[str, Any]]]]) -> list[Sequence[Any]]:
+    answers = []
+    for table, rows in groups:
+        insert, answer = _SQLITE_INGEST[table]
+        document = json.dumps(rows)
+        conn.execute(insert, {"rows": document})
+        answers.append([a[1:] for a in sorted(json.loads(conn.execute(answer, {"rows": document}).scalar_one()))])
+    return answers
+
+
 def _settle(jobs: Sequence[_Job], *, result: Any = None, error: Exception | None = None) -> None:
     for index, job in enumerate(jobs):
         if job.future.done():
@@ -415,3 +513,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    """The writer's connection leaves checkpoints to :meth:`Store._checkpoint_loop`."""
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
