@@ -7,10 +7,9 @@ thousands of single-item requests a second share a few fsyncs. One writer also m
 racing for its lock, and an opt-out is ordered with the ingests around it. Reads use their own pooled connections;
 WAL lets them run beside the writer.
 
-On PostgreSQL a group of ingested rows is one statement - the rows travel as one array per column, and the
-tombstone check, the insert and the lookup of the judged traces happen in the database - sent on the writer's own
-connection in autocommit: one round trip per group instead of one per statement plus BEGIN and COMMIT. Round trips,
-not rows, bound the writer there (each wakes a PostgreSQL backend on a shared machine).
+Ingested rows take a short path (see "How a group of ingested rows is stored" below): on the writer's own
+connection, in autocommit, one insert statement per table and group, each its own transaction. Opt-outs,
+retention and the audit log are rare and go through SQLAlchemy transactions on the pool.
 
 Privacy rules live here, next to the queries that must obey them: a tombstoned subject's items are dropped at
 ingestion and filtered out of every read, and training exports carry only rows whose feedback and trace were both
@@ -21,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement, Connection, Engine, Select, String, Table, Text, and_, bindparam, cast, create_engine,
-    event, exists, func, or_, select, text,
+    ColumnElement, Connection, Select, String, Table, Text, and_, bindparam, cast, event, exists, func, or_, select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
 
 from kaizen.collector import schema
 from kaizen.collector.models import FeedbackQuery
@@ -47,14 +45,17 @@ _f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
 
 # How a group of ingested rows is stored. The rows travel to the database in one parameter - one array per column on
 # PostgreSQL, one JSON document on SQLite - and the tombstone check, the insert and the lookup of the judged traces
-# run there, so a group costs a fixed number of statements whatever its size. On PostgreSQL that is one round trip
-# (each wakes a backend process; per-statement round trips bounded the writer). On SQLite it is one step of the
-# database per statement: the sqlite3 module releases and retakes the GIL around every step, and the per-row steps
-# of executemany and of fetching a row at a time waited for the GIL on the request handlers' thread. Every answer
-# is, per input row in input order: whether its subject had opted out (then it was not stored) and, for feedback,
-# the judged trace's model, model version and track (NULLs when the trace is unknown).
-#
-# The statements are built once: SQLAlchemy memoizes a statement object's compiled form.
+# run there, so a group costs a fixed number of statements whatever its size, on the writer's own connection in
+# autocommit (each insert is its own transaction, durable when it returns; no BEGIN or COMMIT to send).
+# - PostgreSQL: one statement, one round trip (each wakes a backend process: per-statement round trips, not rows,
+#   bounded the writer).
+# - SQLite: an answering select, then the insert, on a plain sqlite3 connection in the writer thread: two steps of
+#   the database. The sqlite3 module releases the GIL for every step and must win it back from the request
+#   handlers' thread each time; per-row steps (executemany, fetching row by row) and SQLAlchemy's BEGIN/COMMIT
+#   made a group commit wait several times longer for the GIL than for the disk.
+# Every answer is, per input row in input order: whether its subject had opted out (then it was not stored) and, for
+# feedback, the judged trace's model, model version and track (NULLs when the trace is unknown). Only the writer
+# changes tombstones and traces, so an answer read before its insert stays true.
 
 
 def _answer(table: Table, rows: Any, opted_out: Any, trace_id: Any) -> tuple[list[Any], Any]:
@@ -80,15 +81,18 @@ def _postgres_ingest(table: Table) -> Select[Any]:
     return select(*columns).select_from(source).order_by(incoming.c.ord).add_cte(inserted)
 
 
-def _sqlite_ingest(table: Table) -> tuple[Any, Select[Any]]:
-    """An insert, then a select whose one row is the answer as a JSON array of ``[index, opted_out, ...]``."""
+def _sqlite_ingest(table: Table) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
+    """The answering select (one row: a JSON array of ``[index, opted_out, ...]``) and the insert, each compiled to
+    SQL with its constant parameters; the rows go in as ``:rows``."""
     document = func.json_each(bindparam("rows", type_=Text)).table_valued("key", "value")
     fields = {c.name: func.json_extract(document.c.value, f"$.{c.name}") for c in table.c}
     opted_out = exists().where(_tomb.c.subject_id == fields["subject_id"])
+    columns, source = _answer(table, document, opted_out, fields.get("trace_id"))
+    answer = select(func.json_group_array(func.json_array(document.c.key, *columns))).select_from(source)
     kept = select(*fields.values()).where(~opted_out)  # SQLite's upsert needs the WHERE: it parses ON as a join's
     insert = sqlite.insert(table).from_select(list(fields), kept).on_conflict_do_nothing()
-    columns, source = _answer(table, document, opted_out, fields.get("trace_id"))
-    return insert, select(func.json_group_array(func.json_array(document.c.key, *columns))).select_from(source)
+    named = sqlite.dialect(paramstyle="named")
+    return tuple((c.string, dict(c.params)) for c in (answer.compile(dialect=named), insert.compile(dialect=named)))
 
 
 _POSTGRES_INGEST = {table: _postgres_ingest(table) for table in (_t, _f)}
@@ -162,12 +166,12 @@ class Store:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-        # SQLite only: the writer's synchronous engine, the one thread it runs in, and the WAL checkpointer.
-        self._sync_engine: Engine | None = None
+        # The writer's own connection for ingests, in autocommit, reopened after a failure: asyncpg on PostgreSQL;
+        # on SQLite, sqlite3 in a thread of its own, beside a task that checkpoints the WAL.
+        self._ingest_conn: AsyncConnection | None = None
+        self._sqlite: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: asyncio.Task[None] | None = None
-        # PostgreSQL only: the writer's own autocommit connection for ingests, reopened after a failure.
-        self._ingest_conn: AsyncConnection | None = None
 
     @property
     def dialect(self) -> str:
@@ -177,12 +181,6 @@ class Store:
         if self.dialect == "sqlite":
             engine = create_async_engine(self.url, pool_size=8, max_overflow=0)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            self._sync_engine = create_engine(
-                make_url(self.url).set(drivername="sqlite"), poolclass=StaticPool,
-                connect_args={"check_same_thread": False},
-            )
-            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self._sync_engine, "connect", _no_autocheckpoint)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-writer")
         else:
             engine = create_async_engine(self.url, pool_size=8, max_overflow=4, pool_pre_ping=True)
@@ -192,7 +190,7 @@ class Store:
         if applied:
             log.info("Migrated collector schema versions=%s", applied)
         self._writer = asyncio.create_task(self._write_loop(), name="collector-writer")
-        if self._sync_engine is not None:
+        if self._thread is not None:
             self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="collector-checkpointer")
 
     async def close(self) -> None:
@@ -204,8 +202,8 @@ class Store:
             await self._ingest_conn.close()
         if self.engine is not None:
             await self.engine.dispose()
-        if self._sync_engine is not None and self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._sync_engine.dispose)
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_sqlite)
             self._thread.shutdown()
 
     async def ping(self) -> None:
@@ -321,7 +319,7 @@ class Store:
     async def _checkpoint_loop(self, every: float = 1.0) -> None:
         """SQLite: copy the WAL into the database every ``every`` seconds, beside the writer.
 
-        The writer's connection does not checkpoint (see :func:`_no_autocheckpoint`): SQLite's automatic checkpoint
+        The writer's connection does not checkpoint (``wal_autocheckpoint=0``): SQLite's automatic checkpoint
         runs inside the commit that crosses its threshold, which made one group commit in a dozen several times
         slower - the p99 of every request in it. A PASSIVE checkpoint on a reader's connection (its own thread)
         never blocks the writer, and running every second keeps the WAL to about a second of writes.
@@ -335,19 +333,7 @@ class Store:
                 log.warning("WAL checkpoint failed error=%r", error)
 
     async def _transact(self, work: Callable[[Connection], Any]) -> Any:
-        """Run ``work`` in one write transaction, in a single hop to the database.
-
-        SQLite: on the writer's own synchronous connection in the writer thread (aiosqlite would cross threads for
-        every statement, which costs more than the statements). PostgreSQL: through asyncpg, natively async.
-        """
-        if self._sync_engine is not None:
-            engine = self._sync_engine
-
-            def transaction() -> Any:
-                with engine.begin() as conn:
-                    return work(conn)
-
-            return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
+        """Run ``work`` (opt-out, retention, audit) in one write transaction."""
         async with self._engine().begin() as conn:
             return await conn.run_sync(work)
 
@@ -356,8 +342,8 @@ class Store:
         # Traces first, so that feedback in the same group finds the traces it judges.
         groups = [(table, rows) for table, rows in ((_t, [r for j in jobs for r in j.traces]),
                                                      (_f, [r for j in jobs for r in j.feedback])) if rows]
-        if self._sync_engine is not None:
-            answers = await self._transact(functools.partial(_ingest_sqlite, groups=groups))
+        if self._thread is not None:
+            answers = await asyncio.get_running_loop().run_in_executor(self._thread, self._ingest_sqlite, groups)
         else:
             answers = await self._ingest_postgres(groups)
         results = {table: iter(_results(table, answer)) for (table, _), answer in zip(groups, answers, strict=True)}
@@ -378,6 +364,31 @@ class Store:
             conn, self._ingest_conn = self._ingest_conn, None
             await conn.invalidate()  # a connection in an unknown state is not reused
             raise
+
+    def _ingest_sqlite(self, groups: list[tuple[Table, list[dict[str, Any]]]]) -> list[Sequence[Any]]:
+        """Each group as an answering select and an insert, on the writer's own connection (in the writer thread)."""
+        if self._sqlite is None:
+            conn = sqlite3.connect(make_url(self.url).database, isolation_level=None)  # autocommit
+            _sqlite_pragmas(conn, None)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
+            self._sqlite = conn
+        try:
+            answers = []
+            for table, rows in groups:
+                (answer, answer_params), (insert, insert_params) = _SQLITE_INGEST[table]
+                document = json.dumps(rows)
+                (found,) = self._sqlite.execute(answer, {**answer_params, "rows": document}).fetchone()
+                self._sqlite.execute(insert, {**insert_params, "rows": document})
+                answers.append([a[1:] for a in sorted(json.loads(found))])
+            return answers
+        except Exception:
+            self._close_sqlite()  # a connection in an unknown state is not reused
+            raise
+
+    def _close_sqlite(self) -> None:
+        if self._sqlite is not None:
+            conn, self._sqlite = self._sqlite, None
+            conn.close()
 
     # Reads
 
@@ -457,16 +468,6 @@ class Store:
             return [dict(r) for r in (await conn.execute(statement)).mappings()]
 
 
-def _ingest_sqlite(conn: Connection, groups: list[tuple[Table, list[dict[str, Any]]]]) -> list[Sequence[Any]]:
-    answers = []
-    for table, rows in groups:
-        insert, answer = _SQLITE_INGEST[table]
-        document = json.dumps(rows)
-        conn.execute(insert, {"rows": document})
-        answers.append([a[1:] for a in sorted(json.loads(conn.execute(answer, {"rows": document}).scalar_one()))])
-    return answers
-
-
 def _settle(jobs: Sequence[_Job], *, result: Any = None, error: Exception | None = None) -> None:
     for index, job in enumerate(jobs):
         if job.future.done():
@@ -514,7 +515,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
-
-def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
-    """The writer's connection leaves checkpoints to :meth:`Store._checkpoint_loop`."""
-    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
