@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import kubernetes.config
 import pytest
@@ -78,10 +78,14 @@ def running_pods(cluster, namespace, job, count=1):
                   key=lambda p: p["metadata"]["creationTimestamp"])
 
 
-def terminate(cluster, pod, *, exit_code, reason, message=None, conditions=None):
-    """Act as the kubelet: the trainer container terminated, with its termination message."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def terminate(cluster, pod, *, exit_code, reason, message=None, conditions=None, ran_for=None):
+    """Act as the kubelet: the trainer container terminated, with its termination message (after ``ran_for``, when
+    given: the container is reported started that long ago)."""
+    at = datetime.now(timezone.utc)
+    now = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     started = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    if ran_for is not None:
+        started = (at - ran_for).strftime("%Y-%m-%dT%H:%M:%SZ")
     terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now}
     if message is not None:
         terminated["message"] = message
@@ -228,6 +232,51 @@ def test_preempted_pod_is_retried_without_counting_against_backoff_limit(operato
                    lambda o: o["status"].get("attempts") == 2 and o["status"].get("phase") == "Training", timeout=30)
     assert obj["status"]["failures"] == [{"pod": first["metadata"]["name"], "reason": "Preempted",
                                           "message": "preempted by a higher-priority pod", "retried": True}]
+
+
+def warnings(cluster, namespace, name, reason):
+    listed = kubectl_json(cluster, "get", "events", "-n", namespace,
+                          "--field-selector", f"involvedObject.name={name},type=Warning,reason={reason}")
+    return [e["message"] for e in listed["items"] for _ in range(e.get("count") or 1)]
+
+
+def test_a_deleted_pod_still_counts_and_its_failure_is_reported_once(operator, namespace):
+    apply(operator, namespace, retrain_job("vanishing"))
+    (first,) = running_pods(operator, namespace, "vanishing-trainer")
+    terminate(operator, first, exit_code=137, reason="OOMKilled", ran_for=timedelta(minutes=10))
+    second = running_pods(operator, namespace, "vanishing-trainer")[-1]
+    first_name, second_name = first["metadata"]["name"], second["metadata"]["name"]
+    wait_for(operator, "retrainjob", "vanishing", namespace,
+             lambda o: o["status"].get("attempts") == 2 and o["status"].get("phase") == "Training", timeout=30)
+
+    # Deleted, as the Job's pod garbage collection, a preemption or a user would.
+    operator.kubectl("delete", "pod", first_name, "-n", namespace, "--timeout=30s")
+    deleted = datetime.now(timezone.utc)
+    started = datetime.fromisoformat(second["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                                     .replace("Z", "+00:00"))
+
+    def observed_since_the_delete(obj):
+        # The running pod's GPU time says when the status was computed: after the delete once it exceeds this.
+        pods = {p["pod"]: p for p in obj["status"].get("podAttempts", [])}
+        return second_name in pods and pods[second_name]["gpuSeconds"] > (deleted - started).total_seconds() + 1
+
+    status = wait_for(operator, "retrainjob", "vanishing", namespace, observed_since_the_delete, timeout=30)["status"]
+    pods = kubectl_json(operator, "get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=vanishing-trainer")
+    assert [p["metadata"]["name"] for p in pods["items"]] == [second_name]
+    assert status["phase"] == "Training" and status["attempts"] == 2
+    (failure,) = status["failures"]
+    assert (failure["pod"], failure["reason"], failure["retried"]) == (first_name, "OOMKilled", True)
+    assert status["failedAttempts"] == 1
+    remembered = {p["pod"]: p for p in status["podAttempts"]}
+    assert remembered[first_name]["gpuSeconds"] == 600 and remembered[first_name]["failed"] is True
+    assert status["gpuSeconds"] == 600 + remembered[second_name]["gpuSeconds"]
+    assert "after 1 failed attempt(s), last OOMKilled" in status["message"]
+
+    terminate(operator, second, exit_code=0, reason="Completed", message=result(refund_candidate=0.9))
+    status = wait_for(operator, "retrainjob", "vanishing", namespace, finished, timeout=60)["status"]
+    assert status["phase"] == "Succeeded" and status["attempts"] == 2 and status["gpuSeconds"] >= 600
+    (message,) = warnings(operator, namespace, "vanishing", "OOMKilled")  # once, though the pod is gone
+    assert message.startswith(f"Pod {first_name}: the trainer ran out of memory")
 
 
 def test_bad_config_is_a_permanent_failure_with_the_trainers_message(operator, namespace):

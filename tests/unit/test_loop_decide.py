@@ -111,6 +111,29 @@ def test_a_manual_retrain_request_gets_past_degraded():
     assert plan.action == "Retrain" and plan.evidence["requestedBy"] == "alice"
 
 
+@pytest.mark.parametrize("failures, request_, children, expected", [
+    # Degraded, nothing running: stopped.
+    (3, None, (job(phase="Failed"),), ("Degraded", "TooManyFailures", "Degraded")),
+    # `kaizen retrain` from Degraded: the request gets past Degraded and starts a retrain...
+    (3, Request("retrain", "alice", NOW), (job(phase="Failed"),), ("Retrain", "Retrain", "Retraining")),
+    # ...and while that retrain runs, the loop shows Retraining, not Degraded.
+    (3, None, (job(phase="Failed"), job("rj-manual", phase="Training", created=NOW)),
+     ("Wait", "ChildRunning", "Retraining")),
+    (3, None, (job(phase="Failed"), job("rj-manual", phase=None, created=NOW)), ("Wait", "ChildRunning", "Retraining")),
+    # Once it has ended (failed again), Degraded is back.
+    (4, None, (job(phase="Failed"), job("rj-manual", phase="Failed", created=NOW)),
+     ("Degraded", "TooManyFailures", "Degraded")),
+])
+def test_a_running_child_shows_over_degraded(failures, request_, children, expected):
+    plan = run(Observed(BREACHED, children=children, feedback=ENOUGH_FEEDBACK, request=request_), failures=failures)
+    assert (plan.action, plan.code, plan.phase) == expected
+
+
+def test_paused_comes_before_a_running_child():
+    plan = run(Observed(BREACHED, children=(job(),), paused=True), failures=3)
+    assert (plan.action, plan.phase) == ("Paused", "Paused")
+
+
 @pytest.mark.parametrize("child, phase", [(job(), "Retraining"),
                                           (Child("Rollout", "ro-1", NOW, phase="Progressing"), "RollingOut")])
 def test_a_running_child_means_wait(child, phase):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+from datetime import datetime, timedelta, timezone
 
-from kaizen.api.retrainjob import RetrainJobSpec
+import pytest
+
+from kaizen.api.retrainjob import RetrainJobSpec, RetrainJobStatus
 from kaizen.api.trainer import TrainerResult
 from kaizen.logic.retrain import child_name, classify, observe, plan
 
@@ -20,13 +23,16 @@ def spec(**extra):
         "outputURI": "pvc://models/bot", "gates": [{"metric": "accuracy", "minDelta": 0}], **extra})
 
 
-def pod(name, phase="Running", terminated=None, conditions=(), started="2026-11-28T11:00:00Z", reason=None):
+def pod(name, phase="Running", terminated=None, conditions=(), started="2026-11-28T11:00:00Z", reason=None, uid=None):
     state = {"terminated": {"startedAt": started, **terminated}} if terminated else {"running": {"startedAt": started}}
     status = {"phase": phase, "conditions": list(conditions),
               "containerStatuses": [{"name": "trainer", "state": state}]}
     if reason:
         status["reason"] = reason
-    return {"metadata": {"name": name, "creationTimestamp": started}, "status": status}
+    metadata = {"name": name, "creationTimestamp": started}
+    if uid:
+        metadata["uid"] = uid
+    return {"metadata": metadata, "status": status}
 
 
 def job(*conditions, suspend=False):
@@ -106,3 +112,117 @@ def test_observed_phases():
     assert exhausted.phase == "Failed"
     assert exhausted.message.startswith("Training failed: 2 attempt(s) failed, backoffLimit 2 reached; last: OOMKilled")
     assert exhausted.fields["gpuSeconds"] == 600 + 540 and exhausted.fields["attempts"] == 2
+
+
+# --- status merged with the stored one: pods that vanish still count, once ---------------------------------------
+
+MINUTE = timedelta(minutes=1)
+#: p1 ran 11:00-11:10 and was OOM-killed; p2 has run since 11:11 (2940 s at NOW); p3 was never scheduled.
+P1 = pod("rj-trainer-p1", "Failed", {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-11-28T11:10:00Z"},
+         uid="u1")
+P2 = pod("rj-trainer-p2", started="2026-11-28T11:11:00Z", uid="u2")
+P3 = {"metadata": {"name": "rj-trainer-p3", "uid": "u3", "creationTimestamp": "2026-11-28T11:50:00Z"},
+      "status": {"phase": "Pending"}}
+#: p4 is being preempted: disrupted and terminated while its phase still says Running; then it is Failed.
+DISRUPTED = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted"}
+P4_TERMINATING = pod("rj-trainer-p4", "Running", {"exitCode": 143, "reason": "Error",
+                                                  "finishedAt": "2026-11-28T11:05:00Z"}, [DISRUPTED], uid="u4")
+P4_FAILED = pod("rj-trainer-p4", "Failed", {"exitCode": 143, "reason": "Error", "finishedAt": "2026-11-28T11:05:00Z"},
+                [DISRUPTED], uid="u4")
+
+
+def follow(passes, s=None, stored=None, job_=None):
+    """Observe each (now, pods) in turn, storing the status between passes as the controller does; return the last
+    observation, the stored status and the pods whose failure was reported (an Event each)."""
+    stored = dict(stored or {})
+    reported = []
+    for now, pods in passes:
+        observed = observe(s or spec(), job_ or job(), pods, now, previous=RetrainJobStatus.model_validate(stored))
+        stored = {**stored, **json.loads(json.dumps(observed.fields))}  # as written and read back from the API
+        reported += [f.pod for f in observed.new_failures]
+    return observed, stored, reported
+
+
+@pytest.mark.parametrize("passes, attempts, gpu_seconds, failed, reported", [
+    pytest.param([(NOW, [P1, P2]), (NOW + MINUTE, [P2])], 2, 600 + 2940 + 60, ["rj-trainer-p1"], ["rj-trainer-p1"],
+                 id="a failed pod deleted: its GPU time and failure are kept"),
+    pytest.param([(NOW, [P1, P2]), (NOW + MINUTE, [])], 2, 600 + 2940, ["rj-trainer-p1"], ["rj-trainer-p1"],
+                 id="Kueue suspends the Job, deleting every pod: nothing is lost"),
+    pytest.param([(NOW, [P2]), (NOW + 10 * MINUTE, [P2])], 1, 2940 + 600, [], [],
+                 id="a running pod's seconds grow, counted once"),
+    pytest.param([(NOW, [P2]), (NOW + 10 * MINUTE, [])], 1, 2940, [], [],
+                 id="a running pod deleted keeps the seconds last seen"),
+    pytest.param([(NOW, [P1]), (NOW + MINUTE, [P1]), (NOW + 2 * MINUTE, [P1, P2])], 2, 600 + 2940 + 120,
+                 ["rj-trainer-p1"], ["rj-trainer-p1"], id="the same failure seen on every pass is one entry"),
+    pytest.param([(NOW, [P4_TERMINATING]), (NOW + MINUTE, [P4_FAILED])], 1, 300, ["rj-trainer-p4"],
+                 ["rj-trainer-p4"], id="a preempted pod seen terminating, then Failed, is one failure"),
+    pytest.param([(NOW, [P3]), (NOW + MINUTE, [])], 1, 0, [], [], id="a pod deleted before it started is an attempt"),
+    pytest.param([(NOW, [P1]), (NOW + MINUTE, []), (NOW + 2 * MINUTE, [P2]), (NOW + 3 * MINUTE, [P2, P3])],
+                 3, 600 + 2940 + 180, ["rj-trainer-p1"], ["rj-trainer-p1"], id="pods come and go"),
+])
+def test_status_counts_every_pod_ever_seen(passes, attempts, gpu_seconds, failed, reported):
+    observed, stored, events = follow(passes)
+    assert stored["attempts"] == attempts
+    assert stored["gpuSeconds"] == gpu_seconds
+    assert [f["pod"] for f in stored["failures"]] == failed and stored["failedAttempts"] == len(failed)
+    assert events == reported
+
+
+def test_gpu_seconds_never_decrease_and_attempts_never_go_down():
+    passes = [(NOW, [P1, P2]), (NOW + MINUTE, [P2]), (NOW + 2 * MINUTE, [P2, P3]), (NOW + 3 * MINUTE, [P3]),
+              (NOW + 4 * MINUTE, [])]
+    stored, seen = {}, []
+    for step in passes:
+        _, stored, _ = follow([step], stored=stored)
+        seen.append((stored["gpuSeconds"], stored["attempts"]))
+    assert seen == sorted(seen) and seen[-1] == (600 + 2940 + 120, 3)
+    assert stored["startTime"] == "2026-11-28T11:00:00Z"  # from p1, gone since
+
+
+def test_a_failed_job_names_its_last_failure_after_the_pod_is_gone():
+    _, stored, _ = follow([(NOW, [P1])])
+    observed, _, reported = follow([(NOW + MINUTE, [])], stored=stored, job_=job(("Failed", "BackoffLimitExceeded")))
+    assert observed.phase == "Failed" and reported == []
+    assert observed.message == ("Training failed: 1 attempt(s) failed, backoffLimit 2 reached; last: OOMKilled: the "
+                                "trainer ran out of memory; the next pod resumes from the last checkpoint (raise "
+                                "resources.memory or lower batchSize/maxLength if it repeats)")
+
+
+def failed_pod(i):
+    started = datetime(2026, 11, 28, 1, 0, tzinfo=timezone.utc) + i * MINUTE
+    return pod(f"rj-trainer-f{i:02}", "Failed", {"exitCode": 1, "message": f"crash {i}",
+                                                 "finishedAt": (started + timedelta(seconds=30)).isoformat()},
+               started=started.isoformat().replace("+00:00", "Z"), uid=f"uid-{i}")
+
+
+def test_failures_keep_the_last_32_and_the_count_of_all():
+    # 40 pods fail one after the other, each deleted before the next pass (the Job's pod GC, say).
+    observed, stored, reported = follow([(NOW + i * MINUTE, [failed_pod(i)]) for i in range(40)])
+    assert reported == [f"rj-trainer-f{i:02}" for i in range(40)]
+    assert [f["pod"] for f in stored["failures"]] == [f"rj-trainer-f{i:02}" for i in range(8, 40)]
+    assert stored["failedAttempts"] == 40 and stored["attempts"] == 40 and stored["gpuSeconds"] == 40 * 30
+    assert observed.message == ("Waiting for a training pod to be scheduled after 40 failed attempt(s), last Error: "
+                                "resuming from the last checkpoint.")
+
+
+def test_pods_beyond_those_remembered_stay_counted_and_are_not_counted_again():
+    # 70 pods, all still there: the status remembers the newest 64; the 6 older are in the totals only.
+    pods = [failed_pod(i) for i in range(70)]
+    observed, stored, reported = follow([(NOW, pods[:35]), (NOW + MINUTE, pods)])
+    assert len(stored["podAttempts"]) == 64 and stored["podAttempts"][0]["pod"] == "rj-trainer-f06"
+    assert (stored["attempts"], stored["gpuSeconds"], stored["failedAttempts"]) == (70, 70 * 30, 70)
+    assert len(reported) == 70
+    # Seen again, the 6 forgotten pods are recognised as older than every remembered one: nothing changes.
+    again, restored, reported = follow([(NOW + 2 * MINUTE, pods), (NOW + 3 * MINUTE, pods[:3])], stored=stored)
+    assert reported == [] and restored == stored and again.fields == observed.fields
+
+
+def test_a_status_written_before_pods_were_remembered_is_a_floor():
+    # Written by an operator that rebuilt the status from the pods: p1's failure is already reported.
+    legacy = {"jobName": "rj-trainer", "attempts": 2, "gpuSeconds": 3540,
+              "failures": [{"pod": "rj-trainer-p1", "reason": "OOMKilled", "retried": True}]}
+    _, stored, reported = follow([(NOW + MINUTE, [P1, P2])], stored=legacy)
+    assert reported == [] and stored["failedAttempts"] == 1 and len(stored["failures"]) == 1
+    assert (stored["attempts"], stored["gpuSeconds"]) == (2, 600 + 2940 + 60)
+    _, stored, _ = follow([(NOW + 2 * MINUTE, [P2])], stored=stored)
+    assert (stored["attempts"], stored["gpuSeconds"]) == (2, 600 + 2940 + 120)

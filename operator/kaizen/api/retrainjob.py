@@ -269,15 +269,38 @@ class AttemptFailure(KaizenModel):
     retried: bool = Field(description="Whether the Job retries it (resuming from the last checkpoint).")
 
 
+#: Failed pods listed in ``status.failures`` (the newest); ``status.failedAttempts`` keeps the count of all of them.
+FAILURES_KEPT = 32
+#: Pods remembered in ``status.podAttempts`` (the newest); older ones stay counted in attempts and gpuSeconds.
+ATTEMPTS_KEPT = 64
+
+
+class PodAttempt(KaizenModel):
+    """A training pod seen, remembered after it is deleted so that its GPU time and its failure still count, once."""
+
+    pod: str = Field(max_length=253, description="The pod's name.")
+    uid: str | None = Field(default=None, max_length=128, description="The pod's uid.")
+    created: datetime | None = Field(default=None, description="When the pod was created.")
+    gpu_seconds: float = Field(
+        default=0, ge=0, description="GPU time the pod used (GPUs x seconds): until now while it runs, then final."
+    )
+    failed: bool = Field(default=False, description="Whether the pod failed (and was reported in failures).")
+
+
 class RetrainJobStatus(CommonStatus):
     """Observed state of a RetrainJob."""
 
     phase: RetrainPhase | None = Field(default=None, description="Pending, Training, Evaluating, Succeeded or Failed.")
     job_name: str | None = Field(default=None, max_length=63, description="The batch/v1 Job running the trainer.")
-    attempts: int | None = Field(default=None, ge=0, description="Training pods started so far.")
+    attempts: int | None = Field(
+        default=None, ge=0, description="Training pods created so far, including those deleted since."
+    )
     start_time: datetime | None = Field(default=None, description="When training started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
-    gpu_seconds: float | None = Field(default=None, ge=0, description="GPU time consumed (GPUs x seconds).")
+    gpu_seconds: float | None = Field(
+        default=None, ge=0, description="GPU time consumed by all training pods, including those deleted since "
+        "(GPUs x seconds); it never decreases.",
+    )
     dataset: DatasetSummary | None = Field(default=None, description="The data trained and evaluated on.")
     candidate: ModelRef | None = Field(default=None, description="The candidate model produced.")
     metrics: dict[str, dict[str, float]] | None = Field(
@@ -287,6 +310,15 @@ class RetrainJobStatus(CommonStatus):
     verdict: Verdict | None = Field(default=None, description="Passed when every gate passed.")
     model_card_uri: str | None = Field(default=None, alias="modelCardURI", max_length=1024, description="Where the model card is.")
     failures: list[AttemptFailure] = Field(
-        default_factory=list, max_length=32, description="Failed training pods, oldest first, classified."
+        default_factory=list, max_length=FAILURES_KEPT,
+        description=f"Failed training pods, oldest first, classified: the last {FAILURES_KEPT}, one entry per pod.",
+    )
+    failed_attempts: int | None = Field(
+        default=None, ge=0, description="Training pods that failed so far, including those no longer in failures."
+    )
+    pod_attempts: list[PodAttempt] = Field(
+        default_factory=list, max_length=ATTEMPTS_KEPT,
+        description=f"Every training pod seen (the last {ATTEMPTS_KEPT}), oldest first, with its GPU time and whether "
+        "it failed: what keeps attempts, gpuSeconds and failures counted once pods are deleted.",
     )
 

@@ -4,8 +4,10 @@ pass: phase, attempts and their classified failures, GPU-seconds, and on success
 dataset summary and the gate verdict judged by :func:`kaizen.logic.gates.judge`.
 
 What to create and what the status is are pure (:mod:`kaizen.logic.retrain`); the API calls are in
-:mod:`kaizen.k8s.jobs`. A timer follows unfinished RetrainJobs; a finished one is left alone, its status being the
-record of the run (the Job's pods may be gone later).
+:mod:`kaizen.k8s.jobs`. The status is merged with the one stored, not rebuilt from the pods: pods get deleted while
+the Job runs (preemption, Kueue, pod garbage collection), and what they used and how they failed must still count,
+and each failure be reported once. A timer follows unfinished RetrainJobs; a finished one is left alone, its status
+being the record of the run (the Job's pods may be gone later).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import kopf
 
 from kaizen.api import RETRAIN_JOB
-from kaizen.api.retrainjob import RetrainJobSpec
+from kaizen.api.retrainjob import RetrainJobSpec, RetrainJobStatus
 from kaizen.controllers.reconcile import accept, write_status
 from kaizen.k8s import jobs
 from kaizen.logic import retrain
@@ -27,6 +29,7 @@ TARGET = ("kaizen.dev", "v1alpha1", RETRAIN_JOB.plural)
 FINISHED = ("Succeeded", "Failed")
 #: How often an unfinished RetrainJob's Job and pods are looked at.
 FOLLOW_SECONDS = 3.0
+STATUS_FIELDS = {field.alias or name for name, field in RetrainJobStatus.model_fields.items()}
 
 
 @kopf.on.resume(*TARGET)
@@ -74,10 +77,10 @@ def reconcile(spec: RetrainJobSpec, body: kopf.Body, status: dict[str, Any], met
             return
         logger.info(f"Created training Job job={child} image={spec.image} gpus={spec.resources.gpus}")
         kopf.info(body, reason="JobCreated", message=f"Created training Job {child}.")
-    observed = retrain.observe(spec, job, jobs.list_pods(namespace, child) if job else [], now)
+    previous = RetrainJobStatus.model_validate({k: v for k, v in status.items() if k in STATUS_FIELDS})
+    observed = retrain.observe(spec, job, jobs.list_pods(namespace, child) if job else [], now, previous=previous)
 
-    known = len(status.get("failures") or [])
-    for failure in observed.failures[known:]:
+    for failure in observed.new_failures:
         retried = "retrying from the last checkpoint" if failure.retried else "not retried"
         kopf.warn(body, reason=failure.reason, message=f"Pod {failure.pod}: {failure.message} ({retried})"[:1024])
         logger.warning(f"Training pod failed pod={failure.pod} reason={failure.reason} retried={failure.retried}")

@@ -4,7 +4,7 @@ Pure: the controller gathers the world into :class:`Observed` (signal readings, 
 request), and these functions return the new signal states, what the children's outcomes mean for the loop, and a
 :class:`Plan` — one action, why, on what numbers, and the child to create if any. The controller carries it out.
 
-The order of :func:`decide` is the policy, most important first: paused, degraded, a child still running, a
+The order of :func:`decide` is the policy, most important first: paused, a child still running, degraded, a
 candidate that passed its gates (roll it out), the signals (healthy, unknown, breached), a breach right after a
 promotion (roll back), then the guards on a retrain (cooldown, weekly limit, GPU budget, feedback volume, same data
 after a failure) and approval.
@@ -250,18 +250,19 @@ def decide(
     request = observed.request
     if observed.paused:
         return Plan("Paused", "Paused", "The loop is paused: observing and recording only.", "Paused")
-    if consecutive_failures >= policy.max_consecutive_failures and not (request and request.action == "retrain"):
-        return Plan("Degraded", "TooManyFailures",
-                    f"{consecutive_failures} retrains or rollouts failed in a row (limit "
-                    f"{policy.max_consecutive_failures}); Kaizen stopped acting. Fix the cause, then `kaizen resume`.",
-                    "Degraded", {"consecutiveFailures": consecutive_failures})
-
+    # A running child comes before Degraded: the only child that runs while the loop is degraded is a retrain a user
+    # started with `kaizen retrain`, and the loop is retraining, not stopped, until it ends.
     running = [c for c in observed.children if c.running]
     if running:
         child = running[0]
         phase: LoopPhase = "Retraining" if child.kind == "RetrainJob" else "RollingOut"
         return Plan("Wait", "ChildRunning", f"{child.kind} {child.name} is still {child.phase or 'starting'}.",
                     phase, {"child": child.ref, "phase": child.phase})
+    if consecutive_failures >= policy.max_consecutive_failures and not (request and request.action == "retrain"):
+        return Plan("Degraded", "TooManyFailures",
+                    f"{consecutive_failures} retrains or rollouts failed in a row (limit "
+                    f"{policy.max_consecutive_failures}); Kaizen stopped acting. Fix the cause, then `kaizen resume`.",
+                    "Degraded", {"consecutiveFailures": consecutive_failures})
 
     rollout_plan = _roll_out_passed_candidate(spec, observed, model, now, loop=loop, uid=uid)
     if rollout_plan is not None:

@@ -4,19 +4,27 @@ and what its status is, given the Job and its pods as observed. No I/O; the cont
 Retries are the Job's own: ``backoffLimit`` counts failed pods, and a ``podFailurePolicy`` fails the Job at once
 when the trainer exits with :data:`EXIT_PERMANENT` (a bad config or bad data) and does not count pods disrupted by
 preemption or eviction. Each new pod resumes from the checkpoint the last one left.
+
+Pods do not last: preemption, Kueue suspending the Job, the Job's pod garbage collection or a user delete them. So the
+status is not rebuilt from the pods there are now but merged with the status stored before (:func:`tally`): every
+pod seen is remembered with its GPU time and whether it failed, so attempts, gpuSeconds and the failure count never
+go down, and a failure is reported once, by pod, however often it is seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
-from kaizen.api.retrainjob import AttemptFailure, GateResult, RetrainJobSpec, RetrainPhase
+from kaizen.api.retrainjob import (
+    ATTEMPTS_KEPT, FAILURES_KEPT, AttemptFailure, GateResult, PodAttempt, RetrainJobSpec, RetrainJobStatus,
+    RetrainPhase,
+)
 from kaizen.api.trainer import FeedbackExport, TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 
@@ -238,39 +246,119 @@ def _job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
                  if c.get("type") == type and c.get("status") == "True"), None)
 
 
+def _gpu_seconds(spec: RetrainJobSpec, pod: dict[str, Any], now: datetime) -> float:
+    started = _started(pod)
+    if started is None:
+        return 0.0
+    ended = _time((_terminated(pod) or {}).get("finishedAt")) or now
+    return max(0.0, (ended - started).total_seconds()) * spec.resources.gpus
+
+
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _order(created: datetime | None, name: str) -> tuple[datetime, str]:
+    """Pods in the order the Job made them (creation times have whole seconds; the name breaks ties)."""
+    return created or _EPOCH, name
+
+
+def _pod_order(pod: dict[str, Any]) -> tuple[datetime, str]:
+    return _order(_time(pod["metadata"].get("creationTimestamp")), pod["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Every training pod ever seen: the previous status merged with the pods there are now."""
+
+    pods: list[PodAttempt]  # the last ATTEMPTS_KEPT, oldest first
+    attempts: int
+    gpu_seconds: float
+    failures: list[AttemptFailure]  # the last FAILURES_KEPT, oldest first
+    failed: int
+    new_failures: list[AttemptFailure]  # seen failed for the first time now: to report once
+    start_time: datetime | None
+
+
+def tally(spec: RetrainJobSpec, pods: list[dict[str, Any]], previous: RetrainJobStatus, now: datetime) -> Tally:
+    """Merge the pods there are with those the previous status remembers; a pod is known by its uid (its name where
+    it has none). A remembered pod keeps its GPU time when deleted; a running one's is replaced, never added again."""
+    remembered = list(previous.pod_attempts)
+    # A status written before pods were remembered was rebuilt from the pods then present: its totals are a floor.
+    legacy = not remembered and bool(previous.attempts)
+    # Pods dropped off the remembered list (beyond ATTEMPTS_KEPT) stay in the totals...
+    dropped_count = 0 if legacy else max(0, (previous.attempts or 0) - len(remembered))
+    dropped_seconds = 0.0 if legacy else max(0.0, (previous.gpu_seconds or 0) - sum(p.gpu_seconds for p in remembered))
+    # ...and are older than every remembered one: a pod not remembered that is no newer than those was dropped.
+    horizon = _order(remembered[0].created, remembered[0].pod) if dropped_count and remembered else None
+    reported = {f.pod for f in previous.failures}
+    records = {p.uid or p.pod: p for p in remembered}
+    new_failures: list[AttemptFailure] = []
+    for pod in sorted(pods, key=_pod_order):
+        meta = pod["metadata"]
+        name, uid, created = meta["name"], meta.get("uid"), _time(meta.get("creationTimestamp"))
+        record = records.get(uid or name)
+        if record is None and horizon is not None and _order(created, name) <= horizon:
+            continue
+        failure = classify(pod)
+        failed_before = (record is not None and record.failed) or name in reported
+        if failure is not None and not failed_before:
+            new_failures.append(failure)
+        seconds = round(_gpu_seconds(spec, pod, now), 3)
+        records[uid or name] = PodAttempt(
+            pod=name, uid=uid, created=created or (record.created if record else None),
+            gpu_seconds=max(seconds, record.gpu_seconds if record else 0.0),
+            failed=failed_before or failure is not None,
+        )
+    ordered = sorted(records.values(), key=lambda p: _order(p.created, p.pod))
+    attempts = dropped_count + len(ordered)
+    gpu_seconds = round(dropped_seconds + sum(p.gpu_seconds for p in ordered), 3)
+    if legacy:
+        attempts, gpu_seconds = max(attempts, previous.attempts or 0), max(gpu_seconds, previous.gpu_seconds or 0)
+    failed = (len(previous.failures) if previous.failed_attempts is None else previous.failed_attempts) \
+        + len(new_failures)
+    started = [t for t in (_started(p) for p in pods) if t]
+    if previous.start_time is not None:
+        started.append(previous.start_time)
+    return Tally(ordered[-ATTEMPTS_KEPT:], attempts, gpu_seconds, [*previous.failures, *new_failures][-FAILURES_KEPT:],
+                 failed, new_failures, min(started, default=None))
+
+
 @dataclass(frozen=True)
 class Observation:
-    """The status a RetrainJob should have, rebuilt from its Job and pods."""
+    """The status a RetrainJob should have, from its Job and pods and the status it had."""
 
     phase: RetrainPhase
     message: str
     fields: dict[str, Any]
     failures: list[AttemptFailure]
+    #: Failures seen for the first time in this observation: the controller reports each once.
+    new_failures: list[AttemptFailure] = field(default_factory=list)
 
 
-def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[str, Any]],
-            now: datetime) -> Observation:
-    """Phase, message and status fields from what the Job and its pods show (see the module docstring)."""
+def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[str, Any]], now: datetime,
+            previous: RetrainJobStatus | None = None) -> Observation:
+    """Phase, message and status fields from what the Job and its pods show, merged with the ``previous`` status
+    (see the module docstring)."""
     if job is None:
         return Observation("Pending", "Creating the training Job.", {}, [])
-    pods = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    failures = [f for f in (classify(p) for p in pods) if f is not None]
-    gpu_seconds = 0.0
-    for pod in pods:
-        started = _started(pod)
-        if started:
-            ended = _time((_terminated(pod) or {}).get("finishedAt")) or now
-            gpu_seconds += max(0.0, (ended - started).total_seconds()) * spec.resources.gpus
-    started_times = [t for t in (_started(p) for p in pods) if t]
+    pods = sorted(pods, key=_pod_order)
+    seen = tally(spec, pods, previous or RetrainJobStatus(), now)
+    failures = seen.failures
     fields: dict[str, Any] = {
         "jobName": job["metadata"]["name"],
-        "attempts": len(pods),
-        "gpuSeconds": round(gpu_seconds, 3),
-        "failures": [f.to_wire() for f in failures][-32:],
+        "attempts": seen.attempts,
+        "gpuSeconds": seen.gpu_seconds,
+        "failures": [f.to_wire() for f in failures],
+        "failedAttempts": seen.failed,
+        "podAttempts": [p.to_wire() for p in seen.pods],
     }
-    if started_times:
-        fields["startTime"] = _iso(min(started_times))
+    if seen.start_time:
+        fields["startTime"] = _iso(seen.start_time)
+    return replace(_phase(spec, job, pods, now, fields, failures, seen.failed), new_failures=seen.new_failures)
 
+
+def _phase(spec: RetrainJobSpec, job: dict[str, Any], pods: list[dict[str, Any]], now: datetime,
+           fields: dict[str, Any], failures: list[AttemptFailure], failed_count: int) -> Observation:
     complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
     if complete:
         fields["completionTime"] = _iso(_time(job["status"].get("completionTime")) or now)
@@ -283,7 +371,8 @@ def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[st
     if failed:
         fields["completionTime"] = _iso(_time(failed.get("lastTransitionTime")) or now)
         last = failures[-1] if failures else None
-        why = {"BackoffLimitExceeded": f"{len(pods)} attempt(s) failed, backoffLimit {spec.backoff_limit} reached",
+        why = {"BackoffLimitExceeded": f"{failed_count} attempt(s) failed, backoffLimit {spec.backoff_limit} "
+                                       "reached",
                "DeadlineExceeded": f"activeDeadline {spec.active_deadline} exceeded",
                "PodFailurePolicy": "the trainer reported a failure retrying cannot fix"}.get(
             failed.get("reason"), failed.get("message") or failed.get("reason") or "the Job failed")
@@ -294,7 +383,7 @@ def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[st
         return Observation("Pending", f"Queued: waiting for Kueue to admit the Job (queue {queue})." if queue
                            else "The Job is suspended.", fields, failures)
     running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
-    retrying = f" after {len(failures)} failed attempt(s), last {failures[-1].reason}: resuming from the last " \
+    retrying = f" after {failed_count} failed attempt(s), last {failures[-1].reason}: resuming from the last " \
                "checkpoint" if failures else ""
     if running:
         return Observation("Training", f"Training in pod {running[-1]['metadata']['name']}{retrying}.", fields,
