@@ -127,6 +127,59 @@ def test_prometheus_down_pauses_and_never_promotes_then_resumes(operator, namesp
     assert obj["status"]["consecutiveErrors"] == 0
 
 
+def test_metrics_gate_promotion_even_without_an_analysis_step(operator, namespace, served, prometheus, emit):
+    _, canary = tracks(emit, prometheus, namespace)
+    # The canary gets no traffic, so every look is Inconclusive: there is nothing to judge it on.
+    canary.set(rate=0)
+    prometheus.wait_for_data(
+        f'sum(increase(http_requests_total{{namespace="{namespace}",track="canary"}}[3s])) == 0')
+    steps = [{"setWeight": 10}, {"pause": {"duration": "2s"}}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps, prometheus_url=prometheus.url, metrics=[SUCCESS_RATE],
+                                       policy={"inconclusiveLimit": 1000}))
+
+    # The timed pause is long over, the canary runs at 100 %: held there, look after look, and not promoted.
+    held = wait_for(operator, "rollout", "bot-v2", namespace,
+                    lambda o: o.get("status", {}).get("currentStep") == 2
+                    and (o["status"].get("consecutiveInconclusive") or 0) >= 3, timeout=60)
+    assert held["status"]["phase"] == "Progressing" and held["status"]["canaryWeight"] == 100
+    assert held["status"]["message"] == ("Step 2 of 3 at canary weight 100%. Holding for a passing analysis look "
+                                         "before promoting (latest: Inconclusive).")
+    latest = held["status"]["analysis"][0]
+    assert latest["step"] == 2 and latest["verdict"] == "Inconclusive"
+    assert "waiting for 50 events per track" in latest["metrics"][0]["message"]
+    assert "MODEL_URI" not in env(deployment(operator, namespace, "bot"))
+
+    canary.set(rate=50)
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Promoted"), timeout=60)
+    assert env(deployment(operator, namespace, "bot"))["MODEL_URI"] == "s3://models/bot/v2"
+    passed = obj["status"]["analysis"][0]
+    assert (passed["step"], passed["weight"], passed["verdict"]) == (2, 100, "Pass")
+    assert passed["metrics"][0]["canary"]["total"] >= 50
+
+
+def test_the_inconclusive_limit_with_on_limit_rollback_removes_the_canary(operator, namespace, served, prometheus,
+                                                                         emit):
+    tracks(emit, prometheus, namespace)
+    # More events than the test will ever see: the analysis can never decide, only reach its limit.
+    undecided = {**SUCCESS_RATE, "minSamples": 1_000_000_000}
+    steps = [{"setWeight": 10}, {"setWeight": 50}, {"analysis": {"duration": "2s"}}, {"setWeight": 100}]
+    apply(operator, namespace, rollout("bot-v2", steps, prometheus_url=prometheus.url, metrics=[undecided],
+                                       policy={"inconclusiveLimit": 3, "onLimit": "Rollback"}))
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("RolledBack"), timeout=60)
+    message = obj["status"]["message"]
+    assert message.startswith("Rolled back: 3 inconclusive analysis intervals after step 2's 2s (success-rate: "
+                              "Inconclusive (waiting for 1000000000 events per track (stable ")
+    assert obj["status"]["currentStep"] == 2 and obj["status"]["canaryWeight"] == 0
+    assert [r["verdict"] for r in obj["status"]["analysis"][:3]] == ["Inconclusive"] * 3
+    assert obj["status"]["analysis"][0]["metrics"][0]["stable"]["total"] > 0  # data arrived: it is not an error
+    operator.kubectl("wait", "--for=delete", "deployment/bot-canary", "-n", namespace, "--timeout=30s")
+    stable = deployment(operator, namespace, "bot")
+    assert stable["metadata"]["generation"] == served["metadata"]["generation"]  # still v1, never touched
+    assert "MODEL_URI" not in env(stable)
+    assert reasons(operator, namespace, "bot-v2").count("RolledBack") == 1
+
+
 def test_a_pause_without_duration_waits_for_approve(operator, namespace, served):
     steps = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]
     apply(operator, namespace, rollout("bot-v2", steps))

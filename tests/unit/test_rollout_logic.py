@@ -310,3 +310,95 @@ def test_a_user_request_is_read_once_and_a_malformed_one_says_what_is_wrong():
         parse_action({**request, "kaizen.dev/action": "retrain"}, RolloutStatus())
     with pytest.raises(ValueError, match="is not an RFC 3339 time"):
         parse_action({**request, "kaizen.dev/action-at": "yesterday"}, RolloutStatus())
+
+
+# Metrics, and no analysis step: the promotion gate makes the last step wait for a passing look taken during it.
+TIMED = [{"setWeight": 10}, {"pause": {"duration": "10s"}}, {"setWeight": 100}]
+
+
+def at_last_step(policy=None, **observed):
+    """A TIMED rollout whose pause is over: at step 2 (setWeight 100), 4 canary replicas asked for."""
+    s, d = started(spec(TIMED, policy=policy), **observed)
+    last = run(s, d.status, d.status.step_started_at + timedelta(seconds=10), canary_available=1, **observed)
+    assert last.status.current_step == 2 and last.canary_replicas == 4 and not last.promote
+    return s, last.status
+
+
+@pytest.mark.parametrize("verdict, available, phase, step, promote, inconclusive", [
+    ("Pass", 4, "Progressing", 3, True, 0),  # the gate opens: promoting
+    ("Inconclusive", 4, "Progressing", 2, False, 1),  # held at 100 %, and the look counts towards the limit
+    ("Inconclusive", 1, "Progressing", 2, False, 0),  # the canary is still scaling up: not yet waiting for a Pass
+    ("Pass", 1, "Progressing", 2, False, 0),  # a Pass does not skip the wait for the weight
+    ("Error", 4, "Paused", 2, False, 0),  # no data never promotes
+    ("Fail", 4, "RolledBack", 2, False, 0),
+])
+def test_the_last_step_of_a_timed_rollout_waits_for_a_passing_look(verdict, available, phase, step, promote,
+                                                                    inconclusive):
+    s, status = at_last_step()
+    at = status.step_started_at + timedelta(seconds=5)
+    decision = run(s, status, at, canary_available=available, look=look(verdict, step=2, at=at, weight=100))
+    assert (decision.status.phase, decision.status.current_step, decision.promote) == (phase, step, promote)
+    assert (decision.status.consecutive_inconclusive or 0) == inconclusive
+    if phase == "RolledBack":
+        assert decision.canary_replicas is None
+
+
+def test_a_held_last_step_says_why_and_a_later_pass_promotes():
+    s, status = at_last_step()
+    begun = status.step_started_at
+    for i in range(1, 4):
+        status = run(s, status, begun + timedelta(seconds=10 * i), canary_available=4,
+                     look=look("Inconclusive", step=2, at=begun + timedelta(seconds=10 * i), weight=100)).status
+        assert status.current_step == 2 and status.phase == "Progressing"
+    assert status.message == ("Step 2 of 3 at canary weight 100%. Holding for a passing analysis look before "
+                              "promoting (latest: Inconclusive).")
+    assert status.consecutive_inconclusive == 3
+    # Nothing promotes by time alone, however long it has waited.
+    idle = run(s, status, begun + timedelta(hours=2), canary_available=4)
+    assert idle.status.current_step == 2 and not idle.promote
+    passed = run(s, status, begun + timedelta(seconds=40), canary_available=4,
+                 look=look("Pass", step=2, at=begun + timedelta(seconds=40), weight=100))
+    assert passed.promote and passed.status.current_step == 3 and passed.status.consecutive_inconclusive == 0
+
+
+def test_a_pass_before_the_last_step_does_not_open_the_gate():
+    s, d = started(spec(TIMED))
+    early = d.status.step_started_at + timedelta(seconds=5)
+    passed = run(s, d.status, early, look=look("Pass", step=1, at=early)).status
+    last = run(s, passed, early + timedelta(seconds=5), canary_available=4)
+    assert last.status.current_step == 2 and not last.promote  # the Pass at 10 % says nothing about 100 %
+    later = run(s, last.status, early + timedelta(seconds=6), canary_available=4)
+    assert later.status.current_step == 2 and not later.promote
+    assert "latest: Pass" in later.status.message  # the latest look passed, but before this step began
+
+
+@pytest.mark.parametrize("on_limit, phase, canary", [("Pause", "Paused", 4), ("Rollback", "RolledBack", None)])
+def test_the_inconclusive_limit_applies_at_the_gate(on_limit, phase, canary):
+    s, status = at_last_step(policy={"inconclusiveLimit": 2, "onLimit": on_limit})
+    begun = status.step_started_at
+    for i in (1, 2):
+        decision = run(s, status, begun + timedelta(seconds=10 * i), canary_available=4,
+                       look=look("Inconclusive", step=2, at=begun + timedelta(seconds=10 * i), weight=100))
+        status = decision.status
+    assert status.phase == phase and not decision.promote and decision.canary_replicas == canary
+    assert ("2 inconclusive analysis intervals at the last step (2), where promotion needs a passing look"
+            in status.message)
+
+
+def test_approve_overrides_the_gate_after_a_limit_pause():
+    s, status = at_last_step(policy={"inconclusiveLimit": 1})
+    at = status.step_started_at + timedelta(seconds=10)
+    paused = run(s, status, at, canary_available=4, look=look("Inconclusive", step=2, at=at, weight=100)).status
+    assert paused.phase == "Paused" and paused.awaiting_approval
+    approved = run(s, paused, at + timedelta(seconds=1), canary_available=4,
+                   action=Action("approve", "grace", at + timedelta(seconds=1)))
+    assert approved.promote and approved.status.current_step == 3
+    assert approved.status.last_action.outcome == "approved: step 2 completed"
+
+
+def test_an_analysis_step_past_its_duration_says_it_holds_for_a_pass():
+    s, d = started()
+    at = d.status.step_started_at + timedelta(seconds=31)
+    held = run(s, d.status, at, look=look("Inconclusive", step=1, at=at)).status
+    assert held.current_step == 1
+    assert held.message.endswith("Holding for a passing analysis look before the next step (latest: Inconclusive).")

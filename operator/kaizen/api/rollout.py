@@ -1,7 +1,8 @@
 """Rollout: one staged canary release of a candidate model, and the part of it an ImprovementLoop templates.
 
 The canary is judged on live telemetry: each analysis interval compares the canary track with the stable track
-(ratio metrics by a sequential test, threshold metrics by a bound) and stores the numbers it judged on.
+(ratio metrics by a sequential test, threshold metrics by a bound) and stores the numbers it judged on. With
+metrics set, a canary is promoted only after a look at its final weight passed (see :mod:`kaizen.logic.rollout`).
 """
 
 from __future__ import annotations
@@ -107,10 +108,12 @@ class FailurePolicy(KaizenModel):
     )
     inconclusive_limit: int = Field(
         default=5, ge=1, le=1000,
-        description="Inconclusive intervals in a row, after an analysis step's duration has passed, before acting.",
+        description="Inconclusive intervals in a row, after an analysis step's duration has passed or while the "
+        "last step waits for the passing look promotion needs, before acting.",
     )
     on_limit: Literal["Pause", "Rollback"] = Field(
-        default="Pause", description="What happens past a limit: Pause (wait for a human) or Rollback."
+        default="Pause", description="What happens past a limit: Pause (wait for `kaizen approve`, which resumes, "
+        "or `kaizen abort`) or Rollback (remove the canary; the stable is untouched).",
     )
 
 
@@ -124,7 +127,11 @@ class Analysis(KaizenModel):
         "ratio metrics (each gets alpha divided by their number).",
     )
     metrics: list[AnalysisMetric] = Field(
-        default_factory=list, max_length=16, description="Metrics judged every interval.",
+        default_factory=list, max_length=16,
+        description="Metrics judged every interval while the canary serves. When set, they also gate promotion: "
+        "the last step ends only on a passing look taken during it (as if an analysis step ended the rollout), so "
+        "timed pauses alone never promote a canary the metrics have not passed; a Fail rolls back, and "
+        "inconclusive looks there count towards failurePolicy.inconclusiveLimit.",
     )
     failure_policy: FailurePolicy = nested(FailurePolicy, "What errors, missing data and inconclusive results do.")
 
@@ -137,6 +144,7 @@ class Analysis(KaizenModel):
 
 
 # Without analysis steps, so a template that defines no metrics is still valid: a timed 10 -> 50 -> 100 canary.
+# With metrics, the last step waits for a passing look before promoting (Analysis.metrics).
 DEFAULT_STEPS = [{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 50},
                  {"pause": {"duration": "10m"}}, {"setWeight": 100}]
 
@@ -152,7 +160,7 @@ class RolloutTemplate(KaizenModel):
     steps: list[Step] = Field(
         default_factory=lambda: [Step.model_validate(s) for s in DEFAULT_STEPS], min_length=1, max_length=32,
         description="Stages, run in order. The last setWeight must be 100; the canary is promoted after the last "
-        "step.",
+        "step, which, when analysis metrics are set, ends only once a look taken during it passed.",
         json_schema_extra={
             "default": DEFAULT_STEPS,
             **validations(

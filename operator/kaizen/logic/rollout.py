@@ -7,8 +7,20 @@ status, the canary size to apply, whether to promote, and the Events to post. Ev
 restart (step, step start, analysis start, counters) is in the status it returns.
 
 Failure policy: a look with no data or a query error holds the rollout (phase Paused) and never lets a step end;
-``consecutiveErrorLimit`` such looks, or ``inconclusiveLimit`` inconclusive looks after an analysis step's
-duration, trigger ``onLimit``: Pause (wait for a human) or Rollback. A Fail rolls back at once.
+``consecutiveErrorLimit`` such looks, or ``inconclusiveLimit`` inconclusive looks once only a Pass is missing
+(after an ``analysis`` step's duration, or at the promotion gate below), trigger ``onLimit``: Pause (wait for a
+human) or Rollback. A Fail rolls back at once.
+
+The promotion gate: when metrics are set, the last step ends only on a passing look taken during it, as if an
+``analysis`` step closed the rollout. Without it, steps of timed pauses alone (the default steps an ImprovementLoop
+uses when its template names none) promote a canary whose every look was Inconclusive — no traffic, too few
+events, a margin never shown — on no evidence at all. Users expect what Argo Rollouts' background analysis does
+(Inconclusive stops the rollout for a human) and what Flagger does (every check must pass). Rejecting such specs
+instead would reject the default steps; asking for the Pass at the final weight, rather than at any step, also
+stops a canary that passed at 10 % and then degraded during a later pause. Once the last step's own work is done
+(its weight available, its pause over), Inconclusive looks count towards ``inconclusiveLimit`` as after an
+``analysis`` step's duration, so a canary that never decides is not held for ever. A human's ``approve`` or
+``promote`` overrides the gate: it is the decision the gate waits for.
 """
 
 from __future__ import annotations
@@ -231,6 +243,17 @@ class _Machine:
         index = self.status.current_step or 0
         return self.spec.steps[index] if index < len(self.spec.steps) else None
 
+    @property
+    def gated(self) -> bool:
+        """Whether the current step is the last one and metrics are set: the promotion gate."""
+        return bool(self.spec.analysis.metrics) and self.status.current_step == len(self.spec.steps) - 1
+
+    @property
+    def needs_pass(self) -> bool:
+        """Whether the current step ends only on a passing look: an analysis step, or the promotion gate."""
+        step = self.step
+        return step is not None and (step.analysis is not None or self.gated)
+
     def finish(self, phase: Literal["Promoted", "RolledBack", "Aborted"], message: str) -> None:
         self.status.phase, self.status.message, self.status.awaiting_approval = phase, message, None
         self.status.canary_replicas, self.status.canary_weight = 0, 0
@@ -316,13 +339,13 @@ class _Machine:
         if not s.awaiting_approval:
             s.phase = "Progressing"
         step = self.step
-        if look.verdict == "Inconclusive" and step is not None and step.analysis is not None and self.elapsed(
-                step.analysis.duration):
+        if look.verdict == "Inconclusive" and step is not None and self.waiting_for_pass():
             s.consecutive_inconclusive = (s.consecutive_inconclusive or 0) + 1
             if s.consecutive_inconclusive >= policy.inconclusive_limit and (
                     policy.on_limit == "Rollback" or not s.awaiting_approval):
-                self.limit(f"{s.consecutive_inconclusive} inconclusive analysis intervals after step "
-                           f"{s.current_step}'s {step.analysis.duration} ({summary})")
+                after = (f"after step {s.current_step}'s {step.analysis.duration}" if step.analysis is not None
+                         else f"at the last step ({s.current_step}), where promotion needs a passing look")
+                self.limit(f"{s.consecutive_inconclusive} inconclusive analysis intervals {after} ({summary})")
         elif look.verdict == "Pass":
             s.consecutive_inconclusive = 0
 
@@ -330,17 +353,31 @@ class _Machine:
         assert self.status.step_started_at is not None
         return self.now - self.status.step_started_at >= parse_duration(duration)
 
-    def step_done(self) -> bool:
+    def passed_here(self) -> bool:
+        """Whether the latest look passed, and was taken during the current step."""
+        s = self.status
+        latest = s.analysis[0] if s.analysis else None
+        assert s.step_started_at is not None
+        return (latest is not None and latest.verdict == "Pass" and latest.step == s.current_step
+                and latest.time >= s.step_started_at)
+
+    def own_work_done(self) -> bool:
+        """Whether the current step did what it is for: its weight is available, its duration over."""
         step, s = self.step, self.status
         assert step is not None
         if step.set_weight is not None:
             return self.observation.canary_available >= (s.canary_replicas or 0)
         if step.analysis is not None:
-            latest = s.analysis[0] if s.analysis else None
-            return (self.elapsed(step.analysis.duration) and latest is not None and latest.verdict == "Pass"
-                    and latest.step == s.current_step and latest.time >= s.step_started_at)
+            return self.elapsed(step.analysis.duration)
         assert step.pause is not None
         return step.pause.duration is not None and self.elapsed(step.pause.duration)
+
+    def waiting_for_pass(self) -> bool:
+        """Whether only a passing look keeps the current step from ending (so an Inconclusive one counts)."""
+        return self.needs_pass and self.own_work_done()
+
+    def step_done(self) -> bool:
+        return self.own_work_done() and (not self.needs_pass or self.passed_here())
 
     def advance(self) -> None:
         s = self.status
@@ -355,6 +392,10 @@ class _Machine:
                         f"{self.spec.canary_model.uri}.")
         elif s.phase == "Progressing" and (s.current_step or 0) < len(self.spec.steps):
             s.message = f"Step {s.current_step} of {len(self.spec.steps)} at canary weight {s.canary_weight or 0}%."
+            if self.waiting_for_pass():
+                latest = s.analysis[0].verdict if s.analysis else "none yet"
+                before = "promoting" if self.gated else "the next step"
+                s.message += f" Holding for a passing analysis look before {before} (latest: {latest})."
 
 
 def next_action(spec: RolloutSpec, status: RolloutStatus, observation: Observation, now: datetime) -> Decision:
