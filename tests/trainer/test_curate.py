@@ -8,7 +8,7 @@ import pytest
 
 from kaizen.api.retrainjob import DataSpec, Targets
 from kaizen.api.trainer import Example
-from kaizen_trainer.curate import Row, Source, cap_slices, curate, in_holdout, normalise
+from kaizen_trainer.curate import Row, Source, cap_slices, curate, in_holdout, normalise, superseded
 from kaizen_trainer.errors import TrainerError
 
 
@@ -17,10 +17,11 @@ def source(role, rows):
                   rows=tuple(Example.model_validate(r) for r in rows))
 
 
-def replay(n, scenario, prefix=None):
+def replay(n, scenario, prefix=None, cohorts=None):
+    """``n`` replay rows of ``scenario``; with ``cohorts``, spread over them in turn."""
     prefix = prefix or scenario
     return [{"id": f"{prefix}-{i}", "input": f"{scenario} question {prefix} {i}", "output": "old",
-             "scenario": scenario} for i in range(n)]
+             "scenario": scenario, **({"cohort": cohorts[i % len(cohorts)]} if cohorts else {})} for i in range(n)]
 
 
 def fb(n, scenario="refund", **extra):
@@ -77,3 +78,117 @@ def test_feedback_without_target_or_off_target_is_not_used():
     used = {r.id: r for r in curated.train + curated.holdout}
     assert "no-target" not in used and used["liked"].target == "old"
     assert curated.manifest["excluded"]["noTarget"] == 1 and curated.manifest["excluded"]["offTarget"] == 3
+
+
+COHORTS = ["free", "pro"]
+
+
+def cohort_feedback(n, scenario="refund"):
+    return [{**row, "cohort": COHORTS[i % 2]} for i, row in enumerate(fb(n, scenario))]
+
+
+def mixed_replay():
+    """Replay of three scenarios, each spread over both cohorts: 30 refund, 40 billing, 50 shipping."""
+    return (replay(30, "refund", cohorts=COHORTS) + replay(40, "billing", cohorts=COHORTS)
+            + replay(50, "shipping", cohorts=COHORTS))
+
+
+def test_scenarios_and_every_cohort_targeted_supersede_only_the_targeted_scenario():
+    # The loop's backlog names the cohorts of the feedback too, here all of them: the intersection with the targeted
+    # scenario supersedes the stale refund replay and keeps the replay of every other scenario.
+    data = DataSpec(targeted_ratio=0.5, min_rows=1, holdout_fraction=0.1, max_slice_share=1)
+    curated = curate([source("feedback", cohort_feedback(60)), source("replay", mixed_replay())],
+                     data, Targets(categories=["incorrect"], scenarios=["refund"], cohorts=COHORTS), seed=1)
+    replayed = Counter(r.scenario for r in curated.train + curated.holdout if r.origin == "replay")
+    assert replayed["refund"] == 0
+    assert replayed["billing"] > 0 and replayed["shipping"] > 0
+    assert curated.manifest["excluded"]["supersededByFeedback"] == 30
+    assert curated.manifest["rows"]["replay"] == curated.manifest["rows"]["targeted"] > 0
+    assert curated.manifest["supersessionRule"] == "replay rows of scenarios refund in cohorts free, pro"
+
+
+def test_targeted_cohorts_narrow_the_supersession_to_those_cohorts():
+    data = DataSpec(targeted_ratio=0.5, min_rows=1, holdout_fraction=0.1, max_slice_share=1)
+    feedback = [row for row in cohort_feedback(60) if row["cohort"] == "free"]
+    curated = curate([source("feedback", feedback), source("replay", mixed_replay())],
+                     data, Targets(scenarios=["refund"], cohorts=["free"]), seed=1)
+    kept = {r.id: r for r in curated.train + curated.holdout if r.origin == "replay" and r.scenario == "refund"}
+    assert curated.manifest["excluded"]["supersededByFeedback"] == 15  # refund rows of the free cohort only
+    assert kept and {r.cohort for r in kept.values()} == {"pro"}
+
+
+def test_cohort_only_targeting_supersedes_no_replay():
+    # Feedback matched on cohorts alone says who complained, not which answers went stale: all replay is kept.
+    data = DataSpec(targeted_ratio=0.5, min_rows=1, holdout_fraction=0.1, max_slice_share=1)
+    curated = curate([source("feedback", cohort_feedback(60)), source("replay", mixed_replay())],
+                     data, Targets(cohorts=COHORTS), seed=1)
+    assert "supersededByFeedback" not in curated.manifest["excluded"]
+    assert curated.manifest["supersessionRule"] == "none: no targeted scenario has corrections"
+    assert {r.scenario for r in curated.train if r.origin == "replay"} == {"refund", "billing", "shipping"}
+    assert curated.manifest["rows"]["targeted"] == 60 - sum(in_holdout(f"fb-refund-{i}", 0.1) for i in range(60))
+
+
+def test_a_targeted_scenario_without_corrections_keeps_its_replay():
+    # Billing is targeted, but no usable correction is about billing: nothing there supersedes the replay.
+    data = DataSpec(targeted_ratio=0.5, min_rows=1, holdout_fraction=0.1, max_slice_share=1)
+    curated = curate([source("feedback", cohort_feedback(60)), source("replay", mixed_replay())],
+                     data, Targets(scenarios=["refund", "billing"], cohorts=COHORTS), seed=1)
+    assert curated.manifest["excluded"]["supersededByFeedback"] == 30
+    assert curated.manifest["supersessionRule"] == "replay rows of scenarios refund in cohorts free, pro"
+    assert "billing" in {r.scenario for r in curated.train if r.origin == "replay"}
+
+
+@pytest.mark.parametrize(("scenario", "cohort", "targets", "expected"), [
+    ("refund", "free", Targets(scenarios=["refund"]), True),
+    ("refund", None, Targets(scenarios=["refund"]), True),
+    ("billing", "free", Targets(scenarios=["refund"]), False),
+    ("refund", "free", Targets(scenarios=["refund"], cohorts=["free", "pro"]), True),
+    ("refund", "pro", Targets(scenarios=["refund"], cohorts=["free"]), False),
+    ("refund", None, Targets(scenarios=["refund"], cohorts=["free"]), False),
+    ("billing", "free", Targets(scenarios=["refund"], cohorts=["free", "pro"]), False),
+    ("refund", "free", Targets(cohorts=["free", "pro"]), False),
+    ("refund", "free", Targets(categories=["incorrect"]), False),
+    ("refund", "free", Targets(), False),
+    ("shipping", "free", Targets(scenarios=["refund", "shipping"]), False),  # no correction about shipping
+    (None, "free", Targets(scenarios=["refund"], cohorts=["free"]), False),
+])
+def test_supersession_is_the_targeted_scenarios_with_corrections_within_the_targeted_cohorts(
+        scenario, cohort, targets, expected):
+    row = Row("r-1", "a question", "old", "replay", cohort=cohort, scenario=scenario)
+    assert superseded(row, targets, corrected=frozenset({"refund", "billing"})) is expected
+
+
+def test_targets_that_supersede_every_replay_row_fail_with_what_to_change():
+    rows = replay(40, "refund", cohorts=COHORTS)
+    sources = [source("feedback", cohort_feedback(60)), source("replay", rows)]
+    targets = Targets(scenarios=["refund"], cohorts=COHORTS)
+    with pytest.raises(TrainerError) as failure:
+        curate(sources, DataSpec(targeted_ratio=0.7, min_rows=1), targets, seed=1)
+    assert failure.value.reason == "InvalidData"
+    assert str(failure.value) == (
+        "no replay rows are left: all 40 replay row(s) are in targeted scenarios with corrections (refund) within the "
+        "targeted cohorts (free, pro), so the feedback supersedes every one of them, but targetedRatio 0.7 asks for "
+        "30% replay data to prevent forgetting; add replay data of scenarios that are not targeted to data.replay, "
+        "narrow targets.scenarios or targets.cohorts, or set data.targetedRatio to 1 to train on the feedback alone"
+    )
+    # Without targeted cohorts the advice is to add some; with targetedRatio 1 no replay was asked for.
+    with pytest.raises(TrainerError, match="limit them to some cohorts with targets.cohorts"):
+        curate(sources, DataSpec(targeted_ratio=0.5, min_rows=1), Targets(scenarios=["refund"]), seed=1)
+    curated = curate(sources, DataSpec(targeted_ratio=1, min_rows=1), targets, seed=1)
+    assert curated.manifest["rows"]["replay"] == 0 and curated.manifest["excluded"]["supersededByFeedback"] == 40
+
+
+def test_no_replay_loaded_says_so():
+    with pytest.raises(TrainerError, match=r"no replay rows are left \(none loaded\), but targetedRatio 0.5 asks"):
+        curate([source("feedback", fb(40))], DataSpec(targeted_ratio=0.5, min_rows=1), Targets(), seed=1)
+
+
+def test_replay_emptied_by_the_mix_says_where_it_went():
+    # One correction at targetedRatio 0.7 leaves room for no replay row: the error counts what removed them.
+    assert not in_holdout("fb-refund-0", 0.1)
+    with pytest.raises(TrainerError) as failure:
+        curate([source("feedback", fb(1)), source("replay", replay(20, "billing"))],
+               DataSpec(targeted_ratio=0.7, min_rows=1), Targets(scenarios=["refund"]), seed=1)
+    assert str(failure.value).startswith(
+        "no replay rows are left (20 loaded; rows excluded, all sources: mixRatio 20), but targetedRatio 0.7 asks for "
+        "30% replay data")

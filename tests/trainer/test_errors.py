@@ -66,6 +66,18 @@ def test_empty_targeted_slice(tmp_path, baselines, data):
           "InvalidData", "the targeted slice is empty", "set data.targetedRatio to 0")
 
 
+def test_targets_that_supersede_all_replay(tmp_path, data):
+    # Curation fails before the baseline is even loaded: an untrained model is enough here.
+    refund_only = write_jsonl(tmp_path / "refund.jsonl", synthetic.dataset(100, seed=7, task=TASK, prefix="rp",
+                                                                           scenarios=[synthetic.DRIFTED]))
+    fails(tmp_path, config(tmp_path, TASK, synthetic.save_model(TASK, tmp_path / "init"),
+                           feedback={"url": str(data["feedback"])},
+                           targets={"scenarios": ["refund"], "cohorts": list(synthetic.COHORTS)},
+                           data={"replay": [{"uri": str(refund_only)}]}),
+          "InvalidData", "no replay rows are left: all 100 replay row(s) are in targeted scenarios with corrections "
+          "(refund) within the targeted cohorts (free, pro)", "set data.targetedRatio to 1")
+
+
 def test_too_few_rows(tmp_path, baselines, data):
     fails(tmp_path, config(tmp_path, TASK, baselines[TASK], feedback={"url": str(data["feedback"])},
                            data={"replay": [{"uri": str(data["replay"])}], "minRows": 1000}),

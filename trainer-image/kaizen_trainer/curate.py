@@ -7,8 +7,13 @@ The rules, in order:
 * feedback is used only with consent (``consent: true``, or a collector export, which holds only consented items),
   never when flagged ``pii``; its training target is the user's correction (``target``), or the model's own answer
   when the sentiment is positive; it is targeted when it matches the job's targets;
-* replay rows in a targeted scenario or cohort are superseded by the feedback there (their answers are the ones
-  users said were wrong);
+* a replay row is superseded by the feedback (dropped: its answer is what users corrected) only when its scenario is
+  in ``targets.scenarios`` and has at least one usable correction, and, when the targets also name ``cohorts``, its
+  cohort is one of them -- scenarios AND cohorts, the intersection the feedback itself is matched on, never the union.
+  Cohorts and categories alone supersede nothing: they say who complained and how, not which answers went stale, and
+  the loop's backlog often targets every cohort. So replay of a scenario never targeted is always kept; if
+  superseding would still leave no replay rows while ``targetedRatio`` asks for some, curation fails, naming the
+  targets that removed them, rather than train without replay;
 * holdout membership is a stable hash of the example id, the same in every retrain, so a row held out once is never
   trained on later; rows of an explicit holdout file are held out too, and sharing ids with training data is an error;
 * duplicates (exact, and after normalising case, punctuation and whitespace) are dropped, feedback first;
@@ -99,8 +104,12 @@ def _matches(example: Example, targets: Targets) -> bool:
     ))
 
 
-def _superseded(row: Row, targets: Targets) -> bool:
-    return (row.scenario in targets.scenarios) or (row.cohort in targets.cohorts)
+def superseded(row: Row, targets: Targets, corrected: frozenset[str]) -> bool:
+    """Whether the feedback supersedes a replay row (see the module docstring): its scenario is targeted and has
+    corrections (``corrected``, the scenarios of the usable targeted feedback), and its cohort is targeted when the
+    targets name cohorts. An intersection, never a union: a union with every cohort targeted would drop all replay."""
+    return (row.scenario in targets.scenarios and row.scenario in corrected
+            and (not targets.cohorts or row.cohort in targets.cohorts))
 
 
 def cap_slices(rows: Sequence[Row], max_share: float, seed: int) -> list[Row]:
@@ -176,10 +185,13 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
             {"feedback": targeted, "replay": replay, "holdout": explicit_holdout, "regression": regression}[
                 source.role].append(row)
 
-    if targeted:
-        kept = [r for r in replay if not _superseded(r, targets)]
-        excluded["supersededByFeedback"] += len(replay) - len(kept)
-        replay = kept
+    loaded_replay = len(replay)
+    corrected = frozenset(r.scenario for r in targeted if r.scenario)
+    kept = [r for r in replay if not superseded(r, targets, corrected)]
+    if replay and not kept and data.targeted_ratio < 1:
+        raise invalid_data(_all_superseded(len(replay), targets, corrected, data.targeted_ratio))
+    excluded["supersededByFeedback"] += len(replay) - len(kept)
+    replay = kept
 
     training_ids = {r.id for r in targeted + replay}
     leaked = sorted({r.id for r in explicit_holdout} & training_ids)
@@ -214,10 +226,13 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
         capped = cap_slices(pools[pool], data.max_slice_share, seed)
         excluded["sliceCap"] += len(pools[pool]) - len(capped)
         pools[pool] = capped
+    # Checked before the mix too: mixing with an empty side empties the other, and the error would blame it.
+    _check_sides(pools["targeted"], pools["replay"], data, loaded_replay, excluded)
     targeted, replay = _mix(pools["targeted"], pools["replay"], data.targeted_ratio, seed, excluded)
+    _check_sides(targeted, replay, data, loaded_replay, excluded)
 
     train = _order(targeted + replay, seed)
-    _check(train, targeted, replay, holdout, data)
+    _check(train, holdout, data)
     manifest = {
         "sources": [{"uri": s.uri, "role": s.role, "sha256": s.sha256, "rows": len(s.rows)}
                     | ({"collectorExcluded": s.export_manifest.get("excluded", {})} if s.export_manifest else {})
@@ -229,11 +244,35 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
         "subjectsOptedOut": len(opted_out) + sum(
             int(s.export_manifest.get("subjectsOptedOut", 0)) for s in sources if s.export_manifest),
         "holdoutRule": f"sha256(id) < {fraction:g} of the hash space, plus the holdout file",
+        "supersessionRule": _superseded_rule(targets, corrected),
         "trainIds": sorted(r.id for r in train),
         "holdoutIds": sorted(r.id for r in holdout),
     }
     manifest["sha256"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return Curated(train=train, holdout=holdout, regression=regression, manifest=manifest)
+
+
+def _superseded_rule(targets: Targets, corrected: frozenset[str]) -> str:
+    """The supersession rule as applied, for the manifest: which replay rows the feedback replaced."""
+    scenarios = sorted(set(targets.scenarios) & corrected)
+    if not scenarios:
+        return "none: no targeted scenario has corrections"
+    cohorts = f"cohorts {', '.join(sorted(targets.cohorts))}" if targets.cohorts else "any cohort"
+    return f"replay rows of scenarios {', '.join(scenarios)} in {cohorts}"
+
+
+def _all_superseded(rows: int, targets: Targets, corrected: frozenset[str], ratio: float) -> str:
+    """The error for targets that supersede every replay row: which targets did it, and what to change."""
+    scenarios = ", ".join(sorted(set(targets.scenarios) & corrected))
+    within = f" within the targeted cohorts ({', '.join(sorted(targets.cohorts))})" if targets.cohorts else ""
+    narrow = "narrow targets.scenarios or targets.cohorts" if targets.cohorts else \
+        "narrow targets.scenarios or limit them to some cohorts with targets.cohorts"
+    return (
+        f"no replay rows are left: all {rows} replay row(s) are in targeted scenarios with corrections "
+        f"({scenarios}){within}, so the feedback supersedes every one of them, but targetedRatio {ratio:g} asks for "
+        f"{1 - ratio:.0%} replay data to prevent forgetting; add replay data of scenarios that are not targeted to "
+        f"data.replay, {narrow}, or set data.targetedRatio to 1 to train on the feedback alone"
+    )
 
 
 def _dedupe(rows: list[Row], excluded: Counter[str]) -> list[Row]:
@@ -267,8 +306,9 @@ def _mix(targeted: list[Row], replay: list[Row], ratio: float, seed: int,
     return _order(targeted, seed)[:want_targeted], replay
 
 
-def _check(train: list[Row], targeted: list[Row], replay: list[Row], holdout: list[Row], data: DataSpec) -> None:
-    """Quality checks: fail loudly rather than train on too little or evaluate on nothing."""
+def _check_sides(targeted: list[Row], replay: list[Row], data: DataSpec, loaded_replay: int,
+                 excluded: Counter[str]) -> None:
+    """Fail loudly rather than train without the targeted rows or the replay rows the mix asks for."""
     if data.targeted_ratio > 0 and not targeted:
         raise invalid_data(
             f"the targeted slice is empty: no consented feedback with a correction (or a good rating) matched the "
@@ -276,10 +316,17 @@ def _check(train: list[Row], targeted: list[Row], replay: list[Row], holdout: li
             "feedback export, or set data.targetedRatio to 0 for a replay-only retrain"
         )
     if data.targeted_ratio < 1 and not replay:
+        where = f"{loaded_replay} loaded; rows excluded, all sources: {_counts(excluded)}" if loaded_replay \
+            else "none loaded"
         raise invalid_data(
-            f"no replay rows are left, but targetedRatio {data.targeted_ratio:g} asks for "
-            f"{1 - data.targeted_ratio:.0%} replay data to prevent forgetting; add data.replay or set targetedRatio to 1"
+            f"no replay rows are left ({where}), but targetedRatio "
+            f"{data.targeted_ratio:g} asks for {1 - data.targeted_ratio:.0%} replay data to prevent forgetting; add "
+            "data.replay or set targetedRatio to 1"
         )
+
+
+def _check(train: list[Row], holdout: list[Row], data: DataSpec) -> None:
+    """Quality checks: fail loudly rather than train on too little or evaluate on nothing."""
     if len(train) < data.min_rows:
         raise invalid_data(
             f"too few training rows: {len(train)} after curation, minRows is {data.min_rows}; see the excluded "
@@ -290,6 +337,10 @@ def _check(train: list[Row], targeted: list[Row], replay: list[Row], holdout: li
             "the holdout is empty: no row's id hashed into the holdout and no holdout file was given; add "
             "data.holdout or raise data.holdoutFraction"
         )
+
+
+def _counts(excluded: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(excluded.items()) if v) or "nothing"
 
 
 def _count(rows: Iterable[Row]) -> dict[str, int]:
