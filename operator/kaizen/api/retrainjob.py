@@ -74,10 +74,15 @@ class Targets(KaizenModel):
         default_factory=list, max_length=6, description="Feedback categories to target."
     )
     scenarios: list[Label] = Field(
-        default_factory=list, max_length=64, description="Scenario (intent) labels to target."
+        default_factory=list, max_length=64,
+        description="Scenario (intent) labels to target. The trainer drops replay rows of a targeted scenario that "
+        "has feedback corrections (only within cohorts, when those are set), so scenarios not listed are always "
+        "replayed.",
     )
     cohorts: list[Label] = Field(
-        default_factory=list, max_length=64, description="User cohorts to target."
+        default_factory=list, max_length=64,
+        description="User cohorts to target. Narrows which feedback is used and, within the targeted scenarios, which "
+        "replay rows it replaces; cohorts alone replace no replay rows.",
     )
 
 

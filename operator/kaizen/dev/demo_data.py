@@ -42,10 +42,7 @@ def build(root: Path, users: Path, users_count: int) -> None:
 
     replay = write_jsonl(root / REPLAY, synthetic.dataset(1200, seed=1, task=TASK, prefix="replay"))
     write_jsonl(root / HOLDOUT, synthetic.dataset(200, seed=3, task=TASK, drifted=True, prefix="holdout"))
-    # The users give no cohort: a cohort among the loop's targets would supersede the replay rows of that cohort
-    # in every scenario, and these users are everybody.
-    write_jsonl(users, [{k: v for k, v in row.items() if k != "cohort"}
-                        for row in synthetic.feedback(users_count, seed=7, task=TASK, prefix="user")])
+    write_jsonl(users, synthetic.feedback(users_count, seed=7, task=TASK, prefix="user"))
 
     work = root / ".build" / "baseline"
     output = root / BASELINE
