@@ -1,12 +1,14 @@
-"""The Helm chart (``charts/kaizen``): lint, rendering, least-privilege RBAC, and a server-side dry run.
+"""The Helm chart (``charts/kaizen``): lint, rendering, least-privilege RBAC, the collector, and a server-side dry run.
 
-``helm`` is the pinned binary that ``hack/build-binaries.sh`` builds; the dry run goes to the local API server of the
-session fixture ``cluster`` (``tests/conftest.py``).
+``helm`` is the pinned binary that ``hack/build-binaries.sh`` builds; the dry run and the install that checks
+generated tokens survive an upgrade go to the local API server of the session fixture ``cluster``
+(``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import subprocess
 import tomllib
@@ -54,6 +56,13 @@ def helm(*args: str) -> str:
     return result.stdout
 
 
+def helm_error(*args: str) -> str:
+    """The error of a helm command that must fail."""
+    result = subprocess.run([str(find_binary("helm")), *args], capture_output=True, text=True, check=False)
+    assert result.returncode != 0, f"helm {' '.join(args)} succeeded:\n{result.stdout}"
+    return result.stderr
+
+
 def kube_version_flag() -> str:
     # The chart declares a kubeVersion range; without this flag helm checks it against a built-in default version,
     # not against the Kubernetes version the project pins and tests with.
@@ -86,21 +95,53 @@ def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
     return granted
 
 
+def component(objects: list[dict], kind: str, name: str) -> dict:
+    """The one object of this kind that belongs to the component (operator or collector)."""
+    matching = [
+        obj for obj in objects
+        if obj["kind"] == kind and obj["metadata"]["labels"]["app.kubernetes.io/component"] == name
+    ]
+    assert len(matching) == 1, f"expected one {name} {kind}, got {len(matching)}"
+    return matching[0]
+
+
 def operator_container(objects: list[dict]) -> dict:
-    containers = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = component(objects, "Deployment", "operator")["spec"]["template"]["spec"]["containers"]
     assert [container["name"] for container in containers] == ["operator"]
     return containers[0]
 
 
-def parse_operator_args(container: dict) -> argparse.Namespace:
+def collector_container(objects: list[dict]) -> dict:
+    containers = component(objects, "Deployment", "collector")["spec"]["template"]["spec"]["containers"]
+    assert [container["name"] for container in containers] == ["collector"]
+    return containers[0]
+
+
+def parse_args(container: dict, command: str) -> argparse.Namespace:
     """Parses the container's command line with the real ``kaizen`` CLI, as the image's entrypoint would."""
     # Imported here, so that a broken CLI fails the tests that run it, not the collection of this module.
     from kaizen.cli import build_parser
 
     assert container["command"] == ["kaizen"]
     arguments = build_parser().parse_args(container["args"])
-    assert arguments.command == "operator"
+    assert arguments.command == command
     return arguments
+
+
+def parse_operator_args(container: dict) -> argparse.Namespace:
+    return parse_args(container, "operator")
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def secrets_named(objects: list[dict], name: str) -> list[dict]:
+    return [obj for obj in objects if obj["kind"] == "Secret" and obj["metadata"]["name"] == name]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
@@ -133,7 +174,11 @@ def test_default_render_watches_all_namespaces_with_a_cluster_role() -> None:
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
-        "Deployment": 1,
+        "Deployment": 2,
+        # The collector: its Service, its SQLite volume, its tokens file and the operator's token.
+        "Service": 1,
+        "PersistentVolumeClaim": 1,
+        "Secret": 2,
     }
     assert grants(only(objects, "ClusterRole")["rules"]) == CLUSTER_GRANTS | NAMESPACED_GRANTS
     binding = only(objects, "ClusterRoleBinding")
@@ -189,7 +234,7 @@ def test_rbac_has_no_wildcards_and_reads_secrets_only_by_name(values: list[str])
 
 def test_deployment_is_restricted_and_probed() -> None:
     objects = render("verbose=true")
-    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = component(objects, "Deployment", "operator")["spec"]["template"]["spec"]
     container = operator_container(objects)
     assert pod["automountServiceAccountToken"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -215,14 +260,255 @@ def test_deployment_is_restricted_and_probed() -> None:
     assert (liveness.path, liveness.port) == (probe["path"], ports[probe["port"]])
 
 
-@pytest.mark.parametrize("watch_own_namespace", [False, True], ids=["all", "some"])
-def test_rendered_chart_passes_a_server_side_dry_run(cluster, namespace: str, watch_own_namespace: bool) -> None:
+def test_collector_runs_from_the_operator_image_probed_with_its_tokens_mounted() -> None:
+    objects = render()
+    deployment = component(objects, "Deployment", "collector")
+    pod = deployment["spec"]["template"]["spec"]
+    container = collector_container(objects)
+    operator = operator_container(objects)
+    assert container["image"] == operator["image"]
+    assert container["securityContext"] == operator["securityContext"]
+    assert pod["securityContext"] == component(objects, "Deployment", "operator")["spec"]["template"]["spec"][
+        "securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    arguments = parse_args(container, "collector")
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": arguments.port} and arguments.port == 8090
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+
+    # The tokens file the collector reads is the generated Secret's "tokens" key, mounted as a directory (a subPath
+    # mount would never see a rotated Secret).
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    tokens_path = Path(arguments.tokens_file)
+    tokens_mount = next(mount for mount in mounts.values() if mount["mountPath"] == str(tokens_path.parent))
+    assert tokens_mount["readOnly"] is True and "subPath" not in tokens_mount
+    tokens_volume = volumes[tokens_mount["name"]]["secret"]
+    assert tokens_volume["items"] == [{"key": "tokens", "path": tokens_path.name}]
+    assert secrets_named(objects, tokens_volume["secretName"])
+
+    # SQLite, on the chart's claim: one replica, replaced rather than rolled.
+    database = Path(arguments.db.removeprefix("sqlite:///"))
+    assert arguments.db.startswith("sqlite:////")
+    data_mount = next(mount for mount in mounts.values() if mount["mountPath"] == str(database.parent))
+    claim = only(objects, "PersistentVolumeClaim")
+    assert volumes[data_mount["name"]]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    tmp_volume = next(mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp")
+    assert "emptyDir" in volumes[tmp_volume]
+
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8090", "/metrics")
+
+
+def test_collector_options_reach_its_command_line() -> None:
+    default = parse_args(collector_container(render()), "collector")
+    assert (default.cors_origin, default.no_raw_text, default.retention_days) == ([], False, None)
+    assert (default.max_body_bytes, default.verbose) == (1 << 20, False)
+    objects = render(
+        "collector.corsOrigins={https://app.example.com,https://admin.example.com}", "collector.storeRawText=false",
+        "collector.retentionDays=7", "collector.maxBodyBytes=4194304", "collector.verbose=true",
+    )
+    arguments = parse_args(collector_container(objects), "collector")
+    assert arguments.cors_origin == ["https://app.example.com", "https://admin.example.com"]
+    assert (arguments.no_raw_text, arguments.retention_days, arguments.verbose) == (True, 7, True)
+    assert arguments.max_body_bytes == 4194304
+
+
+def test_collector_service_selects_only_the_collector_pods() -> None:
+    objects = render()
+    service = only(objects, "Service")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8090, "targetPort": "http", "protocol": "TCP"}]
+    collector = component(objects, "Deployment", "collector")
+    operator = component(objects, "Deployment", "operator")
+    collector_pods = collector["spec"]["template"]["metadata"]["labels"]
+    operator_pods = operator["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], collector_pods)
+    assert not selects(service["spec"]["selector"], operator_pods)
+    # Overlapping Deployment selectors would make each Deployment count the other's pods as its own.
+    assert selects(collector["spec"]["selector"]["matchLabels"], collector_pods)
+    assert not selects(collector["spec"]["selector"]["matchLabels"], operator_pods)
+    assert not selects(operator["spec"]["selector"]["matchLabels"], collector_pods)
+
+
+def test_generated_tokens_are_a_valid_tokens_file_and_the_loops_token_secret() -> None:
+    from kaizen.api.improvementloop import FeedbackSpec
+    from kaizen.collector.auth import parse_tokens
+
+    objects = render("watchNamespaces={team-a,team-b}", "collector.auth.operatorTokenNamespaces={team-c,team-a}")
+    tokens_secret = secret_data(only(secrets_named(objects, f"{RELEASE}-collector-tokens"), "Secret"))
+    tokens = tokens_secret["tokens"]
+    principals = parse_tokens(tokens)
+    by_name = {principal.name: principal.scopes for principal in principals.values()}
+    assert by_name == {"operator": {"read", "audit"}, "ingest": {"ingest"}}
+    lines = {line.split()[2]: line.split()[0] for line in tokens.splitlines() if line}
+    assert (tokens_secret["operator-token"], tokens_secret["ingest-token"]) == (lines["operator"], lines["ingest"])
+    assert lines["operator"] != lines["ingest"]
+
+    # The operator's token alone, under "token", in every namespace a loop may live in, as the loop's spec names it.
+    copies = secrets_named(objects, f"{RELEASE}-collector-token")
+    assert sorted(copy["metadata"]["namespace"] for copy in copies) == sorted(
+        [RELEASE_NAMESPACE, "team-a", "team-b", "team-c"]
+    )
+    assert all(secret_data(copy) == {"token": lines["operator"]} for copy in copies)
+    service = only(objects, "Service")
+    port = service["spec"]["ports"][0]["port"]
+    spec = FeedbackSpec.model_validate({
+        "collectorURL": f"http://{service['metadata']['name']}.{RELEASE_NAMESPACE}.svc:{port}",
+        "tokenSecretRef": {"name": copies[0]["metadata"]["name"], "key": "token"},
+    })
+    assert spec.token_secret_ref is not None
+
+
+def test_long_release_names_keep_the_token_secret_name_a_dns_label() -> None:
+    from kaizen.api.improvementloop import FeedbackSpec
+
+    objects = render(f"fullnameOverride={'x' * 63}")
+    names = {obj["metadata"]["name"] for obj in objects if obj["kind"] in ("Secret", "Service", "Deployment")}
+    assert all(len(name) <= 63 for name in names), names
+    token_secret = next(obj for obj in objects if obj["kind"] == "Secret" and "token" in obj["data"])
+    FeedbackSpec.model_validate({
+        "collectorURL": "http://collector:8090",
+        "tokenSecretRef": {"name": token_secret["metadata"]["name"], "key": "token"},
+    })
+
+
+def test_existing_tokens_secret_is_mounted_and_nothing_is_generated() -> None:
+    objects = render("collector.auth.existingSecret=my-tokens", "collector.auth.existingSecretKey=lines")
+    assert not [obj for obj in objects if obj["kind"] == "Secret"]
+    volumes = component(objects, "Deployment", "collector")["spec"]["template"]["spec"]["volumes"]
+    tokens = next(volume["secret"] for volume in volumes if "secret" in volume)
+    assert tokens["secretName"] == "my-tokens"
+    assert tokens["items"] == [{"key": "lines", "path": "tokens"}]
+
+
+def test_disabled_collector_renders_nothing_of_it() -> None:
+    objects = render("collector.enabled=false", "collector.serviceMonitor.enabled=true")
+    assert Counter(obj["kind"] for obj in objects) == {
+        "ServiceAccount": 1,
+        "ClusterRole": 1,
+        "ClusterRoleBinding": 1,
+        "Deployment": 1,
+    }
+    assert not [obj for obj in objects if obj["metadata"]["labels"]["app.kubernetes.io/component"] != "operator"]
+
+
+@pytest.mark.parametrize("source", ["url", "existingSecret"])
+def test_postgresql_collector_has_no_volume_and_may_scale(source: str) -> None:
+    url = "postgresql://kaizen:secret@postgres.db:5432/kaizen"
+    values = {
+        "url": [f"collector.database.url={url}"],
+        "existingSecret": ["collector.database.existingSecret=pg", "collector.database.existingSecretKey=dsn"],
+    }[source]
+    objects = render(*values, "collector.replicaCount=3")
+    assert not [obj for obj in objects if obj["kind"] == "PersistentVolumeClaim"]
+    deployment = component(objects, "Deployment", "collector")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    container = collector_container(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    assert not [volume for volume in pod["volumes"] if "persistentVolumeClaim" in volume]
+    assert not [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/var/lib/kaizen"]
+    # The URL holds a password: it comes from a Secret through $KAIZEN_COLLECTOR_DB, never on the command line.
+    assert not [arg for arg in container["args"] if arg.startswith("--db")]
+    assert parse_args(container, "collector").tokens_file
+    env = {variable["name"]: variable for variable in container["env"]}
+    ref = env["KAIZEN_COLLECTOR_DB"]["valueFrom"]["secretKeyRef"]
+    if source == "url":
+        assert secret_data(only(secrets_named(objects, ref["name"]), "Secret"))[ref["key"]] == url
+        assert "checksum/database" in deployment["spec"]["template"]["metadata"]["annotations"]
+    else:
+        assert ref == {"name": "pg", "key": "dsn"}
+        assert not secrets_named(objects, "pg")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            ["collector.replicaCount=2"],
+            "collector.replicaCount is 2, but with SQLite only one pod may write the database",
+        ),
+        (
+            ["collector.database.url=sqlite:////data/collector.db"],
+            "collector.database.url must be a postgresql:// URL",
+        ),
+        (
+            ["collector.database.url=postgresql://kaizen@postgres/kaizen", "collector.database.existingSecret=pg"],
+            "collector.database.url and collector.database.existingSecret are both set",
+        ),
+    ],
+    ids=["sqlite-replicas", "sqlite-url", "two-urls"],
+)
+def test_collector_values_that_cannot_work_fail_with_what_to_change(values: list[str], message: str) -> None:
+    args = ["template", RELEASE, str(CHART), kube_version_flag(), *(f"--set={value}" for value in values)]
+    assert message in helm_error(*args)
+
+
+def test_service_monitor_only_when_enabled() -> None:
+    assert not [obj for obj in render() if obj["kind"] == "ServiceMonitor"]
+    assert not [obj for obj in render("collector.serviceMonitor.enabled=false") if obj["kind"] == "ServiceMonitor"]
+    objects = render("collector.serviceMonitor.enabled=true", "collector.serviceMonitor.labels.release=prometheus")
+    monitor = only(objects, "ServiceMonitor")
+    service = only(objects, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    assert [(endpoint["port"], endpoint["path"]) for endpoint in monitor["spec"]["endpoints"]] == [("http", "/metrics")]
+    assert service["spec"]["ports"][0]["name"] == "http"
+
+
+def test_upgrade_keeps_the_generated_tokens_and_notes_show_the_loops_reference(cluster, namespace: str) -> None:
+    # Short, so that no name is truncated: "<release>-kaizen-collector...".
+    release = f"r{namespace[-6:]}"
+    kubeconfig = f"--kubeconfig={cluster.kubeconfig}"
+    install = ["upgrade", "--install", release, str(CHART), f"--namespace={namespace}", "--skip-crds", kubeconfig]
+
+    def tokens() -> dict[str, str]:
+        secret = cluster.kubectl("get", "secret", f"{release}-kaizen-collector-tokens", f"--namespace={namespace}",
+                                 "--output=json").stdout
+        return secret_data(json.loads(secret))
+
+    try:
+        notes = helm(*install)
+        first = tokens()
+        helm(*install, "--set=collector.verbose=true")
+        assert tokens() == first
+    finally:
+        helm("uninstall", release, f"--namespace={namespace}", kubeconfig)
+    token_secret = f"{release}-kaizen-collector-token"
+    url = f"http://{release}-kaizen-collector.{namespace}.svc:8090"
+    assert f"collectorURL: {url}" in notes
+    assert f"name: {token_secret}" in notes and "key: token" in notes
+    assert f"get secret {release}-kaizen-collector-tokens --output jsonpath='{{.data.ingest-token}}'" in notes
+
+
+@pytest.mark.parametrize("variant", ["all", "some", "postgresql", "no-collector"])
+def test_rendered_chart_passes_a_server_side_dry_run(cluster, namespace: str, variant: str) -> None:
     # Warn (enforcement only applies to pods) on anything the "restricted" Pod Security Standard forbids.
     cluster.kubectl(
         "label", "namespace", namespace,
         "pod-security.kubernetes.io/warn=restricted", "pod-security.kubernetes.io/warn-version=latest",
     )
-    values = [f"watchNamespaces={{{namespace}}}"] if watch_own_namespace else []
+    # The ServiceMonitor stays out: its CRD (the Prometheus Operator's) is not on the test API server.
+    values = {
+        "all": [],
+        # The operator's token Secret goes to the release namespace and to the watched one: here, the same.
+        "some": [f"watchNamespaces={{{namespace}}}"],
+        "postgresql": [
+            "collector.database.url=postgresql://kaizen:secret@postgres:5432/kaizen", "collector.replicaCount=2",
+            "collector.auth.existingSecret=my-tokens", "collector.corsOrigins={https://app.example.com}",
+            "collector.storeRawText=false", "collector.retentionDays=30",
+        ],
+        "no-collector": ["collector.enabled=false"],
+    }[variant]
     objects = render(*values, namespace=namespace, include_crds=True)
     crds = [obj for obj in objects if obj["kind"] == "CustomResourceDefinition"]
     rest = [obj for obj in objects if obj["kind"] != "CustomResourceDefinition"]
@@ -247,12 +533,13 @@ def test_rendered_chart_passes_a_server_side_dry_run(cluster, namespace: str, wa
     assert applied.stdout.count("serverside-applied (server dry run)") == len(rest), applied.stdout
     assert "PodSecurity" not in applied.stderr, applied.stderr
 
-    # The check above is only worth something if the API server warns at all: a privileged variant must be flagged.
+    # The check above is only worth something if the API server warns at all: a privileged variant must be flagged,
+    # the operator's and the collector's pods alike (they share the security context).
     privileged = render(*values, "securityContext.allowPrivilegeEscalation=true", namespace=namespace)
-    flagged = cluster.kubectl(
-        "apply", "--server-side", "--dry-run=server", "-f", "-", input=as_list([only(privileged, "Deployment")])
-    )
-    assert "would violate PodSecurity" in flagged.stderr, flagged.stderr
+    deployments = [obj for obj in privileged if obj["kind"] == "Deployment"]
+    assert len(deployments) == (1 if variant == "no-collector" else 2)
+    flagged = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=as_list(deployments))
+    assert flagged.stderr.count("would violate PodSecurity") == len(deployments), flagged.stderr
 
 
 def as_list(objects: list[dict]) -> str:

@@ -35,14 +35,19 @@ app.kubernetes.io/name: {{ include "kaizen.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels on every object of the release. */}}
-{{- define "kaizen.labels" -}}
+{{/* Labels on every object of the release, whichever component it belongs to. */}}
+{{- define "kaizen.commonLabels" -}}
 helm.sh/chart: {{ include "kaizen.chart" . }}
-{{ include "kaizen.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: kaizen
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels on the operator's objects. */}}
+{{- define "kaizen.labels" -}}
+{{ include "kaizen.commonLabels" . }}
+{{ include "kaizen.selectorLabels" . }}
+app.kubernetes.io/component: operator
 {{- end }}
 
 {{/* The operator's ServiceAccount: the one the chart creates, or an existing one. */}}
@@ -115,4 +120,81 @@ namespaces to know which exist. Without them it runs degraded and logs permissio
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+The collector's objects: "<fullname>-collector", the base truncated so that the whole stays a DNS label.
+*/}}
+{{- define "kaizen.collector.fullname" -}}
+{{- printf "%s-collector" (include "kaizen.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Labels that select the collector's pods. Their name differs from the operator's, because the operator Deployment's
+selector (name and instance, immutable) would otherwise match the collector's pods too.
+*/}}
+{{- define "kaizen.collector.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-collector" (include "kaizen.name" . | trunc 53 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on the collector's objects. */}}
+{{- define "kaizen.collector.labels" -}}
+{{ include "kaizen.commonLabels" . }}
+{{ include "kaizen.collector.selectorLabels" . }}
+app.kubernetes.io/component: collector
+{{- end }}
+
+{{/* The Secret holding the collector's tokens file: the one the chart generates, or an existing one. */}}
+{{- define "kaizen.collector.tokensSecretName" -}}
+{{- $generated := printf "%s-collector-tokens" (include "kaizen.fullname" . | trunc 46 | trimSuffix "-") }}
+{{- default $generated .Values.collector.auth.existingSecret }}
+{{- end }}
+
+{{/*
+The Secret with the operator's collector token under the key "token", in the shape an ImprovementLoop's
+spec.feedback.tokenSecretRef names (a DNS label, in the loop's own namespace).
+*/}}
+{{- define "kaizen.collector.operatorTokenSecretName" -}}
+{{- printf "%s-collector-token" (include "kaizen.fullname" . | trunc 47 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The namespaces that get a copy of the operator's token Secret, as a JSON list: the release's, the watched ones and
+those listed.
+*/}}
+{{- define "kaizen.collector.operatorTokenNamespaces" -}}
+{{- $listed := .Values.collector.auth.operatorTokenNamespaces }}
+{{- concat (list .Release.Namespace) .Values.watchNamespaces $listed | uniq | toJson }}
+{{- end }}
+
+{{/* "sqlite" (the chart's volume) or "postgresql" (a URL in values or in an existing Secret). */}}
+{{- define "kaizen.collector.database" -}}
+{{- if or .Values.collector.database.url .Values.collector.database.existingSecret }}postgresql{{ else }}sqlite{{ end }}
+{{- end }}
+
+{{/* The in-cluster base URL of the collector, as an ImprovementLoop's spec.feedback.collectorURL takes it. */}}
+{{- define "kaizen.collector.url" -}}
+{{- $service := include "kaizen.collector.fullname" . }}
+{{- printf "http://%s.%s.svc:%v" $service .Release.Namespace .Values.collector.service.port }}
+{{- end }}
+
+{{/* Values that render but cannot work: fail the install with what to change. */}}
+{{- define "kaizen.collector.validate" -}}
+{{- $db := .Values.collector.database }}
+{{- if and $db.url $db.existingSecret }}
+{{- fail (cat "collector.database.url and collector.database.existingSecret are both set: set only one"
+  "(the existing Secret keeps the password out of the values)") }}
+{{- end }}
+{{- if and $db.url (not (regexMatch "^postgresql(\\+[a-z0-9]+)?://" $db.url)) }}
+{{- fail (cat "collector.database.url must be a postgresql:// URL;"
+  "leave it empty to keep the collector's data in SQLite on the chart's volume") }}
+{{- end }}
+{{- $replicas := int .Values.collector.replicaCount }}
+{{- if and (eq (include "kaizen.collector.database" .) "sqlite") (gt $replicas 1) }}
+{{- fail (cat (printf "collector.replicaCount is %d," $replicas)
+  "but with SQLite only one pod may write the database (on a ReadWriteOnce volume): set collector.replicaCount=1,"
+  "or give the collector PostgreSQL (collector.database.url or collector.database.existingSecret)"
+  "to run more replicas") }}
+{{- end }}
 {{- end }}
