@@ -36,8 +36,8 @@ test-integration: setup ## Run the integration tests only
 e2e: setup ## Run the end-to-end tests (against KAIZEN_TEST_KUBECONFIG when set)
 	$(VENV)/bin/pytest tests/e2e
 
-e2e-kind: venv ## Run the end-to-end tests on a kind cluster (needs Docker and kind)
-	kind create cluster --name kaizen-e2e --kubeconfig .kaizen/kind.kubeconfig
+e2e-kind: venv binaries ## Run the end-to-end tests on a kind cluster (needs Docker and kind)
+	kind create cluster --name kaizen-e2e --kubeconfig .kaizen/kind.kubeconfig --wait 120s
 	KAIZEN_TEST_KUBECONFIG=$(CURDIR)/.kaizen/kind.kubeconfig $(VENV)/bin/pytest tests/e2e; \
 	  status=$$?; kind delete cluster --name kaizen-e2e; exit $$status
 

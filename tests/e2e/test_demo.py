@@ -5,7 +5,10 @@ holdout, a canary judged on live telemetry and promoted, and the loop serving th
 itself.
 
 The training pod runs only on the local stack (kwok's node `kaizen-gpu-0` and the dev node agent), so with
-KAIZEN_TEST_KUBECONFIG (kind, any cluster) the test is skipped.
+KAIZEN_TEST_KUBECONFIG (kind, any cluster) the test is skipped. What needs only a kubeconfig -- the CRDs, `kaizen
+operator` out-of-cluster, a canary Rollout promoted and another aborted on pods that really run, an ImprovementLoop
+without Prometheus -- is tested by test_release.py, which runs on both: `make e2e` (the local stack) and
+`make e2e-kind`.
 """
 
 from __future__ import annotations
