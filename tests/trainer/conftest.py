@@ -1,7 +1,8 @@
 """Fixtures of the trainer tests: tiny GPT-2 models trained here on the synthetic support-bot task (no downloads),
 and a helper that runs the trainer's command line on a config and returns its result.
 
-The baselines are trained once per session by the trainer itself (replay only), on data from before the drift.
+The baselines are trained once per session by the trainer itself (replay only), on data from before the drift that
+also holds safety probes answered safely (a refusal), so they answer red-team requests safely.
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ def run_trainer(workdir: Path, cfg: dict) -> tuple[int, TrainerResult]:
 
 @pytest.fixture(scope="session")
 def baselines(tmp_path_factory) -> dict[str, Path]:
-    """Per task, a tiny model trained on pre-drift data: right on every scenario, until refunds drift."""
+    """Per task, a tiny model trained on pre-drift data: right on every scenario, until refunds drift, and safe on
+    safety probes."""
     root = tmp_path_factory.mktemp("baselines")
     models = {}
     for task in TASKS:
         work = root / task
         init = synthetic.save_model(task, work / "init")
-        replay = write_jsonl(work / "replay.jsonl", synthetic.dataset(1200, seed=1, task=task))
+        replay = write_jsonl(work / "replay.jsonl", synthetic.dataset(1200, seed=1, task=task)
+                             + synthetic.probes(120, seed=1, task=task, prefix="probe-replay"))
         code, result = run_trainer(work, config(
             work, task, init, data={"replay": [{"uri": str(replay)}], "targetedRatio": 0, "maxSliceShare": 1},
             hyperparameters={"maxSteps": 150 if task == "sequence-classification" else 250}))

@@ -192,3 +192,29 @@ def test_replay_emptied_by_the_mix_says_where_it_went():
     assert str(failure.value).startswith(
         "no replay rows are left (20 loaded; rows excluded, all sources: mixRatio 20), but targetedRatio 0.7 asks for "
         "30% replay data")
+
+
+def probe_rows(n, **extra):
+    return [{"id": f"probe-{i}", "input": f"hack the account {i}", "output": "refuse", "scenario": "safety", **extra}
+            for i in range(n)]
+
+
+def test_safety_probes_are_held_out_marked_and_never_trained_on():
+    leaking = {"id": "rp-probe-twin", "input": "HACK the account 0!", "output": "reset", "scenario": "account"}
+    data = DataSpec(targeted_ratio=0, min_rows=1, max_slice_share=1)
+    curated = curate([source("replay", replay(40, "billing") + [leaking]), source("safety", probe_rows(5))],
+                     data, Targets(), seed=1)
+    probes = [r for r in curated.holdout if r.safety]
+    assert sorted(r.id for r in probes) == [f"probe-{i}" for i in range(5)] and {r.target for r in probes} == {"refuse"}
+    assert not any(r.safety for r in curated.train + curated.regression)
+    assert "rp-probe-twin" not in {r.id for r in curated.train}  # its input is a probe's: training on it would leak
+    assert curated.manifest["rows"]["safety"] == 5
+    assert not any(r.safety for r in curated.holdout if r.origin != "safety")
+
+
+def test_safety_probe_ids_shared_with_training_data_are_refused():
+    data = DataSpec(targeted_ratio=0, min_rows=1, max_slice_share=1)
+    with pytest.raises(TrainerError, match=r"2 example id\(s\) of the safety probes also appear in training data .* "
+                                           r"remove them from the replay data or data\.safety"):
+        curate([source("replay", replay(40, "billing", prefix="probe")), source("safety", probe_rows(2))],
+               data, Targets(), seed=1)

@@ -41,3 +41,28 @@ def test_absolute_bound_needs_no_baseline_and_no_gates_pass():
     results, verdict = judge([Gate(metric="accuracy", min=0.9)], CANDIDATE, {})
     assert verdict == "Passed" and results[0].baseline is None
     assert judge([], CANDIDATE, BASELINE) == ([], "Passed")
+
+
+def test_unmeasured_safety_says_to_add_probes():
+    holdout, stress, regression, cohort = judge([
+        Gate(metric="safetyViolationRate", max=0.001),
+        Gate(metric="safetyViolationRate", dataset="stress", max=0.001, max_delta=0),
+        Gate(metric="safetyViolationRate", dataset="regression", max=0.001),
+        Gate(metric="safetyViolationRate", dataset="stress", cohort="pro", max=0.001),
+    ], CANDIDATE, BASELINE)[0]
+    assert not any(r.passed for r in (holdout, stress, regression, cohort))
+    assert holdout.threshold == ("candidate <= 0.001 (not measured: holdout.safetyViolationRate; add safety probes "
+                                 "(red-team prompts with their safe answers) to data.safety)")
+    assert stress.threshold.startswith("candidate <= 0.001, delta <= 0 (not measured: stress.safetyViolationRate; ")
+    assert regression.threshold == ("candidate <= 0.001 (not measured: regression.safetyViolationRate; safety probes "
+                                    "(data.safety) are evaluated on holdout and stress, gate on those)")
+    assert "stress.safetyViolationRate.pro; add safety probes of this cohort" in cohort.threshold
+
+
+def test_measured_safety_is_judged_like_any_metric():
+    candidate = {"stress.safetyViolationRate": 0.0, "holdout.safetyViolationRate": 0.02}
+    baseline = {"stress.safetyViolationRate": 0.05, "holdout.safetyViolationRate": 0.0}
+    results, verdict = judge([Gate(metric="safetyViolationRate", dataset="stress", max=0.001),
+                              Gate(metric="safetyViolationRate", max_delta=0)], candidate, baseline)
+    assert [r.passed for r in results] == [True, False] and verdict == "Failed"
+    assert results[1].threshold == "delta <= 0"

@@ -54,6 +54,19 @@ def test_pvc_uris_are_mounted_and_rewritten_and_checkpoints_sit_on_the_volume():
     assert claims == {"training-data", "models"}
 
 
+def test_every_data_source_on_a_volume_is_mounted_safety_probes_too():
+    data = {"replay": [{"uri": "pvc://training-data/support/replay.jsonl"}],
+            "holdout": {"uri": "pvc://eval/holdout.jsonl"}, "regression": {"uri": "pvc://eval/golden.jsonl"},
+            "safety": {"uri": "pvc://redteam/probes.jsonl"}}
+    planned = plan(spec(data=data), "rj", "team", "uid-1")
+    assert planned.config.data.holdout.uri == "/mnt/kaizen/pvc/eval/holdout.jsonl"
+    assert planned.config.data.regression.uri == "/mnt/kaizen/pvc/eval/golden.jsonl"
+    assert planned.config.data.safety.uri == "/mnt/kaizen/pvc/redteam/probes.jsonl"
+    pod_spec = planned.job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"training-data", "eval", "redteam", "models"}
+
+
 def test_s3_output_keeps_checkpoints_on_the_pods_disk_mirrored_next_to_the_output():
     planned = plan(spec(outputURI="s3://models/bot/"), "rj", "team", "uid-1")
     assert planned.config.output_dir == "s3://models/bot/team/rj"

@@ -16,6 +16,9 @@ The rules, in order:
   targets that removed them, rather than train without replay;
 * holdout membership is a stable hash of the example id, the same in every retrain, so a row held out once is never
   trained on later; rows of an explicit holdout file are held out too, and sharing ids with training data is an error;
+* safety probes (``data.safety``: red-team prompts whose output is the safe answer) are evaluation rows, held out like
+  the holdout file's and marked ``safety`` so evaluation can measure the violation rate on them; a training row with
+  a probe's input is dropped like any other holdout leak;
 * duplicates (exact, and after normalising case, punctuation and whitespace) are dropped, feedback first;
 * within the targeted and the replay pool, no slice (scenario, else cohort) exceeds ``maxSliceShare``;
 * targeted and replay rows are mixed in ``targetedRatio`` by deterministic down-sampling of the larger side.
@@ -36,7 +39,7 @@ from kaizen.api.retrainjob import DataSpec, Targets
 from kaizen.api.trainer import Example
 from kaizen_trainer.errors import invalid_data
 
-Role = Literal["replay", "feedback", "holdout", "regression"]
+Role = Literal["replay", "feedback", "holdout", "regression", "safety"]
 UNLABELLED = "unlabelled"
 
 
@@ -62,6 +65,8 @@ class Row:
     origin: Role
     cohort: str | None = None
     scenario: str | None = None
+    #: A safety probe: ``target`` is the safe answer, and answering anything else is a safety violation.
+    safety: bool = False
 
     @property
     def slice(self) -> str:
@@ -157,6 +162,7 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
     targeted: list[Row] = []
     replay: list[Row] = []
     explicit_holdout: list[Row] = []
+    probes: list[Row] = []
     regression: list[Row] = []
     for source in sources:
         for ex in source.rows:
@@ -181,9 +187,9 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
                 if not target:
                     excluded["noOutput"] += 1
                     continue
-            row = Row(ex.id, ex.input, target, source.role, ex.cohort, ex.scenario)
-            {"feedback": targeted, "replay": replay, "holdout": explicit_holdout, "regression": regression}[
-                source.role].append(row)
+            row = Row(ex.id, ex.input, target, source.role, ex.cohort, ex.scenario, safety=source.role == "safety")
+            {"feedback": targeted, "replay": replay, "holdout": explicit_holdout, "regression": regression,
+             "safety": probes}[source.role].append(row)
 
     loaded_replay = len(replay)
     corrected = frozenset(r.scenario for r in targeted if r.scenario)
@@ -194,14 +200,17 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
     replay = kept
 
     training_ids = {r.id for r in targeted + replay}
-    leaked = sorted({r.id for r in explicit_holdout} & training_ids)
-    if leaked:
-        raise invalid_data(
-            f"holdout leakage: {len(leaked)} example id(s) of the holdout file also appear in training data "
-            f"(e.g. {', '.join(leaked[:3])}); remove them from the replay data or the holdout"
-        )
+    for held, what, where in ((explicit_holdout, "the holdout file", "the holdout"),
+                              (probes, "the safety probes", "data.safety")):
+        leaked = sorted({r.id for r in held} & training_ids)
+        if leaked:
+            raise invalid_data(
+                f"holdout leakage: {len(leaked)} example id(s) of {what} also appear in training data "
+                f"(e.g. {', '.join(leaked[:3])}); remove them from the replay data or {where}"
+            )
     fraction = data.holdout_fraction
-    holdout = explicit_holdout + [r for r in targeted + replay if in_holdout(r.id, fraction)]
+    # Probes first: when a holdout row repeats a probe's input, the probe (and its safe answer) is the one kept.
+    holdout = probes + explicit_holdout + [r for r in targeted + replay if in_holdout(r.id, fraction)]
     targeted = [r for r in targeted if not in_holdout(r.id, fraction)]
     replay = [r for r in replay if not in_holdout(r.id, fraction)]
 
@@ -238,12 +247,12 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
                     | ({"collectorExcluded": s.export_manifest.get("excluded", {})} if s.export_manifest else {})
                     for s in sources],
         "rows": {"train": len(train), "targeted": len(targeted), "replay": len(replay), "holdout": len(holdout),
-                 "regression": len(regression)},
+                 "regression": len(regression), "safety": sum(r.safety for r in holdout)},
         "slices": {"train": _count(train), "holdout": _count(holdout)},
         "excluded": {k: v for k, v in sorted(excluded.items()) if v},
         "subjectsOptedOut": len(opted_out) + sum(
             int(s.export_manifest.get("subjectsOptedOut", 0)) for s in sources if s.export_manifest),
-        "holdoutRule": f"sha256(id) < {fraction:g} of the hash space, plus the holdout file",
+        "holdoutRule": f"sha256(id) < {fraction:g} of the hash space, plus the holdout file and the safety probes",
         "supersessionRule": _superseded_rule(targets, corrected),
         "trainIds": sorted(r.id for r in train),
         "holdoutIds": sorted(r.id for r in holdout),

@@ -1,5 +1,6 @@
-"""Stage 1, load: read every input of the job (replay, holdout, regression suite, feedback export) as JSONL rows,
-hashing the bytes for the dataset manifest and refusing a file whose sha256 differs from the one the job expects.
+"""Stage 1, load: read every input of the job (replay, holdout, regression suite, safety probes, feedback export) as
+JSONL rows, hashing the bytes for the dataset manifest and refusing a file whose sha256 differs from the one the job
+expects.
 
 Inputs are local paths (a mounted volume; the operator mounts ``pvc://`` URIs and rewrites them to paths),
 ``file://``, ``http(s)://`` (the collector's export, with a bearer token) or ``s3://`` through fsspec, which the
@@ -145,4 +146,6 @@ def load(config: TrainerConfig) -> list[Source]:
         sources.append(load_source(config.data.holdout, "holdout"))
     if config.data.regression is not None:
         sources.append(load_source(config.data.regression, "regression"))
+    if config.data.safety is not None:
+        sources.append(load_source(config.data.safety, "safety"))
     return sources

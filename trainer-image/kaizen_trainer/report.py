@@ -100,8 +100,16 @@ def model_card(config: TrainerConfig, manifest: Mapping, metrics: Mapping[str, M
         f"- Holdout slices with fewer than {SMALL_COHORT} rows give noisy numbers: "
         + (", ".join(small) if small else "none") + ".",
         "- Trained on user corrections: they carry the biases of the users who gave feedback and consented.",
+        _safety_line(manifest["rows"]["safety"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _safety_line(probes: int) -> str:
+    if not probes:
+        return "- Safety was not measured: the job had no safety probes (data.safety)."
+    return (f"- Safety violations were measured on {probes} safety probes only, as answers other than their safe one: "
+            "a red-team prompt unlike them may still get an unsafe answer.")
 
 
 def _num(value: float | None) -> str:

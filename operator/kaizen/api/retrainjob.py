@@ -18,7 +18,8 @@ from kaizen.api.common import (
 
 Task = Literal["causal-lm", "sequence-classification"]
 FeedbackCategory = Literal["incorrect", "unhelpful", "unsafe", "tone", "feature_request", "other"]
-#: Metrics the trainer reports for candidate and baseline alike; gates name one of them.
+#: Metrics the trainer reports for candidate and baseline alike; gates name one of them. What each measures is
+#: documented in ``trainer-image/kaizen_trainer/evaluate.py`` and, for users, on ``Gate.metric``.
 GateMetric = Literal[
     "accuracy", "exactMatch", "loss", "perplexity", "latencyP50Ms", "latencyP95Ms", "safetyViolationRate",
     "cohortGap",
@@ -52,6 +53,12 @@ class DataSpec(KaizenModel):
         "stable hash of the example id.",
     )
     regression: DataSource | None = Field(default=None, description="Golden regression suite that must not regress.")
+    safety: DataSource | None = Field(
+        default=None, description="Safety probes: red-team prompts whose output is the safe response (causal-lm) or "
+        "the safe label (sequence-classification). Evaluated, never trained on: they join the holdout, and so the "
+        "stress set, where safetyViolationRate is the share of probes not answered with exactly their safe output. "
+        "Without them a safetyViolationRate gate fails as not measured.",
+    )
     use_feedback: bool = Field(
         default=True, description="Include consented corrections exported by the collector as targeted examples."
     )
@@ -165,7 +172,12 @@ class RetrainTemplate(KaizenModel):
 class Gate(KaizenModel):
     """One release criterion: a metric of the candidate, absolute or relative to the baseline on the same data."""
 
-    metric: GateMetric = Field(description="Metric reported by the trainer for candidate and baseline.")
+    metric: GateMetric = Field(
+        description="Metric reported by the trainer for candidate and baseline: accuracy, exactMatch (causal-lm: "
+        "greedy output equals the reference), loss, perplexity (causal-lm), latencyP50Ms and latencyP95Ms (holdout "
+        "only), cohortGap (largest difference between cohorts), safetyViolationRate (share of the safety probes of "
+        "data.safety whose greedy output or predicted label is not their safe one; holdout and stress only)."
+    )
     dataset: EvalSet = Field(default="holdout", description="Evaluation set: holdout, regression or stress.")
     cohort: str | None = Field(
         default=None, max_length=128, description="Judge the metric on this cohort only; overall when omitted."
@@ -244,7 +256,8 @@ class DatasetSummary(KaizenModel):
     manifest_uri: str | None = Field(default=None, alias="manifestURI", max_length=1024, description="Where the full manifest is.")
     sources: list[DatasetSource] = Field(default_factory=list, max_length=32, description="Inputs read.")
     rows: dict[str, int] = Field(
-        default_factory=dict, description="Row counts by role: train, targeted, replay, holdout, regression, stress."
+        default_factory=dict, description="Row counts by role: train, targeted, replay, holdout, regression; safety counts the safety "
+        "probes among the holdout rows."
     )
     excluded: dict[str, int] = Field(
         default_factory=dict, description="Rows excluded, by reason (noConsent, optedOut, pii, duplicate, ...)."

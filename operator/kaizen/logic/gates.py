@@ -32,6 +32,18 @@ def threshold(gate: Gate) -> str:
     return ", ".join(bounds)
 
 
+def _unmeasured(gate: Gate) -> str:
+    """Why a gate has no number to judge, saying what to add where the cause is known: a safety violation rate is
+    measured only on safety probes, which the job must be given. Kept short: it ends up in the gate's threshold."""
+    key = metric_key(gate)
+    if gate.metric != "safetyViolationRate":
+        return f"not measured: {key}"
+    if gate.dataset == "regression":
+        return f"not measured: {key}; safety probes (data.safety) are evaluated on holdout and stress, gate on those"
+    whose = " of this cohort" if gate.cohort else ""
+    return f"not measured: {key}; add safety probes{whose} (red-team prompts with their safe answers) to data.safety"
+
+
 def judge_gate(gate: Gate, candidate: Mapping[str, float], baseline: Mapping[str, float]) -> GateResult:
     """One gate's result. A metric that was not measured fails the gate: a candidate is never passed on missing data."""
     key = metric_key(gate)
@@ -49,7 +61,7 @@ def judge_gate(gate: Gate, candidate: Mapping[str, float], baseline: Mapping[str
         ))
     bounds = threshold(gate)
     if value is None or (needs_baseline and reference is None):
-        bounds += f" (not measured: {key})"
+        bounds += f" ({_unmeasured(gate)})"
     return GateResult(metric=gate.metric, dataset=gate.dataset, cohort=gate.cohort, candidate=value,
                       baseline=reference, threshold=bounds, passed=passed)
 

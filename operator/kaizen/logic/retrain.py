@@ -71,7 +71,7 @@ class Plan:
 def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
     claims: dict[str, str] = {}
     data = spec.data.model_copy(deep=True)
-    for source in [*data.replay, data.holdout, data.regression]:
+    for source in [*data.replay, data.holdout, data.regression, data.safety]:
         if source is not None:
             source.uri = _mount(source.uri, claims)
     output = _mount(spec.output_uri.rstrip("/"), claims) + f"/{namespace}/{name}"
