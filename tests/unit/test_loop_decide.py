@@ -331,7 +331,7 @@ def test_target_slices_respect_the_configured_categories():
 
 def test_the_retrainjob_reads_the_loops_feedback_or_refreshes_on_replay_without_it():
     with_feedback = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK)).create.spec
-    assert with_feedback["feedback"] == {"collectorURL": "http://kaizen-collector.kaizen:8080", "model": "support-bot",
+    assert with_feedback["feedback"] == {"collectorURL": "http://kaizen-collector.kaizen:8090", "model": "support-bot",
                                          "tokenSecretRef": {"name": "kaizen-collector-token", "key": "token"}}
     spec = copy.deepcopy(EXAMPLE)
     del spec["feedback"]
