@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -466,20 +467,26 @@ async def _retain(store: Store, days: float, every: float = 3600) -> None:
         await asyncio.sleep(every)
 
 
-def _tune_gc() -> None:
-    """Keep the garbage collector off the request path; called once the collector is up.
+def _tune_runtime() -> None:
+    """Keep the garbage collector off the request path, and let the writer thread have the GIL back sooner; called
+    once the collector is up. The collector runs as a process of its own (``kaizen collector``), so these
+    process-wide settings touch nobody else.
 
-    Each of the 64 or so requests waiting for a group commit holds a few hundred young objects, so at the default
-    threshold (700 more allocations than frees) young collections ran every few requests, promoted those requests to
-    the older generations, and a full collection, walking every object of the process for ~50 ms, came every second:
-    most of the p99 latency. A threshold well above what in-flight requests hold lets refcounting free them before
-    any collection, and freezing what startup made (modules, SQLAlchemy and pydantic machinery, which live as long as
-    the process anyway) leaves full collections little to walk. The collector runs as a process of its own
-    (``kaizen collector``), so this touches nobody else's objects.
+    Garbage collector: each of the 64 or so requests waiting for a group commit holds a few hundred young objects,
+    so at the default threshold (700 more allocations than frees) young collections ran every few requests, promoted
+    those requests to the older generations, and a full collection, walking every object of the process for ~50 ms,
+    came every second: most of the p99 latency. A threshold well above what in-flight requests hold lets refcounting
+    free them before any collection, and freezing what startup made (modules, SQLAlchemy and pydantic machinery,
+    which live as long as the process anyway) leaves full collections little to walk.
+
+    Switch interval: the SQLite writer thread gives up the GIL for each database step and then waits for the busy
+    request thread to hand it back, by default after up to 5 ms; at 1 ms a group commit waits less for it (about 8 %
+    more events/s and a lower p99 in bench/collector).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(5000, *gc.get_threshold()[1:])
+    sys.setswitchinterval(0.001)
 
 
 def create_app(config: Config) -> web.Application:
@@ -497,7 +504,7 @@ def create_app(config: Config) -> web.Application:
 
     async def start(_: web.Application) -> None:
         await store.open()
-        _tune_gc()
+        _tune_runtime()
         if config.retention_days is not None:
             retention.append(asyncio.create_task(_retain(store, config.retention_days), name="collector-retention"))
 
