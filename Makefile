@@ -24,8 +24,11 @@ crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic models
 demo: setup ## Run Kaizen on the local stack: control plane, operator, the example loop reconciled
 	$(VENV)/bin/kaizen dev demo
 
-test: setup ## Run the whole test suite (unit, integration, e2e) on the local control plane
+test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) on the local control plane
 	$(VENV)/bin/pytest
+
+lint: venv ## Check the Python code with ruff (pycodestyle and pyflakes; see [tool.ruff] in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 test-unit: venv ## Run the unit tests only (no control plane needed)
 	$(VENV)/bin/pytest tests/unit

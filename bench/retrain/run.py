@@ -12,8 +12,9 @@ trained on pre-drift data. Then, evaluated every few steps on the post-drift hol
 
 Compute is steps x tokens seen. Targets (issue 3): targeted <= 20 % of full; no other slice down more than 0.5
 point. Throughput: the trainer's loop (``kaizen_trainer.train.train``) against a bare AdamW loop over the same
-padded batches, best of three interleaved rounds each, target >= 0.9x. On a GPU the throughput model is ~100M parameters in bf16, and GPU utilisation is
-sampled with nvidia-smi. Prints the table and writes it, with the machine, to ``bench/results/retrain.json``.
+padded batches, best of three interleaved rounds each, target >= 0.9x. On a GPU the throughput model is ~100M
+parameters in bf16, and GPU utilisation is sampled with nvidia-smi. Prints the table and writes it, with the
+machine, to ``bench/results/retrain.json``.
 
     .venv/bin/python bench/retrain/run.py [--out FILE]
 """
@@ -125,8 +126,8 @@ def compute_comparison(device: modeling.Device) -> dict[str, Any]:
     # Full: every row of the corrected dataset, from the same initial weights as the baseline.
     full_model = copy.deepcopy(init)
     full_goal = Goal(synthetic.ALL_SCENARIOS, before, lambda m: per_slice(m, encoder, holdout_after, device))
-    full = run_until(full_model, encoder, rows(synthetic.dataset(4800, seed=1, task=TASK, drifted=True, scenarios=every)), hp, device,
-                     full_goal)
+    everything = rows(synthetic.dataset(4800, seed=1, task=TASK, drifted=True, scenarios=every))
+    full = run_until(full_model, encoder, everything, hp, device, full_goal)
     ratio = targeted["tokens"] / full["tokens"]
     return {
         "task": f"synthetic support-bot intents ({len(every)} scenarios, refund drifted), tiny GPT-2 classifier",

@@ -20,7 +20,8 @@ def wait_for(cluster, kind, name, namespace, predicate, timeout=30.0):
         if predicate(obj):
             return obj
         if time.monotonic() > deadline:
-            pytest.fail(f"{kind}/{name} never reached the expected state; last seen: {json.dumps(obj['status'] if 'status' in obj else obj)}")
+            last = json.dumps(obj["status"] if "status" in obj else obj)
+            pytest.fail(f"{kind}/{name} never reached the expected state; last seen: {last}")
         time.sleep(0.2)
 
 

@@ -346,7 +346,8 @@ def test_feedback_volume_gates_a_retrain_targeted_at_the_backlog_and_decisions_r
     from tests.collector.harness import call
 
     telemetry.emitter(namespace, error_rate=0.3)
-    crds.kubectl("create", "secret", "generic", "collector-token", "-n", namespace, f"--from-literal=token={collector.tokens['read,audit']}")
+    crds.kubectl("create", "secret", "generic", "collector-token", "-n", namespace,
+                 f"--from-literal=token={collector.tokens['read,audit']}")
     manifest = loop_manifest(telemetry.prometheus.url)
     manifest["spec"]["feedback"] = {"collectorURL": collector.url, "minNewItems": 5, "categories": ["incorrect"],
                                     "tokenSecretRef": {"name": "collector-token", "key": "token"}}

@@ -261,7 +261,8 @@ def test_a_deleted_pod_still_counts_and_its_failure_is_reported_once(operator, n
         return second_name in pods and pods[second_name]["gpuSeconds"] > (deleted - started).total_seconds() + 1
 
     status = wait_for(operator, "retrainjob", "vanishing", namespace, observed_since_the_delete, timeout=30)["status"]
-    pods = kubectl_json(operator, "get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=vanishing-trainer")
+    pods = kubectl_json(operator, "get", "pods", "-n", namespace,
+                        "-l", "batch.kubernetes.io/job-name=vanishing-trainer")
     assert [p["metadata"]["name"] for p in pods["items"]] == [second_name]
     assert status["phase"] == "Training" and status["attempts"] == 2
     (failure,) = status["failures"]

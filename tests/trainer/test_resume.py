@@ -108,7 +108,8 @@ def test_a_new_pod_resumes_from_the_mirrored_checkpoints(tmp_path, baselines, ca
     code, first = run_trainer(tmp_path / "node-a", cfg | {"checkpointDir": str(tmp_path / "node-a" / "ckpt")})
     assert code == 0, first.message
     fs, root = fsspec.core.url_to_fs(mirror)
-    assert sorted(p.rsplit("/", 1)[-1].split("-")[1] for p in fs.ls(root, detail=False)) == ["30", "40"]  # the last two kept
+    # The last two are kept.
+    assert sorted(p.rsplit("/", 1)[-1].split("-")[1] for p in fs.ls(root, detail=False)) == ["30", "40"]
 
     with caplog.at_level(logging.INFO, logger="kaizen_trainer"):
         code, second = run_trainer(tmp_path / "node-b", cfg | {"checkpointDir": str(tmp_path / "node-b" / "ckpt")})

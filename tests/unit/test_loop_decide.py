@@ -159,8 +159,9 @@ def test_sustained_breach_with_enough_feedback_retrains_on_the_backlog():
     assert (plan.action, plan.phase) == ("Retrain", "Retraining")
     assert plan.create.kind == "RetrainJob"
     assert plan.create.spec["baseline"] == {"version": "v1", "uri": "/models/v1"}
-    assert plan.create.spec["targets"] == {"categories": ["incorrect", "unhelpful"], "scenarios": ["refund", "shipping"],
-                                           "cohorts": ["de"]}
+    assert plan.create.spec["targets"] == {
+        "categories": ["incorrect", "unhelpful"], "scenarios": ["refund", "shipping"], "cohorts": ["de"],
+    }
     assert plan.create.spec["image"] == EXAMPLE["retrain"]["image"]
     assert [g["metric"] for g in plan.create.spec["gates"]][:2] == ["accuracy", "accuracy"]
     assert plan.evidence["breached"] == ["error-rate"] and plan.evidence["newFeedback"] == 500

@@ -42,7 +42,9 @@ def compact(result: TrainerResult, config: TrainerConfig) -> TrainerResult:
                                                         for who, m in full.items()}})
         if len(trimmed.model_dump_json(by_alias=True, exclude_none=True).encode()) <= TERMINATION_MESSAGE_LIMIT:
             return trimmed
-    return trimmed.model_copy(update={"metrics": {}, "message": "metrics are in metrics.json (too many for the result)"})
+    return trimmed.model_copy(
+        update={"metrics": {}, "message": "metrics are in metrics.json (too many for the result)"}
+    )
 
 
 def model_card(config: TrainerConfig, manifest: Mapping, metrics: Mapping[str, Mapping[str, float]],

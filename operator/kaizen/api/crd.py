@@ -73,7 +73,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
             for name, prop in node["properties"].items():
                 child = structural(prop, defs, f"{path}.{name}")
                 if not child.get("description"):
-                    raise SchemaError(f"{path}.{name}: every field needs a description (it is what kubectl explain shows)")
+                    raise SchemaError(
+                        f"{path}.{name}: every field needs a description (it is what kubectl explain shows)"
+                    )
                 out["properties"][name] = child
             if node.get("required"):
                 out["required"] = list(node["required"])
@@ -135,7 +137,9 @@ def custom_resource_definition(resource: ResourceKind) -> dict[str, Any]:
                     "description": resource.description,
                     "required": ["spec"],
                     "properties": {
-                        "apiVersion": {"type": "string", "description": "APIVersion of this object: kaizen.dev/v1alpha1."},
+                        "apiVersion": {
+                            "type": "string", "description": "APIVersion of this object: kaizen.dev/v1alpha1.",
+                        },
                         "kind": {"type": "string", "description": f"Kind of this object: {resource.kind}."},
                         # The API server allows nothing but the type here.
                         "metadata": {"type": "object"},

@@ -37,7 +37,8 @@ class DataSource(KaizenModel):
         " s3:// (through fsspec) or http(s)://.",
     )
     sha256: str | None = Field(
-        default=None, pattern=r"^[a-f0-9]{64}$", description="Expected sha256 of the file; the trainer refuses a mismatch."
+        default=None, pattern=r"^[a-f0-9]{64}$",
+        description="Expected sha256 of the file; the trainer refuses a mismatch.",
     )
 
 
@@ -253,11 +254,13 @@ class DatasetSummary(KaizenModel):
     """What a retrain trained and evaluated on: the short form of the dataset manifest."""
 
     sha256: str = Field(max_length=64, description="Hash of the full dataset manifest.")
-    manifest_uri: str | None = Field(default=None, alias="manifestURI", max_length=1024, description="Where the full manifest is.")
+    manifest_uri: str | None = Field(
+        default=None, alias="manifestURI", max_length=1024, description="Where the full manifest is."
+    )
     sources: list[DatasetSource] = Field(default_factory=list, max_length=32, description="Inputs read.")
     rows: dict[str, int] = Field(
-        default_factory=dict, description="Row counts by role: train, targeted, replay, holdout, regression; safety counts the safety "
-        "probes among the holdout rows."
+        default_factory=dict, description="Row counts by role: train, targeted, replay, holdout, regression; safety "
+        "counts the safety probes among the holdout rows."
     )
     excluded: dict[str, int] = Field(
         default_factory=dict, description="Rows excluded, by reason (noConsent, optedOut, pii, duplicate, ...)."
@@ -281,7 +284,8 @@ class AttemptFailure(KaizenModel):
 
     pod: str = Field(max_length=253, description="The pod.")
     reason: str = Field(
-        max_length=63, description="OOMKilled, Evicted, Preempted, InvalidConfig, InvalidData, Error or DeadlineExceeded."
+        max_length=63,
+        description="OOMKilled, Evicted, Preempted, InvalidConfig, InvalidData, Error or DeadlineExceeded.",
     )
     message: str = Field(default="", max_length=1024, description="What happened, e.g. the trainer's message.")
     retried: bool = Field(description="Whether the Job retries it (resuming from the last checkpoint).")
@@ -326,7 +330,9 @@ class RetrainJobStatus(CommonStatus):
     )
     gates: list[GateResult] = Field(default_factory=list, max_length=64, description="Per-gate results.")
     verdict: Verdict | None = Field(default=None, description="Passed when every gate passed.")
-    model_card_uri: str | None = Field(default=None, alias="modelCardURI", max_length=1024, description="Where the model card is.")
+    model_card_uri: str | None = Field(
+        default=None, alias="modelCardURI", max_length=1024, description="Where the model card is."
+    )
     failures: list[AttemptFailure] = Field(
         default_factory=list, max_length=FAILURES_KEPT,
         description=f"Failed training pods, oldest first, classified: the last {FAILURES_KEPT}, one entry per pod.",

@@ -137,8 +137,8 @@ class Analysis(KaizenModel):
 
     model_config = {
         "json_schema_extra": validations(
-            cel("!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))", "metric names must be unique",
-                ".metrics")
+            cel("!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+                "metric names must be unique", ".metrics")
         )
     }
 
