@@ -66,3 +66,13 @@ def test_measured_safety_is_judged_like_any_metric():
                               Gate(metric="safetyViolationRate", max_delta=0)], candidate, baseline)
     assert [r.passed for r in results] == [True, False] and verdict == "Failed"
     assert results[1].threshold == "delta <= 0"
+
+
+def test_the_longest_unmeasured_gate_still_fits_its_status_field():
+    # A 128-character cohort, all four bounds and the longest "not measured" explanation: the result must still be
+    # a valid GateResult, or the controller could not write the RetrainJob's status.
+    gate = Gate.model_validate({"metric": "safetyViolationRate", "dataset": "stress", "cohort": "c" * 128,
+                                "min": -1e-300, "max": 1.2345678e300, "minDelta": -9.87654e-300, "maxDelta": 1e300})
+    [result], verdict = judge([gate], {}, {})
+    assert verdict == "Failed" and not result.passed
+    assert "add safety probes of this cohort" in result.threshold and "c" * 128 in result.threshold

@@ -275,7 +275,7 @@ class GateResult(KaizenModel):
     cohort: str | None = Field(default=None, max_length=128, description="The cohort, when the gate has one.")
     candidate: float | None = Field(default=None, description="Candidate value (absent: not measured).")
     baseline: float | None = Field(default=None, description="Baseline value on the same data.")
-    threshold: str = Field(max_length=256, description="The bound applied, e.g. 'delta >= 0'.")
+    threshold: str = Field(max_length=512, description="The bound applied, e.g. 'delta >= 0'.")
     passed: bool = Field(description="Whether the gate passed.")
 
 
