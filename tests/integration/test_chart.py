@@ -346,10 +346,10 @@ def test_generated_tokens_are_a_valid_tokens_file_and_the_loops_token_secret() -
     tokens = tokens_secret["tokens"]
     principals = parse_tokens(tokens)
     by_name = {principal.name: principal.scopes for principal in principals.values()}
-    assert by_name == {"operator": {"read", "audit"}, "ingest": {"ingest"}}
+    assert by_name == {"operator": {"read", "audit"}, "ingest": {"ingest"}, "admin": {"admin"}}
     lines = {line.split()[2]: line.split()[0] for line in tokens.splitlines() if line}
-    assert (tokens_secret["operator-token"], tokens_secret["ingest-token"]) == (lines["operator"], lines["ingest"])
-    assert lines["operator"] != lines["ingest"]
+    assert {name: tokens_secret[f"{name}-token"] for name in ("operator", "ingest", "admin")} == lines
+    assert len(set(lines.values())) == 3
 
     # The operator's token alone, under "token", in every namespace a loop may live in, as the loop's spec names it.
     copies = secrets_named(objects, f"{RELEASE}-collector-token")
@@ -488,6 +488,7 @@ def test_upgrade_keeps_the_generated_tokens_and_notes_show_the_loops_reference(c
     assert f"collectorURL: {url}" in notes
     assert f"name: {token_secret}" in notes and "key: token" in notes
     assert f"get secret {release}-kaizen-collector-tokens --output jsonpath='{{.data.ingest-token}}'" in notes
+    assert 'key "admin-token"' in notes and "DELETE /v1/subjects/" in notes
 
 
 @pytest.mark.parametrize("variant", ["all", "some", "postgresql", "no-collector"])
