@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,12 @@ from sqlalchemy.engine import make_url
 
 from kaizen.collector.schema import feedback
 from kaizen.collector.store import Store
-from kaizen.dev import processes
-from kaizen.dev.cluster import free_ports
+from kaizen.dev.collector import TOKENS, LocalCollector
 from kaizen.dev.postgres import PostgresServer, find_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "collector.json"
-TOKEN = "bench-token-0000000000000000"
+TOKEN = TOKENS["ingest"]  # the local collector's ingest token
 MAX_REQUESTS = 400_000  # a bound on any one run, whatever --seconds says
 TRACES = 1000
 
@@ -168,6 +166,9 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
             conn.execute("BEGIN")
             conn.executemany(sql, rows)
             conn.execute("COMMIT")
+
+        async def close() -> None:
+            conn.close()
     else:
         conn = await asyncpg.connect(url.render_as_string(hide_password=False))
         sql = (f"INSERT INTO feedback ({', '.join(columns)}) "
@@ -176,6 +177,8 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
         async def insert(rows: list[tuple[Any, ...]]) -> None:
             async with conn.transaction():
                 await conn.executemany(sql, rows)
+
+        close = conn.close
 
     # The rows differ only in their ids, which are cheap to make: the loop measures the database, not Python.
     row = {"trace_id": "bench-0", "model": None, "rating": "down", "negative": True, "category": "incorrect",
@@ -189,31 +192,9 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
             await insert([(f"raw-{rows + i}", *rest) for i in range(batch)])
             rows += batch
     finally:
-        close = conn.close()
-        if asyncio.iscoroutine(close):
-            await close
+        await close()
     elapsed = time.perf_counter() - started
     return {"rows": rows, "seconds": round(elapsed, 2), "events_per_s": round(rows / elapsed)}
-
-
-def _serve(db: str, workdir: Path) -> tuple[processes.ManagedProcess, str]:
-    tokens = workdir / "tokens"
-    tokens.write_text(f"{TOKEN} ingest,read bench\n")
-    port = free_ports(1)[0]
-    process = processes.spawn("collector", [
-        sys.executable, "-m", "kaizen.collector", "--db", db, "--host", "127.0.0.1", "--port", str(port),
-        "--tokens-file", tokens,
-    ], workdir / "collector.log", detach=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2):
-                return process, url
-        except OSError:
-            if not process.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the collector did not start:\n{process.log_tail()}") from None
-            time.sleep(0.05)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -299,17 +280,18 @@ def main() -> int:
 def _run_once(args: argparse.Namespace, pg: PostgresServer | None, workdir: Path, name: str,
               batch: int) -> dict[str, Any]:
     """One load run against a fresh collector on an empty database."""
-    process, url = _serve(_fresh(pg, workdir, name), workdir)
+    collector = LocalCollector(_fresh(pg, workdir, name), workdir / name).start()
+    assert collector.process is not None
     try:
-        asyncio.run(_add_traces(url))
-        cpu_before = _cpu_seconds(process.pid)
+        asyncio.run(_add_traces(collector.url))
+        cpu_before = _cpu_seconds(collector.process.pid)
         if args.generator == "wrk":
-            load = _load_wrk(url, args.clients, args.seconds, batch, workdir)
+            load = _load_wrk(collector.url, args.clients, args.seconds, batch, workdir)
         else:
-            load = asyncio.run(_load(url, args.clients, args.seconds, batch))
-        cpu = _cpu_seconds(process.pid) - cpu_before
+            load = asyncio.run(_load(collector.url, args.clients, args.seconds, batch))
+        cpu = _cpu_seconds(collector.process.pid) - cpu_before
     finally:
-        processes.stop([process])
+        collector.stop()
     # CPU time per event does not depend on what else the machine runs: it bounds the rate one collector core can
     # sustain (1e6 / cpu_us_per_event) even when the wall-clock figures are noisy.
     load["collector_cpu_us_per_event"] = round(cpu / (load["requests"] * batch) * 1e6, 1)
