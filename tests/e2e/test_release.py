@@ -24,6 +24,7 @@ import yaml
 
 from kaizen.api import KINDS
 from kaizen.dev.cluster import free_ports
+from kaizen.dev.demo import operator_process
 from tests.e2e.test_demo import processes_mentioning
 from tests.integration.kube import condition, reconciled, wait_for
 from tests.integration.rollouts import deployment, env, reasons
@@ -121,24 +122,15 @@ def operator(cluster, namespace: str, log: Path) -> Iterator[subprocess.Popen[by
     On the way out, the Kaizen objects in the namespace are deleted while it still runs -- kopf holds a finalizer on
     each (for its timers) that only a running operator lets go of -- and then it is stopped with SIGTERM. On a
     failure the end of its log is printed, so that pytest shows it beside the failed assertion."""
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "kaizen", "operator", "--namespace", namespace],
-                                   env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-                                   stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    except BaseException:
-        print(f"--- the end of {log} ---\n{log.read_text()[-6000:]}")
-        raise
-    finally:
-        cluster.kubectl("delete", "improvementloops.kaizen.dev,rollouts.kaizen.dev", "--all", "-n", namespace,
-                        f"--timeout={TIMEOUT}s", check=False, timeout=TIMEOUT + 10)
-        process.terminate()
+    with operator_process(cluster, log, "--namespace", namespace) as process:
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield process
+        except BaseException:
+            print(f"--- the end of {log} ---\n{log.read_text()[-6000:]}")
+            raise
+        finally:
+            cluster.kubectl("delete", "improvementloops.kaizen.dev,rollouts.kaizen.dev", "--all", "-n", namespace,
+                            f"--timeout={TIMEOUT}s", check=False, timeout=TIMEOUT + 10)
 
 
 def status(obj: dict) -> dict:

@@ -83,10 +83,11 @@ def cluster_for(kubeconfig: Path | None, workdir: Path) -> Iterator[ClusterAcces
 
 
 @contextlib.contextmanager
-def operator_process(cluster: ClusterAccess, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``kaizen operator -A`` in a child process, as the chart's Deployment runs it."""
+def operator_process(cluster: ClusterAccess, log: Path, *scope: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``kaizen operator`` in a child process, as the chart's Deployment runs it: ``scope`` is its namespace options
+    (default ``--all-namespaces``). Stopped with SIGTERM on the way out."""
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "kaizen", "operator", "--all-namespaces"],
+        process = subprocess.Popen([sys.executable, "-m", "kaizen", "operator", *(scope or ["--all-namespaces"])],
                                    env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}, stdout=out,
                                    stderr=subprocess.STDOUT)
     try:
