@@ -480,8 +480,8 @@ def _tune_runtime() -> None:
     which live as long as the process anyway) leaves full collections little to walk.
 
     Switch interval: the SQLite writer thread gives up the GIL for each database step and then waits for the busy
-    request thread to hand it back, by default after up to 5 ms; at 1 ms a group commit waits less for it (about 8 %
-    more events/s and a lower p99 in bench/collector).
+    request thread to hand it back, by default after up to 5 ms; at 1 ms a group commit waits less for it (in
+    paired runs of the SQLite ingest load, about 8 % more events/s and a 2 ms lower p99).
     """
     gc.collect()
     gc.freeze()

@@ -51,8 +51,8 @@ _f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
 #   bounded the writer).
 # - SQLite: an answering select, then the insert, on a plain sqlite3 connection in the writer thread: two steps of
 #   the database. The sqlite3 module releases the GIL for every step and must win it back from the request
-#   handlers' thread each time; per-row steps (executemany, fetching row by row) and SQLAlchemy's BEGIN/COMMIT
-#   made a group commit wait several times longer for the GIL than for the disk.
+#   handlers' thread each time; with per-row steps (executemany, fetching row by row) and SQLAlchemy's
+#   BEGIN/COMMIT, a group commit under load took about three times as long as the same commit alone.
 # Every answer is, per input row in input order: whether its subject had opted out (then it was not stored) and, for
 # feedback, the judged trace's model, model version and track (NULLs when the trace is unknown). Only the writer
 # changes tombstones and traces, so an answer read before its insert stays true.
