@@ -1,11 +1,18 @@
-"""The dev node agent: the kubelet of kwok's fake GPU node for RetrainJob training pods, running them as local
-processes, so the local stack trains for real.
+"""The dev node agent: the kubelet of kwok's fake GPU node for the pods whose image it can run here, as local
+processes, so the local stack trains and serves for real.
 
-kwok plays the rest of the node: it makes bound pods Running, completes other Jobs' pods at once, and holds a
-training pod (label ``kaizen.dev/retrainjob``, see ``kwok-stages.yaml``) Running until someone ends it. This agent
-does, as a kubelet would: it polls the pods bound to the node, runs each held pod's container with the local entry
-point of its image (:data:`IMAGES`), then patches the pod's status to terminated with the exit code, the reason and
-the termination message the container wrote. A pod deleted while it runs has its process stopped.
+kwok plays the rest of the node: it makes other bound pods Running (with a fake IP), completes other Jobs' pods at
+once, and holds two kinds of pod for this agent (see ``kwok-stages.yaml``):
+
+- a RetrainJob's training pod (label ``kaizen.dev/retrainjob``), which kwok makes Running and keeps so. The agent
+  runs its container with the local entry point of its image (:data:`IMAGES`), then patches the pod's status to
+  terminated with the exit code, the reason and the termination message the container wrote;
+- a serving pod: any pod not owned by a Job whose image is in :data:`IMAGES` (``kaizen-server``), which kwok leaves
+  Pending. The agent runs it as a kubelet would, on an address of its own, with probes, restarts and status, so
+  kube-controller-manager publishes it in its Services' EndpointSlices (:mod:`kaizen.dev.serving`, which says how
+  addresses work; :mod:`kaizen.dev.service_proxy` reaches a Service from this machine).
+
+A pod deleted while it runs has its process stopped. The agent polls the pods bound to its node.
 
 The pod's filesystem is mapped onto folders under ``--dir``: each volume (ConfigMap, Secret, emptyDir,
 PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets; every other absolute
@@ -13,7 +20,12 @@ path is under ``--root``, the node's shared storage (where the demo puts its dat
 container's arguments and in JSON files of its ConfigMaps are rewritten to those folders, and folders in the
 termination message back to pod paths, so what the operator reads is what a pod in a cluster would report.
 
-Run as ``python -m kaizen.dev.node_agent --kubeconfig FILE --dir DIR --root DIR``. Dev-stack code: never imported
+Serving pods' environment variables naming files (absolute paths such as ``MODEL_URI=/models/bot/v1/model``,
+``file://`` and ``pvc://CLAIM/PATH`` URIs) are mapped the same way.
+
+Run as ``python -m kaizen.dev.node_agent --kubeconfig FILE --dir DIR --root DIR [--node NODE]
+[--prometheus-targets FILE]``; with ``--prometheus-targets``, the agent keeps that file_sd file of its running serving
+pods for :class:`kaizen.dev.prometheus.LocalPrometheus` (``pod_targets=[FILE]``). Dev-stack code: never imported
 by the operator.
 """
 
@@ -39,16 +51,19 @@ from kubernetes.client.exceptions import ApiException
 
 from kaizen.dev import processes
 from kaizen.dev.cluster import GPU_NODE
+from kaizen.dev.serving import Lookup, ServingPods
 
 log = logging.getLogger("kaizen.dev.node_agent")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-#: The pods this agent runs: those kwok holds for it.
+#: The training pods this agent runs: those kwok holds Running for it.
 POD_LABEL = "kaizen.dev/retrainjob"
-#: Image (without tag) -> its entry point here; ``{terminationMessagePath}`` is the container's, mapped.
+#: Image (without tag) -> its entry point here; ``{terminationMessagePath}`` is the container's, mapped. kwok's
+#: pod-ready stage names the same images: it leaves their pods that no Job owns to this agent.
 IMAGES = {
     "ghcr.io/kaizen-dev/kaizen-trainer": [sys.executable, "-m", "kaizen_trainer", "--result",
                                           "{terminationMessagePath}"],
+    "ghcr.io/kaizen-dev/kaizen-server": [sys.executable, "-m", "kaizen_server"],
 }
 #: As the trainer image sets them (trainer-image/Dockerfile): its package and the kaizen package it depends on.
 IMAGE_PYTHONPATH = os.pathsep.join([str(REPO_ROOT / "trainer-image"), str(REPO_ROOT / "operator")])
@@ -65,6 +80,14 @@ def image_name(image: str) -> str:
     """The image without its tag or digest."""
     name = image.split("@", 1)[0]
     return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def is_serving_pod(pod: dict[str, Any]) -> bool:
+    """Whether this agent serves the pod: its (first) container's image has a local entry point and no Job owns it,
+    the rule kwok's pod-ready stage applies too."""
+    containers = pod.get("spec", {}).get("containers") or [{}]
+    owners = pod["metadata"].get("ownerReferences") or []
+    return image_name(containers[0].get("image", "")) in IMAGES and not any(o.get("kind") == "Job" for o in owners)
 
 
 @dataclass(frozen=True)
@@ -111,20 +134,42 @@ class Running:
 
 
 class NodeAgent:
-    def __init__(self, api: kubernetes.client.ApiClient, workdir: Path, root: Path, node: str = GPU_NODE) -> None:
+    def __init__(self, api: kubernetes.client.ApiClient, workdir: Path, root: Path, node: str = GPU_NODE,
+                 prometheus_targets: Path | None = None) -> None:
         self.api, self.core = api, kubernetes.client.CoreV1Api(api)
         self.workdir, self.root, self.node = workdir, root, node
         self.running: dict[str, Running] = {}  # by pod uid
         self.finished: set[str] = set()
+        self.serving = ServingPods(
+            workdir, host_ip=self.host_ip(), base_env={**os.environ, "PYTHONPATH": IMAGE_PYTHONPATH,
+                                                       "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+            entry=lambda image: IMAGES.get(image_name(image)), volumes=self.volumes,
+            claim=lambda namespace, name: self.workdir / "claims" / namespace / name, lookup=self.lookup,
+            patch_status=self.patch_status, targets_file=prometheus_targets)
+
+    def host_ip(self) -> str:
+        """The node's InternalIP, which a kubelet reports as its pods' hostIP."""
+        try:
+            node = json.loads(self.core.read_node(self.node, _preload_content=False).data)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return "127.0.0.1"  # no such node yet: no pod is bound to it either
+        addresses = {a["type"]: a["address"] for a in node.get("status", {}).get("addresses") or []}
+        return addresses.get("InternalIP", "127.0.0.1")
 
     def pods(self) -> list[dict[str, Any]]:
+        """The pods bound to the node, as the API's JSON (the client's models are slow to build, and reformat
+        timestamps)."""
         listed = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}",
-                                                      label_selector=POD_LABEL)
-        return [self.api.sanitize_for_serialization(p) for p in listed.items]
+                                                      _preload_content=False)
+        return json.loads(listed.data)["items"]
 
     def sync(self) -> None:
         """One pass: start what is held and not yet run, report what ended, stop what was deleted."""
-        pods = {p["metadata"]["uid"]: p for p in self.pods()}
+        listed = self.pods()
+        self.serving.sync([p for p in listed if is_serving_pod(p)])
+        pods = {p["metadata"]["uid"]: p for p in listed if POD_LABEL in (p["metadata"].get("labels") or {})}
         for uid, pod in pods.items():
             if uid in self.running or uid in self.finished or pod["metadata"].get("deletionTimestamp"):
                 continue
@@ -212,6 +257,31 @@ class NodeAgent:
             (folder / path).parent.mkdir(parents=True, exist_ok=True)
             (folder / path).write_text(text)
 
+    def lookup(self, namespace: str) -> Lookup:
+        """The ConfigMaps and Secrets of a namespace, read as a pod's environment names them."""
+        def read(kind: str, name: str) -> dict[str, str] | None:
+            try:
+                if kind == "ConfigMap":
+                    return self.core.read_namespaced_config_map(name, namespace).data or {}
+                data = self.core.read_namespaced_secret(name, namespace).data or {}
+                return {k: base64.b64decode(v).decode() for k, v in data.items()}
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return read
+
+    def patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Write a pod's status as its kubelet; False when the pod is gone."""
+        try:
+            self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                                  {"status": status}, _content_type="application/merge-patch+json")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return False
+        return True
+
     def report(self, run: Running) -> None:
         """Patch the pod's status as the kubelet does when its container ends."""
         code = run.process.exit_code()
@@ -252,6 +322,7 @@ class NodeAgent:
         log.info(f"Container terminated pod={_key(pod)} exitCode={exit_code} reason={reason}")
 
     def stop(self) -> None:
+        self.serving.stop()
         processes.stop([run.process for run in self.running.values()])
         self.running.clear()
 
@@ -271,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True,
                         help="the node's shared storage: what absolute paths outside a pod's volumes refer to")
     parser.add_argument("--node", default=GPU_NODE, help=f"the node to serve (default {GPU_NODE})")
+    parser.add_argument("--prometheus-targets", type=Path, metavar="FILE",
+                        help="keep this Prometheus file_sd file of the running serving pods")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     api = kubernetes.config.new_client_from_config(config_file=str(args.kubeconfig))
-    agent = NodeAgent(api, args.dir.resolve(), args.root.resolve(), args.node)
+    agent = NodeAgent(api, args.dir.resolve(), args.root.resolve(), args.node,
+                      args.prometheus_targets.resolve() if args.prometheus_targets else None)
     stopping = False
 
     def on_signal(*_: Any) -> None:
@@ -283,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(f"Serving node node={args.node} dir={args.dir} root={args.root}")
+    log.info(f"Serving node node={args.node} dir={args.dir} root={args.root} "
+             f"prometheusTargets={args.prometheus_targets or '-'}")
     try:
         while not stopping:
             try:

@@ -6,6 +6,10 @@ discovery would describe a pod (``__meta_kubernetes_*`` labels), and :data:`RELA
 user writes for in-cluster scraping — turn the pod's ``kaizen.dev/track`` and ``kaizen.dev/model-version`` labels
 into the ``track`` and ``model_version`` labels analysis queries select on.
 
+Pods that really run (the dev node agent's serving pods) come from the agent's own file_sd file, each described by
+:func:`kubernetes_pod_target` as Kubernetes SD describes a pod's container port; ``LocalPrometheus(pod_targets=[FILE])``
+scrapes them in a job of their own beside the targets set from Python (the collector).
+
 It scrapes every second, keeps its data in a temporary directory (kept across :meth:`LocalPrometheus.stop` and
 :meth:`LocalPrometheus.start`, so a test can take Prometheus away and bring it back on the same port), and runs in
 its own process group (:mod:`kaizen.dev.processes`), so stopping it leaves no stray process.
@@ -21,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,13 +73,52 @@ def pod_target(address: str, *, namespace: str, pod: str, labels: dict[str, str]
     return Target(address, meta)
 
 
-class LocalPrometheus:
-    """``with LocalPrometheus() as prometheus: prometheus.set_targets([...]); prometheus.url``."""
+def kubernetes_pod_target(pod: dict[str, Any], container: dict[str, Any], port: dict[str, Any],
+                          address: str) -> Target:
+    """A pod's container port as ``kubernetes_sd_configs`` (role ``pod``) describes it, scraped at ``address``
+    (where this machine reaches the pod, which Kubernetes SD would take from the pod IP)."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    target = pod_target(address, namespace=meta["namespace"], pod=meta["name"], labels=meta.get("labels") or {})
+    labels = dict(target.labels)
+    labels.update({f"__meta_kubernetes_pod_labelpresent_{_sanitize(k)}": "true" for k in meta.get("labels") or {}})
+    labels.update({f"__meta_kubernetes_pod_annotation_{_sanitize(k)}": v
+                   for k, v in (meta.get("annotations") or {}).items()})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
+    labels.update({
+        "__meta_kubernetes_pod_uid": meta.get("uid", ""), "__meta_kubernetes_pod_ip": status.get("podIP", ""),
+        "__meta_kubernetes_pod_host_ip": status.get("hostIP", ""),
+        "__meta_kubernetes_pod_node_name": pod.get("spec", {}).get("nodeName", ""),
+        "__meta_kubernetes_pod_phase": status.get("phase", ""), "__meta_kubernetes_pod_ready": str(ready).lower(),
+        "__meta_kubernetes_pod_controller_kind": owner.get("kind", ""),
+        "__meta_kubernetes_pod_controller_name": owner.get("name", ""),
+        "__meta_kubernetes_pod_container_name": container["name"],
+        "__meta_kubernetes_pod_container_image": container["image"],
+        "__meta_kubernetes_pod_container_init": "false",
+        "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+        "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+        "__meta_kubernetes_pod_container_port_protocol": port.get("protocol", "TCP"),
+    })
+    return Target(address, labels)
 
-    def __init__(self, workdir: Path | None = None, scrape_interval: str = "1s") -> None:
+
+class LocalPrometheus:
+    """``with LocalPrometheus() as prometheus: prometheus.set_targets([...]); prometheus.url``.
+
+    Two scrape jobs: ``kaizen``, the targets of :meth:`set_targets` (the collector, emitters), and, with
+    ``pod_targets``, ``kubernetes-pods``: the file_sd files that the dev node agent keeps of the pods it runs
+    (``--prometheus-targets``). Both relabel pod metadata the same way (:data:`RELABEL_CONFIGS`); the pods' job
+    honours the labels a server puts on its own metrics, so a model server's ``model_version`` and ``track`` (from
+    its environment, fixed when it started) stand over the pod's labels, which may change after it started, rather
+    than being renamed ``exported_*``.
+    """
+
+    def __init__(self, workdir: Path | None = None, scrape_interval: str = "1s",
+                 pod_targets: Sequence[Path] = ()) -> None:
         self._owned = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kaizen-prometheus-"))
         self.scrape_interval = scrape_interval
+        self.pod_targets = [Path(p).resolve() for p in pod_targets]
         self.port = free_ports(1)[0]
         self._process: processes.ManagedProcess | None = None
         self._targets: list[Target] = []
@@ -105,16 +149,10 @@ class LocalPrometheus:
                                        "KAIZEN_PROMETHEUS to a Prometheus binary")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_targets()
+        for path in self.pod_targets:
+            path.parent.mkdir(parents=True, exist_ok=True)  # file_sd watches the folder; the file may come later
         config = self.workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
-            "scrape_configs": [{
-                "job_name": "kaizen",
-                "scrape_timeout": self.scrape_interval,
-                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
-                "relabel_configs": RELABEL_CONFIGS,
-            }],
-        }))
+        config.write_text(yaml.safe_dump(self.config()))
         self._process = processes.spawn("prometheus", [
             PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", "--log.level=warn",
@@ -130,6 +168,19 @@ class LocalPrometheus:
                                            f"{self._process.log_tail()}")
             time.sleep(0.1)
         return self
+
+    def config(self) -> dict[str, Any]:
+        """The configuration it runs with."""
+        def job(name: str, files: list[Path], **options: Any) -> dict[str, Any]:
+            return {"job_name": name, "scrape_timeout": self.scrape_interval, **options,
+                    "file_sd_configs": [{"files": [str(f) for f in files], "refresh_interval": "1s"}],
+                    "relabel_configs": RELABEL_CONFIGS}
+
+        jobs = [job("kaizen", [self.targets_file])]
+        if self.pod_targets:
+            jobs.append(job("kubernetes-pods", self.pod_targets, honor_labels=True))
+        return {"global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+                "scrape_configs": jobs}
 
     def stop(self) -> None:
         """Stop Prometheus and everything in its process group; its data stays for a later :meth:`start`."""
