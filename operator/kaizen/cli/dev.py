@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--dir", type=Path, default=Path(".kaizen") / "demo",
                       help="working directory of the local control plane and the operator's log")
     demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    demo.add_argument("--scenario", choices=("drift", "cohort-regression"), default="drift",
+                      help="drift (default): a policy change, a targeted retrain, a canary promoted and the users' "
+                      "quality restored; cohort-regression: a candidate that passes its gates but fails one cohort "
+                      "live, rolled back by the canary")
     demo.set_defaults(func=run_demo)
 
 
@@ -107,4 +111,4 @@ def _print_usage(kubeconfig: Path) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from kaizen.dev import demo
 
-    return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep)
+    return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep, scenario=args.scenario)

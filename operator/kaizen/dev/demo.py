@@ -1,20 +1,30 @@
-"""``kaizen dev demo``: Kaizen's main job on the local stack, the whole loop from nothing to a better model served.
+"""``kaizen dev demo``: Kaizen's main job on the local stack, the whole loop through a served model, from nothing to
+a better model that users measure as better.
 
-It builds the demo's data and trains a tiny baseline (:mod:`kaizen.dev.demo_data`, in the background), starts a
-local control plane (kube-apiserver, controller-manager, scheduler, kwok's GPU node), a real Prometheus, the
-feedback collector, the operator as ``kaizen operator`` runs in the cluster, and the dev node agent
-(:mod:`kaizen.dev.node_agent`) that runs training pods as local processes; then it applies ``examples/demo/`` (the
-served Deployment and its ImprovementLoop, pointed at the local Prometheus and collector). It plays the model
-server's pods (:class:`Telemetry`: an emitter per Deployment, labelled as its pods) and the users: the model serves
-healthily and the loop does nothing; users report wrong actions on refund requests, with the right ones, and the
-error rate climbs; the loop sees the breach sustained and retrains on the corrections; the candidate is trained and
-gated against the baseline on the same holdout; the loop rolls it out as a canary, judged on live telemetry
-against the stable, and promotes it; the loop serves it. Each stage prints what happened and how long it took, and
-``kaizen history`` closes with the decision log. It exits 1 when the loop did not close.
+It builds the demo's data and trains the baseline v1, a small causal LM of a shop's support bot
+(:mod:`kaizen.dev.demo_data`, in the background), starts a local control plane (kube-apiserver, controller-manager,
+scheduler, kwok's GPU node), a real Prometheus, the feedback collector, the operator as ``kaizen operator`` runs in
+the cluster, and the dev node agent (:mod:`kaizen.dev.node_agent`), which runs the model-server pods
+(``kaizen_server``) and the training pods as local processes; then it applies ``examples/demo/`` (the served
+Deployment, its Service and its ImprovementLoop, pointed at the local Prometheus and collector).
 
-With ``--kubeconfig`` it uses an existing cluster (Prometheus, the collector and the node agent still run locally;
-training pods run only where a node named ``kaizen-gpu-0`` holds them, as kwok's does); with ``--keep`` everything
-stays up until Ctrl-C.
+Simulated users (:mod:`kaizen.dev.users`, :mod:`kaizen.dev.traffic`) send real requests to the Service (through
+:class:`~kaizen.dev.service_proxy.ServiceProxy`, spread over its ready pods as kube-proxy spreads them), judge each
+answer against what they know is right, and rate some answers on their trace in the collector. Then the world
+changes (:data:`SCENARIOS`): a policy change makes one of the model's answers wrong. Nothing here sets a quality:
+the loop sees what users see, in Prometheus (the collector's feedback counters, the servers' request metrics).
+
+* ``drift`` (scenario (a), the default): the users' dissatisfaction breaches; the loop retrains targeted at their
+  corrections; the candidate is gated against the baseline on the same holdout; the canary is judged on the users'
+  live feedback and promoted; the users' measured quality recovers, and the demo prints it before and after.
+* ``cohort-regression`` (scenario (b)): the change applies to two cohorts only, and the team's data holds no
+  requests of the third; the candidate passes its offline gates but answers the third cohort wrongly, and the
+  canary's per-cohort analysis rolls it back, naming the metric and its numbers.
+
+Each stage prints what happened and how long it took, and ``kaizen history`` closes with the decision log. It exits
+1 when the story did not end as it should. With ``--kubeconfig`` it uses an existing cluster (Prometheus, the
+collector and the node agent still run locally; pods run only where a node named ``kaizen-gpu-0`` holds them, as
+kwok's does); with ``--keep`` everything stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +46,7 @@ from kaizen.api import KINDS
 from kaizen.dev.cluster import ClusterAccess, LocalCluster
 
 if TYPE_CHECKING:
-    from kaizen.dev.emitter import Emitter
     from kaizen.dev.processes import ManagedProcess
-    from kaizen.dev.prometheus import LocalPrometheus
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO = REPO_ROOT / "examples" / "demo"
@@ -119,59 +128,6 @@ def signal_line(status: dict[str, Any]) -> str:
                      f" ({s['state']})" for s in status.get("signals", []))
 
 
-class Telemetry:
-    """The served model's telemetry as its pods would report it: one emitter per Deployment of the target (the
-    stable one, and the canary while a Rollout runs), labelled as the Deployment's pods, sending 50 requests/s per
-    replica with the error rate of the model version it serves. Kept in step with the Deployments by :meth:`sync`."""
-
-    RATE_PER_REPLICA = 50
-
-    def __init__(self, workdir: Path, prometheus: LocalPrometheus, default_error_rate: float) -> None:
-        self.workdir, self.prometheus = workdir, prometheus
-        self.error_rates: dict[str, float] = {}  # model version -> error rate, where not the default
-        self.default_error_rate = default_error_rate
-        self.emitters: dict[str, tuple[Emitter, dict[str, str], int]] = {}  # Deployment -> emitter, labels, replicas
-
-    def error_rate(self, labels: dict[str, str]) -> float:
-        return self.error_rates.get(labels.get("kaizen.dev/model-version", ""), self.default_error_rate)
-
-    def set_error_rate(self, version: str, error_rate: float) -> None:
-        """From now on, pods serving ``version`` fail ``error_rate`` of their requests."""
-        self.error_rates[version] = error_rate
-        for emitter, labels, _ in self.emitters.values():
-            emitter.set(error_rate=self.error_rate(labels))
-
-    def sync(self, cluster: ClusterAccess) -> None:
-        """Start, change or stop emitters to match the target's Deployments now."""
-        from kaizen.dev.emitter import Emitter
-        from kaizen.dev.prometheus import pod_target
-
-        listed = json.loads(cluster.kubectl("get", "deployments", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        templates = {d["metadata"]["name"]: (d["spec"]["template"]["metadata"].get("labels", {}),
-                                             d["spec"].get("replicas") or 0) for d in listed}
-        wanted = {name: (labels, replicas) for name, (labels, replicas) in templates.items()
-                  if labels.get("app") == LOOP and replicas}
-        if {name: (labels, replicas) for name, (_, labels, replicas) in self.emitters.items()} == wanted:
-            return
-        for name in set(self.emitters) - set(wanted):
-            self.emitters.pop(name)[0].stop()
-        for name, (labels, replicas) in wanted.items():
-            rate = self.RATE_PER_REPLICA * replicas
-            if name in self.emitters:
-                emitter = self.emitters[name][0]
-                emitter.set(rate=rate, error_rate=self.error_rate(labels))
-            else:
-                emitter = Emitter(self.workdir, name=f"{name}-telemetry", rate=rate, error_rate=self.error_rate(labels))
-            self.emitters[name] = (emitter, labels, replicas)
-        self.prometheus.set_targets([pod_target(emitter.address, namespace=NAMESPACE, pod=f"{name}-0", labels=labels)
-                                     for name, (emitter, labels, _) in sorted(self.emitters.items())])
-
-    def stop(self) -> None:
-        for emitter, _, _ in self.emitters.values():
-            emitter.stop()
-        self.emitters.clear()
-
-
 def kaizen_object(cluster: ClusterAccess, kind: str, name: str) -> dict[str, Any]:
     return json.loads(cluster.kubectl("get", f"{kind}.kaizen.dev", name, "-n", NAMESPACE, "-o", "json").stdout)
 
@@ -207,32 +163,82 @@ def spawn_python(name: str, module: str, args: list[str], log: Path, **env: str)
                            env={**os.environ, "PYTHONPATH": IMAGE_PYTHONPATH, **env})
 
 
-def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), keep: bool = False) -> int:
-    from kaizen.dev import processes
-    from kaizen.dev.collector import LocalCollector
-    from kaizen.dev.prometheus import LocalPrometheus
-    from kaizen.sdk import FeedbackRecorder
 
+
+@dataclass(frozen=True)
+class Scenario:
+    """One story the demo tells on the same manifests; only the world differs (what the users hold right)."""
+
+    name: str
+    title: str
+    #: The cohorts the policy change applies to (None: everyone).
+    policy_cohorts: tuple[str, ...] | None
+    #: How the story ends when it goes as it should: the candidate promoted, or rolled back by the canary.
+    ending: str
+
+
+SCENARIOS = {
+    "drift": Scenario("drift", "the return window shrinks from 30 to 14 days for everyone", None, "Promoted"),
+    "cohort-regression": Scenario(
+        "cohort-regression", "the return window shrinks to 14 days for free and pro customers; business customers "
+        "keep 30 days by contract (and the team's replay and holdout hold no business requests)",
+        ("free", "pro"), "RolledBack"),
+}
+
+
+def pin_model(cluster: ClusterAccess, deployment: str, container: str, model: dict[str, str]) -> None:
+    """Point the Deployment at ``model`` the way a promotion does: only the model variable and the track and version
+    labels, server-side applied under Kaizen's field manager (the manifest in git leaves them out)."""
+    from kaizen.api.common import ModelRef
+    from kaizen.k8s.client import FIELD_MANAGER
+    from kaizen.k8s.deployments import model_patch
+
+    stable = {"metadata": {"name": deployment, "namespace": NAMESPACE}}
+    patch = model_patch(stable, container=container, model_env="MODEL_URI", model=ModelRef(**model))
+    cluster.kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts", "-f", "-",
+                    input=json.dumps(patch))
+
+
+def quality_line(snapshot: Any, version: str) -> str:
+    counts = snapshot.counts(version, window=True)
+    cohorts = ", ".join(f"{c} {snapshot.counts(version, c, window=True).quality:.0%}"
+                        for c in ("free", "pro", "business") if snapshot.counts(version, c, window=True).requests)
+    return (f"{version} answered {counts.quality:.1%} of {counts.requests} requests right in the last "
+            f"{snapshot.window_seconds:.0f}s ({cohorts})" if counts.requests else f"{version} answered nothing")
+
+
+def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), keep: bool = False,
+        scenario: str = "drift") -> int:
+    from kaizen.dev import processes, support_domain
+    from kaizen.dev.collector import LocalCollector
+    from kaizen.dev.prometheus import LocalPrometheus, Target
+    from kaizen.dev.service_proxy import ServiceProxy
+    from kaizen.dev.traffic import Traffic
+    from kaizen.dev.users import Population
+
+    story = SCENARIOS[scenario]
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    node_root, users_file = workdir / "node", workdir / "users.jsonl"
+    node_root = workdir / "node"
     # Each run starts from no feedback: what an earlier run's users said would count as new again.
     (workdir / "collector.db").unlink(missing_ok=True)
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
-        say(f"Building the demo's data and training the baseline v1 in the background (log: {workdir / 'data.log'})")
+        say(f"Building the demo's data and training the baseline v1, a small causal LM, in the background "
+            f"(log: {workdir / 'data.log'})")
         # One thread: the control plane starts on the other cores meanwhile.
-        data = spawn_python("demo-data", "kaizen.dev.demo_data", ["--root", str(node_root), "--users",
-                            str(users_file)], workdir / "data.log", OMP_NUM_THREADS="1")
+        data_args = ["--root", str(node_root)]
+        if story.policy_cohorts:
+            data_args += ["--policy-cohorts", ",".join(story.policy_cohorts)]
+        data = spawn_python("demo-data", "kaizen.dev.demo_data", data_args, workdir / "data.log", OMP_NUM_THREADS="1")
         stack.callback(processes.stop, [data])
         cluster = stack.enter_context(cluster_for(kubeconfig, workdir))
+        pod_targets = workdir / "node-agent" / "prometheus-targets.json"
         with stage("Starting Prometheus and the feedback collector"):
-            prometheus = stack.enter_context(LocalPrometheus(workdir / "prometheus"))
+            prometheus = stack.enter_context(LocalPrometheus(workdir / "prometheus", pod_targets=[pod_targets]))
             collector = LocalCollector(f"sqlite:///{workdir / 'collector.db'}", workdir / "collector").start()
             stack.callback(collector.stop)
-        # The model server's pods: every version fails 0.5 % of requests, until refund requests make v1 fail more.
-        telemetry = Telemetry(workdir, prometheus, default_error_rate=0.005)
-        stack.callback(telemetry.stop)
+            prometheus.set_targets([Target(collector.url.removeprefix("http://"))])
         with stage("Installing the Kaizen CRDs"):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -241,98 +247,114 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         with stage(f"Starting the operator (kaizen operator --all-namespaces; log: {log})"):
             stack.enter_context(operator_process(cluster, log))
         agent_log = workdir / "node-agent.log"
-        with stage(f"Starting the dev node agent, which runs training pods as local processes (log: {agent_log})"):
+        with stage("Starting the dev node agent, which runs model-server and training pods as local processes "
+                   f"(log: {agent_log})"):
             agent = spawn_python("node-agent", "kaizen.dev.node_agent", [
                 "--kubeconfig", str(cluster.kubeconfig), "--dir", str(workdir / "node-agent"),
-                "--root", str(node_root)], agent_log)
+                "--root", str(node_root), "--prometheus-targets", str(pod_targets)], agent_log)
             stack.callback(processes.stop, [agent])
         with stage("Waiting for the demo's data and the baseline model"):
-            eventually(lambda: not data.alive(), "the demo's data", timeout=120)
+            eventually(lambda: not data.alive(), "the demo's data", timeout=180)
             if data.exit_code() != 0:
                 raise RuntimeError(f"building the demo's data failed:\n{data.log_tail()}")
-        with stage(f"Applying examples/demo/ (the support-bot Deployment and its ImprovementLoop) in {NAMESPACE}"):
+        say(data.log_tail(1).strip())
+        with stage(f"Applying examples/demo/ (the support-bot Deployment, its Service and its ImprovementLoop) in "
+                   f"{NAMESPACE}"):
             cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
-            cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=cluster.kubectl(
-                "create", "secret", "generic", "collector-token", "-n", NAMESPACE,
-                f"--from-literal=token={collector.tokens['read,audit']}", "--dry-run=client", "-o", "yaml").stdout)
+            for secret, scopes in (("collector-token", "read,audit"), ("collector-ingest-token", "ingest")):
+                cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=cluster.kubectl(
+                    "create", "secret", "generic", secret, "-n", NAMESPACE,
+                    f"--from-literal=token={collector.tokens[scopes]}", "--dry-run=client", "-o", "yaml").stdout)
             documents = manifests(prometheus.url, collector.url)
             cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(documents))
-            telemetry.sync(cluster)
+            loop = next(d for d in documents if d["kind"] == "ImprovementLoop")
+            pin_model(cluster, loop["spec"]["target"]["deployment"], loop["spec"]["target"]["container"],
+                      loop["spec"]["model"])
+        proxy = stack.enter_context(ServiceProxy(cluster, NAMESPACE, LOOP))
+        with stage(f"Waiting for the model servers behind Service {LOOP} (the dev node agent runs them)"):
+            eventually(lambda: len(proxy.endpoints()) >= 2, "two ready endpoints", timeout=120)
 
-        def observed(check: Callable[[], Any]) -> Callable[[], Any]:
-            """``check``, with the telemetry following the Deployments first, as pods would."""
-            def synced() -> Any:
-                telemetry.sync(cluster)
-                return check()
-            return synced
-
-        with stage("Serving healthily: waiting for the loop to observe its signals"):
-            status = eventually(observed(lambda: (s := loop_status(cluster)).get("phase") == "Observing"
-                                and all(x["state"] == "Healthy" for x in s.get("signals", [{"state": "?"}])) and s),
-                                "healthy signals")
+        # The users: the world as they know it, before the policy change; it changes when the story says so.
+        population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7)
+        traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
+                          model=LOOP, rate=12, duration=900, threads=4, window=20)
+        stack.enter_context(traffic)
+        say(f"300 simulated users send {traffic.rate:g} requests/s to Service {LOOP} ({proxy.url}), judge each "
+            "answer against what they know is right, and rate some of them on the answer's trace")
+        with stage("Serving: waiting for the loop to observe its signals"):
+            status = eventually(lambda: (s := loop_status(cluster)).get("phase") == "Observing"
+                                and s.get("signals") and all(x["state"] == "Healthy" for x in s["signals"]) and s,
+                                "healthy signals", timeout=120)
         say(f"Signals: {signal_line(status)}; decision: {status['decisions'][0]['reason']}")
+        say(f"Measured: {quality_line(traffic.snapshot(), 'v1')}")
 
-        conversations = [json.loads(line) for line in users_file.read_text().splitlines()]
-        with stage(f"{len(conversations)} users report wrong actions on refund requests (with the right one); "
-                   "the error rate climbs to 20 %"):
-            users = FeedbackRecorder(collector.url, collector.tokens["ingest"], model=LOOP, model_version="v1",
-                                     track="stable")
-            for row in conversations:
-                trace = users.trace(row["input"], row["output"], scenario=row["scenario"],
-                                    subject_id=row["subjectId"], consent_training=True)
-                users.feedback(trace, "down", category="incorrect", correction=row["target"],
-                               subject_id=row["subjectId"], consent_training=True)
-            telemetry.set_error_rate("v1", 0.2)
-        with stage("Waiting for the loop to see the breach sustained and decide"):
-            jobs = eventually(observed(lambda: children(cluster, "retrainjob")), "a RetrainJob")
+        # The drift: the world changes under the served model; nothing touches the model or its numbers.
+        population.domain = support_domain.Domain(support_domain.drift(
+            policy_at=traffic.now(), policy_cohorts=story.policy_cohorts))
+        with stage(f"The policy changes: {story.title}. Waiting for the users' verdict and the loop's decision"):
+            jobs = eventually(lambda: children(cluster, "retrainjob"), "a RetrainJob", timeout=180)
         status = loop_status(cluster)
         job = jobs[0]
         name = job["metadata"]["name"]
+        before = traffic.snapshot()
         say(f"Signals: {signal_line(status)}")
+        say(f"Measured: {quality_line(before, 'v1')}")
         say(f"Created RetrainJob {name}: baseline {job['spec']['baseline']['version']}, "
             f"targets {json.dumps(job['spec'].get('targets', {}))}")
 
         with stage(f"Training: the dev node agent runs {name}'s trainer pod (log: "
                    f"{workdir / 'node-agent' / 'pods'}/{NAMESPACE}_{name}-trainer-*/container.log)"):
-            job = eventually(observed(lambda: (j := kaizen_object(cluster, "retrainjob", name)).get("status", {})
-                                      .get("phase") in ("Succeeded", "Failed") and j), f"RetrainJob {name}",
-                             timeout=180)
+            job = eventually(lambda: (j := kaizen_object(cluster, "retrainjob", name)).get("status", {})
+                             .get("phase") in ("Succeeded", "Failed") and j, f"RetrainJob {name}", timeout=240)
         job_status = job["status"]
         say(f"RetrainJob {name}: {job_status['phase']}, verdict {job_status.get('verdict')}: "
             f"{job_status.get('message')}")
         for gate in job_status.get("gates", []):
             say(f"  {gate_line(gate)}")
-        closed = False
+        ended = None
         if job_status.get("verdict") == "Passed":
             candidate = job_status["candidate"]["version"]
-            with stage(f"Rolling out {candidate}: a canary judged on live telemetry against the stable v1"):
-                rollout = eventually(observed(lambda: [r for r in children(cluster, "rollout")
-                                                       if r.get("status", {}).get("phase") in
-                                                       ("Promoted", "RolledBack", "Aborted")]),
-                                     "the Rollout to end", timeout=180)[0]
-            passed = [r for r in rollout["status"].get("analysis", []) if r["verdict"] == "Pass"]
-            if passed:
-                say(f"Analysis: {analysis_line(passed[0])}")
-            say(f"Rollout {rollout['metadata']['name']}: {rollout['status']['phase']}: "
-                f"{rollout['status'].get('message')}")
-            if rollout["status"]["phase"] == "Promoted":
+            with stage(f"Rolling out {candidate}: a canary judged on the users' live feedback against the stable v1"):
+                rollout = eventually(lambda: [r for r in children(cluster, "rollout")
+                                              if r.get("status", {}).get("phase") in
+                                              ("Promoted", "RolledBack", "Aborted")], "the Rollout to end",
+                                     timeout=240)[0]
+            for record in rollout["status"].get("analysis", [])[:1]:
+                say(f"Analysis: {analysis_line(record)}")
+            ended = rollout["status"]["phase"]
+            say(f"Rollout {rollout['metadata']['name']}: {ended}: {rollout['status'].get('message')}")
+            if ended == "Promoted":
                 with stage(f"Waiting for the loop to serve {candidate} and its signals to clear"):
-                    status = eventually(observed(lambda: (s := loop_status(cluster)).get("model", {})
-                                                 .get("version") == candidate and s.get("phase") == "Observing"
-                                                 and s), f"the loop to serve {candidate}", timeout=120)
+                    status = eventually(lambda: (s := loop_status(cluster)).get("model", {}).get("version")
+                                        == candidate and s.get("phase") == "Observing" and s,
+                                        f"the loop to serve {candidate}", timeout=120)
+                    # A full window of answers from the promoted model alone.
+                    eventually(lambda: (snap := traffic.snapshot()).counts(candidate, window=True).requests > 0
+                               and snap.counts(window=True).requests == snap.counts(candidate, window=True).requests,
+                               f"a window of answers from {candidate} alone", timeout=120)
                 say(f"Serving {status['model']['version']} ({status['model']['uri']}); signals: "
                     f"{signal_line(status)}")
-                closed = True
+                after = traffic.snapshot()
+                say(f"Measured: {quality_line(after, candidate)}")
+                say(f"Quality the users measured: {before.quality('v1', window=True):.1%} right with v1 after the "
+                    f"change, {after.quality(candidate, window=True):.1%} with {candidate}")
+            else:
+                say(f"Still serving v1: {quality_line(traffic.snapshot(), 'v1')}")
+        final = traffic.snapshot()
+        say(f"Traffic: {final.sent} requests, {final.errors} failed, {final.feedback} feedback items, "
+            f"{final.opt_outs} opt-outs")
         print(subprocess.run([sys.executable, "-m", "kaizen", "history", LOOP, "-n", NAMESPACE], capture_output=True,
                              text=True, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}).stdout, flush=True)
         print(cluster.kubectl("get", "kaizen", "-n", NAMESPACE).stdout, flush=True)
-        say(f"The loop closed in {time.monotonic() - began:.0f}s" if closed else
-            f"The loop did not close (see the decision log); {time.monotonic() - began:.0f}s")
+        told = ended == story.ending
+        say(f"The story ended as it should ({story.ending}) in {time.monotonic() - began:.0f}s" if told else
+            f"The story did not end as it should (wanted {story.ending}, got {ended}; see the decision log); "
+            f"{time.monotonic() - began:.0f}s")
         if keep:
             say(f"Kaizen is running. export KUBECONFIG={cluster.kubeconfig}; Prometheus at {prometheus.url}, "
-                f"collector at {collector.url}. Ctrl-C stops everything.")
+                f"collector at {collector.url}, the model at {proxy.url}. Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
-    return 0 if closed else 1
+    return 0 if told else 1
