@@ -213,8 +213,8 @@ MAX_TARGET_LENGTH = 56
 class TargetRef(KaizenModel):
     """The served model: a Deployment whose container reads the model location from an environment variable."""
 
-    deployment: DNSLabel = Field(
-        max_length=MAX_TARGET_LENGTH,
+    deployment: str = Field(
+        pattern=DNS_LABEL_PATTERN, min_length=1, max_length=MAX_TARGET_LENGTH,
         description=f"Name of the Deployment that serves the model (the stable track): a DNS label of at most "
         f"{MAX_TARGET_LENGTH} characters, so that its canary Deployment, <deployment>-canary, is a DNS label of at "
         "most 63 too.",

@@ -144,7 +144,8 @@ def custom_resource_definition(resource: ResourceKind) -> dict[str, Any]:
                     # At the root, CEL may read metadata.name (and nothing else of metadata).
                     "x-kubernetes-validations": [{
                         "rule": f"self.metadata.name.size() <= {resource.max_name_length}",
-                        "message": resource.name_message, "fieldPath": ".metadata.name",
+                        # No fieldPath: it may only name fields of the schema, and metadata has none.
+                        "message": f"metadata.name: {resource.name_message}",
                     }],
                     "properties": {
                         "apiVersion": {
