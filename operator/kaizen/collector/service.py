@@ -37,28 +37,43 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ROUTES = [
-    Route("POST", "/v1/traces", "post_traces", "Record one trace, or a batch as {items: [...]}", "ingest",
-          m.Stored, 201, body=(m.TraceIn, m.TraceBatch)),
-    Route("GET", "/v1/traces/{id}", "get_trace", "A stored (redacted) trace", "read", m.TraceOut),
-    Route("POST", "/v1/feedback", "post_feedback", "Record feedback on a trace, or a batch as {items: [...]}",
-          "ingest", m.Stored, 201, body=(m.FeedbackIn, m.FeedbackBatch)),
-    Route("GET", "/v1/feedback/count", "count_feedback", "Count negative feedback", "read", m.FeedbackCount,
+    Route("POST", "/v1/traces", "post_traces", "Record one trace (answers Stored), or a batch as {items: [...]} "
+          "(answers {items: [Stored, ...]})", "ingest", (m.Stored, m.IngestResponse), (201,),
+          body=(m.TraceIn, m.TraceBatch)),
+    Route("GET", "/v1/traces/{id}", "get_trace", "A stored (redacted) trace", "read", (m.TraceOut,)),
+    Route("POST", "/v1/feedback", "post_feedback", "Record feedback on a trace (answers Stored), or a batch as "
+          "{items: [...]} (answers {items: [Stored, ...]})", "ingest", (m.Stored, m.IngestResponse), (201,),
+          body=(m.FeedbackIn, m.FeedbackBatch)),
+    Route("GET", "/v1/feedback/count", "count_feedback", "Count negative feedback", "read", (m.FeedbackCount,),
           query=m.CountQuery),
     Route("DELETE", "/v1/subjects/{id}", "delete_subject", "Opt-out: delete a subject's data and tombstone it",
-          "admin", m.SubjectDeleted),
-    Route("GET", "/v1/export", "export", "Training export: consented examples as JSONL, manifest last", "read",
-          m.ExportRow, query=m.ExportQuery, content_type="application/x-ndjson"),
+          "admin", (m.SubjectDeleted,)),
+    Route("GET", "/v1/export", "export", "Training export: consented examples as JSONL (one ExportRow a line), "
+          "the ExportManifest last", "read", (m.ExportRow, m.ExportManifest), query=m.ExportQuery,
+          content_type="application/x-ndjson"),
     Route("GET", "/v1/backlog", "backlog", "Negative feedback grouped by category, scenario and cohort", "read",
-          m.Backlog, query=m.BacklogQuery),
-    Route("POST", "/v1/audit", "post_audit", "Append a decision to the audit log", "audit", m.AuditRecord, 201,
-          body=(m.AuditEntry,)),
-    Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", m.AuditPage,
+          (m.Backlog,), query=m.BacklogQuery),
+    Route("POST", "/v1/audit", "post_audit", "Append a decision to the audit log (201; 200 when the same entry was "
+          "stored before)", "audit", (m.AuditRecord,), (200, 201), body=(m.AuditEntry,), errors=(409,)),
+    Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", (m.AuditPage,),
           query=m.AuditQuery),
-    Route("GET", "/healthz", "healthz", "Liveness", None, m.Health),
-    Route("GET", "/readyz", "readyz", "Readiness: the database answers", None, m.Health),
-    Route("GET", "/metrics", "metrics", "Prometheus metrics", None, None, content_type=CONTENT_TYPE_LATEST),
-    Route("GET", "/openapi.json", "openapi", "This document", None, None),
+    Route("GET", "/healthz", "healthz", "Liveness", None, (m.Health,), store=False),
+    Route("GET", "/readyz", "readyz", "Readiness: the database answers (503 with a Health body when not)", None,
+          (m.Health,)),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", None, (), content_type=CONTENT_TYPE_LATEST, store=False),
+    Route("GET", "/openapi.json", "openapi", "This document", None, (), store=False),
 ]
+#: The longest request line (method, URL, version) and header line the collector serves; longer ones get a JSON 414
+#: or 431. aiohttp's own parser answers lines beyond *its* limits with a plain-text 400 before any middleware runs,
+#: so its limits are set well above these (``_PARSER_LIMIT``): only absurd lines, over 64 KiB, still get that.
+MAX_URL_BYTES = 8190
+MAX_HEADER_BYTES = 8190
+_PARSER_LIMIT = 1 << 16
+DESCRIPTION = (
+    "Traces, feedback and the audit log of Kaizen. Every error has a JSON body (ErrorResponse). URLs longer than "
+    f"{MAX_URL_BYTES} bytes get 414 and header lines longer than {MAX_HEADER_BYTES} bytes 431; lines over "
+    f"{_PARSER_LIMIT} bytes are refused by the HTTP parser itself, with a plain-text 400."
+)
 
 _ID = re.compile(m.ID_PATTERN)
 
@@ -81,8 +96,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.feedback = Counter(
-            "kaizen_feedback", "Feedback items stored, by the judged trace's model, version and track.",
-            ["model", "model_version", "track", "rating", "category"], registry=self.registry,
+            "kaizen_feedback", "Feedback items stored, by the judged trace's model, version, track and cohort (empty "
+            "when the trace has none or is unknown), and by rating and category.",
+            ["model", "model_version", "track", "rating", "category", "cohort"], registry=self.registry,
         )
         self.traces = Counter(
             "kaizen_traces", "Traces stored.", ["model", "model_version", "track"], registry=self.registry
@@ -208,7 +224,7 @@ class Collector:
 
     def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
         self.config, self.store, self.prom = config, store, metrics
-        self._document = json.dumps(document(ROUTES, "Kaizen collector", "v1")).encode()
+        self._document = json.dumps(document(ROUTES, "Kaizen collector", "v1", DESCRIPTION)).encode()
         # Generated ids: a random per-process prefix and a counter. Unique across restarts and replicas like a
         # uuid4, without a system call per item (os.urandom shows up in profiles at thousands of items a second).
         self._id_prefix, self._id_counter = secrets.token_hex(6), itertools.count()
@@ -277,9 +293,11 @@ class Collector:
             if trace is None:
                 self.prom.labels(self.prom.unknown_trace, row["model"] or "unknown").inc()
                 labels = (row["model"] or "unknown", "unknown", "unknown")
+                cohort = ""
             else:
                 labels = (trace["model"], trace["model_version"], trace["track"])
-            self.prom.labels(self.prom.feedback, *labels, row["rating"], row["category"] or "none").inc()
+                cohort = trace["cohort"] or ""
+            self.prom.labels(self.prom.feedback, *labels, row["rating"], row["category"] or "none", cohort).inc()
             stored.append(
                 m.Stored.model_construct(id=row["id"], stored=True, redacted=counts, trace_known=trace is not None)
             )
@@ -413,6 +431,16 @@ def _guard(route: Route, handler: Handler, config: Config) -> Handler:
     return guarded
 
 
+def _check_size(request: web.Request) -> None:
+    if len(request.raw_path) > MAX_URL_BYTES:
+        raise ClientError(414, f"the URL is longer than {MAX_URL_BYTES} bytes; send fewer or shorter query "
+                          "parameters")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            raise ClientError(431, f"the header {name[:64].decode(errors='replace')!r} is longer than "
+                              f"{MAX_HEADER_BYTES} bytes")
+
+
 def _middleware(config: Config, metrics: Metrics) -> Any:
     origins = set(config.cors_origins)
 
@@ -420,6 +448,7 @@ def _middleware(config: Config, metrics: Metrics) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         try:
+            _check_size(request)
             if request.method == "OPTIONS" and origins:
                 response: web.StreamResponse = web.Response(status=204)
             else:
@@ -431,6 +460,8 @@ def _middleware(config: Config, metrics: Metrics) -> Any:
                               f"smaller batches")
         except web.HTTPException as error:
             response = _error(error.status, f"{error.reason}: {request.method} {request.path}")
+            if "Allow" in error.headers:  # 405: which methods the path has
+                response.headers["Allow"] = error.headers["Allow"]
         except StoreUnavailable as error:
             response = _error(503, f"not stored, retry later: {error}")
         except AuditConflict as error:
@@ -494,7 +525,8 @@ def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     store = Store(config.db)
     collector = Collector(config, store, metrics)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config, metrics)])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config, metrics)],
+                          handler_args={"max_line_size": _PARSER_LIMIT, "max_field_size": _PARSER_LIMIT})
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _guard(route, getattr(collector, route.handler), config))
     if config.cors_origins:
