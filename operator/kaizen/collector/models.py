@@ -44,6 +44,8 @@ def _rating(value: Any) -> str:
         return str(value)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
         return str(value)
+    if isinstance(value, float) and value in (1, 2, 3, 4, 5):  # 5.0 is a JSON integer too
+        return str(int(value))
     raise ValueError("must be 'up', 'down', or a whole number of stars from 1 to 5")
 
 

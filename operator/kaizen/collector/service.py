@@ -177,17 +177,17 @@ def _decode(raw: bytes) -> Any:
         raise ClientError(400, f"the body is not valid JSON: {error}") from None
 
 
-async def _body(request: web.Request) -> Any:
-    return _decode(await _raw_body(request))
-
-
 def _parse_ingest(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -> tuple[list[Any], bool]:
-    """One object, or ``{"items": [...]}``; returns the items and whether it was a batch."""
+    """One object, or ``{"items": [...]}``; returns the items and whether it was a batch.
+
+    Bodies are validated strictly, as JSON: a value of the wrong JSON type is an error, not coerced (``false`` is not
+    a latency of 0, ``0`` not a time, ``"yes"`` not consent), so the service accepts what /openapi.json says, no more.
+    """
     try:
         # Most requests are one valid item: validating the bytes in pydantic's core skips json.loads and the
         # intermediate dict. A batch or any invalid body fails here (``items`` is not a field of an item) and takes
         # the path below, which alone decides the outcome, so batches and error responses are unchanged.
-        return [single.model_validate_json(raw)], False
+        return [single.model_validate_json(raw, strict=True)], False
     except ValidationError:
         pass
     data = _decode(raw)
@@ -195,9 +195,11 @@ def _parse_ingest(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -
         raise ClientError(422, "the body must be a JSON object (one item, or {\"items\": [...]})",
                           [m.FieldError(loc="body", message=f"expected an object, got {type(data).__name__}")])
     try:
+        # Python-strict on the decoded object equals JSON-strict for these models (no field takes a JSON string
+        # as another type), and it keeps what json.loads alone accepts, such as a leading BOM.
         if "items" in data:
-            return batch.model_validate(data).items, True  # type: ignore[attr-defined]
-        return [single.model_validate(data)], False
+            return batch.model_validate(data, strict=True).items, True  # type: ignore[attr-defined]
+        return [single.model_validate(data, strict=True)], False
     except ValidationError as error:
         raise ClientError(422, "the body is invalid; see fields", _field_errors(error)) from None
 
@@ -373,9 +375,10 @@ class Collector:
         return _json(m.Backlog(model=query.model, items=[m.BacklogItem.model_validate(i) for i in items]))
 
     async def post_audit(self, request: web.Request) -> web.Response:
-        data = await _body(request)
+        raw = await _raw_body(request)
+        _decode(raw)  # not JSON: a 400
         try:
-            entry = m.AuditEntry.model_validate(data)
+            entry = m.AuditEntry.model_validate_json(raw, strict=True)
         except ValidationError as error:
             raise ClientError(422, "the audit entry is invalid; see fields", _field_errors(error)) from None
         record, created = await self.store.append_audit(entry.id, entry.loop, entry.to_wire())
