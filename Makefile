@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # This checkout's code, whatever checkout the shared cached venv's editable install points at.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
-.PHONY: help setup binaries venv crds demo test test-unit test-integration e2e e2e-kind lint clean-cluster bench-retrain
+.PHONY: help setup binaries venv crds demo test test-unit test-integration fuzz e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ test-unit: venv ## Run the unit tests only (no control plane needed)
 
 test-integration: setup ## Run the integration tests only
 	$(VENV)/bin/pytest tests/integration
+
+fuzz: setup ## Longer fuzzing: 2,100 generated custom resources on the API server, schemathesis with 100 examples
+	KAIZEN_FUZZ_EXAMPLES=700 $(VENV)/bin/pytest tests/integration/test_fuzz_crds.py
+	KAIZEN_FUZZ_EXAMPLES=100 $(VENV)/bin/pytest tests/collector/test_openapi_fuzz.py
 
 e2e: setup ## Run the end-to-end tests (against KAIZEN_TEST_KUBECONFIG when set)
 	$(VENV)/bin/pytest tests/e2e

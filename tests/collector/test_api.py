@@ -30,6 +30,9 @@ BAD_BODIES = [
     (json.dumps({"rating": "up"}).encode(), 422, "traceId"),
     (json.dumps({"traceId": "t", "rating": "up", "category": "rude"}).encode(), 422, "category"),
     (json.dumps({"traceId": "t", "rating": "up", "consent": {"training": "maybe"}}).encode(), 422, "consent.training"),
+    # A coerced "yes", 1 or "true" is not consent (issue 13): only JSON true is.
+    *[(json.dumps({"traceId": "t", "rating": "up", "consent": {"training": value}}).encode(), 422, "consent.training")
+      for value in ("yes", "true", 1, 0)],
     (json.dumps({"traceId": "t", "rating": "up", "surprise": 1}).encode(), 422, "surprise"),
     (json.dumps({"traceId": "t", "rating": "up", "comment": "x" * 5000}).encode(), 422, "comment"),
     (json.dumps({"items": []}).encode(), 422, "items"),
@@ -64,6 +67,9 @@ def test_invalid_traces_and_queries_get_4xx(collector: Collector) -> None:
         ("model=m&since=2026-01-01T00:00:00", "query.since"),
         ("model=m&categories=incorrect,rude", "query.categories.1"), ("model=m&limit=0", "query.limit"),
         ("model=m&bogus=1", "query.bogus"),
+        # An empty list item is none of the values, not "all" (issue 13).
+        ("model=m&categories=", "query.categories.0"), ("model=m&categories=incorrect,", "query.categories.1"),
+        ("model=m&cohorts=", "query.cohorts.0"),
     ]:
         code, answer = call(collector, "GET", f"/v1/backlog?{query}", scope="read")
         assert code == 422 and any(f["loc"] == loc for f in answer["fields"]), (query, answer)
@@ -71,6 +77,28 @@ def test_invalid_traces_and_queries_get_4xx(collector: Collector) -> None:
     assert code == 422 and answer["fields"][0]["loc"] == "query.negativeOnly"
     code, answer = call(collector, "GET", "/v1/traces/" + "x" * 200, scope="read")
     assert code == 422 and answer["fields"][0]["loc"] == "path.id"
+    # Past a 64-bit database integer: a 422, not the 500 of an OverflowError in the driver (issue 13).
+    for after in (2**63, 10**30):
+        code, answer = call(collector, "GET", f"/v1/audit?after={after}", scope="read")
+        assert code == 422 and answer["fields"][0]["loc"] == "query.after", answer
+    code, answer = call(collector, "GET", f"/v1/audit?after={2**63 - 1}", scope="read")
+    assert code == 200 and answer == {"items": []}
+
+
+def test_a_trace_stored_without_consent_or_with_coerced_consent(collector: Collector, model: str) -> None:
+    code, answer = call(collector, "POST", "/v1/traces", _trace(model, consent={"training": "yes"}), scope="ingest")
+    assert code == 422 and answer["fields"][0]["loc"] == "consent.training"
+    code, answer = call(collector, "POST", "/v1/traces", _trace(model, id=f"{model}-t", consent={"training": True}),
+                        scope="ingest")
+    assert code == 201
+    assert call(collector, "GET", f"/v1/traces/{model}-t", scope="read")[1]["consent"] == {"training": True}
+
+
+def test_oversized_urls_and_headers_get_json_errors(collector: Collector) -> None:
+    code, answer = call(collector, "GET", "/v1/backlog?model=" + "m" * 9000, scope="read")
+    assert code == 414 and "longer than 8190 bytes" in answer["error"], answer
+    code, answer = call(collector, "GET", "/v1/backlog?model=m", scope="read", headers={"X-Big": "b" * 9000})
+    assert code == 431 and "X-Big" in answer["error"], answer
 
 
 def test_wrong_content_type_oversized_body_and_unknown_routes(collector: Collector) -> None:
@@ -151,11 +179,44 @@ def test_metrics_count_feedback_by_model_version_track_rating_and_category(colle
         call(collector, "POST", "/v1/feedback", {"traceId": f"{model}-c", "rating": rating, "category": "tone"},
              scope="ingest")
     metrics = call(collector, "GET", "/metrics")[1]
-    labels = f'category="tone",model="{model}",model_version="v2"'
+    labels = f'category="tone",cohort="",model="{model}",model_version="v2"'
     assert f'kaizen_feedback_total{{{labels},rating="down",track="canary"}} 2.0' in metrics
     assert f'kaizen_feedback_total{{{labels},rating="5",track="canary"}} 1.0' in metrics
     assert f'kaizen_traces_total{{model="{model}",model_version="v2",track="canary"}} 1.0' in metrics
     assert 'kaizen_collector_request_duration_seconds_count{code="201",method="POST",route="/v1/feedback"}' in metrics
+
+
+def test_metrics_count_feedback_by_the_judged_traces_cohort(collector: Collector, model: str) -> None:
+    call(collector, "POST", "/v1/traces", _trace(model, id=f"{model}-p", track="canary", cohort="pro"), scope="ingest")
+    for _ in range(2):
+        call(collector, "POST", "/v1/feedback", {"traceId": f"{model}-p", "rating": "down"}, scope="ingest")
+    call(collector, "POST", "/v1/feedback", {"traceId": f"{model}-unknown", "rating": "up", "model": model},
+         scope="ingest")
+    metrics = call(collector, "GET", "/metrics")[1]
+    assert (f'kaizen_feedback_total{{category="none",cohort="pro",model="{model}",model_version="v1",rating="down",'
+            'track="canary"} 2.0') in metrics
+    assert (f'kaizen_feedback_total{{category="none",cohort="",model="{model}",model_version="unknown",rating="up",'
+            'track="unknown"} 1.0') in metrics
+
+
+def test_openapi_document_says_what_the_service_answers(collector: Collector) -> None:
+    doc = call(collector, "GET", "/openapi.json")[1]
+    traces = doc["paths"]["/v1/traces"]["post"]["responses"]
+    assert traces["201"]["content"]["application/json"]["schema"] == {"oneOf": [
+        {"$ref": "#/components/schemas/Stored"}, {"$ref": "#/components/schemas/IngestResponse"}]}
+    assert {"400", "401", "403", "413", "414", "415", "422", "431", "503"} <= set(traces)
+    assert {"404", "422"} <= set(doc["paths"]["/v1/traces/{id}"]["get"]["responses"])
+    assert {"200", "201", "409"} <= set(doc["paths"]["/v1/audit"]["post"]["responses"])
+    [path_id] = doc["paths"]["/v1/traces/{id}"]["get"]["parameters"]
+    assert path_id["schema"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
+    after = next(p for p in doc["paths"]["/v1/audit"]["get"]["parameters"] if p["name"] == "after")
+    assert after["schema"]["maximum"] == 2**63 - 1
+    for path in doc["paths"].values():
+        for operation in path.values():
+            for status, response in operation["responses"].items():
+                if status >= "400":
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorResponse"}
 
 
 def test_openapi_document_covers_every_route_with_model_schemas(collector: Collector) -> None:

@@ -28,7 +28,8 @@ ODD_BODIES = [
 
 
 def _reference(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -> Any:
-    """The decision before the fast path: json.loads, then validate the object, or the batch if it has items."""
+    """The decision before the fast path: json.loads, then validate the object, or the batch if it has items, strictly
+    (a value of the wrong JSON type is an error, never coerced)."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -37,9 +38,9 @@ def _reference(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -> A
         return 422, ["body"]
     try:
         if "items" in data:
-            items, is_batch = batch.model_validate(data).items, True  # type: ignore[attr-defined]
+            items, is_batch = batch.model_validate(data, strict=True).items, True  # type: ignore[attr-defined]
         else:
-            items, is_batch = [single.model_validate(data)], False
+            items, is_batch = [single.model_validate(data, strict=True)], False
     except ValidationError as error:
         return 422, [".".join(str(part) for part in e["loc"]) or "body" for e in error.errors()]
     return "ok", [item.model_dump() for item in items], is_batch

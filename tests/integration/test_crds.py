@@ -136,6 +136,59 @@ INVALID = [
      ["spec.signals[0].threshold", "field not declared in schema"]),
     ("deployment-not-a-dns-label", edit(_rollout, lambda s: s["target"].update(deployment="Support_Bot")),
      ["spec.target.deployment", "should match"]),
+    # Issue 13: what the schema accepted but the operator or the API server could not act on.
+    ("duration-that-overflows", edit(_loop, lambda s: s["rollout"].setdefault("analysis", {}).update(
+        interval="9999999999999999999999999999999h")), ["spec.rollout.analysis.interval", "should match"]),
+    ("loop-interval-zero", edit(_loop, lambda s: s.update(interval="0s")),
+     ["spec.interval", "must be at least 1s and at most 24h"]),
+    ("analysis-interval-zero", edit(_rollout, lambda s: s["analysis"].update(interval="0ms")),
+     ["spec.analysis.interval", "must be at least 1s and at most 24h"]),
+    ("cooldown-past-a-year", edit(_loop, lambda s: s["policy"].update(cooldown="9000h")),
+     ["spec.policy.cooldown", "must be at most 8760h"]),
+    ("active-deadline-under-a-second", edit(_job, lambda s: s.update(activeDeadline="500ms")),
+     ["spec.activeDeadline", "must be at least 1s"]),
+    ("target-too-long-for-its-canary", edit(_rollout, lambda s: s["target"].update(deployment="d" * 57)),
+     ["spec.target.deployment", "56"]),
+    ("version-not-a-label-value", edit(_rollout, lambda s: s["canaryModel"].update(version="v4-")),
+     ["spec.canaryModel.version", "should match"]),
+    ("toleration-seconds-without-noexecute", edit(_job, lambda s: s.update(tolerations=[
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}])),
+     ["spec.tolerations[0].tolerationSeconds", "only be set with effect NoExecute"]),
+    ("toleration-without-key-needs-exists", edit(_job, lambda s: s.update(tolerations=[{"value": "a"}])),
+     ["spec.tolerations[0].operator", "operator must be Exists when key is empty"]),
+    ("toleration-exists-with-value", edit(_job, lambda s: s.update(tolerations=[
+        {"key": "gpu", "operator": "Exists", "value": "a"}])),
+     ["spec.tolerations[0].value", "value must be empty when operator is Exists"]),
+    ("toleration-key-not-a-label-key", edit(_job, lambda s: s.update(tolerations=[{"key": "bad key", "value": "a"}])),
+     ["spec.tolerations[0].key", "must be a label key"]),
+    ("node-selector-value-not-ascii", edit(_job, lambda s: s.update(nodeSelector={"zone": "z\u00fcrich"})),
+     ["spec.nodeSelector.zone", "should match"]),
+    ("node-selector-key-not-a-label-key", edit(_job, lambda s: s.update(nodeSelector={"z\u00f6ne": "a"})),
+     ["spec.nodeSelector", "keys must be label keys"]),
+    ("queue-name-over-63", edit(_job, lambda s: s.update(queueName="q" * 64)), ["spec.queueName", "63"]),
+    ("loop-queue-name-over-63", edit(_loop, lambda s: s["retrain"].update(queueName="q" * 64)),
+     ["spec.retrain.queueName", "63"]),
+    ("image-with-a-space", edit(_job, lambda s: s.update(image="trainer latest")), ["spec.image", "should match"]),
+    ("gpu-resource-in-kubernetes-io", edit(_job, lambda s: s["resources"].update(gpuResourceName="kubernetes.io/gpu")),
+     ["spec.resources.gpuResourceName", "must be an extended resource name"]),
+    ("pvc-uri-without-a-claim-name", edit(_job, lambda s: s["data"]["replay"][0].update(uri="pvc://Data_Set/x")),
+     ["spec.data.replay[0].uri", "pvc://<claim>/<path>"]),
+    ("secret-key-with-a-slash", edit(_job, lambda s: s["feedback"]["tokenSecretRef"].update(key="a/b")),
+     ["spec.feedback.tokenSecretRef.key", "should match"]),
+]
+
+
+def renamed(base, name):
+    doc = copy.deepcopy(base())
+    doc["metadata"]["name"] = name
+    return doc
+
+
+# Names the DNS-subdomain rule accepts but that would not fit the children's names and label values.
+INVALID += [
+    ("loop-name-over-40", renamed(_loop, "l" * 41), ["metadata.name", "at most 40 characters", "-retrain-"]),
+    ("retrainjob-name-over-55", renamed(_job, "j" * 56), ["metadata.name", "at most 55 characters", "-trainer"]),
+    ("rollout-name-over-63", renamed(_rollout, "r" * 64), ["metadata.name", "at most 63 characters"]),
 ]
 
 
@@ -149,6 +202,12 @@ def test_invalid_manifest_is_rejected_by_the_api_server_naming_the_field(crds, n
     # Nothing was stored.
     listed = crds.kubectl("get", manifest["kind"].lower() + ".kaizen.dev", "-n", namespace, "-o", "name")
     assert listed.stdout.strip() == ""
+
+
+def test_names_at_the_limits_are_accepted(crds, namespace):
+    for base, length in ((_loop, 40), (_job, 55), (_rollout, 63)):
+        manifest = yaml.safe_dump(renamed(base, "n" * length))
+        crds.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
 
 
 def test_retrainjob_reason_is_immutable(crds, namespace):

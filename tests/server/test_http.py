@@ -20,6 +20,13 @@ def causal_server(servers: dict[str, ServerProcess]) -> ServerProcess:
     return servers["causal"]
 
 
+def test_health_answers_503_while_the_model_loads_then_200(servers: dict[str, ServerProcess]) -> None:
+    # The port opens before torch is imported and the model loaded (seconds), so probes see 503 first.
+    for server in servers.values():
+        assert server.readiness[0] == 503 and server.readiness[-1] == 200, server.readiness
+        assert set(server.readiness) == {503, 200}
+
+
 def test_completions_answer_the_trained_response(causal_server: ServerProcess, causal: Trained) -> None:
     row = causal.train[0]
     answer = causal_server.post("/v1/completions", {"model": NAME, "prompt": row["input"], "max_tokens": 16})

@@ -119,3 +119,34 @@ def test_exclusive_bounds_use_openapi_v3_form():
     alpha = model_schema(ROLLOUT.spec, "spec")["properties"]["analysis"]["properties"]["alpha"]
     assert alpha["minimum"] == 0 and alpha["exclusiveMinimum"] is True and alpha["maximum"] == 0.5
 
+
+
+@pytest.mark.parametrize("text", ["9999999999999999999999999999999h", "9" * 400 + "s", "2562048h"])
+def test_parse_duration_rejects_what_no_clock_can_hold_with_a_value_error(text):
+    with pytest.raises(ValueError, match="longer than the longest duration"):
+        parse_duration(text)
+
+
+def test_every_duration_field_is_bounded_and_says_its_bounds():
+    """A field made by bounded_duration carries a CEL rule; its description must tell users the same bounds."""
+    from kaizen.api import KINDS
+    from kaizen.api.common import DURATION_PATTERN, duration_bounds
+    from kaizen.api.crd import custom_resource_definition
+
+    found = []
+
+    def walk(node, path):
+        if node.get("pattern") == DURATION_PATTERN:
+            bounds = duration_bounds(node)
+            assert bounds is not None, f"{path}: a duration without bounds"
+            low, high = bounds
+            assert low in node["description"] and high in node["description"], (path, node["description"])
+            found.append(path)
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+
+    for kind in KINDS:
+        walk(custom_resource_definition(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"], kind.kind)
+    assert len(found) >= 12, found

@@ -109,3 +109,62 @@ def test_a_targeted_mix_needs_something_to_target():
                               "spec.targets there can be no targeted rows")
     spec["data"]["targetedRatio"] = 0
     parse_spec(RETRAIN_JOB, spec)
+
+
+# Issue 13: specs the schema accepted but the operator could not act on. Stored before the schema had these bounds,
+# such a spec must become InvalidSpec with a message, never an exception.
+
+
+def test_a_duration_too_long_to_represent_is_a_problem_not_an_overflow():
+    spec = example("rollout.yaml")
+    spec["analysis"]["interval"] = "9999999999999999999999999999999h"
+    [problem] = problems(ROLLOUT, spec)
+    assert problem.startswith("spec.analysis.interval:"), problem
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (("interval",), "0s", "must be at least 1s and at most 24h"),
+    (("rollout", "analysis", "interval"), "0ms", "must be at least 1s and at most 24h"),
+    (("policy", "cooldown"), "9000h", "must be at most 8760h"),
+    (("retrain", "activeDeadline"), "0.5s", "must be at least 1s and at most 720h"),
+])
+def test_durations_out_of_their_bounds_are_problems(field, value, message):
+    spec = example("improvementloop.yaml")
+    node = spec
+    for key in field[:-1]:
+        node = node.setdefault(key, {})
+    node[field[-1]] = value
+    [problem] = problems(IMPROVEMENT_LOOP, spec)
+    assert problem.startswith("spec." + ".".join(field)) and message in problem, problem
+
+
+@pytest.mark.parametrize("resource, file, limit", [
+    (IMPROVEMENT_LOOP, "improvementloop.yaml", 40), (RETRAIN_JOB, "retrainjob.yaml", 55), (ROLLOUT, "rollout.yaml", 63),
+])
+def test_a_name_too_long_for_its_children_is_a_problem(resource, file, limit):
+    parse_spec(resource, example(file), name="n" * limit)
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(resource, example(file), name="n" * (limit + 1))
+    [problem] = raised.value.problems
+    assert problem.startswith(f"metadata.name: {limit + 1} characters, but the name of a {resource.kind} has at most "
+                              f"{limit} characters"), problem
+
+
+@pytest.mark.parametrize("change, field, message", [
+    (lambda s: s.update(tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule",
+                                      "tolerationSeconds": 60}]),
+     "spec.tolerations[0]", "only be set with effect NoExecute"),
+    (lambda s: s.update(tolerations=[{"value": "x"}]), "spec.tolerations[0]", "operator must be Exists"),
+    (lambda s: s.update(tolerations=[{"key": "k", "operator": "Exists", "value": "x"}]), "spec.tolerations[0]",
+     "value must be empty"),
+    (lambda s: s.update(nodeSelector={"zone": "z\u00fcrich"}), "spec.nodeSelector.zone", "should match pattern"),
+    (lambda s: s.update(nodeSelector={"z\u00f6ne": "a"}), "spec.nodeSelector", "is not a label key"),
+    (lambda s: s.update(nodeSelector={"p" * 254 + "/zone": "a"}), "spec.nodeSelector", "at most 253"),
+    (lambda s: s.update(queueName="q" * 64), "spec.queueName", "at most 63 characters"),
+    (lambda s: s.update(candidateVersion="v5."), "spec.candidateVersion", "should match pattern"),
+])
+def test_job_fields_a_job_cannot_have_are_problems(change, field, message):
+    spec = example("retrainjob.yaml")
+    change(spec)
+    [problem] = problems(RETRAIN_JOB, spec)
+    assert problem.startswith(field) and message in problem, problem

@@ -12,25 +12,25 @@ without one and ``kaizen_server_trace_errors_total`` counts the failure. :func:`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import secrets
 import time
-import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from kaizen.api import serving as s
-from kaizen.collector.models import Track
 from kaizen.sdk import CollectorError, FeedbackRecorder
-from kaizen_server.engine import Engine, ServeError, WrongTask
+from kaizen_server.errors import ServeError, WrongTask
+from kaizen_server.settings import Settings
+
+if TYPE_CHECKING:
+    from kaizen_server.engine import Engine
 
 log = logging.getLogger("kaizen_server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,53 +43,6 @@ TRACE_TIMEOUT_SECONDS = 2.0
 TRACE_WORKERS = 4
 #: Routes whose requests are not counted: probes and scrapes would drown the traffic canary analysis compares.
 UNCOUNTED = frozenset({"/health", "/metrics"})
-TRACKS = typing.get_args(Track)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How one server runs, from the environment of the serving contract (:meth:`from_env`)."""
-
-    model_uri: str
-    name: str = "model"
-    version: str = "unknown"
-    track: str = "unknown"
-    host: str = "0.0.0.0"
-    port: int = 8080
-    collector_url: str | None = None
-    collector_token: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Raises ValueError saying which variable is wrong and what to set."""
-        uri = env.get("MODEL_URI", "").strip()
-        if not uri:
-            raise ValueError("MODEL_URI is not set: set it to the model's location (a path, file://, pvc://CLAIM/PATH, "
-                             "s3:// or hf://), as the trainer's candidate.uri reports it")
-        try:
-            port = int(env.get("PORT") or 8080)
-        except ValueError:
-            raise ValueError(f"PORT={env['PORT']!r} is not a port number") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"PORT={port} is not a port number (1-65535)")
-        token = env.get("KAIZEN_COLLECTOR_TOKEN") or None
-        if token is None and env.get("KAIZEN_COLLECTOR_TOKEN_FILE"):
-            try:
-                token = Path(env["KAIZEN_COLLECTOR_TOKEN_FILE"]).read_text().strip()
-            except OSError as error:
-                raise ValueError(f"KAIZEN_COLLECTOR_TOKEN_FILE={env['KAIZEN_COLLECTOR_TOKEN_FILE']}: "
-                                 f"{error.strerror or error}") from None
-        url = env.get("KAIZEN_COLLECTOR_URL") or None
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"KAIZEN_COLLECTOR_URL={url!r} must start with http:// or https://")
-        # The downward API gives an empty string for a missing label.
-        settings = cls(model_uri=uri, name=env.get("KAIZEN_MODEL_NAME") or "model",
-                       version=env.get("KAIZEN_MODEL_VERSION") or "unknown", track=env.get("KAIZEN_TRACK") or "unknown",
-                       host=env.get("HOST") or "0.0.0.0", port=port, collector_url=url, collector_token=token)
-        if url is not None and settings.track not in TRACKS:
-            raise ValueError(f"KAIZEN_TRACK={settings.track!r}: the collector records traces of the tracks "
-                             f"{', '.join(TRACKS)}; set one of them (the pod's kaizen.dev/track label)")
-        return settings
 
 
 class Metrics:
@@ -212,9 +165,9 @@ class Server:
         self.created = int(time.time())
 
     async def load(self) -> Engine:
-        """Load the model on the worker thread; raises :class:`ServeError` with one line when it cannot."""
-        self.engine = await asyncio.get_running_loop().run_in_executor(
-            self.worker, Engine.load, self.settings.model_uri)
+        """Load the model on the worker thread; raises :class:`ServeError` with one line when it cannot. Torch is
+        imported there too (seconds), so the port is open, and /health answers 503, while it is."""
+        self.engine = await asyncio.get_running_loop().run_in_executor(self.worker, _load, self.settings.model_uri)
         return self.engine
 
     def _ready(self, body: s.Request) -> Engine:
@@ -319,6 +272,13 @@ class Server:
     def close(self) -> None:
         self.traces.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _load(uri: str) -> Engine:
+    from kaizen_server.engine import Engine, limit_threads
+
+    limit_threads()
+    return Engine.load(uri)
 
 
 def _middleware(server: Server) -> Any:

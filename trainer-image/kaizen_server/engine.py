@@ -20,18 +20,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kaizen.api.retrainjob import Task
 from kaizen.logic.retrain import mounted_path
 from kaizen_trainer import modeling
+from kaizen_server.errors import ServeError, WrongTask
 from kaizen_trainer.errors import TrainerError
 
 #: The model's own limit on positions, when its config names none.
 FALLBACK_POSITIONS = 1024
-
-
-class ServeError(Exception):
-    """A model that cannot be served, or a request its task cannot answer; the message says which and why."""
-
-
-class WrongTask(ServeError):
-    """A completion asked of a classifier, or a classification of a causal LM."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,7 @@ class Engine:
         self.positions = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
                              or FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+        self.threads = torch.get_num_threads()
 
     @classmethod
     def load(cls, uri: str, task: Task | None = None) -> Engine:

@@ -14,28 +14,105 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kaizen.dev"
 API_VERSION = "v1alpha1"
 
 #: Go-style durations as Kubernetes users write them: "30s", "5m", "1h30m", "250ms". No sign: never negative.
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+#: At most four parts of at most five integer digits each (4 x 99999h is about 45 years), so that no duration the
+#: schema accepts overflows a parser: neither the API server's CEL ``duration()`` (Go's, limited to about 292 years)
+#: nor :func:`parse_duration`.
+DURATION_PATTERN = r"^([0-9]{1,5}(\.[0-9]{1,9})?(ms|s|m|h)){1,4}$"
+_DURATION_SYNTAX = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: The longest duration :func:`parse_duration` returns: Go's (and so CEL's) limit, 2^63 ns.
+MAX_DURATION = timedelta(microseconds=(2**63 - 1) // 1000)
 
 #: A DNS-1123 label: what Kubernetes accepts as the name of a Deployment, container, Service or namespace.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS-1123 subdomain (names of most objects: ConfigMaps, PersistentVolumeClaims, Kueue LocalQueues).
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label value as the API server validates it: at most 63 characters, alphanumeric at both ends, [-_.] between.
+#: Empty is a valid label value; fields that must be set add ``min_length=1``.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key (a qualified name): an optional DNS-subdomain prefix and '/', then a name of at most 63 characters.
+#: The prefix's own limit (253) is checked by :func:`label_key_problem` and the CEL rules that use it.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 #: A name used inside a spec (a signal, a metric, a gate): short, lower camel or kebab case.
 NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_-]*$"
 
 
 def parse_duration(value: str) -> timedelta:
-    """Parse a duration written as in :data:`DURATION_PATTERN` ("1h30m")."""
-    if not re.fullmatch(DURATION_PATTERN, value):
+    """Parse a duration written as in :data:`DURATION_PATTERN` ("1h30m").
+
+    Raises :class:`ValueError` (never ``OverflowError``) for anything that is not a duration or is longer than
+    :data:`MAX_DURATION`: a spec stored before the schema bounded durations may still hold one.
+    """
+    if not isinstance(value, str) or not _DURATION_SYNTAX.fullmatch(value):
         raise ValueError(f"invalid duration {value!r}: expected a number with a unit, e.g. 30s, 5m, 1h30m")
-    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value)))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    if not seconds <= MAX_DURATION.total_seconds():  # also false for inf
+        raise ValueError(f"invalid duration {value[:40]!r}: longer than the longest duration Kubernetes can "
+                         f"represent ({MAX_DURATION.days} days); use a shorter one")
+    return timedelta(seconds=seconds)
+
+
+def bounded_duration(low: str, high: str) -> Any:
+    """A duration field's type, bounded to [low, high]: checked by the API server (a CEL rule with ``duration()``)
+    and again by pydantic, so a spec stored before the bound existed is reported, not acted on. Say the bounds in
+    the field's description; :func:`duration_bounds` reads them back (the tests check every description)."""
+    low_td, high_td = parse_duration(low), parse_duration(high)
+    if low_td > timedelta(0):
+        rule = f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')"
+        message = f"must be at least {low} and at most {high}"
+    else:
+        rule, message = f"duration(self) <= duration('{high}')", f"must be at most {high}"
+
+    def check(value: str) -> str:
+        if not low_td <= parse_duration(value) <= high_td:
+            raise ValueError(f"{value} is out of range: {message}")
+        return value
+
+    return Annotated[
+        str, Field(pattern=DURATION_PATTERN, max_length=40, json_schema_extra=validations(cel(rule, message))),
+        AfterValidator(check),
+    ]
+
+
+def duration_bounds(schema: dict[str, Any]) -> tuple[str, str] | None:
+    """The (low, high) of a duration field's schema made by :func:`bounded_duration`, or None."""
+    for rule in schema.get("x-kubernetes-validations", []):
+        found = re.findall(r"duration\('([^']+)'\)", rule["rule"])
+        if found:
+            return ("0s", found[0]) if len(found) == 1 else (found[0], found[1])
+    return None
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a label key (a qualified name), or None."""
+    if not re.fullmatch(LABEL_KEY_PATTERN, key):
+        return (f"{key[:80]!r} is not a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
+                "characters [A-Za-z0-9_.-], alphanumeric at both ends")
+    if "/" in key and len(key.split("/")[0]) > 253:
+        return f"{key[:80]!r}: the prefix of a label key has at most 253 characters"
+    return None
+
+
+def _label_key(key: str) -> str:
+    problem = label_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+#: CEL (on a string, or with ``k`` for a map key) accepting label keys as :func:`label_key_problem` does.
+def label_key_rule(var: str) -> str:
+    return f"{var}.matches(r'{LABEL_KEY_PATTERN}') && ({var}.indexOf('/') < 0 || {var}.indexOf('/') <= 253)"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
@@ -68,8 +145,11 @@ def exactly_one_rule(*members: str) -> dict[str, Any]:
 
 IMMUTABLE = validations(cel("self == oldSelf", "is immutable"))
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 DNSLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+#: A label value that must be set (a model version, a Kueue queue name is stricter: a DNS subdomain).
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, min_length=1, max_length=63)]
+#: A label key, for maps copied into a pod (nodeSelector) or a toleration's key.
+LabelKey = Annotated[str, Field(min_length=1, max_length=317), AfterValidator(_label_key)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 
@@ -95,7 +175,10 @@ class SecretKeyRef(KaizenModel):
     """A key in a Secret in the same namespace."""
 
     name: DNSLabel = Field(description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key within the Secret: at most 253 characters of [-._a-zA-Z0-9], as Secret keys are.",
+    )
 
 
 class PrometheusSpec(KaizenModel):
@@ -113,9 +196,9 @@ class PrometheusSpec(KaizenModel):
 class ModelRef(KaizenModel):
     """A model version and where its weights are."""
 
-    version: str = Field(
-        min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="Model version label, e.g. v7 or 2026-11-28.1; also the kaizen.dev/model-version pod label.",
+    version: LabelValue = Field(
+        description="Model version label, e.g. v7 or 2026-11-28.1. It becomes the kaizen.dev/model-version pod "
+        "label, so it has a label value's syntax: at most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends.",
     )
     uri: str = Field(
         min_length=1, max_length=1024,
@@ -123,10 +206,19 @@ class ModelRef(KaizenModel):
     )
 
 
+#: The canary Deployment is named ``<target>-canary`` (kaizen.k8s.deployments.canary_name): 63 - len("-canary").
+MAX_TARGET_LENGTH = 56
+
+
 class TargetRef(KaizenModel):
     """The served model: a Deployment whose container reads the model location from an environment variable."""
 
-    deployment: DNSLabel = Field(description="Name of the Deployment that serves the model (the stable track).")
+    deployment: str = Field(
+        pattern=DNS_LABEL_PATTERN, min_length=1, max_length=MAX_TARGET_LENGTH,
+        description=f"Name of the Deployment that serves the model (the stable track): a DNS label of at most "
+        f"{MAX_TARGET_LENGTH} characters, so that its canary Deployment, <deployment>-canary, is a DNS label of at "
+        "most 63 too.",
+    )
     container: DNSLabel | None = Field(
         default=None, description="Container that serves the model; defaults to the first container of the pod."
     )

@@ -59,6 +59,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
     if "exclusiveMaximum" in node:
         node["maximum"], node["exclusiveMaximum"] = node.pop("exclusiveMaximum"), True
 
+    if "propertyNames" in node:
+        # A structural schema cannot constrain map keys; a CEL rule on the map (self.all(k, ...)) must say the same.
+        if not node.get("x-kubernetes-validations"):
+            raise SchemaError(f"{path}: map keys are constrained, so the map needs a CEL rule that checks them")
+        del node["propertyNames"]
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEPT | {"exclusiveMinimum", "exclusiveMaximum"}}
     unknown = set(node) - _KEPT - _DROPPED - {"properties", "required", "items", "additionalProperties",
                                               "exclusiveMinimum", "exclusiveMaximum"}
@@ -136,6 +141,12 @@ def custom_resource_definition(resource: ResourceKind) -> dict[str, Any]:
                     "type": "object",
                     "description": resource.description,
                     "required": ["spec"],
+                    # At the root, CEL may read metadata.name (and nothing else of metadata).
+                    "x-kubernetes-validations": [{
+                        "rule": f"self.metadata.name.size() <= {resource.max_name_length}",
+                        # No fieldPath: it may only name fields of the schema, and metadata has none.
+                        "message": f"metadata.name: {resource.name_message}",
+                    }],
                     "properties": {
                         "apiVersion": {
                             "type": "string", "description": "APIVersion of this object: kaizen.dev/v1alpha1.",

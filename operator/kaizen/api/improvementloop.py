@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    CommonStatus, Duration, KaizenModel, ModelRef, Name, PrometheusSpec, SecretKeyRef, TargetRef, bounds_rule, cel,
-    nested, validations,
+    CommonStatus, KaizenModel, ModelRef, Name, PrometheusSpec, SecretKeyRef, TargetRef, bounded_duration, bounds_rule,
+    cel, nested, validations,
 )
 from kaizen.api.retrainjob import GATES_FIELD, FeedbackCategory, Gate, RetrainTemplate
 from kaizen.api.rollout import RolloutTemplate
@@ -32,10 +32,10 @@ class Signal(KaizenModel):
     )
     min: float | None = Field(default=None, description="The signal breaches when it falls below this.")
     max: float | None = Field(default=None, description="The signal breaches when it rises above this.")
-    for_: Duration = Field(
+    for_: bounded_duration("0s", "168h") = Field(
         default="5m", alias="for",
         description="How long a breach must be sustained before it counts (and how long it must be clear before it "
-        "clears).",
+        "clears): from 0s (at once) to 168h.",
     )
 
     model_config = {
@@ -79,7 +79,9 @@ class ApprovalPolicy(KaizenModel):
 class Policy(KaizenModel):
     """Limits on what the loop may do on its own."""
 
-    cooldown: Duration = Field(default="24h", description="Minimum time between two retrains.")
+    cooldown: bounded_duration("0s", "8760h") = Field(
+        default="24h", description="Minimum time between two retrains: from 0s (none) to 8760h (a year)."
+    )
     max_retrains_per_week: int = Field(default=3, ge=0, le=1000, description="Retrains allowed per rolling week.")
     gpu_hours_per_week: float = Field(
         default=24, ge=0, le=100_000, description="GPU hours allowed per rolling week (summed from RetrainJobs)."
@@ -89,10 +91,10 @@ class Policy(KaizenModel):
     max_consecutive_failures: int = Field(
         default=3, ge=1, le=100, description="Failed retrains or rollouts in a row before the loop stops (Degraded)."
     )
-    rollback_window: Duration = Field(
+    rollback_window: bounded_duration("0s", "720h") = Field(
         default="1h",
         description="A breach that begins within this time after a promotion is blamed on it: Kaizen rolls back to "
-        "the previous model instead of retraining.",
+        "the previous model instead of retraining. From 0s (never blamed) to 720h.",
     )
     successful_history_limit: int = Field(
         default=5, ge=0, le=100,
@@ -122,7 +124,9 @@ class ImprovementLoopSpec(KaizenModel):
         ),
     )
     feedback: FeedbackSpec | None = Field(default=None, description="Explicit user feedback from the collector.")
-    interval: Duration = Field(default="1m", description="How often signals and feedback are observed.")
+    interval: bounded_duration("1s", "24h") = Field(
+        default="1m", description="How often signals and feedback are observed: from 1s to 24h."
+    )
     policy: Policy = nested(Policy, "Limits, budgets and approvals.")
     retrain: RetrainTemplate = Field(description="How to retrain; every RetrainJob the loop creates starts from it.")
     gates: list[Gate] = GATES_FIELD

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Reason, SecretKeyRef, bounds_rule, cel, nested,
-    validations,
+    DNS_SUBDOMAIN_PATTERN, IMMUTABLE, LABEL_VALUE_PATTERN, CommonStatus, KaizenModel, LabelKey, LabelValue, ModelRef,
+    Reason, SecretKeyRef, bounded_duration, bounds_rule, cel, label_key_rule, nested, validations,
 )
 
 Task = Literal["causal-lm", "sequence-classification"]
@@ -26,6 +26,12 @@ GateMetric = Literal[
 ]
 EvalSet = Literal["holdout", "regression", "stress"]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
+#: pvc://<claim>/<path>: the claim is mounted into the training pod, so its name must be a PVC's (a DNS subdomain).
+PVC_URI_RULE = cel(
+    f"!self.startsWith('pvc://') || self.matches(r'^pvc://{DNS_SUBDOMAIN_PATTERN[1:-1]}(/.*)?$')",
+    "a pvc:// URI is pvc://<claim>/<path>, where <claim> is the name of a PersistentVolumeClaim (lower-case "
+    "letters, digits, '-' and '.')",
+)
 
 
 class DataSource(KaizenModel):
@@ -35,6 +41,7 @@ class DataSource(KaizenModel):
         min_length=1, max_length=1024, pattern=r"^(/|file://|s3://|https?://|pvc://)",
         description="Location: an absolute path in the trainer pod (a mounted volume), file://, pvc://<claim>/<path>,"
         " s3:// (through fsspec) or http(s)://.",
+        json_schema_extra=validations(PVC_URI_RULE),
     )
     sha256: str | None = Field(
         default=None, pattern=r"^[a-f0-9]{64}$",
@@ -108,16 +115,64 @@ class Hyperparameters(KaizenModel):
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Random seed, for reproducible runs.")
 
 
-class Toleration(KaizenModel):
-    """A pod toleration (corev1.Toleration)."""
+#: An upper bound on tolerationSeconds (the API server takes any int64): about 31 years.
+MAX_TOLERATION_SECONDS = 10**9
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all keys.")
+
+class Toleration(KaizenModel):
+    """A pod toleration (corev1.Toleration), with the rules the API server applies to a pod's: a key is a label key,
+    an empty key needs operator Exists, Exists takes no value, and tolerationSeconds goes only with NoExecute."""
+
+    key: LabelKey | None = Field(
+        default=None, description="Taint key, a label key (e.g. nvidia.com/gpu); omitted, it matches every key and "
+        "operator must be Exists.",
+        json_schema_extra=validations(cel(label_key_rule("self"), "must be a label key: an optional DNS-subdomain "
+                                          "prefix of at most 253 characters and '/', then at most 63 characters "
+                                          "[A-Za-z0-9_.-], alphanumeric at both ends")),
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE_PATTERN,
+        description="Taint value for Equal, a label value; must be omitted (or empty) with Exists.",
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty matches all effects."
     )
-    toleration_seconds: int | None = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, le=MAX_TOLERATION_SECONDS,
+        description="How long a NoExecute taint is tolerated; only with effect NoExecute.",
+    )
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("(has(self.key) && self.key != '') || self.operator == 'Exists'",
+                "operator must be Exists when key is empty (a toleration without a key tolerates every taint)",
+                ".operator"),
+            cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists", ".value"),
+            cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds may only be set with effect NoExecute (other effects do not evict)",
+                ".tolerationSeconds"),
+        )
+    }
+
+    @model_validator(mode="after")
+    def _as_the_api_server_validates(self) -> Toleration:
+        # The same rules as the CEL above, for specs stored before they existed.
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty (a toleration without a key tolerates every "
+                             "taint)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds may only be set with effect NoExecute (other effects do not evict)")
+        return self
+
+
+#: An extended resource name: a DNS-subdomain prefix (not kubernetes.io), '/', and a name of at most 63 characters.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 
 class Resources(KaizenModel):
@@ -125,8 +180,13 @@ class Resources(KaizenModel):
 
     gpus: int = Field(default=1, ge=0, le=64, description="GPUs to request; 0 trains on CPU.")
     gpu_resource_name: str = Field(
-        default="nvidia.com/gpu", max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
-        description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, ...).",
+        default="nvidia.com/gpu", max_length=253, pattern=RESOURCE_NAME_PATTERN,
+        description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, ...): <domain>/<name>, the "
+        "domain not kubernetes.io.",
+        json_schema_extra=validations(cel(
+            "!self.contains('kubernetes.io/') && !self.startsWith('requests.')",
+            "must be an extended resource name: its domain may not be kubernetes.io, nor start with requests.",
+        )),
     )
     cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=16, description="CPU request.")
     memory: str = Field(
@@ -139,7 +199,9 @@ class RetrainTemplate(KaizenModel):
     """How to retrain: the part of a RetrainJob an ImprovementLoop fills in for every retrain it starts."""
 
     image: str = Field(
-        min_length=1, max_length=512, description="Trainer image (built from trainer-image/ in this repository)."
+        min_length=1, max_length=512, pattern=r"^[!-~]+$",
+        description="Trainer image (built from trainer-image/ in this repository): an image reference, printable "
+        "ASCII without spaces.",
     )
     task: Task = Field(default="causal-lm", description="causal-lm (prompt -> response) or sequence-classification.")
     base_model: ModelRef | None = Field(
@@ -150,24 +212,34 @@ class RetrainTemplate(KaizenModel):
     data: DataSpec = nested(DataSpec, "Training and evaluation data and how they are mixed.")
     hyperparameters: Hyperparameters = nested(Hyperparameters, "Fine-tuning settings.")
     resources: Resources = nested(Resources, "Compute for the training pod.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the training pod must match.",
-        json_schema_extra={"maxProperties": 32},
+    node_selector: dict[LabelKey, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict,
+        description="Node labels the training pod must match: label keys and label values (at most 63 characters "
+        "of [A-Za-z0-9_.-], alphanumeric at both ends).",
+        json_schema_extra={"maxProperties": 32, **validations(cel(
+            f"self.all(k, {label_key_rule('k')})",
+            "keys must be label keys: an optional DNS-subdomain prefix of at most 253 characters and '/', then at "
+            "most 63 characters [A-Za-z0-9_.-], alphanumeric at both ends",
+        ))},
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Tolerations of the training pod (e.g. for GPU taints)."
     )
     queue_name: str | None = Field(
-        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
-        description="Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label.",
+        default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=63,
+        description="Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label, so the "
+        "name is at most 63 characters (a label value) of lower-case letters, digits, '-' and '.'.",
     )
     output_uri: str = Field(
         alias="outputURI", min_length=1, max_length=1024, pattern=r"^(/|file://|s3://|pvc://)",
         description="Where candidate models, metrics, dataset manifests and model cards are written; each job writes "
         "under <outputURI>/<namespace>/<job name>/.",
+        json_schema_extra=validations(PVC_URI_RULE),
     )
     backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed training pod.")
-    active_deadline: Duration = Field(default="6h", description="Hard time limit of the training Job.")
+    active_deadline: bounded_duration("1s", "720h") = Field(
+        default="6h", description="Hard time limit of the training Job (its activeDeadlineSeconds): from 1s to 720h."
+    )
 
 
 class Gate(KaizenModel):
@@ -227,9 +299,10 @@ class RetrainJobSpec(RetrainTemplate):
 
     reason: Reason = Field(description="Why this retrain exists (immutable).", json_schema_extra=IMMUTABLE)
     baseline: ModelRef = Field(description="Model to start from and to compare the candidate against.")
-    candidate_version: str | None = Field(
-        default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="Version label of the candidate; defaults to the RetrainJob's name.",
+    candidate_version: LabelValue | None = Field(
+        default=None,
+        description="Version label of the candidate (a label value, like every model version); defaults to the "
+        "RetrainJob's name.",
     )
     feedback: FeedbackSource | None = Field(
         default=None, description="Collector export to take targeted examples from (consented items only).",

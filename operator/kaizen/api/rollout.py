@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, Duration, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
-    bounds_rule, cel, exactly_one_rule, nested, validations,
+    IMMUTABLE, CommonStatus, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
+    bounded_duration, bounds_rule, cel, exactly_one_rule, nested, validations,
 )
 
 QUERY_FIELD = dict(
@@ -43,13 +43,15 @@ class TrafficRouting(KaizenModel):
 class AnalysisStep(KaizenModel):
     """Hold the current weight while the analysis metrics judge the canary; needs at least one metric."""
 
-    duration: Duration = Field(description="How long to analyse, e.g. 10m.")
+    duration: bounded_duration("1s", "720h") = Field(description="How long to analyse, e.g. 10m: from 1s to 720h.")
 
 
 class PauseStep(KaizenModel):
     """Hold at the current weight; without a duration, wait for `kaizen approve` or `kaizen promote`."""
 
-    duration: Duration | None = Field(default=None, description="How long to pause; omit to wait for approval.")
+    duration: bounded_duration("1s", "720h") | None = Field(
+        default=None, description="How long to pause, from 1s to 720h; omit to wait for approval."
+    )
 
 
 class Step(KaizenModel):
@@ -120,7 +122,9 @@ class FailurePolicy(KaizenModel):
 class Analysis(KaizenModel):
     """How the canary is judged against stable: every interval, throughout the rollout, by every metric."""
 
-    interval: Duration = Field(default="1m", description="Time between two looks at the metrics.")
+    interval: bounded_duration("1s", "24h") = Field(
+        default="1m", description="Time between two looks at the metrics: from 1s to 24h."
+    )
     alpha: float = Field(
         default=0.05, gt=0, le=0.5,
         description="Bound on the probability of rolling back a canary that is not worse, over all looks and all "

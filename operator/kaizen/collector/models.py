@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainValidator
+from pydantic import AfterValidator, Field, PlainValidator, StrictBool
 
 from kaizen.api.common import KaizenModel
 from kaizen.api.retrainjob import FeedbackCategory
@@ -29,9 +29,11 @@ def _no_nul(value: str) -> str:
     return value
 
 
-#: Free text a user or model wrote. Bounded so one request cannot exhaust memory or the database.
-LongText = Annotated[str, Field(max_length=65_536), AfterValidator(_no_nul)]
-ShortText = Annotated[str, Field(max_length=4_096), AfterValidator(_no_nul)]
+#: Free text a user or model wrote. Bounded so one request cannot exhaust memory or the database. The pattern only
+#: documents the NUL rule in /openapi.json; the validator enforces it with a clearer message.
+_NO_NUL_SCHEMA = {"pattern": "^[^\u0000]*$"}
+LongText = Annotated[str, Field(max_length=65_536, json_schema_extra=_NO_NUL_SCHEMA), AfterValidator(_no_nul)]
+ShortText = Annotated[str, Field(max_length=4_096, json_schema_extra=_NO_NUL_SCHEMA), AfterValidator(_no_nul)]
 Thumb = Literal["up", "down"]
 Stars = Annotated[int, Field(ge=1, le=5)]
 
@@ -42,10 +44,14 @@ def _rating(value: Any) -> str:
         return str(value)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
         return str(value)
+    if isinstance(value, float) and value in (1, 2, 3, 4, 5):  # 5.0 is a JSON integer too
+        return str(int(value))
     raise ValueError("must be 'up', 'down', or a whole number of stars from 1 to 5")
 
 
-Rating = Annotated[str, PlainValidator(_rating, json_schema_input_type=Thumb | Stars)]
+Rating = Annotated[
+    str, PlainValidator(_rating, json_schema_input_type=Literal["up", "down", "1", "2", "3", "4", "5"] | Stars)
+]
 Sentiment = Literal["positive", "neutral", "negative"]
 Scope = Literal["ingest", "read", "audit", "admin"]
 #: Upper bound on the items of one batch request.
@@ -64,7 +70,11 @@ AwareTime = Annotated[datetime, AfterValidator(_aware)]
 class Consent(KaizenModel):
     """What the subject agreed to. Absent means no: privacy by default."""
 
-    training: bool = Field(default=False, description="The subject agreed that this item may be used for training.")
+    training: StrictBool = Field(
+        default=False,
+        description="The subject agreed that this item may be used for training: JSON true or false, nothing else "
+        "(a coerced \"yes\" or 1 is not consent).",
+    )
 
 
 class TraceIn(KaizenModel):
@@ -158,15 +168,16 @@ class TraceOut(KaizenModel):
     created_at: datetime = Field(description="When the collector stored it.")
 
 
-def _csv(value: Any) -> Any:
-    """Query parameters arrive as strings: accept ``a,b`` as well as repeated parameters."""
-    if isinstance(value, str):
-        return [part for part in value.split(",") if part]
-    return value
+def _csv(value: str) -> list[str]:
+    """Query parameters arrive as strings: accept ``a,b`` as well as repeated parameters. Empty items are kept, so
+    that ``categories=`` or ``a,,b`` is an error (an empty category is none of the categories), not "all"."""
+    return value.split(",")
 
 
+#: A filter value in a list query parameter: a label without commas (the comma separates items).
+FilterLabel = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f,]+$")]
 CsvCategories = Annotated[list[FeedbackCategory], Field(default_factory=list, max_length=6)]
-CsvLabels = Annotated[list[Label], Field(default_factory=list, max_length=64)]
+CsvLabels = Annotated[list[FilterLabel], Field(default_factory=list, max_length=64)]
 
 
 class FeedbackQuery(KaizenModel):
@@ -299,11 +310,17 @@ class AuditRecord(AuditEntry):
     received_at: datetime = Field(description="When the collector stored it.")
 
 
+#: Sequence numbers are 64-bit database integers (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_SEQ = 2**63 - 1
+
+
 class AuditQuery(KaizenModel):
     """Query of ``GET /v1/audit``."""
 
     loop: Label | None = Field(default=None, description="Only this loop's entries.")
-    after: int = Field(default=0, ge=0, description="Only entries after this sequence number (paging).")
+    after: int = Field(
+        default=0, ge=0, le=MAX_SEQ, description="Only entries after this sequence number (paging); at most 2^63-1."
+    )
     limit: int = Field(default=100, ge=1, le=1000, description="Most entries returned.")
 
 

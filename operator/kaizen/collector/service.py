@@ -37,28 +37,43 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ROUTES = [
-    Route("POST", "/v1/traces", "post_traces", "Record one trace, or a batch as {items: [...]}", "ingest",
-          m.Stored, 201, body=(m.TraceIn, m.TraceBatch)),
-    Route("GET", "/v1/traces/{id}", "get_trace", "A stored (redacted) trace", "read", m.TraceOut),
-    Route("POST", "/v1/feedback", "post_feedback", "Record feedback on a trace, or a batch as {items: [...]}",
-          "ingest", m.Stored, 201, body=(m.FeedbackIn, m.FeedbackBatch)),
-    Route("GET", "/v1/feedback/count", "count_feedback", "Count negative feedback", "read", m.FeedbackCount,
+    Route("POST", "/v1/traces", "post_traces", "Record one trace (answers Stored), or a batch as {items: [...]} "
+          "(answers {items: [Stored, ...]})", "ingest", (m.Stored, m.IngestResponse), (201,),
+          body=(m.TraceIn, m.TraceBatch)),
+    Route("GET", "/v1/traces/{id}", "get_trace", "A stored (redacted) trace", "read", (m.TraceOut,)),
+    Route("POST", "/v1/feedback", "post_feedback", "Record feedback on a trace (answers Stored), or a batch as "
+          "{items: [...]} (answers {items: [Stored, ...]})", "ingest", (m.Stored, m.IngestResponse), (201,),
+          body=(m.FeedbackIn, m.FeedbackBatch)),
+    Route("GET", "/v1/feedback/count", "count_feedback", "Count negative feedback", "read", (m.FeedbackCount,),
           query=m.CountQuery),
     Route("DELETE", "/v1/subjects/{id}", "delete_subject", "Opt-out: delete a subject's data and tombstone it",
-          "admin", m.SubjectDeleted),
-    Route("GET", "/v1/export", "export", "Training export: consented examples as JSONL, manifest last", "read",
-          m.ExportRow, query=m.ExportQuery, content_type="application/x-ndjson"),
+          "admin", (m.SubjectDeleted,)),
+    Route("GET", "/v1/export", "export", "Training export: consented examples as JSONL (one ExportRow a line), "
+          "the ExportManifest last", "read", (m.ExportRow, m.ExportManifest), query=m.ExportQuery,
+          content_type="application/x-ndjson"),
     Route("GET", "/v1/backlog", "backlog", "Negative feedback grouped by category, scenario and cohort", "read",
-          m.Backlog, query=m.BacklogQuery),
-    Route("POST", "/v1/audit", "post_audit", "Append a decision to the audit log", "audit", m.AuditRecord, 201,
-          body=(m.AuditEntry,)),
-    Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", m.AuditPage,
+          (m.Backlog,), query=m.BacklogQuery),
+    Route("POST", "/v1/audit", "post_audit", "Append a decision to the audit log (201; 200 when the same entry was "
+          "stored before)", "audit", (m.AuditRecord,), (200, 201), body=(m.AuditEntry,), errors=(409,)),
+    Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", (m.AuditPage,),
           query=m.AuditQuery),
-    Route("GET", "/healthz", "healthz", "Liveness", None, m.Health),
-    Route("GET", "/readyz", "readyz", "Readiness: the database answers", None, m.Health),
-    Route("GET", "/metrics", "metrics", "Prometheus metrics", None, None, content_type=CONTENT_TYPE_LATEST),
-    Route("GET", "/openapi.json", "openapi", "This document", None, None),
+    Route("GET", "/healthz", "healthz", "Liveness", None, (m.Health,), store=False),
+    Route("GET", "/readyz", "readyz", "Readiness: the database answers (503 with a Health body when not)", None,
+          (m.Health,)),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", None, (), content_type=CONTENT_TYPE_LATEST, store=False),
+    Route("GET", "/openapi.json", "openapi", "This document", None, (), store=False),
 ]
+#: The longest request line (method, URL, version) and header line the collector serves; longer ones get a JSON 414
+#: or 431. aiohttp's own parser answers lines beyond *its* limits with a plain-text 400 before any middleware runs,
+#: so its limits are set well above these (``_PARSER_LIMIT``): only absurd lines, over 64 KiB, still get that.
+MAX_URL_BYTES = 8190
+MAX_HEADER_BYTES = 8190
+_PARSER_LIMIT = 1 << 16
+DESCRIPTION = (
+    "Traces, feedback and the audit log of Kaizen. Every error has a JSON body (ErrorResponse). URLs longer than "
+    f"{MAX_URL_BYTES} bytes get 414 and header lines longer than {MAX_HEADER_BYTES} bytes 431; lines over "
+    f"{_PARSER_LIMIT} bytes are refused by the HTTP parser itself, with a plain-text 400."
+)
 
 _ID = re.compile(m.ID_PATTERN)
 
@@ -81,8 +96,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.feedback = Counter(
-            "kaizen_feedback", "Feedback items stored, by the judged trace's model, version and track.",
-            ["model", "model_version", "track", "rating", "category"], registry=self.registry,
+            "kaizen_feedback", "Feedback items stored, by the judged trace's model, version, track and cohort (empty "
+            "when the trace has none or is unknown), and by rating and category.",
+            ["model", "model_version", "track", "rating", "category", "cohort"], registry=self.registry,
         )
         self.traces = Counter(
             "kaizen_traces", "Traces stored.", ["model", "model_version", "track"], registry=self.registry
@@ -161,17 +177,17 @@ def _decode(raw: bytes) -> Any:
         raise ClientError(400, f"the body is not valid JSON: {error}") from None
 
 
-async def _body(request: web.Request) -> Any:
-    return _decode(await _raw_body(request))
-
-
 def _parse_ingest(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -> tuple[list[Any], bool]:
-    """One object, or ``{"items": [...]}``; returns the items and whether it was a batch."""
+    """One object, or ``{"items": [...]}``; returns the items and whether it was a batch.
+
+    Bodies are validated strictly, as JSON: a value of the wrong JSON type is an error, not coerced (``false`` is not
+    a latency of 0, ``0`` not a time, ``"yes"`` not consent), so the service accepts what /openapi.json says, no more.
+    """
     try:
         # Most requests are one valid item: validating the bytes in pydantic's core skips json.loads and the
         # intermediate dict. A batch or any invalid body fails here (``items`` is not a field of an item) and takes
         # the path below, which alone decides the outcome, so batches and error responses are unchanged.
-        return [single.model_validate_json(raw)], False
+        return [single.model_validate_json(raw, strict=True)], False
     except ValidationError:
         pass
     data = _decode(raw)
@@ -179,9 +195,11 @@ def _parse_ingest(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -
         raise ClientError(422, "the body must be a JSON object (one item, or {\"items\": [...]})",
                           [m.FieldError(loc="body", message=f"expected an object, got {type(data).__name__}")])
     try:
+        # Python-strict on the decoded object equals JSON-strict for these models (no field takes a JSON string
+        # as another type), and it keeps what json.loads alone accepts, such as a leading BOM.
         if "items" in data:
-            return batch.model_validate(data).items, True  # type: ignore[attr-defined]
-        return [single.model_validate(data)], False
+            return batch.model_validate(data, strict=True).items, True  # type: ignore[attr-defined]
+        return [single.model_validate(data, strict=True)], False
     except ValidationError as error:
         raise ClientError(422, "the body is invalid; see fields", _field_errors(error)) from None
 
@@ -208,7 +226,7 @@ class Collector:
 
     def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
         self.config, self.store, self.prom = config, store, metrics
-        self._document = json.dumps(document(ROUTES, "Kaizen collector", "v1")).encode()
+        self._document = json.dumps(document(ROUTES, "Kaizen collector", "v1", DESCRIPTION)).encode()
         # Generated ids: a random per-process prefix and a counter. Unique across restarts and replicas like a
         # uuid4, without a system call per item (os.urandom shows up in profiles at thousands of items a second).
         self._id_prefix, self._id_counter = secrets.token_hex(6), itertools.count()
@@ -277,9 +295,11 @@ class Collector:
             if trace is None:
                 self.prom.labels(self.prom.unknown_trace, row["model"] or "unknown").inc()
                 labels = (row["model"] or "unknown", "unknown", "unknown")
+                cohort = ""
             else:
                 labels = (trace["model"], trace["model_version"], trace["track"])
-            self.prom.labels(self.prom.feedback, *labels, row["rating"], row["category"] or "none").inc()
+                cohort = trace["cohort"] or ""
+            self.prom.labels(self.prom.feedback, *labels, row["rating"], row["category"] or "none", cohort).inc()
             stored.append(
                 m.Stored.model_construct(id=row["id"], stored=True, redacted=counts, trace_known=trace is not None)
             )
@@ -355,9 +375,10 @@ class Collector:
         return _json(m.Backlog(model=query.model, items=[m.BacklogItem.model_validate(i) for i in items]))
 
     async def post_audit(self, request: web.Request) -> web.Response:
-        data = await _body(request)
+        raw = await _raw_body(request)
+        _decode(raw)  # not JSON: a 400
         try:
-            entry = m.AuditEntry.model_validate(data)
+            entry = m.AuditEntry.model_validate_json(raw, strict=True)
         except ValidationError as error:
             raise ClientError(422, "the audit entry is invalid; see fields", _field_errors(error)) from None
         record, created = await self.store.append_audit(entry.id, entry.loop, entry.to_wire())
@@ -413,6 +434,16 @@ def _guard(route: Route, handler: Handler, config: Config) -> Handler:
     return guarded
 
 
+def _check_size(request: web.Request) -> None:
+    if len(request.raw_path) > MAX_URL_BYTES:
+        raise ClientError(414, f"the URL is longer than {MAX_URL_BYTES} bytes; send fewer or shorter query "
+                          "parameters")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            raise ClientError(431, f"the header {name[:64].decode(errors='replace')!r} is longer than "
+                              f"{MAX_HEADER_BYTES} bytes")
+
+
 def _middleware(config: Config, metrics: Metrics) -> Any:
     origins = set(config.cors_origins)
 
@@ -420,6 +451,7 @@ def _middleware(config: Config, metrics: Metrics) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         try:
+            _check_size(request)
             if request.method == "OPTIONS" and origins:
                 response: web.StreamResponse = web.Response(status=204)
             else:
@@ -431,6 +463,8 @@ def _middleware(config: Config, metrics: Metrics) -> Any:
                               f"smaller batches")
         except web.HTTPException as error:
             response = _error(error.status, f"{error.reason}: {request.method} {request.path}")
+            if "Allow" in error.headers:  # 405: which methods the path has
+                response.headers["Allow"] = error.headers["Allow"]
         except StoreUnavailable as error:
             response = _error(503, f"not stored, retry later: {error}")
         except AuditConflict as error:
@@ -494,7 +528,8 @@ def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     store = Store(config.db)
     collector = Collector(config, store, metrics)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config, metrics)])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config, metrics)],
+                          handler_args={"max_line_size": _PARSER_LIMIT, "max_field_size": _PARSER_LIMIT})
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _guard(route, getattr(collector, route.handler), config))
     if config.cors_origins:

@@ -54,7 +54,7 @@ _f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
 #   handlers' thread each time; with per-row steps (executemany, fetching row by row) and SQLAlchemy's
 #   BEGIN/COMMIT, a group commit under load took about three times as long as the same commit alone.
 # Every answer is, per input row in input order: whether its subject had opted out (then it was not stored) and, for
-# feedback, the judged trace's model, model version and track (NULLs when the trace is unknown). Only the writer
+# feedback, the judged trace's model, model version, track and cohort (NULLs when the trace is unknown). Only the writer
 # changes tombstones and traces, so an answer read before its insert stays true.
 
 
@@ -62,7 +62,8 @@ def _answer(table: Table, rows: Any, opted_out: Any, trace_id: Any) -> tuple[lis
     """The answer's columns and the FROM clause that yields them (feedback joins the traces it judges)."""
     if table is _t:
         return [opted_out], rows
-    return [opted_out, _t.c.model, _t.c.model_version, _t.c.track], rows.outerjoin(_t, _t.c.id == trace_id)
+    return ([opted_out, _t.c.model, _t.c.model_version, _t.c.track, _t.c.cohort],
+            rows.outerjoin(_t, _t.c.id == trace_id))
 
 
 def _postgres_ingest(table: Table) -> Select[Any]:
@@ -104,8 +105,8 @@ def _results(table: Table, answers: Sequence[Sequence[Any]]) -> list[IngestResul
         return [IngestResult(not answer[0]) for answer in answers]
     return [
         IngestResult(not opted_out, None if model is None else
-                     {"model": model, "model_version": version, "track": track})
-        for opted_out, model, version, track in answers
+                     {"model": model, "model_version": version, "track": track, "cohort": cohort})
+        for opted_out, model, version, track, cohort in answers
     ]
 
 
@@ -153,7 +154,7 @@ class IngestResult:
     """What happened to one ingested row."""
 
     stored: bool
-    trace: dict[str, Any] | None = None  # feedback only: model, model_version, track of the judged trace
+    trace: dict[str, Any] | None = None  # feedback only: model, model_version, track, cohort of the judged trace
 
 
 class Store:

@@ -34,13 +34,22 @@ class InvalidSpec(ValueError):
         self.problems = problems
 
 
-def parse_spec(resource: ResourceKind, spec: dict[str, Any]) -> BaseModel:
-    """Parse and judge a spec, raising :class:`InvalidSpec` with every problem found."""
+def parse_spec(resource: ResourceKind, spec: dict[str, Any], name: str | None = None) -> BaseModel:
+    """Parse and judge a spec (and the object's ``name``, when given), raising :class:`InvalidSpec` with every
+    problem found.
+
+    The API server checks the name's length at admission (a CEL rule); an object created before that rule existed
+    may still have a longer one, and pass it here so that it is reported instead of failing every child create.
+    """
+    name_problems = []
+    if name is not None and len(name) > resource.max_name_length:
+        name_problems.append(f"metadata.name: {len(name)} characters, but {resource.name_message}; recreate it "
+                             "under a shorter name")
     try:
         model = resource.spec.model_validate(spec)
     except ValidationError as error:
-        raise InvalidSpec([_describe(e) for e in error.errors()]) from None
-    problems = list(semantic_problems(model))
+        raise InvalidSpec(name_problems + [_describe(e) for e in error.errors()]) from None
+    problems = name_problems + list(semantic_problems(model))
     if problems:
         raise InvalidSpec(problems)
     return model
