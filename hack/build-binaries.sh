@@ -6,9 +6,10 @@
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/etcd-<v>/        etcd
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/kwok-<v>/        kwok
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/helm-<v>/        helm
+#   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/prometheus-<v>/  prometheus
 #
 # A folder that exists is complete (each is built in a temporary folder and renamed), so a second run is instant.
-# Usage: hack/build-binaries.sh [kubernetes|etcd|kwok|helm ...]   (default: all)
+# Usage: hack/build-binaries.sh [kubernetes|etcd|kwok|helm|prometheus ...]   (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -110,15 +111,28 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$v"
 }
 
+build_prometheus() {
+  # Prometheus 3.x publishes its Go module as v0.3XX.Y (v0.316.0 is Prometheus 3.16.0). Built without the web UI's
+  # assets (no builtinassets tag: the dev stack uses the HTTP API only) and with the file, HTTP and Kubernetes service
+  # discoveries only (remove_all_sd + enable_kubernetes_sd), which leaves out the cloud providers' SDKs.
+  local v=$1 minor release
+  minor=${v#v0.}; minor=${minor%%.*}
+  release="$((10#$minor / 100)).$((10#$minor % 100)).${v##*.}"
+  GOBIN="$out" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$v"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd helm kwok kubernetes)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd helm kwok prometheus kubernetes)
 for t in "${targets[@]}"; do
   case $t in
     kubernetes) install_to kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
     etcd) install_to etcd "$ETCD_VERSION" build_etcd ;;
     kwok) install_to kwok "$KWOK_VERSION" build_kwok ;;
     helm) install_to helm "$HELM_VERSION" build_helm ;;
-    *) echo "build-binaries: unknown target '$t' (expected kubernetes, etcd, kwok or helm)" >&2; exit 2 ;;
+    prometheus) install_to prometheus "$PROMETHEUS_VERSION" build_prometheus ;;
+    *) echo "build-binaries: unknown target '$t' (expected kubernetes, etcd, kwok, helm or prometheus)" >&2; exit 2 ;;
   esac
   cd "$here"
 done
