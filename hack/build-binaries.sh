@@ -20,6 +20,15 @@ export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 
 log() { printf '%s build-binaries: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# GOTOOLCHAIN=local: the Go on PATH builds everything, so it must be new enough; say so in one line, not mid-build.
+command -v go >/dev/null || { log "Go is missing: install Go >= $GO_MINIMUM (https://go.dev/dl/) and put it on PATH"; exit 1; }
+go_version=$(go env GOVERSION)
+go_version=${go_version#go}
+if ! printf '%s\n%s\n' "$GO_MINIMUM" "${go_version%%[-+ ]*}" | sort -V -C; then
+  log "Go $go_version is too old: these pinned versions need Go >= $GO_MINIMUM (https://go.dev/dl/)"
+  exit 1
+fi
+
 # new_module DIR NAME: an empty wrapper module to build upstream commands from.
 new_module() {
   rm -rf "$1" && mkdir -p "$1" && (cd "$1" && go mod init "$2" >/dev/null 2>&1)
