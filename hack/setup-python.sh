@@ -52,7 +52,16 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root"
 # From another folder, as `.venv/bin/kaizen` runs: the package must be this checkout's.
-imported=$(cd / && "$venv/bin/python" -c 'import kaizen, os; print(os.path.realpath(kaizen.__file__))')
+imported() { (cd / && "$venv/bin/python" -c 'import kaizen, os; print(os.path.realpath(kaizen.__file__))'); }
+imported=$(imported)
+if [[ $imported == "$(cd "$venv" && pwd -P)"/* ]]; then
+  # A copy that an environment made by an earlier version of this script kept beside the editable install: no
+  # installed distribution owns it any more (the editable install replaced the one that did), and it shadows every
+  # checkout, so it goes.
+  echo "setup-python: removing the copy of kaizen in ${imported%/__init__.py}, which shadowed $root" >&2
+  rm -rf "${imported%/__init__.py}"
+  imported=$(imported)
+fi
 [ "$imported" = "$root/operator/kaizen/__init__.py" ] ||
   fail "$venv imports kaizen from $imported, not from $root: remove $venv and run \`make setup\` again"
 ln -sfn "$venv" "$root/.venv"
