@@ -130,3 +130,21 @@ def test_a_checkout_without_versions_env_is_one_line(tmp_path: Path, monkeypatch
     assert err == (f"kaizen dev cluster up: {tmp_path / 'hack' / 'versions.env'} is missing: the dev stack runs from "
                    "a checkout of the Kaizen repository; run `make setup` in the checkout and use its "
                    ".venv/bin/kaizen\n")
+
+
+def test_a_prometheus_that_fails_to_start_in_the_demo_is_one_line(empty_cache: Path, tmp_path: Path) -> None:
+    assets = tmp_path / "assets"
+    executable(assets / "kubectl")
+    broken = tmp_path / "broken" / "prometheus"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\necho 'err=\"error loading config\"' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = {**clean_env(empty_cache), "KUBEBUILDER_ASSETS": str(assets), "KAIZEN_PROMETHEUS": str(broken)}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    result = run_kaizen("dev", "demo", "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo"), env=env,
+                        cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr == f"kaizen dev demo: Prometheus exited with status 1 (logs: {tmp_path / 'demo'})\n"

@@ -130,12 +130,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from kaizen.dev.cluster import ClusterStartError, LocalCluster
     from kaizen.dev.prometheus import PrometheusStartError
 
-    control_plane = [] if args.kubeconfig else LocalCluster(args.dir / "cluster", controllers=True, kwok=True).components
+    # The demo's own control plane runs with controllers and kwok (kaizen.dev.demo.cluster_for).
+    control_plane = [] if args.kubeconfig else LocalCluster(args.dir, controllers=True, kwok=True).components
     if _missing_binary("demo", [*control_plane, *DEMO_BINARIES]):
         return 1
     try:
         return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep)
     except (BinaryNotFoundError, ClusterStartError, PrometheusStartError) as error:
         # The first line says what failed; the rest (the end of a process's log) is in the demo's folder.
-        print(f"kaizen dev demo: {str(error).splitlines()[0]} (logs: {args.dir.resolve()})", file=sys.stderr)
+        what = str(error).splitlines()[0].rstrip(":")
+        print(f"kaizen dev demo: {what} (logs: {args.dir.resolve()})", file=sys.stderr)
         return 1
