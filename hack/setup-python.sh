@@ -9,6 +9,7 @@
 # copy of the `kaizen` package: a copy in site-packages comes before the editable install's path entry and would
 # shadow every checkout. So the dependencies are installed from pyproject.toml's lists, without the project.
 # Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer — the tests train tiny models with torch)
+#        hack/setup-python.sh --check    (only check that Python is there and new enough)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
 extras=${1:-test,trainer}
@@ -19,6 +20,7 @@ fail() { echo "setup-python: $*" >&2; exit 1; }
 command -v "$python" >/dev/null || fail "$python is missing: install Python >= 3.11 (or set PYTHON to one)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   fail "$("$python" -V 2>&1) is too old: install Python >= 3.11 (or set PYTHON to one)"
+[ "$extras" != --check ] || exit 0
 
 # pyproject.toml's dependency lists (the project's and those of the extras): "key" prints the environment's name,
 # "requirements" the lists one requirement a line. The key is unchanged by edits to other parts of pyproject.toml.
