@@ -6,9 +6,11 @@
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/etcd-<v>/        etcd
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/kwok-<v>/        kwok
 #   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/helm-<v>/        helm
+#   ${KAIZEN_CACHE:-~/.cache/kaizen}/bin/prometheus-<v>/  prometheus
 #
 # A folder that exists is complete (each is built in a temporary folder and renamed), so a second run is instant.
-# Usage: hack/build-binaries.sh [kubernetes|etcd|kwok|helm ...]   (default: all)
+# Usage: hack/build-binaries.sh [kubernetes|etcd|kwok|helm|prometheus ...]   (default: all)
+#        hack/build-binaries.sh --check   (only check that Go is there and new enough)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +20,16 @@ cache=${KAIZEN_CACHE:-$HOME/.cache/kaizen}
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 
 log() { printf '%s build-binaries: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# GOTOOLCHAIN=local: the Go on PATH builds everything, so it must be new enough; say so in one line, not mid-build.
+command -v go >/dev/null || { log "Go is missing: install Go >= $GO_MINIMUM (https://go.dev/dl/) and put it on PATH"; exit 1; }
+go_version=$(go env GOVERSION)
+go_version=${go_version#go}
+if ! printf '%s\n%s\n' "$GO_MINIMUM" "${go_version%%[-+ ]*}" | sort -V -C; then
+  log "Go $go_version is too old: these pinned versions need Go >= $GO_MINIMUM (https://go.dev/dl/)"
+  exit 1
+fi
+[ "${1:-}" != --check ] || exit 0
 
 # new_module DIR NAME: an empty wrapper module to build upstream commands from.
 new_module() {
@@ -110,15 +122,28 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$v"
 }
 
+build_prometheus() {
+  # Prometheus 3.x publishes its Go module as v0.3XX.Y (v0.316.0 is Prometheus 3.16.0). Built without the web UI's
+  # assets (no builtinassets tag: the dev stack uses the HTTP API only) and with the file, HTTP and Kubernetes service
+  # discoveries only (remove_all_sd + enable_kubernetes_sd), which leaves out the cloud providers' SDKs.
+  local v=$1 minor release
+  minor=${v#v0.}; minor=${minor%%.*}
+  release="$((10#$minor / 100)).$((10#$minor % 100)).${v##*.}"
+  GOBIN="$out" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$v"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd helm kwok kubernetes)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd helm kwok prometheus kubernetes)
 for t in "${targets[@]}"; do
   case $t in
     kubernetes) install_to kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
     etcd) install_to etcd "$ETCD_VERSION" build_etcd ;;
     kwok) install_to kwok "$KWOK_VERSION" build_kwok ;;
     helm) install_to helm "$HELM_VERSION" build_helm ;;
-    *) echo "build-binaries: unknown target '$t' (expected kubernetes, etcd, kwok or helm)" >&2; exit 2 ;;
+    prometheus) install_to prometheus "$PROMETHEUS_VERSION" build_prometheus ;;
+    *) echo "build-binaries: unknown target '$t' (expected kubernetes, etcd, kwok, helm or prometheus)" >&2; exit 2 ;;
   esac
   cd "$here"
 done

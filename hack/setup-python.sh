@@ -2,24 +2,45 @@
 # Creates (or reuses) the project's virtual environment and links it as .venv.
 #
 # The environment lives in the cache outside the repository, keyed by the Python version and a hash of
-# pyproject.toml, so a fresh clone (as CI makes) reuses an environment whose dependencies are already installed;
-# only the editable install of this checkout is redone, which takes seconds.
+# pyproject.toml's dependency lists, so a fresh clone (as CI makes) reuses an environment whose dependencies are
+# already installed; only the editable install of this checkout is redone, which takes seconds.
+#
+# The environment holds the dependencies and one editable install of the checkout that ran this script last, never a
+# copy of the `kaizen` package: a copy in site-packages comes before the editable install's path entry and would
+# shadow every checkout. So the dependencies are installed from pyproject.toml's lists, without the project.
 # Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer — the tests train tiny models with torch)
+#        hack/setup-python.sh --check    (only check that Python is there and new enough)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd -P)
 extras=${1:-test,trainer}
 cache=${KAIZEN_CACHE:-$HOME/.cache/kaizen}
 python=${PYTHON:-python3}
-# Keyed by the dependency lists only, so editing other parts of pyproject.toml keeps the environment.
-key=$("$python" - "$root/pyproject.toml" "$extras" <<'PY'
+
+fail() { echo "setup-python: $*" >&2; exit 1; }
+command -v "$python" >/dev/null || fail "$python is missing: install Python >= 3.11 (or set PYTHON to one)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  fail "$("$python" -V 2>&1) is too old: install Python >= 3.11 (or set PYTHON to one)"
+[ "$extras" != --check ] || exit 0
+
+# pyproject.toml's dependency lists (the project's and those of the extras): "key" prints the environment's name,
+# "requirements" the lists one requirement a line. The key is unchanged by edits to other parts of pyproject.toml.
+pyproject() {
+  "$python" - "$root/pyproject.toml" "$extras" "$1" <<'PY'
 import hashlib, json, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 deps = [project["dependencies"]] + [project["optional-dependencies"][e] for e in sys.argv[2].split(",")]
-digest = hashlib.sha256(json.dumps(deps).encode()).hexdigest()[:12]
-print("py%d.%d-%s-%s" % (*sys.version_info[:2], digest, sys.argv[2].replace(",", "-")))
+if sys.argv[3] == "key":
+    digest = hashlib.sha256(json.dumps(deps).encode()).hexdigest()[:12]
+    print("py%d.%d-%s-%s" % (*sys.version_info[:2], digest, sys.argv[2].replace(",", "-")))
+else:
+    print("\n".join(requirement for group in deps for requirement in group))
 PY
-)
-venv="$cache/venvs/$key"
+}
+venv="$cache/venvs/$(pyproject key)"
+mkdir -p "$cache/venvs"
+# Checkouts share the environment: one set-up at a time, so none sees another's half-made environment.
+exec 9>"$cache/venvs/.lock"
+flock 9
 # A venv cannot be moved (its scripts name its path), so completeness is marked by a file written last.
 if [ ! -f "$venv/.complete" ]; then
   echo "setup-python: creating $venv" >&2
@@ -27,9 +48,23 @@ if [ ! -f "$venv/.complete" ]; then
   "$python" -m venv "$venv"
   # setuptools in the environment lets the editable install below skip pip's isolated build (and the network).
   "$venv/bin/pip" install --quiet --upgrade pip==26.3 setuptools==80.9.0
-  "$venv/bin/pip" install --quiet "$root[$extras]"
+  pyproject requirements > "$venv/requirements.txt"
+  "$venv/bin/pip" install --quiet --requirement "$venv/requirements.txt"
   touch "$venv/.complete"
 fi
 "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root"
+# From another folder, as `.venv/bin/kaizen` runs: the package must be this checkout's.
+imported() { (cd / && "$venv/bin/python" -c 'import kaizen, os; print(os.path.realpath(kaizen.__file__))'); }
+imported=$(imported)
+if [[ $imported == "$(cd "$venv" && pwd -P)"/* ]]; then
+  # A copy that an environment made by an earlier version of this script kept beside the editable install: no
+  # installed distribution owns it any more (the editable install replaced the one that did), and it shadows every
+  # checkout, so it goes.
+  echo "setup-python: removing the copy of kaizen in ${imported%/__init__.py}, which shadowed $root" >&2
+  rm -rf "${imported%/__init__.py}"
+  imported=$(imported)
+fi
+[ "$imported" = "$root/operator/kaizen/__init__.py" ] ||
+  fail "$venv imports kaizen from $imported, not from $root: remove $venv and run \`make setup\` again"
 ln -sfn "$venv" "$root/.venv"
-echo "setup-python: $root/.venv -> $venv" >&2
+echo "setup-python: $root/.venv -> $venv (kaizen from $root/operator)" >&2

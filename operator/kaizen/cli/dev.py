@@ -4,6 +4,9 @@
 keep running after the command exits, and prints how to point kubectl at it; ``kaizen dev cluster down`` stops it.
 Both find the cluster through the state file in its directory (default ``.kaizen/cluster``).
 ``kaizen dev demo`` runs Kaizen's main job on the local stack (:mod:`kaizen.dev.demo`).
+
+Both look for the binaries they need before they start anything: a missing one (or a checkout without
+``hack/versions.env``) is one line on stderr that says what to do, and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_DIR = Path(".kaizen") / "cluster"
+#: What the demo runs besides its control plane (kubectl also serves a cluster given with --kubeconfig).
+DEMO_BINARIES = ["kubectl", "prometheus"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +73,19 @@ def _add_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _missing_binary(command: str, names: list[str]) -> bool:
+    """Look for ``names`` (see :func:`kaizen.dev.binaries.find_binary`); if one is missing, say so in one line."""
+    from kaizen.dev.binaries import BinaryNotFoundError, find_binary
+
+    try:
+        for name in names:
+            find_binary(name)
+    except BinaryNotFoundError as error:
+        print(f"kaizen dev {command}: {error}", file=sys.stderr)
+        return True
+    return False
+
+
 def cluster_up(args: argparse.Namespace) -> int:
     # Imported here so that other commands do not pay for the dev stack's imports.
     from kaizen.dev.cluster import ClusterStartError, LocalCluster
@@ -81,6 +99,8 @@ def cluster_up(args: argparse.Namespace) -> int:
         # Some of its processes died: clear what is left before starting afresh.
         running.stop()
     cluster = LocalCluster(args.dir, controllers=args.controllers, kwok=args.kwok, detach=True)
+    if _missing_binary("cluster up", [*cluster.components, "kubectl"]):
+        return 1
     try:
         cluster.start()  # Reports the start-up time on stderr.
     except ClusterStartError as error:
@@ -110,5 +130,19 @@ def _print_usage(kubeconfig: Path) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from kaizen.dev import demo
+    from kaizen.dev.binaries import BinaryNotFoundError
+    from kaizen.dev.cluster import ClusterStartError, LocalCluster
+    from kaizen.dev.prometheus import PrometheusStartError
 
-    return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep, scenario=args.scenario)
+    # The demo's own control plane runs with controllers and kwok (kaizen.dev.demo.cluster_for).
+    control_plane = [] if args.kubeconfig else LocalCluster(args.dir, controllers=True, kwok=True).components
+    if _missing_binary("demo", [*control_plane, *DEMO_BINARIES]):
+        return 1
+    try:
+        return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep,
+                        scenario=args.scenario)
+    except (BinaryNotFoundError, ClusterStartError, PrometheusStartError) as error:
+        # The first line says what failed; the rest (the end of a process's log) is in the demo's folder.
+        what = str(error).splitlines()[0].rstrip(":")
+        print(f"kaizen dev demo: {what} (logs: {args.dir.resolve()})", file=sys.stderr)
+        return 1

@@ -1,7 +1,11 @@
-"""Locates the upstream binaries of the local control plane at the versions pinned in ``hack/versions.env``.
+"""Locates the upstream binaries of the dev stack (the local control plane, helm, Prometheus) at the versions pinned
+in ``hack/versions.env``.
 
-``hack/build-binaries.sh`` builds them into ``${KAIZEN_CACHE:-~/.cache/kaizen}/bin/<tool>-<version>/``; users with
-``setup-envtest`` can point ``KUBEBUILDER_ASSETS`` at its folder (etcd, kube-apiserver, kubectl) instead.
+``hack/build-binaries.sh`` (run by ``make setup``) builds them into
+``${KAIZEN_CACHE:-~/.cache/kaizen}/bin/<tool>-<version>/``; users with ``setup-envtest`` can point
+``KUBEBUILDER_ASSETS`` at its folder (etcd, kube-apiserver, kubectl) instead, and ``KAIZEN_PROMETHEUS`` names a
+Prometheus binary to use instead of the pinned build. There is no fallback to a binary on ``PATH``: a distribution's
+Prometheus 2.x would differ from the pinned 3.x (Prometheus 3 writes a histogram's ``le="1"`` as ``le="1.0"``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ TOOL_OF_BINARY = {
     "kubectl": "kubernetes",
     "kwok": "kwok",
     "helm": "helm",
+    "prometheus": "prometheus",
 }
+# A binary of the user's own, named by an environment variable, replaces the pinned build.
+OVERRIDE_OF_BINARY = {"prometheus": "KAIZEN_PROMETHEUS"}
 
 
 class BinaryNotFoundError(FileNotFoundError):
-    """A binary of the local control plane is neither in ``KUBEBUILDER_ASSETS`` nor in the cache."""
+    """A binary of the dev stack is not where it was looked for; the message is one line that says what to do."""
 
 
 @functools.cache
@@ -36,7 +43,8 @@ def versions() -> dict[str, str]:
         text = VERSIONS_FILE.read_text()
     except FileNotFoundError:
         raise BinaryNotFoundError(
-            f"{VERSIONS_FILE} is missing: the dev stack runs from a checkout of the Kaizen repository"
+            f"{VERSIONS_FILE} is missing: the dev stack runs from a checkout of the Kaizen repository; "
+            "run `make setup` in the checkout and use its .venv/bin/kaizen"
         ) from None
     pinned = {}
     for line in text.splitlines():
@@ -57,6 +65,15 @@ def find_binary(name: str) -> Path:
     tool = TOOL_OF_BINARY.get(name)
     if tool is None:
         raise ValueError(f"unknown binary {name!r}; expected one of {', '.join(sorted(TOOL_OF_BINARY))}")
+    override = OVERRIDE_OF_BINARY.get(name)
+    if override and os.environ.get(override):
+        candidate = Path(os.environ[override])
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+        raise BinaryNotFoundError(
+            f"{override}={candidate} is not an executable file: point it at a {name} binary, or unset it to use "
+            f"the pinned {name} {versions()[tool]} that `make setup` builds"
+        )
     looked_in = []
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets:
@@ -70,5 +87,5 @@ def find_binary(name: str) -> Path:
     looked_in.append(str(candidate.parent))
     raise BinaryNotFoundError(
         f"{name} {versions()[tool]} was not found (looked in {' and '.join(looked_in)}); "
-        "run `make binaries` (hack/build-binaries.sh) to build it"
+        "run `make setup` first (it builds the pinned binaries into the cache)"
     )

@@ -1,6 +1,7 @@
-"""A real Prometheus (Debian's ``/usr/bin/prometheus``) on loopback, for tests and the demo.
+"""A real Prometheus on loopback, for tests and the demo: the pinned build that ``make setup`` makes, found by
+:mod:`kaizen.dev.binaries` (``KAIZEN_PROMETHEUS`` overrides it).
 
-Debian's build has no ``kubernetes_sd_configs``, so targets come from a ``file_sd_configs`` file that can be
+The processes it scrapes are not pods of a cluster, so targets come from a ``file_sd_configs`` file that can be
 rewritten at any time (Prometheus watches it). :func:`pod_target` describes a process the way Kubernetes service
 discovery would describe a pod (``__meta_kubernetes_*`` labels), and :data:`RELABEL_CONFIGS` — the same rules a
 user writes for in-cluster scraping — turn the pod's ``kaizen.dev/track`` and ``kaizen.dev/model-version`` labels
@@ -18,7 +19,6 @@ its own process group (:mod:`kaizen.dev.processes`), so stopping it leaves no st
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,9 +34,9 @@ from typing import Any
 import yaml
 
 from kaizen.dev import processes
+from kaizen.dev.binaries import find_binary
 from kaizen.dev.cluster import free_ports
 
-PROMETHEUS = Path(os.environ.get("KAIZEN_PROMETHEUS", "/usr/bin/prometheus"))
 TRACK_LABEL = "kaizen.dev/track"
 MODEL_VERSION_LABEL = "kaizen.dev/model-version"
 
@@ -143,10 +143,11 @@ class LocalPrometheus:
         return self._process is not None and self._process.alive()
 
     def start(self, timeout: float = 30.0) -> LocalPrometheus:
-        """Start (or start again, on the same port and data) and wait until it is ready."""
-        if not PROMETHEUS.exists():
-            raise PrometheusStartError(f"{PROMETHEUS} not found: install Debian's prometheus package, or set "
-                                       "KAIZEN_PROMETHEUS to a Prometheus binary")
+        """Start (or start again, on the same port and data) and wait until it is ready.
+
+        Raises :class:`~kaizen.dev.binaries.BinaryNotFoundError` when there is no Prometheus binary to run.
+        """
+        prometheus = find_binary("prometheus")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_targets()
         for path in self.pod_targets:
@@ -154,7 +155,7 @@ class LocalPrometheus:
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
         self._process = processes.spawn("prometheus", [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            prometheus, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", "--log.level=warn",
         ], self.workdir / "prometheus.log", detach=False)
         deadline = time.monotonic() + timeout
