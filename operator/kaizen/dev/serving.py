@@ -441,8 +441,10 @@ class ServingPods:
         """One pass over the node's serving pods: start new ones, restart, probe, report, stop the deleted."""
         now = self.clock()
         current = {p["metadata"]["uid"]: p for p in pods}
+        self.finished &= current.keys()
         for uid, pod in current.items():
-            if pod["metadata"].get("deletionTimestamp") or uid in self.finished:
+            ended = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.pods
+            if pod["metadata"].get("deletionTimestamp") or uid in self.finished or ended:
                 continue
             if uid not in self.pods:
                 self.pods[uid] = self._adopt(pod)
