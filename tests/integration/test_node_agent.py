@@ -13,14 +13,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import sys
 import time
 import urllib.request
 
 import pytest
 import yaml
 
-from kaizen.dev import processes
+from kaizen.dev import node_agent, processes
 from kaizen.dev.collector import LocalCollector
 from kaizen.dev.prometheus import LocalPrometheus, Target
 from kaizen.dev.service_proxy import ServiceProxy
@@ -45,10 +44,7 @@ class Node:
 
     def __init__(self, cluster, workdir):
         self.workdir, self.root, self.targets = workdir, workdir / "node", workdir / "targets.json"
-        self.process = processes.spawn("node-agent", [
-            sys.executable, "-m", "kaizen.dev.node_agent", "--kubeconfig", str(cluster.kubeconfig), "--dir",
-            str(workdir), "--root", str(self.root), "--prometheus-targets", str(self.targets)],
-            workdir / "node-agent.log", detach=False)
+        self.process = node_agent.spawn(cluster.kubeconfig, workdir, self.root, prometheus_targets=self.targets)
 
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,14 @@ def test_file_values_map_to_the_nodes_storage_and_claims():
         assert local_path(value, host, claim) == value
 
 
+def test_a_containers_threads_follow_its_cpu_request():
+    def requesting(cpu):
+        return {"resources": {"requests": {"cpu": cpu}}}
+
+    assert [serving.threads(requesting(cpu)) for cpu in ("500m", "1", "1500m", "4", 2)] == [1, 1, 2, 4, 2]
+    assert serving.threads({}) == 1
+
+
 def test_the_serving_port_is_the_one_named_http_else_the_first():
     assert container_port({"ports": [{"containerPort": 9090, "name": "metrics"},
                                      {"containerPort": 8080, "name": "http"}]})["containerPort"] == 8080

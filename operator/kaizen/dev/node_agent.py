@@ -24,9 +24,9 @@ Serving pods' environment variables naming files (absolute paths such as ``MODEL
 ``file://`` and ``pvc://CLAIM/PATH`` URIs) are mapped the same way.
 
 Run as ``python -m kaizen.dev.node_agent --kubeconfig FILE --dir DIR --root DIR [--node NODE]
-[--prometheus-targets FILE]``; with ``--prometheus-targets``, the agent keeps that file_sd file of its running serving
-pods for :class:`kaizen.dev.prometheus.LocalPrometheus` (``pod_targets=[FILE]``). Dev-stack code: never imported
-by the operator.
+[--prometheus-targets FILE]`` (or :func:`spawn` it from Python); with ``--prometheus-targets``, the agent keeps that
+file_sd file of its running serving pods for :class:`kaizen.dev.prometheus.LocalPrometheus` (``pod_targets=[FILE]``).
+Dev-stack code: never imported by the operator.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import argparse
 import base64
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -51,7 +50,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kaizen.dev import processes
 from kaizen.dev.cluster import GPU_NODE
-from kaizen.dev.serving import Lookup, ServingPods
+from kaizen.dev.serving import Lookup, ServingPods, threads
 
 log = logging.getLogger("kaizen.dev.node_agent")
 
@@ -142,7 +141,7 @@ class NodeAgent:
         self.finished: set[str] = set()
         self.serving = ServingPods(
             workdir, host_ip=self.host_ip(), base_env={**os.environ, "PYTHONPATH": IMAGE_PYTHONPATH,
-                                                       "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                                                       "PYTHONUNBUFFERED": "1"},
             entry=lambda image: IMAGES.get(image_name(image)), volumes=self.volumes,
             claim=lambda namespace, name: self.workdir / "claims" / namespace / name, lookup=self.lookup,
             patch_status=self.patch_status, targets_file=prometheus_targets)
@@ -203,13 +202,12 @@ class NodeAgent:
         filesystem = Filesystem(((message_path, termination_log), *filesystem.mounts), filesystem.root)
         argv = [a.format(terminationMessagePath=termination_log) for a in entry]
         argv += [filesystem.host(a) if a.startswith("/") else a for a in container.get("args") or []]
-        cpus = (container.get("resources", {}).get("requests") or {}).get("cpu", "1")
         env = {
             **os.environ, "PYTHONPATH": IMAGE_PYTHONPATH, "PYTHONUNBUFFERED": "1",
             # The image's HOME is its writable workspace, so caches land there.
             "HOME": filesystem.host("/workspace"), "HF_HOME": filesystem.host("/workspace/.cache/huggingface"),
             # As a CPU limit would: the trainer's threads fit the pod's CPU request.
-            "OMP_NUM_THREADS": str(max(1, math.ceil(_cpus(cpus)))),
+            "OMP_NUM_THREADS": str(threads(container)),
             **{e["name"]: e.get("value", "") for e in container.get("env") or [] if "value" in e},
         }
         started_at = _now()
@@ -327,12 +325,20 @@ class NodeAgent:
         self.running.clear()
 
 
-def _cpus(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
 def _key(pod: dict[str, Any]) -> str:
     return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def spawn(kubeconfig: Path, workdir: Path, root: Path, *, prometheus_targets: Path | None = None,
+          log: Path | None = None, node: str = GPU_NODE) -> processes.ManagedProcess:
+    """Start the agent as a child process that dies with this one, running this checkout's code; its log is
+    ``log`` (default ``workdir/node-agent.log``). Stop it with :func:`kaizen.dev.processes.stop`."""
+    argv = [sys.executable, "-m", "kaizen.dev.node_agent", "--kubeconfig", str(kubeconfig), "--dir", str(workdir),
+            "--root", str(root), "--node", node]
+    if prometheus_targets is not None:
+        argv += ["--prometheus-targets", str(prometheus_targets)]
+    return processes.spawn("node-agent", argv, log or workdir / "node-agent.log", detach=False,
+                           env={**os.environ, "PYTHONPATH": IMAGE_PYTHONPATH})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -172,6 +173,13 @@ def local_path(value: str, host: Callable[[str], str], claim: Callable[[str], Pa
         name, _, path = value[len("pvc://"):].partition("/")
         return str(claim(name) / path) if name else value
     return host(value) if value.startswith("/") else value
+
+
+def threads(container: Mapping[str, Any]) -> int:
+    """The threads a container's CPU request pays for (at least one), as a CPU limit would hold them."""
+    quantity = str(((container.get("resources") or {}).get("requests") or {}).get("cpu", "1"))
+    cpus = float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return max(1, math.ceil(cpus))
 
 
 def container_port(container: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -433,8 +441,10 @@ class ServingPods:
         """One pass over the node's serving pods: start new ones, restart, probe, report, stop the deleted."""
         now = self.clock()
         current = {p["metadata"]["uid"]: p for p in pods}
+        self.finished &= current.keys()
         for uid, pod in current.items():
-            if pod["metadata"].get("deletionTimestamp") or uid in self.finished:
+            ended = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.pods
+            if pod["metadata"].get("deletionTimestamp") or uid in self.finished or ended:
                 continue
             if uid not in self.pods:
                 self.pods[uid] = self._adopt(pod)
@@ -518,7 +528,7 @@ class ServingPods:
         argv += [filesystem.host(a) if a.startswith("/") else a for a in spec.get("args") or []]
         home = served.directory / "home"
         home.mkdir(parents=True, exist_ok=True)
-        process_env = {**self.base_env, "HOME": str(home), **env, "HOST": local,
+        process_env = {**self.base_env, "HOME": str(home), "OMP_NUM_THREADS": str(threads(spec)), **env, "HOST": local,
                        **({"PORT": str(port["containerPort"])} if port else {})}
         served.process = processes.spawn(f"{pod['metadata']['name']}/{container.name}", argv,
                                          served.directory / "container.log", detach=False, env=process_env,
