@@ -209,7 +209,7 @@ def quality_line(snapshot: Any, version: str) -> str:
 
 def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), keep: bool = False,
         scenario: str = "drift") -> int:
-    from kaizen.dev import processes, support_domain
+    from kaizen.dev import node_agent, processes, support_domain
     from kaizen.dev.collector import LocalCollector
     from kaizen.dev.prometheus import LocalPrometheus, Target
     from kaizen.dev.service_proxy import ServiceProxy
@@ -249,9 +249,8 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         agent_log = workdir / "node-agent.log"
         with stage("Starting the dev node agent, which runs model-server and training pods as local processes "
                    f"(log: {agent_log})"):
-            agent = spawn_python("node-agent", "kaizen.dev.node_agent", [
-                "--kubeconfig", str(cluster.kubeconfig), "--dir", str(workdir / "node-agent"),
-                "--root", str(node_root), "--prometheus-targets", str(pod_targets)], agent_log)
+            agent = node_agent.spawn(cluster.kubeconfig, workdir / "node-agent", node_root,
+                                     prometheus_targets=pod_targets, log=agent_log)
             stack.callback(processes.stop, [agent])
         with stage("Waiting for the demo's data and the baseline model"):
             eventually(lambda: not data.alive(), "the demo's data", timeout=180)
