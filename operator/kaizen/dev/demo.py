@@ -66,14 +66,17 @@ def stage(title: str) -> Iterator[None]:
     say(f"{title}: done in {time.monotonic() - started:.1f}s")
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+def eventually(check: Callable[[], Any], what: str, timeout: float = 90.0,
+               explain: Callable[[], str] | None = None) -> Any:
+    """Poll ``check`` until it returns something true; on time-out, say what was awaited (and ``explain()``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f": {explain()}" if explain else ""
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(0.25)
 
 
@@ -284,7 +287,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         with stage("Serving: waiting for the loop to observe its signals"):
             status = eventually(lambda: (s := loop_status(cluster)).get("phase") == "Observing"
                                 and s.get("signals") and all(x["state"] == "Healthy" for x in s["signals"]) and s,
-                                "healthy signals", timeout=120)
+                                "healthy signals", timeout=120, explain=lambda: signal_line(loop_status(cluster)))
         say(f"Signals: {signal_line(status)}; decision: {status['decisions'][0]['reason']}")
         say(f"Measured: {quality_line(traffic.snapshot(), 'v1')}")
 
@@ -292,7 +295,9 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         population.domain = support_domain.Domain(support_domain.drift(
             policy_at=traffic.now(), policy_cohorts=story.policy_cohorts))
         with stage(f"The policy changes: {story.title}. Waiting for the users' verdict and the loop's decision"):
-            jobs = eventually(lambda: children(cluster, "retrainjob"), "a RetrainJob", timeout=180)
+            jobs = eventually(lambda: children(cluster, "retrainjob"), "a RetrainJob", timeout=180,
+                              explain=lambda: f"{signal_line(s := loop_status(cluster))}; "
+                              f"{(s.get('decisions') or [{}])[0].get('reason')}")
         status = loop_status(cluster)
         job = jobs[0]
         name = job["metadata"]["name"]

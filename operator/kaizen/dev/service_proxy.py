@@ -203,6 +203,10 @@ class ServiceProxy:
                 continue
             try:
                 await asyncio.gather(_pipe(client_reader, writer), _pipe(reader, client_writer))
+            except asyncio.CancelledError:
+                # The proxy is stopping: a cancelled connection task would make asyncio's stream callback log the
+                # cancellation as an error; the pipes already aborted their transports.
+                pass
             finally:
                 writer.close()
                 client_writer.close()
