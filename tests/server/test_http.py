@@ -196,6 +196,7 @@ def test_each_answer_is_a_trace_and_feedback_on_it_is_exported(causal_server: Se
     assert (trace.input, trace.output, trace.cohort, trace.scenario) == (row["input"], row["output"], "pro",
                                                                          row["scenario"])
     assert trace.consent.training and trace.latency_ms is not None and trace.latency_ms > 0
+    assert trace.request_id == answer.body["id"]
 
     FeedbackRecorder(collector.url, collector.tokens["ingest"], model=NAME).feedback(
         trace_id, "down", category="incorrect", correction="chat with an agent first", consent_training=True,
