@@ -98,6 +98,7 @@ def test_the_wrong_route_for_the_task_is_a_400(servers: dict[str, ServerProcess]
     ({"prompt": "hi", "user": "an e-mail@example.com with spaces"}, "user"),
     ({"prompt": "hi", "metadata": {"consent_training": "yes"}}, "metadata.consent_training"),
     ({"prompt": "hi", "metadata": {"cohort": ""}}, "metadata.cohort"),
+    ({"prompt": "hi", "metadata": {"campaign": {"nested": 1}}}, "metadata.campaign"),
 ])
 def test_a_bad_completion_body_is_a_400_naming_the_field(causal_server: ServerProcess, body: dict,
                                                          param: str) -> None:
