@@ -182,10 +182,19 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCollect
 
 
 @pytest.fixture(scope="session")
+def late_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCollector]:
+    """A collector not started yet (its port is chosen): the test starts it to see the server recover."""
+    workdir = tmp_path_factory.mktemp("late-collector")
+    service = LocalCollector(f"sqlite:///{workdir / 'collector.db'}", workdir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory, causal: Trained, classifier: Trained,
-            collector: LocalCollector) -> Iterator[dict[str, ServerProcess]]:
+            collector: LocalCollector, late_collector: LocalCollector) -> Iterator[dict[str, ServerProcess]]:
     """Three servers started together (each takes seconds to import torch): ``causal``, recording traces in the
-    collector; ``classifier``; and ``down``, the causal model with a collector that is not there."""
+    collector; ``classifier``; and ``down``, the causal model with a collector that is not there (yet)."""
     workdir = tmp_path_factory.mktemp("servers")
     token = workdir / "ingest-token"
     token.write_text(collector.tokens["ingest"] + "\n")
@@ -195,8 +204,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory, causal: Trained, classifie
                                 KAIZEN_COLLECTOR_TOKEN_FILE=str(token), **labels),
         "classifier": ServerProcess(workdir, f"file://{classifier.uri}", KAIZEN_MODEL_VERSION="c3",
                                     KAIZEN_TRACK="stable"),
-        "down": ServerProcess(workdir, causal.uri, KAIZEN_COLLECTOR_URL=f"http://127.0.0.1:{free_ports(1)[0]}",
-                              KAIZEN_COLLECTOR_TOKEN="nobody", KAIZEN_MODEL_VERSION="v1", KAIZEN_TRACK="stable"),
+        "down": ServerProcess(workdir, causal.uri, KAIZEN_COLLECTOR_URL=late_collector.url,
+                              KAIZEN_COLLECTOR_TOKEN=late_collector.tokens["ingest"], KAIZEN_MODEL_VERSION="v1",
+                              KAIZEN_TRACK="stable"),
     }
     try:
         for server in started.values():

@@ -117,13 +117,15 @@ class TraceRecorder:
         self.pool = ThreadPoolExecutor(TRACE_WORKERS, thread_name_prefix="kaizen-trace")
         self.failures = 0
 
-    async def record(self, body: s.Request, pairs: Sequence[tuple[str, str]], latency_ms: float) -> list[str | None]:
-        """One trace per (input, output); the id of each one stored, None where it failed or none is recorded."""
+    async def record(self, body: s.Request, request_id: str, pairs: Sequence[tuple[str, str]],
+                     latency_ms: float) -> list[str | None]:
+        """One trace per (input, output) of the answer ``request_id``; the id of each one stored, None where it
+        failed or none is recorded."""
         if self.recorder is None:
             return [None] * len(pairs)
         loop = asyncio.get_running_loop()
-        posts = [loop.run_in_executor(self.pool, functools.partial(self._post, body, text_in, text_out, latency_ms))
-                 for text_in, text_out in pairs]
+        post = functools.partial(self._post, body, request_id, latency_ms=latency_ms)
+        posts = [loop.run_in_executor(self.pool, post, text_in, text_out) for text_in, text_out in pairs]
         results = await asyncio.gather(*posts)
         for result in results:
             if isinstance(result, str):
@@ -138,13 +140,14 @@ class TraceRecorder:
             self.errors.inc()
         return [r if isinstance(r, str) else None for r in results]
 
-    def _post(self, body: s.Request, text_in: str, text_out: str, latency_ms: float) -> str | Exception:
+    def _post(self, body: s.Request, request_id: str, text_in: str, text_out: str, *,
+              latency_ms: float) -> str | Exception:
         assert self.recorder is not None
         try:
             return self.recorder.trace(
-                text_in, text_out, id=f"tr-{secrets.token_hex(12)}", cohort=body.metadata.cohort,
-                scenario=body.metadata.scenario, subject_id=body.user, consent_training=body.consent,
-                latency_ms=latency_ms)
+                text_in, text_out, id=f"tr-{secrets.token_hex(12)}", request_id=request_id,
+                cohort=body.metadata.cohort, scenario=body.metadata.scenario, subject_id=body.user,
+                consent_training=body.consent, latency_ms=latency_ms)
         except (CollectorError, ValueError) as error:
             return error
 
@@ -199,12 +202,13 @@ class Server:
         self.metrics.prompt_tokens.labels(*self.metrics.model).inc(prompt_tokens)
         self.metrics.generation_tokens.labels(*self.metrics.model).inc(generated)
 
-    async def _generate(self, body: s.Generation, prompts: list[str]):
+    async def _generate(self, body: s.Generation, request_id: str, prompts: list[str]):
         engine = self._ready(body)
         started = time.perf_counter()
         completions = await self._run(engine.complete, prompts, body.max_tokens)
         latency_ms = (time.perf_counter() - started) * 1000
-        ids = await self.traces.record(body, [(p, c.text) for p, c in zip(prompts, completions)], latency_ms)
+        ids = await self.traces.record(body, request_id, [(p, c.text) for p, c in zip(prompts, completions)],
+                                       latency_ms)
         prompt_tokens = sum(c.prompt_tokens for c in completions)
         generated = sum(c.completion_tokens for c in completions)
         self._count(prompt_tokens, generated)
@@ -214,9 +218,10 @@ class Server:
 
     async def completions(self, request: web.Request) -> web.Response:
         body = parse(s.CompletionRequest, await request.read())
-        completions, ids, usage = await self._generate(body, body.prompts)
+        answer_id = f"cmpl-{secrets.token_hex(12)}"
+        completions, ids, usage = await self._generate(body, answer_id, body.prompts)
         answer = s.CompletionResponse(
-            id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             choices=[s.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
                      for i, c in enumerate(completions)],
             usage=usage, system_fingerprint=self.settings.version, **self._traced(ids))
@@ -227,9 +232,10 @@ class Server:
         prompt = body.prompt
         if prompt is None:
             raise ApiError(400, "no message has the role 'user': the prompt is the last user message", "messages")
-        completions, ids, usage = await self._generate(body, [prompt])
+        answer_id = f"chatcmpl-{secrets.token_hex(12)}"
+        completions, ids, usage = await self._generate(body, answer_id, [prompt])
         answer = s.ChatResponse(
-            id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=completions[0].text),
                                   finish_reason=completions[0].finish_reason)],
             usage=usage, system_fingerprint=self.settings.version, **self._traced(ids))
@@ -238,15 +244,16 @@ class Server:
     async def classifications(self, request: web.Request) -> web.Response:
         body = parse(s.ClassificationRequest, await request.read())
         engine = self._ready(body)
-        texts = body.texts
+        texts, answer_id = body.texts, f"cls-{secrets.token_hex(12)}"
         started = time.perf_counter()
         labels = await self._run(engine.classify, texts)
         latency_ms = (time.perf_counter() - started) * 1000
-        ids = await self.traces.record(body, [(t, label.label) for t, label in zip(texts, labels)], latency_ms)
+        ids = await self.traces.record(body, answer_id, [(t, label.label) for t, label in zip(texts, labels)],
+                                       latency_ms)
         prompt_tokens = sum(label.prompt_tokens for label in labels)
         self._count(prompt_tokens, 0)
         answer = s.ClassificationResponse(
-            id=f"cls-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             data=[s.Classification(index=i, label=label.label, score=label.score) for i, label in enumerate(labels)],
             usage=s.Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens),
             system_fingerprint=self.settings.version, **self._traced(ids))
