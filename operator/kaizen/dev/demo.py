@@ -278,9 +278,12 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
             eventually(lambda: len(proxy.endpoints()) >= 2, "two ready endpoints", timeout=120)
 
         # The users: the world as they know it, before the policy change; it changes when the story says so.
-        population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7)
+        # They rate often (the demo has minutes, not days, to gather feedback), wrong answers more often than right.
+        population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7,
+                                cohorts={"free": 0.4, "pro": 0.3, "business": 0.3}, feedback_right=0.4,
+                                feedback_wrong=0.8)
         traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
-                          model=LOOP, rate=12, duration=900, threads=4, window=20)
+                          model=LOOP, rate=16, duration=900, threads=4, window=20)
         stack.enter_context(traffic)
         say(f"300 simulated users send {traffic.rate:g} requests/s to Service {LOOP} ({proxy.url}), judge each "
             "answer against what they know is right, and rate some of them on the answer's trace")
