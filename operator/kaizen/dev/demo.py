@@ -304,9 +304,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         status = loop_status(cluster)
         job = jobs[0]
         name = job["metadata"]["name"]
-        before = traffic.snapshot()
         say(f"Signals: {signal_line(status)}")
-        say(f"Measured: {quality_line(before, 'v1')}")
         say(f"Created RetrainJob {name}: baseline {job['spec']['baseline']['version']}, "
             f"targets {json.dumps(job['spec'].get('targets', {}))}")
 
@@ -315,6 +313,9 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
             job = eventually(lambda: (j := kaizen_object(cluster, "retrainjob", name)).get("status", {})
                              .get("phase") in ("Succeeded", "Failed") and j, f"RetrainJob {name}", timeout=240)
         job_status = job["status"]
+        # v1 has served on through the training: the window now holds its answers since the change.
+        before = traffic.snapshot()
+        say(f"Measured: {quality_line(before, 'v1')}")
         say(f"RetrainJob {name}: {job_status['phase']}, verdict {job_status.get('verdict')}: "
             f"{job_status.get('message')}")
         for gate in job_status.get("gates", []):
