@@ -110,6 +110,30 @@ def test_users_judge_the_served_answers_and_their_feedback_lands_on_the_traces(t
         collector.stop()
 
 
+def test_the_classification_variant_judges_the_served_labels(tmp_path):
+    dom = demo_data.domain()
+    task = "sequence-classification"
+    files = demo_data.write_data(tmp_path, dom, task)
+    result = demo_data.train(tmp_path / "work", tmp_path / "out", task=task,
+                             baseline=("v0", str(demo_data.initial_model(tmp_path / "init", task))),
+                             candidate_version="c1", replay=[files["history"]],
+                             hyperparameters={**demo_data.BASELINE_HYPERPARAMETERS, "maxSteps": 80})
+    server = ServerProcess(tmp_path, result["candidate"]["uri"], KAIZEN_MODEL_VERSION="c1")
+    try:
+        server.start().wait_ready()
+        users = Population(sd.Domain(sd.drift(policy_at=-1)), 20, seed=4, task=task)
+        traffic = Traffic(users, server.url, model=NAME, rate=50, count=30)
+        final = traffic.start().wait(timeout=60)
+    finally:
+        server.stop()
+    assert final.sent == 30 and final.errors == 0, final.last_error
+    assert final.counts("c1").requests == 30 and 0 < final.quality("c1") < 1
+    for outcome in traffic.outcomes:
+        expected = users.domain.answer(outcome.request.intent, outcome.request.user.cohort, outcome.request.at)
+        assert outcome.answered.text in sd.labels()
+        assert outcome.judgement.correct == (outcome.answered.text == expected.label)
+
+
 def test_the_tally_windows_and_bounds():
     tally = Tally(window=10)
     tally.answered(0, "v1", "free", True)
