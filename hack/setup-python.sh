@@ -53,8 +53,10 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root"
-# From another folder, as `.venv/bin/kaizen` runs: the package must be this checkout's.
-imported() { (cd / && "$venv/bin/python" -c 'import kaizen, os; print(os.path.realpath(kaizen.__file__))'); }
+# From another folder and without make's PYTHONPATH, as `.venv/bin/kaizen` runs: the package must be this checkout's.
+imported() {
+  (cd / && env -u PYTHONPATH "$venv/bin/python" -c 'import kaizen, os; print(os.path.realpath(kaizen.__file__))')
+}
 imported=$(imported)
 if [[ $imported == "$(cd "$venv" && pwd -P)"/* ]]; then
   # A copy that an environment made by an earlier version of this script kept beside the editable install: no
