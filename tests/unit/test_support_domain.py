@@ -183,3 +183,18 @@ def test_the_tokenizer_word_list_covers_every_drift():
     assert {"pause", "hold", "three", "months", "14"} <= words
     assert set(sd.Domain(sd.drift(policy_at=None)).vocabulary()) < words
     assert {"pause_plan", "return_14_days", "return_30_days"} <= set(sd.labels())
+
+
+def test_noise_rates_a_share_of_right_answers_down_without_a_correction():
+    domain = sd.Domain(sd.drift(policy_at=None))
+    population = Population(domain, 100, seed=4, feedback_right=0.5, noise=0.2)
+    given = []
+    for i in range(3000):
+        request = population.request(i, 0)
+        judgement = population.judge(request, domain.answer(request.intent, request.user.cohort, 0).text)
+        assert judgement.correct
+        if judgement.feedback:
+            given.append(judgement.feedback)
+    down = [f for f in given if f.rating == "down"]
+    assert abs(len(down) / len(given) - 0.2) < 0.03
+    assert all(f.category == "unhelpful" and f.correction is None for f in down)

@@ -281,7 +281,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         # They rate often (the demo has minutes, not days, to gather feedback), wrong answers more often than right.
         population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7,
                                 cohorts={"free": 0.4, "pro": 0.3, "business": 0.3}, feedback_right=0.4,
-                                feedback_wrong=0.8)
+                                feedback_wrong=0.8, noise=0.05)
         traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
                           model=LOOP, rate=16, duration=900, threads=4, window=20)
         stack.enter_context(traffic)

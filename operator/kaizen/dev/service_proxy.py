@@ -36,6 +36,7 @@ from kaizen.dev.serving import local_address
 log = logging.getLogger("kaizen.dev.service_proxy")
 
 _SERVICE_LABEL = "kubernetes.io/service-name"
+_LINGER_SECONDS = 30  # how long a connection's other direction may stay open once one direction has ended
 _WATCH_SECONDS = 5  # how long one watch request lasts: also how long stop() may leave the watching thread behind
 
 
@@ -88,6 +89,7 @@ class ServiceProxy:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None] | None] = set()
         self._threads: list[threading.Thread] = []
 
     @property
@@ -201,13 +203,22 @@ class ServiceProxy:
                 reader, writer = await asyncio.open_connection(host, port)
             except OSError:
                 continue
+            # Held here: once the client's side has closed, asyncio keeps no reference to this task.
+            self._connections.add(task := asyncio.current_task())
+            pipes = [asyncio.ensure_future(_pipe(client_reader, writer)),
+                     asyncio.ensure_future(_pipe(reader, client_writer))]
             try:
-                await asyncio.gather(_pipe(client_reader, writer), _pipe(reader, client_writer))
+                # Once one direction has ended, the other gets a while to (a keep-alive server may never close).
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(pipes, timeout=_LINGER_SECONDS)
             except asyncio.CancelledError:
                 # The proxy is stopping: a cancelled connection task would make asyncio's stream callback log the
-                # cancellation as an error; the pipes already aborted their transports.
+                # cancellation as an error.
                 pass
             finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                self._connections.discard(task)
                 writer.close()
                 client_writer.close()
             return

@@ -11,7 +11,8 @@ from the seed (and the request's index), so a run is reproduced exactly; :mod:`k
   sentences, so a near miss is a wrong answer). A share of answers get feedback, wrong ones more often
   (``feedback_wrong``) than right ones (``feedback_right``): a wrong answer gets ``down``, category ``incorrect`` and
   the right answer as the correction (or, for a share ``1 - corrections``, ``unhelpful`` without one); a right
-  answer gets ``up``.
+  answer gets ``up``, except for a share ``noise`` of those ratings, ``down`` as ``unhelpful`` (people also rate
+  right answers down: a canary is judged against a stable whose feedback is never spotless).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Population:
         self, domain: Domain, size: int = 200, seed: int = 0, *,
         cohorts: Mapping[str, float] | None = None, no_consent: float = 0.2, opt_out: float = 0.05,
         opt_out_between: tuple[float, float] = (30.0, 300.0), feedback_wrong: float = 0.6,
-        feedback_right: float = 0.1, corrections: float = 0.9, task: str = "causal-lm",
+        feedback_right: float = 0.1, corrections: float = 0.9, noise: float = 0.0, task: str = "causal-lm",
     ) -> None:
         shares = dict(cohorts or {"free": 0.5, "pro": 0.3, "business": 0.2})
         unknown = set(shares) - set(domain.cohort_names)
@@ -96,13 +97,14 @@ class Population:
             raise ValueError(f"unknown cohort(s) {', '.join(sorted(unknown))}; the domain has "
                              f"{', '.join(domain.cohort_names)}")
         for name, value in (("no_consent", no_consent), ("opt_out", opt_out), ("feedback_wrong", feedback_wrong),
-                            ("feedback_right", feedback_right), ("corrections", corrections)):
+                            ("feedback_right", feedback_right), ("corrections", corrections), ("noise", noise)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} is a share and must be within 0..1, not {value}")
         if size < 1:
             raise ValueError(f"a population needs at least one user, not {size}")
         self.domain, self.seed, self.task = domain, seed, task
         self.feedback_wrong, self.feedback_right, self.corrections = feedback_wrong, feedback_right, corrections
+        self.noise = noise
         rng = random.Random(seed)
         names, weights = zip(*sorted(shares.items()))
         users = []
@@ -144,7 +146,7 @@ class Population:
         gives, corrects = rng.random(), rng.random()
         feedback = None
         if correct and gives < self.feedback_right:
-            feedback = Feedback("up")
+            feedback = Feedback("down", "unhelpful") if corrects < self.noise else Feedback("up")
         elif not correct and gives < self.feedback_wrong:
             feedback = Feedback("down", "incorrect", expected.output(self.task)) if corrects < self.corrections \
                 else Feedback("down", "unhelpful")
