@@ -2,7 +2,9 @@
 otherwise), and turn curated rows into padded batches for both tasks.
 
 Causal LM rows become ``prompt <sep> response <eos>`` with the loss on the response only; sequence classification
-rows become the text and the id of its label, which must be one of the baseline's labels.
+rows become the text and the id of its label, which must be one of the baseline's labels. :func:`prompt_ids` and
+:func:`text_ids` are that format for the model's input, shared with the model server (``kaizen_server.engine``), so
+what the trainer trains and evaluates is what the server is asked: the holdout's exactMatch predicts its answers.
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def load(task: Task, uri: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     return model, tokenizer
 
 
+def separator(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token between a causal LM's prompt and its response: the sep token, else eos."""
+    return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
+    """A causal LM's input as trained, evaluated and served: the prompt's last ``room`` tokens (the start of a long
+    prompt is cut, so that the response still fits), then the separator. The response follows, ended by eos."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ids[max(0, len(ids) - room):] + [separator(tokenizer)]
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> list[int]:
+    """A sequence classifier's input as trained, evaluated and served: the text, cut to ``max_length`` tokens."""
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One row as token ids: ``labels`` is the response ids (causal LM) or a one-element label id."""
@@ -101,12 +120,9 @@ class Encoder:
             if row.target not in self.label2id:
                 raise invalid_data(f"row {row.id}: label {row.target!r} is not one of the baseline's labels "
                                    f"({', '.join(sorted(self.label2id))})")
-            ids = tok(row.input, truncation=True, max_length=self.max_length)["input_ids"]
-            return Encoded(ids, [self.label2id[row.target]])
-        sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+            return Encoded(text_ids(tok, row.input, self.max_length), [self.label2id[row.target]])
         response = tok(row.target, add_special_tokens=False)["input_ids"][: self.max_length // 2] + [tok.eos_token_id]
-        prompt = tok(row.input, add_special_tokens=False)["input_ids"]
-        prompt = prompt[max(0, len(prompt) - (self.max_length - len(response) - 1)):] + [sep]
+        prompt = prompt_ids(tok, row.input, self.max_length - len(response) - 1)
         return Encoded(prompt + response, [IGNORE] * len(prompt) + response)
 
     def encode_all(self, rows: Sequence[Row]) -> list[Encoded]:

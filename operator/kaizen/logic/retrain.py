@@ -59,6 +59,12 @@ def _mount(uri: str, claims: dict[str, str]) -> str:
     return f"{PVC_ROOT}/{claim}{path}"
 
 
+def mounted_path(uri: str) -> str:
+    """Where a pod that mounts the claim of a pvc:// URI (at ``PVC_ROOT/CLAIM``) finds it; other URIs as they are.
+    The model server reads ``MODEL_URI`` through it, so a serving pod takes the same pvc:// URI as the trainer."""
+    return _mount(uri, {})
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the controller creates for one RetrainJob."""
