@@ -114,18 +114,21 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the task's vocabulary; case-insensitive, unknown words (typos) become [UNK]."""
-    vocab = {token: i for i, token in enumerate([*SPECIAL.values(), *vocabulary()])}
+def tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``words`` (default: this task's :func:`vocabulary`; the demo passes its support
+    domain's); case-insensitive, punctuation split off as its own token, unknown words (typos) become [UNK]. Decoding
+    joins words with spaces and closes the space before punctuation ("page ." reads "page.")."""
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*SPECIAL.values(), *(words or vocabulary())]))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk_token"]))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL)
+    return PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=True, **SPECIAL)
 
 
 def model(task: Task, tok: PreTrainedTokenizerFast, layers: int = 2, width: int = 64, heads: int = 2,
-          positions: int = 64, seed: int = 0):
-    """A tiny GPT-2 (causal LM, or with a classification head over :func:`labels`) with random weights."""
+          positions: int = 64, seed: int = 0, label_names: Iterable[str] | None = None):
+    """A tiny GPT-2 (causal LM, or with a classification head over ``label_names``, default :func:`labels`) with
+    random weights."""
     import torch
 
     torch.manual_seed(seed)
@@ -133,15 +136,17 @@ def model(task: Task, tok: PreTrainedTokenizerFast, layers: int = 2, width: int 
                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if task == "causal-lm":
         return GPT2LMHeadModel(config)
-    names = labels()
+    names = sorted(label_names) if label_names is not None else labels()
     config.id2label = dict(enumerate(names))
     config.label2id = {name: i for i, name in enumerate(names)}
     return GPT2ForSequenceClassification(config)
 
 
-def save_model(task: Task, directory: Path, **size) -> Path:
-    """Write a randomly initialised tiny model and its tokenizer to ``directory``."""
-    tok = tokenizer()
-    model(task, tok, **size).save_pretrained(directory)
+def save_model(task: Task, directory: Path, words: Iterable[str] | None = None,
+               label_names: Iterable[str] | None = None, **size) -> Path:
+    """Write a randomly initialised tiny model and its tokenizer to ``directory`` (over ``words`` and
+    ``label_names`` when given, as :func:`tokenizer` and :func:`model`)."""
+    tok = tokenizer(words)
+    model(task, tok, label_names=label_names, **size).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
