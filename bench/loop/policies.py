@@ -3,9 +3,9 @@
 * :class:`Static`: the model of day one, for ever.
 * :class:`Scheduled`: the cron-style pipeline: at fixed times a full retrain, from the initial weights, on all the
   data there is (the replay data and every consented correction so far), promoted straight away, no canary.
-* :class:`Oracle`: the limit. It knows when each drift began, and as soon as the loop's ``minNewItems`` consented
-  corrections have arrived since then, runs the retrain Kaizen would run (same template, same trainer), targeted at
-  the drifted slice, and promotes the candidate at once.
+* :class:`Oracle`: the limit. It knows when each drift began and which answers it changed, and as soon as the loop's
+  ``minNewItems`` consented corrections have arrived since then, runs the retrain Kaizen would run (same template,
+  same trainer), targeted at every slice a drift has changed so far, and promotes the candidate at once.
 * :class:`Kaizen`: Kaizen's own decisions. The ImprovementLoop is a manifest a team would apply; every interval this
   adapter does what ``kaizen.controllers.improvementloop`` does around the pure logic (``observe_signals``,
   ``fold_outcomes``, ``decide``, ``record``), and every tick what ``kaizen.controllers.rollout`` does around
@@ -162,6 +162,7 @@ class Oracle(Policy):
                  loop: ImprovementLoopSpec, namespace: str):
         super().__init__(model, ledger, services)
         self.pending = sorted(drifts, key=lambda d: d.onset)
+        self.begun: list[Drift] = []
         self.loop, self.namespace = loop, namespace
         self.runs = 0
 
@@ -175,7 +176,7 @@ class Oracle(Policy):
                                                consented_only=feedback.require_consent)
             if count < feedback.min_new_items:
                 return
-            self.pending.pop(0)
+            self.begun.append(self.pending.pop(0))
             self.runs += 1
             name = f"oracle-{self.runs}"
             spec = RetrainJobSpec.model_validate({
@@ -183,7 +184,10 @@ class Oracle(Policy):
                                                exclude={"base_model"}),
                 "reason": {"decisionId": name, "summary": f"Drift at {_iso(drift.onset)}: {count} corrections."},
                 "baseline": self.served.stable.model_dump(mode="json"),
-                "targets": {"scenarios": list(drift.scenarios), "cohorts": list(drift.cohorts),
+                # Every slice a drift so far has changed: the replay data predates them all, and a retrain that
+                # did not supersede an earlier drift's replay rows would teach its old answer again.
+                "targets": {"scenarios": sorted({s for d in self.begun for s in d.scenarios}),
+                            "cohorts": sorted({c for d in self.begun for c in d.cohorts}),
                             "categories": list(feedback.categories)},
                 "gates": [g.to_wire() for g in self.loop.gates],
                 "feedback": {"collectorURL": feedback.collector_url, "model": self.loop.target.deployment},
