@@ -113,9 +113,9 @@ class Scenario:
 FULL = Scenario(days=14, tick_minutes=15, requests_per_hour=240, drift_hours=(3 * 24 + 10, 9 * 24 + 14), users=1000,
                 recovery_window_hours=2, reference_hours=24, tolerance=0.02, cron_every_hours=24,
                 cron_first_hours=2)
-QUICK = Scenario(days=1.25, tick_minutes=15, requests_per_hour=160, drift_hours=(6, 18), users=400,
-                 recovery_window_hours=2, reference_hours=5, tolerance=0.03, cron_every_hours=8,
-                 cron_first_hours=2)
+QUICK = Scenario(days=1, tick_minutes=15, requests_per_hour=160, drift_hours=(5, 14), users=400,
+                 recovery_window_hours=2, reference_hours=5, tolerance=0.03, cron_every_hours=12,
+                 cron_first_hours=9)
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -435,7 +435,7 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 30-hour period and lighter traffic (tests, CI)")
+    parser.add_argument("--quick", action="store_true", help="a 24-hour period and lighter traffic (tests, CI)")
     parser.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS}; none with --quick)")
     parser.add_argument("--seed", type=int, default=7, help="the users' seed (the same for every policy)")
     parser.add_argument("--policy-cohorts", default=None,
