@@ -271,9 +271,10 @@ def test_oracle_retrains_targeted_once_enough_corrections_follow_the_onset(tmp_p
     counter = [0]
     run_ticks(oracle, range(0, 4), {"v1": 0.1}, counter)  # complaints before the onset do not count
     assert services.configs == []
-    run_ticks(oracle, range(4, 5), {"v1": 0.2}, counter)  # 12 corrections: fewer than minNewItems (20)
+    assert loop.feedback is not None and loop.feedback.min_new_items == 40
+    run_ticks(oracle, range(4, 5), {"v1": 0.5}, counter)  # 30 corrections: fewer than minNewItems
     assert services.configs == []
-    run_ticks(oracle, range(5, 6), {"v1": 0.2}, counter)
+    run_ticks(oracle, range(5, 6), {"v1": 0.5}, counter)
     assert len(services.configs) == 1
     assert services.configs[0].targets.scenarios == ["refund"]
     assert [(v, how) for _, v, how in services.promoted] == [("oracle-1", "direct")]
