@@ -69,3 +69,7 @@ bench-collector: venv ## Benchmark collector ingest on SQLite and PostgreSQL; wr
 .PHONY: bench-canary
 bench-canary: venv ## Benchmark canary analysis (Kaizen vs Flagger, Argo Rollouts, Wald); writes bench/results/canary.json
 	$(PY) bench/canary/run.py
+
+.PHONY: bench-loop
+bench-loop: venv ## Benchmark the loop: static vs scheduled retrain vs Kaizen vs oracle; writes bench/results/loop.json
+	$(PY) bench/loop/run.py
