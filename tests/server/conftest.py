@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -122,27 +123,24 @@ class ServerProcess:
                     "KAIZEN_MODEL_NAME": NAME, "OMP_NUM_THREADS": "1", **env}
         self.log = workdir / f"server-{self.port}.log"
         self.process: processes.ManagedProcess | None = None
+        #: What /health answered until it answered 200.
+        self.readiness: list[int] = []
 
     def start(self) -> ServerProcess:
         self.process = processes.spawn("kaizen-server", [sys.executable, "-m", "kaizen_server"], self.log,
                                        detach=False, env=self.env)
         return self
 
-    def wait_ready(self, timeout: float = 120) -> list[int]:
-        """Poll /health until 200; returns the statuses seen (refused connections left out)."""
+    def poll(self) -> bool:
+        """One readiness probe (GET /health), remembered in :attr:`readiness`; whether it answered 200."""
         assert self.process is not None
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while not seen or seen[-1] != 200:
-            if not self.process.alive():
-                raise RuntimeError(f"the server exited with {self.process.exit_code()}:\n{self.process.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not become ready:\n{self.process.log_tail()}")
-            try:
-                seen.append(http(self.url + "/health").status)
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.02)
-        return seen
+        if not self.process.alive():
+            raise RuntimeError(f"the server exited with {self.process.exit_code()}:\n{self.process.log_tail()}")
+        try:
+            self.readiness.append(http(self.url + "/health").status)
+        except (urllib.error.URLError, OSError):
+            return False  # the port is not open yet
+        return self.readiness[-1] == 200
 
     def post(self, path: str, body: Any = None, raw: bytes | None = None) -> Answer:
         return http(self.url + path, "POST", body, raw)
@@ -165,6 +163,16 @@ class ServerProcess:
             processes.stop([self.process])
 
 
+def wait_ready(servers: list[ServerProcess], timeout: float = 180) -> None:
+    """Probe the servers in turn, as a kubelet would, until each answered 200."""
+    pending, deadline = list(servers), time.monotonic() + timeout
+    while pending:
+        pending = [server for server in pending if not server.poll()]
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not become ready:\n{pending[0].process.log_tail()}")
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCollector]:
     workdir = tmp_path_factory.mktemp("collector")
@@ -174,10 +182,19 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCollect
 
 
 @pytest.fixture(scope="session")
+def late_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCollector]:
+    """A collector not started yet (its port is chosen): the test starts it to see the server recover."""
+    workdir = tmp_path_factory.mktemp("late-collector")
+    service = LocalCollector(f"sqlite:///{workdir / 'collector.db'}", workdir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory, causal: Trained, classifier: Trained,
-            collector: LocalCollector) -> Iterator[dict[str, ServerProcess]]:
+            collector: LocalCollector, late_collector: LocalCollector) -> Iterator[dict[str, ServerProcess]]:
     """Three servers started together (each takes seconds to import torch): ``causal``, recording traces in the
-    collector; ``classifier``; and ``down``, the causal model with a collector that is not there."""
+    collector; ``classifier``; and ``down``, the causal model with a collector that is not there (yet)."""
     workdir = tmp_path_factory.mktemp("servers")
     token = workdir / "ingest-token"
     token.write_text(collector.tokens["ingest"] + "\n")
@@ -187,15 +204,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory, causal: Trained, classifie
                                 KAIZEN_COLLECTOR_TOKEN_FILE=str(token), **labels),
         "classifier": ServerProcess(workdir, f"file://{classifier.uri}", KAIZEN_MODEL_VERSION="c3",
                                     KAIZEN_TRACK="stable"),
-        "down": ServerProcess(workdir, causal.uri, KAIZEN_COLLECTOR_URL=f"http://127.0.0.1:{free_ports(1)[0]}",
-                              KAIZEN_COLLECTOR_TOKEN="nobody", KAIZEN_MODEL_VERSION="v1", KAIZEN_TRACK="stable"),
+        "down": ServerProcess(workdir, causal.uri, KAIZEN_COLLECTOR_URL=late_collector.url,
+                              KAIZEN_COLLECTOR_TOKEN=late_collector.tokens["ingest"], KAIZEN_MODEL_VERSION="v1",
+                              KAIZEN_TRACK="stable"),
     }
     try:
         for server in started.values():
             server.start()
-        for server in started.values():
-            server.wait_ready()
+        wait_ready(list(started.values()))
         yield started
     finally:
+        # Signalled together: each takes seconds to exit (the interpreter tearing torch down).
+        for server in started.values():
+            if server.process is not None:
+                os.killpg(server.process.pgid, signal.SIGTERM)
         for server in started.values():
             server.stop()

@@ -29,6 +29,10 @@ def test_batching_does_not_change_the_answers(causal: Trained) -> None:
     # Prompts of different lengths, so the batch is padded.
     prompts[0] = "hello hello hello please " + prompts[0]
     assert engine.complete(prompts) == [engine.complete([p])[0] for p in prompts]
+    # Prompts of one length (no padding), whose answers end at different steps.
+    same = [row["input"] for row in causal.train[:8]]
+    assert len({len(p.split()) for p in same}) == 1 and len({len(r["output"].split()) for r in causal.train[:8]}) > 1
+    assert engine.complete(same) == [engine.complete([p])[0] for p in same]
 
 
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(causal: Trained) -> None:

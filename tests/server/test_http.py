@@ -20,6 +20,13 @@ def causal_server(servers: dict[str, ServerProcess]) -> ServerProcess:
     return servers["causal"]
 
 
+def test_health_answers_503_while_the_model_loads_then_200(servers: dict[str, ServerProcess]) -> None:
+    # The port opens before torch is imported and the model loaded (seconds), so probes see 503 first.
+    for server in servers.values():
+        assert server.readiness[0] == 503 and server.readiness[-1] == 200, server.readiness
+        assert set(server.readiness) == {503, 200}
+
+
 def test_completions_answer_the_trained_response(causal_server: ServerProcess, causal: Trained) -> None:
     row = causal.train[0]
     answer = causal_server.post("/v1/completions", {"model": NAME, "prompt": row["input"], "max_tokens": 16})
@@ -91,6 +98,7 @@ def test_the_wrong_route_for_the_task_is_a_400(servers: dict[str, ServerProcess]
     ({"prompt": "hi", "user": "an e-mail@example.com with spaces"}, "user"),
     ({"prompt": "hi", "metadata": {"consent_training": "yes"}}, "metadata.consent_training"),
     ({"prompt": "hi", "metadata": {"cohort": ""}}, "metadata.cohort"),
+    ({"prompt": "hi", "metadata": {"campaign": {"nested": 1}}}, "metadata.campaign"),
 ])
 def test_a_bad_completion_body_is_a_400_naming_the_field(causal_server: ServerProcess, body: dict,
                                                          param: str) -> None:
@@ -189,6 +197,7 @@ def test_each_answer_is_a_trace_and_feedback_on_it_is_exported(causal_server: Se
     assert (trace.input, trace.output, trace.cohort, trace.scenario) == (row["input"], row["output"], "pro",
                                                                          row["scenario"])
     assert trace.consent.training and trace.latency_ms is not None and trace.latency_ms > 0
+    assert trace.request_id == answer.body["id"]
 
     FeedbackRecorder(collector.url, collector.tokens["ingest"], model=NAME).feedback(
         trace_id, "down", category="incorrect", correction="chat with an agent first", consent_training=True,
@@ -209,8 +218,8 @@ def test_without_consent_the_trace_says_so(causal_server: ServerProcess, causal:
     assert not trace.consent.training and trace.output == causal.train[4]["output"]
 
 
-def test_with_the_collector_down_answers_are_served_and_failures_counted(servers: dict[str, ServerProcess],
-                                                                         causal: Trained) -> None:
+def test_with_the_collector_down_answers_are_served_and_failures_counted(
+        servers: dict[str, ServerProcess], causal: Trained, late_collector: LocalCollector) -> None:
     server = servers["down"]
     labels = {"model": NAME, "model_version": "v1", "track": "stable"}
     before = server.metric("kaizen_server_trace_errors_total", **labels)
@@ -219,6 +228,11 @@ def test_with_the_collector_down_answers_are_served_and_failures_counted(servers
         assert answer.status == 200 and answer.body["choices"][0]["text"] == row["output"]
         assert "trace_id" not in answer.body and "X-Kaizen-Trace-Id" not in answer.headers
     assert server.metric("kaizen_server_trace_errors_total", **labels) == before + 3
-    assert server.process is not None
     # Logged once per burst of failures, not once per request.
     assert server.log.read_text().count("Failed to record a trace") == 1
+
+    late_collector.start()
+    answer = server.post("/v1/completions", {"prompt": causal.train[0]["input"]})
+    assert answer.body["trace_id"] and answer.headers["X-Kaizen-Trace-Id"] == answer.body["trace_id"]
+    assert server.metric("kaizen_server_trace_errors_total", **labels) == before + 3
+    assert "Recorded traces again failures=3" in server.log.read_text()

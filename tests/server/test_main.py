@@ -14,36 +14,52 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from kaizen.dev.cluster import free_ports
 from kaizen_server.app import Server, Settings, create_app
+from kaizen_server.engine import Engine, ServeError
 from tests.server.conftest import NAME, Trained
 
 
 def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k != "MODEL_URI"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_URI", "KAIZEN_", "PORT"))}
     env = {**clean, "HOST": "127.0.0.1", "PORT": str(free_ports(1)[0]), **env}
     return subprocess.run([sys.executable, "-m", "kaizen_server"], env=env, capture_output=True, text=True,
                           timeout=120)
 
 
 @pytest.mark.parametrize("env, message", [
-    ({}, "MODEL_URI is not set"),
-    ({"MODEL_URI": "/nowhere/model"}, "is not a saved transformers model"),
-    ({"MODEL_URI": "ftp://host/model"}, "unsupported scheme"),
+    ({"MODEL_URI": ""}, "MODEL_URI is not set"),
     ({"MODEL_URI": "/tmp", "PORT": "eighty"}, "PORT='eighty' is not a port number"),
+    ({"MODEL_URI": "/tmp", "KAIZEN_COLLECTOR_URL": "127.0.0.1:8090"}, "must start with http://"),
     ({"MODEL_URI": "/tmp", "KAIZEN_COLLECTOR_URL": "http://127.0.0.1:1", "KAIZEN_TRACK": "blue"}, "KAIZEN_TRACK"),
+    ({"MODEL_URI": "/tmp", "KAIZEN_COLLECTOR_TOKEN_FILE": "/nowhere/token"}, "No such file"),
 ])
 def test_a_bad_environment_is_one_line_and_exit_code_2(env: dict[str, str], message: str) -> None:
-    result = run({"MODEL_URI": "", **env} if "MODEL_URI" not in env else env)
+    result = run(env)
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "kaizen-server:" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
 
-def test_a_model_folder_of_another_kind_is_one_line(tmp_path: Path) -> None:
+def test_an_unloadable_model_is_one_line_and_exit_code_2_after_the_port_opened(tmp_path: Path) -> None:
+    result = run({"MODEL_URI": str(tmp_path / "nowhere")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Listening" in result.stderr  # it was ready for probes (503) while it tried
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kaizen-server:")]
+    assert errors == [f"kaizen-server: cannot serve MODEL_URI={tmp_path / 'nowhere'}: model {tmp_path / 'nowhere'} "
+                      "is not a saved transformers model (no config.json there)"], result.stderr
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("ftp://host/model", "unsupported scheme"),
+    ("pvc://models/v1", "/mnt/kaizen/pvc/models/v1 is not a saved transformers model"),
+])
+def test_unservable_uris_are_one_clear_error(uri: str, message: str) -> None:
+    with pytest.raises(ServeError, match=message):
+        Engine.load(uri)
+
+
+def test_a_model_of_another_kind_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
-    result = run({"MODEL_URI": str(tmp_path)})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "BertModel" in result.stderr.splitlines()[-1]
+    with pytest.raises(ServeError, match="BertModel; the server serves causal LMs"):
+        Engine.load(str(tmp_path))
 
 
 def test_health_is_503_until_the_model_is_loaded(causal: Trained) -> None:

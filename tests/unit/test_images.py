@@ -1,8 +1,9 @@
 """Checks the container images' Dockerfiles by parsing them, since no Docker engine runs where the tests do.
 
-Both images build from the repository root: ``Dockerfile`` (the operator) and ``trainer-image/Dockerfile`` (the
-trainer). The parser below understands what these files use: comments, line continuations, stages, and the exec
-(JSON) and shell forms of instructions.
+The images build from the repository root: ``Dockerfile`` (the operator) and ``trainer-image/Dockerfile``, whose
+default (last) target is the trainer and whose ``server`` target is the model server. The parser below understands
+what these files use: comments, line continuations, stages (one built FROM an earlier stage inherits its
+instructions), and the exec (JSON) and shell forms of instructions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ DOCKERFILES = pytest.mark.parametrize(
     "dockerfile", [OPERATOR_DOCKERFILE, TRAINER_DOCKERFILE], ids=["operator", "trainer"]
 )
 TRAINER_STACK = ("torch", "transformers", "trainer", "optional-dependencies")
+#: Every image: its Dockerfile and build target (None: the last stage, what a build without --target makes).
+IMAGES = pytest.mark.parametrize("dockerfile, build_target", [
+    (OPERATOR_DOCKERFILE, None), (TRAINER_DOCKERFILE, None), (TRAINER_DOCKERFILE, "server"),
+], ids=["operator", "trainer", "server"])
 
 
 @dataclass
@@ -102,12 +107,24 @@ def parse(path: Path) -> list[Stage]:
         if instruction.keyword == "FROM":
             _, words = instruction.flags_and_words()
             name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
-            stages.append(Stage(image=words[0], name=name))
+            parent = next((stage for stage in stages if stage.name == words[0]), None)
+            # A stage built FROM an earlier one starts with what that one set (user, environment, files, ...).
+            stages.append(Stage(image=words[0], name=name, instructions=list(parent.instructions) if parent else []))
         else:
             assert stages, f"{path}: {instruction.keyword} before the first FROM"
             stages[-1].instructions.append(instruction)
     assert stages, f"{path} has no FROM"
     return stages
+
+
+def target(dockerfile: Path, name: str | None) -> Stage:
+    """The stage ``docker build --target NAME`` builds (the last one without a name)."""
+    stages = parse(dockerfile)
+    if name is None:
+        return stages[-1]
+    found = [stage for stage in stages if stage.name == name]
+    assert found, f"{dockerfile.name} has no stage named {name}"
+    return found[0]
 
 
 def pyproject() -> dict:
@@ -137,10 +154,10 @@ def ignored_by_dockerignore(source: str) -> bool:
     return False
 
 
-@DOCKERFILES
-def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+@IMAGES
+def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Path, build_target: str | None) -> None:
     # Numeric, so that the kubelet can enforce runAsNonRoot without looking the name up in the image.
-    user = parse(dockerfile)[-1].last("USER").arguments
+    user = target(dockerfile, build_target).last("USER").arguments
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0, f"{dockerfile.name}: USER {user} should be a numeric, non-zero uid"
     assert not gid or (gid.isdigit() and int(gid) != 0), f"{dockerfile.name}: USER {user} should have a non-root gid"
@@ -211,15 +228,40 @@ def test_operator_entrypoint_is_the_kaizen_operator_command() -> None:
 def test_trainer_entrypoint_runs_the_copied_trainer_package() -> None:
     final = parse(TRAINER_DOCKERFILE)[-1]
     assert final.last("ENTRYPOINT").exec_form() == ["python", "-m", "kaizen_trainer"]
-    assert (REPO_ROOT / "trainer-image" / "kaizen_trainer" / "__main__.py").is_file()
-    destinations = []
-    for copy in final.all("COPY"):
-        flags, words = copy.flags_and_words()
-        if "from" not in flags and words[0].rstrip("/") == "trainer-image/kaizen_trainer":
-            destinations.append(words[-1].rstrip("/"))
-    assert len(destinations) == 1, "the final stage should COPY trainer-image/kaizen_trainer/ once"
-    package_parent = str(Path(destinations[0]).parent)
-    assert package_parent in final.env().get("PYTHONPATH", "").split(":"), (
-        f"kaizen_trainer is copied to {destinations[0]}, but {package_parent} is not on PYTHONPATH"
-    )
+    _package_copied_onto_pythonpath(final, "kaizen_trainer")
     assert final.last("WORKDIR").arguments == "/workspace"
+
+
+def _package_copied_onto_pythonpath(stage: Stage, package: str) -> None:
+    """``trainer-image/PACKAGE`` is copied once, into a folder on the stage's PYTHONPATH."""
+    assert (REPO_ROOT / "trainer-image" / package / "__main__.py").is_file()
+    destinations = []
+    for copy in stage.all("COPY"):
+        flags, words = copy.flags_and_words()
+        if "from" not in flags and words[0].rstrip("/") == f"trainer-image/{package}":
+            destinations.append(words[-1].rstrip("/"))
+    assert len(destinations) == 1, f"the stage should COPY trainer-image/{package}/ once"
+    assert Path(destinations[0]).name == package, f"{package} is copied to {destinations[0]}, not a folder of its name"
+    package_parent = str(Path(destinations[0]).parent)
+    assert package_parent in stage.env().get("PYTHONPATH", "").split(":"), (
+        f"{package} is copied to {destinations[0]}, but {package_parent} is not on PYTHONPATH"
+    )
+
+
+def test_server_target_runs_the_model_server_on_port_8080() -> None:
+    server = target(TRAINER_DOCKERFILE, "server")
+    assert server.last("ENTRYPOINT").exec_form() == ["python", "-m", "kaizen_server"]
+    # The server imports kaizen_trainer.modeling (the shared prompt format), so both packages are in the image.
+    _package_copied_onto_pythonpath(server, "kaizen_server")
+    _package_copied_onto_pythonpath(server, "kaizen_trainer")
+    assert server.last("EXPOSE").arguments == "8080"
+    assert server.env().get("PORT", "8080") == "8080", "EXPOSE and the port the server listens on should agree"
+    # Nothing the server writes lands on the root filesystem (HOME, and so any cache, is the workspace).
+    assert server.env()["HOME"] == "/workspace" and server.env()["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert server.name != parse(TRAINER_DOCKERFILE)[-1].name, "a build without --target should stay the trainer"
+
+
+def test_trainer_image_leaves_out_the_server() -> None:
+    trainer = target(TRAINER_DOCKERFILE, None)
+    copied = [copy.flags_and_words()[1][0] for copy in trainer.all("COPY")]
+    assert not [source for source in copied if "kaizen_server" in source], copied

@@ -12,11 +12,9 @@ import os
 import signal
 import sys
 
-import torch
 from aiohttp import web
 
-from kaizen_server.app import Server, Settings, create_app
-from kaizen_server.engine import limit_threads
+from kaizen_server.settings import Settings
 
 EXIT_INVALID = 2
 log = logging.getLogger("kaizen_server")
@@ -28,6 +26,8 @@ def fail(message: str) -> int:
 
 
 async def serve(settings: Settings) -> int:
+    from kaizen_server.app import Server, create_app
+
     server = Server(settings)
     runner = web.AppRunner(create_app(server), access_log=None, handle_signals=False)
     await runner.setup()
@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> int:
             await runner.cleanup()
             return fail(f"cannot serve MODEL_URI={settings.model_uri}: {error}")
         log.info("Loaded model uri=%s task=%s device=%s positions=%d threads=%d", settings.model_uri, engine.task,
-                 engine.device.name, engine.positions, torch.get_num_threads())
+                 engine.device.name, engine.positions, engine.threads)
         await stopping
     log.info("Stopping")
     await runner.cleanup()
@@ -65,7 +65,6 @@ def main() -> int:
         settings = Settings.from_env(os.environ)
     except ValueError as error:
         return fail(str(error))
-    limit_threads()
     return asyncio.run(serve(settings))
 
 

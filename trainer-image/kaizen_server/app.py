@@ -12,25 +12,25 @@ without one and ``kaizen_server_trace_errors_total`` counts the failure. :func:`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import secrets
 import time
-import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from kaizen.api import serving as s
-from kaizen.collector.models import Track
 from kaizen.sdk import CollectorError, FeedbackRecorder
-from kaizen_server.engine import Engine, ServeError, WrongTask
+from kaizen_server.errors import ServeError, WrongTask
+from kaizen_server.settings import Settings
+
+if TYPE_CHECKING:
+    from kaizen_server.engine import Engine
 
 log = logging.getLogger("kaizen_server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,53 +43,6 @@ TRACE_TIMEOUT_SECONDS = 2.0
 TRACE_WORKERS = 4
 #: Routes whose requests are not counted: probes and scrapes would drown the traffic canary analysis compares.
 UNCOUNTED = frozenset({"/health", "/metrics"})
-TRACKS = typing.get_args(Track)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How one server runs, from the environment of the serving contract (:meth:`from_env`)."""
-
-    model_uri: str
-    name: str = "model"
-    version: str = "unknown"
-    track: str = "unknown"
-    host: str = "0.0.0.0"
-    port: int = 8080
-    collector_url: str | None = None
-    collector_token: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Raises ValueError saying which variable is wrong and what to set."""
-        uri = env.get("MODEL_URI", "").strip()
-        if not uri:
-            raise ValueError("MODEL_URI is not set: set it to the model's location (a path, file://, pvc://CLAIM/PATH, "
-                             "s3:// or hf://), as the trainer's candidate.uri reports it")
-        try:
-            port = int(env.get("PORT") or 8080)
-        except ValueError:
-            raise ValueError(f"PORT={env['PORT']!r} is not a port number") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"PORT={port} is not a port number (1-65535)")
-        token = env.get("KAIZEN_COLLECTOR_TOKEN") or None
-        if token is None and env.get("KAIZEN_COLLECTOR_TOKEN_FILE"):
-            try:
-                token = Path(env["KAIZEN_COLLECTOR_TOKEN_FILE"]).read_text().strip()
-            except OSError as error:
-                raise ValueError(f"KAIZEN_COLLECTOR_TOKEN_FILE={env['KAIZEN_COLLECTOR_TOKEN_FILE']}: "
-                                 f"{error.strerror or error}") from None
-        url = env.get("KAIZEN_COLLECTOR_URL") or None
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"KAIZEN_COLLECTOR_URL={url!r} must start with http:// or https://")
-        # The downward API gives an empty string for a missing label.
-        settings = cls(model_uri=uri, name=env.get("KAIZEN_MODEL_NAME") or "model",
-                       version=env.get("KAIZEN_MODEL_VERSION") or "unknown", track=env.get("KAIZEN_TRACK") or "unknown",
-                       host=env.get("HOST") or "0.0.0.0", port=port, collector_url=url, collector_token=token)
-        if url is not None and settings.track not in TRACKS:
-            raise ValueError(f"KAIZEN_TRACK={settings.track!r}: the collector records traces of the tracks "
-                             f"{', '.join(TRACKS)}; set one of them (the pod's kaizen.dev/track label)")
-        return settings
 
 
 class Metrics:
@@ -164,13 +117,15 @@ class TraceRecorder:
         self.pool = ThreadPoolExecutor(TRACE_WORKERS, thread_name_prefix="kaizen-trace")
         self.failures = 0
 
-    async def record(self, body: s.Request, pairs: Sequence[tuple[str, str]], latency_ms: float) -> list[str | None]:
-        """One trace per (input, output); the id of each one stored, None where it failed or none is recorded."""
+    async def record(self, body: s.Request, request_id: str, pairs: Sequence[tuple[str, str]],
+                     latency_ms: float) -> list[str | None]:
+        """One trace per (input, output) of the answer ``request_id``; the id of each one stored, None where it
+        failed or none is recorded."""
         if self.recorder is None:
             return [None] * len(pairs)
         loop = asyncio.get_running_loop()
-        posts = [loop.run_in_executor(self.pool, functools.partial(self._post, body, text_in, text_out, latency_ms))
-                 for text_in, text_out in pairs]
+        post = functools.partial(self._post, body, request_id, latency_ms=latency_ms)
+        posts = [loop.run_in_executor(self.pool, post, text_in, text_out) for text_in, text_out in pairs]
         results = await asyncio.gather(*posts)
         for result in results:
             if isinstance(result, str):
@@ -185,13 +140,14 @@ class TraceRecorder:
             self.errors.inc()
         return [r if isinstance(r, str) else None for r in results]
 
-    def _post(self, body: s.Request, text_in: str, text_out: str, latency_ms: float) -> str | Exception:
+    def _post(self, body: s.Request, request_id: str, text_in: str, text_out: str, *,
+              latency_ms: float) -> str | Exception:
         assert self.recorder is not None
         try:
             return self.recorder.trace(
-                text_in, text_out, id=f"tr-{secrets.token_hex(12)}", cohort=body.metadata.cohort,
-                scenario=body.metadata.scenario, subject_id=body.user, consent_training=body.consent,
-                latency_ms=latency_ms)
+                text_in, text_out, id=f"tr-{secrets.token_hex(12)}", request_id=request_id,
+                cohort=body.metadata.cohort, scenario=body.metadata.scenario, subject_id=body.user,
+                consent_training=body.consent, latency_ms=latency_ms)
         except (CollectorError, ValueError) as error:
             return error
 
@@ -212,9 +168,9 @@ class Server:
         self.created = int(time.time())
 
     async def load(self) -> Engine:
-        """Load the model on the worker thread; raises :class:`ServeError` with one line when it cannot."""
-        self.engine = await asyncio.get_running_loop().run_in_executor(
-            self.worker, Engine.load, self.settings.model_uri)
+        """Load the model on the worker thread; raises :class:`ServeError` with one line when it cannot. Torch is
+        imported there too (seconds), so the port is open, and /health answers 503, while it is."""
+        self.engine = await asyncio.get_running_loop().run_in_executor(self.worker, _load, self.settings.model_uri)
         return self.engine
 
     def _ready(self, body: s.Request) -> Engine:
@@ -246,12 +202,13 @@ class Server:
         self.metrics.prompt_tokens.labels(*self.metrics.model).inc(prompt_tokens)
         self.metrics.generation_tokens.labels(*self.metrics.model).inc(generated)
 
-    async def _generate(self, body: s.Generation, prompts: list[str]):
+    async def _generate(self, body: s.Generation, request_id: str, prompts: list[str]):
         engine = self._ready(body)
         started = time.perf_counter()
         completions = await self._run(engine.complete, prompts, body.max_tokens)
         latency_ms = (time.perf_counter() - started) * 1000
-        ids = await self.traces.record(body, [(p, c.text) for p, c in zip(prompts, completions)], latency_ms)
+        ids = await self.traces.record(body, request_id, [(p, c.text) for p, c in zip(prompts, completions)],
+                                       latency_ms)
         prompt_tokens = sum(c.prompt_tokens for c in completions)
         generated = sum(c.completion_tokens for c in completions)
         self._count(prompt_tokens, generated)
@@ -261,9 +218,10 @@ class Server:
 
     async def completions(self, request: web.Request) -> web.Response:
         body = parse(s.CompletionRequest, await request.read())
-        completions, ids, usage = await self._generate(body, body.prompts)
+        answer_id = f"cmpl-{secrets.token_hex(12)}"
+        completions, ids, usage = await self._generate(body, answer_id, body.prompts)
         answer = s.CompletionResponse(
-            id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             choices=[s.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
                      for i, c in enumerate(completions)],
             usage=usage, system_fingerprint=self.settings.version, **self._traced(ids))
@@ -274,9 +232,10 @@ class Server:
         prompt = body.prompt
         if prompt is None:
             raise ApiError(400, "no message has the role 'user': the prompt is the last user message", "messages")
-        completions, ids, usage = await self._generate(body, [prompt])
+        answer_id = f"chatcmpl-{secrets.token_hex(12)}"
+        completions, ids, usage = await self._generate(body, answer_id, [prompt])
         answer = s.ChatResponse(
-            id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=completions[0].text),
                                   finish_reason=completions[0].finish_reason)],
             usage=usage, system_fingerprint=self.settings.version, **self._traced(ids))
@@ -285,15 +244,16 @@ class Server:
     async def classifications(self, request: web.Request) -> web.Response:
         body = parse(s.ClassificationRequest, await request.read())
         engine = self._ready(body)
-        texts = body.texts
+        texts, answer_id = body.texts, f"cls-{secrets.token_hex(12)}"
         started = time.perf_counter()
         labels = await self._run(engine.classify, texts)
         latency_ms = (time.perf_counter() - started) * 1000
-        ids = await self.traces.record(body, [(t, label.label) for t, label in zip(texts, labels)], latency_ms)
+        ids = await self.traces.record(body, answer_id, [(t, label.label) for t, label in zip(texts, labels)],
+                                       latency_ms)
         prompt_tokens = sum(label.prompt_tokens for label in labels)
         self._count(prompt_tokens, 0)
         answer = s.ClassificationResponse(
-            id=f"cls-{secrets.token_hex(12)}", created=int(time.time()), model=self.settings.name,
+            id=answer_id, created=int(time.time()), model=self.settings.name,
             data=[s.Classification(index=i, label=label.label, score=label.score) for i, label in enumerate(labels)],
             usage=s.Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens),
             system_fingerprint=self.settings.version, **self._traced(ids))
@@ -319,6 +279,13 @@ class Server:
     def close(self) -> None:
         self.traces.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _load(uri: str) -> Engine:
+    from kaizen_server.engine import Engine, limit_threads
+
+    limit_threads()
+    return Engine.load(uri)
 
 
 def _middleware(server: Server) -> Any:

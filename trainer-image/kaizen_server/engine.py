@@ -8,30 +8,31 @@ the benchmark (without it). Blocking and not thread-safe: callers run it on one 
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from kaizen.api.retrainjob import Task
 from kaizen.logic.retrain import mounted_path
 from kaizen_trainer import modeling
+from kaizen_server.errors import ServeError, WrongTask
 from kaizen_trainer.errors import TrainerError
 
 #: The model's own limit on positions, when its config names none.
 FALLBACK_POSITIONS = 1024
 
 
-class ServeError(Exception):
-    """A model that cannot be served, or a request its task cannot answer; the message says which and why."""
+def _not_the_padding_warning(record: logging.LogRecord) -> bool:
+    # generate() drops an all-ones attention mask, then feeds pad tokens to the rows that already ended, and GPT-2
+    # warns that padding is unmasked; those rows' tokens after eos are discarded, so the warning is only noise.
+    return "passing in an `attention_mask`" not in record.getMessage()
 
 
-class WrongTask(ServeError):
-    """A completion asked of a classifier, or a classification of a causal LM."""
+logging.getLogger("transformers.modeling_utils").addFilter(_not_the_padding_warning)
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,11 @@ def limit_threads() -> int:
 
 
 def infer_task(directory: str) -> Task:
-    """The task of a saved model, from the architecture its config.json names."""
+    """The task of a saved model, from the architecture its config names."""
     try:
-        architectures = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError) as error:
-        raise ServeError(f"cannot read the model's config.json in {directory}: {error}") from None
+        architectures = AutoConfig.from_pretrained(directory).architectures or []
+    except (OSError, ValueError, KeyError) as error:
+        raise ServeError(f"cannot read the model's config in {directory}: {error}") from None
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "sequence-classification"
     if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures):
@@ -84,6 +85,7 @@ class Engine:
         self.positions = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
                              or FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+        self.threads = torch.get_num_threads()
 
     @classmethod
     def load(cls, uri: str, task: Task | None = None) -> Engine:

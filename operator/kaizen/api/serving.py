@@ -32,6 +32,8 @@ class Metadata(BaseModel):
     """Request metadata: what the server records with the trace."""
 
     model_config = ConfigDict(extra="allow")
+    #: Other keys are kept as OpenAI allows them: short strings.
+    __pydantic_extra__: dict[str, Annotated[str, Field(max_length=512)]]
 
     cohort: Label | None = Field(default=None, description="The user's cohort, recorded with the trace.")
     scenario: Label | None = Field(default=None, description="The request's scenario (intent), for the trace.")
