@@ -175,3 +175,11 @@ def test_the_classification_variant_judges_labels():
 def test_bad_population_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         Population(sd.Domain(), **bad)
+
+
+def test_the_tokenizer_word_list_covers_every_drift():
+    # The tokenizer is made before any drift: the new intent's and the new policy's words must be in it anyway.
+    words = set(sd.vocabulary())
+    assert {"pause", "hold", "three", "months", "14"} <= words
+    assert set(sd.Domain(sd.drift(policy_at=None)).vocabulary()) < words
+    assert {"pause_plan", "return_14_days", "return_30_days"} <= set(sd.labels())

@@ -39,15 +39,15 @@ BASELINE = "models/support-bot/v1"
 #: demo_data builds; only before/after matters for the rows).
 BEFORE, NOW = -1.0, 0.0
 #: Model size: 2 layers of width 64 (about 100k parameters): learns the domain in seconds on one core.
-SIZE = {"layers": 2, "width": 64, "heads": 2, "positions": 48}
+SIZE = {"layers": 2, "width": 64, "heads": 2, "positions": 64}
 #: Fine-tuning settings: the baseline from scratch, and a candidate from the baseline (what the loop's
 #: ``spec.retrain.hyperparameters`` should say).
 BASELINE_HYPERPARAMETERS = {"maxSteps": 300, "learningRate": 3e-3, "batchSize": 32, "maxLength": 32,
                             "checkpointEverySteps": 10_000}
-CANDIDATE_HYPERPARAMETERS = {"maxSteps": 80, "learningRate": 2e-3, "batchSize": 32, "maxLength": 32,
+CANDIDATE_HYPERPARAMETERS = {"maxSteps": 150, "learningRate": 2e-3, "batchSize": 32, "maxLength": 32,
                              "checkpointEverySteps": 10_000}
 #: The share of targeted rows in a candidate's mix: with a few dozen corrections, 0.3 keeps enough replay (about
-#: twice as many rows) that the candidate forgets nothing else in 80 steps.
+#: twice as many rows) that the candidate forgets nothing else in 150 steps.
 TARGETED_RATIO = 0.3
 
 
@@ -75,11 +75,12 @@ def write_data(root: Path, dom: sd.Domain, task: str = "causal-lm") -> dict[str,
     }
 
 
-def initial_model(directory: Path, dom: sd.Domain, task: str = "causal-lm") -> Path:
-    """A randomly initialised tiny GPT-2 over the domain's words (and its action labels, for classification)."""
+def initial_model(directory: Path, task: str = "causal-lm") -> Path:
+    """A randomly initialised tiny GPT-2 over every word of the domain, whatever the drift (and every action label,
+    for classification)."""
     from kaizen_trainer import synthetic
 
-    return synthetic.save_model(task, directory, words=dom.vocabulary(), label_names=dom.labels(), **SIZE)
+    return synthetic.save_model(task, directory, words=sd.vocabulary(), label_names=sd.labels(), **SIZE)
 
 
 def train(work: Path, output: Path, *, task: str, baseline: tuple[str, str], candidate_version: str,
@@ -120,7 +121,7 @@ def build(root: Path, task: str = "causal-lm", policy_cohorts: Sequence[str] | N
     dom = domain(policy_cohorts, new_intent)
     files = write_data(root, dom, task)
     work = root / ".build" / "baseline"
-    return train(work, root / BASELINE, task=task, baseline=("v0", str(initial_model(work / "init", dom, task))),
+    return train(work, root / BASELINE, task=task, baseline=("v0", str(initial_model(work / "init", task))),
                  candidate_version="v1", replay=[files["history"]], hyperparameters=BASELINE_HYPERPARAMETERS)
 
 

@@ -242,8 +242,9 @@ class Domain:
 
     def rows(self, n: int, seed: int, at: float, *, cohorts: Iterable[str] | None = None, task: str = "causal-lm",
              prefix: str = "row") -> list[dict]:
-        """``n`` dataset rows (the trainer's Example JSONL shape; ``scenario`` is the intent) as the domain is at ``at``:
-        the intents asked then, in turn, each by a cohort of ``cohorts`` (default all) with its right answer then."""
+        """``n`` dataset rows (the trainer's Example JSONL shape; ``scenario`` is the intent) as the domain is at
+        ``at``: the intents asked then, in turn, each by a cohort of ``cohorts`` (default all) with its right answer
+        then."""
         rng = random.Random(seed)
         cohorts = tuple(cohorts or self.cohort_names)
         intents = self.intents_at(at)
@@ -274,3 +275,15 @@ class Domain:
         for intent in self.all_intents():
             texts += [ask.replace("{my}", " ").replace("{item}", " ") for ask in intent.asks]
         return sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text.lower())})
+
+
+def vocabulary() -> list[str]:
+    """The word list of every request and answer :func:`drift` can make, whichever events a run has: the demo's
+    tokenizer is built once, before any drift, and a word it lacks is [UNK], which the model can neither read nor
+    say (a new intent's answer would decode with words missing)."""
+    return Domain(drift(policy_at=0.0, new_intent_at=0.0)).vocabulary()
+
+
+def labels() -> list[str]:
+    """The action labels of every answer :func:`drift` can make (the classification variant's label set)."""
+    return Domain(drift(policy_at=0.0, new_intent_at=0.0)).labels()
