@@ -29,7 +29,7 @@ setup: prerequisites binaries venv postgres ## Provision everything the demo and
 crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic models
 	$(PY) -m kaizen.api.crd
 
-demo: setup ## Run Kaizen on the local stack: control plane, operator, the example loop reconciled
+demo: setup ## The whole loop on the local stack: served model, simulated users, drift, retrain, canary, promotion
 	$(VENV)/bin/kaizen dev demo
 
 test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) on the local control plane

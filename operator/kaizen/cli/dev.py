@@ -51,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     demo = dev_commands.add_parser(
         "demo",
-        help="run Kaizen's whole loop on the local stack: breach, retrain, gates, canary, promotion",
+        help="run Kaizen's whole loop on the local stack through a served model: drift, retrain, canary, promotion",
         description="Start a local control plane (or use --kubeconfig), Prometheus, the collector, the operator and "
-        "the dev node agent, apply examples/demo/, and play the users and the model server until the loop serves a "
-        "retrained model.",
+        "the dev node agent, apply examples/demo/ (a served model, its Service and its ImprovementLoop), send "
+        "simulated users' requests and feedback through the Service, change their world, follow the loop to its end.",
     )
     demo.add_argument("--kubeconfig", type=Path, help="use this cluster instead of starting a local control plane")
     demo.add_argument("--dir", type=Path, default=Path(".kaizen") / "demo",
