@@ -280,7 +280,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         # The users: the world as they know it, before the policy change; it changes when the story says so.
         # They rate often (the demo has minutes, not days, to gather feedback), wrong answers more often than right.
         population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7,
-                                cohorts={"free": 0.4, "pro": 0.3, "business": 0.3}, feedback_right=0.4,
+                                cohorts={"free": 0.35, "pro": 0.25, "business": 0.4}, feedback_right=0.5,
                                 feedback_wrong=0.8, noise=0.05)
         traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
                           model=LOOP, rate=16, duration=900, threads=4, window=20)
@@ -327,7 +327,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
                 rollout = eventually(lambda: [r for r in children(cluster, "rollout")
                                               if r.get("status", {}).get("phase") in
                                               ("Promoted", "RolledBack", "Aborted")], "the Rollout to end",
-                                     timeout=240)[0]
+                                     timeout=360)[0]
             for record in rollout["status"].get("analysis", [])[:1]:
                 say(f"Analysis: {analysis_line(record)}")
             ended = rollout["status"]["phase"]
