@@ -26,7 +26,8 @@ from kaizen.k8s import deployments, resources, rollouts
 from kaizen.logic.conditions import set_condition
 from kaizen.logic.promql import fill
 from kaizen.logic.rollout import (
-    TERMINAL, Action, Look, MetricSample, Observation, analysis_window, judge_look, look_due, next_action,
+    TERMINAL, Action, Contender, Decision, Look, MetricSample, Observation, analysis_window, judge_look, look_due,
+    next_action, target_holder, wait_for_target,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
 from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
@@ -72,6 +73,13 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         return
     now = datetime.now(timezone.utc)
     target = spec.target.deployment
+    generation = fresh["metadata"].get("generation")
+
+    holder = target_holder(name, contenders(namespace, target))
+    if holder is not None:
+        conclude(body, stored, patch, logger, current, wait_for_target(spec, current, holder, namespace, action, now),
+                 now, generation)
+        return
 
     stable = deployments.read(namespace, target)
     if stable is None:
@@ -105,15 +113,43 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
                                                   model=spec.canary_model))
         logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
 
+    conclude(body, stored, patch, logger, current, decision, now, generation)
+
+
+def conclude(body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
+             current: RolloutStatus, decision: Decision, now: datetime, generation: int | None) -> None:
+    """Write the decided status (once, only what changed) and post its Events."""
     new = decision.status.to_wire()
     fields: dict[str, Any] = {key: new.get(key) for key in STATUS_FIELDS - _SPEC_HANDLER_FIELDS}
-    fields["conditions"] = progressing(stored, decision.status, now, fresh["metadata"].get("generation"))
+    fields["conditions"] = progressing(stored, decision, now, generation)
     write_status(stored, patch, fields)
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
     if decision.status.phase != current.phase:
         logger.info(f"Rollout phase={decision.status.phase} step={decision.status.current_step} "
                     f"message={decision.status.message!r}")
+    elif not decision.owns_target and decision.events:
+        logger.info(f"Refused target={body['spec']['target']['deployment']} message={decision.status.message!r}")
+
+
+def contenders(namespace: str, target: str) -> list[Contender]:
+    """The Rollouts of ``target`` that may hold it: not ended, not being deleted, with a spec that can be acted on.
+
+    Read fresh from the API server (not a cache), so that two Rollouts looked at one after the other rank the same
+    list."""
+    found = []
+    for obj in rollouts.list_in(namespace):
+        meta, status = obj["metadata"], obj.get("status") or {}
+        if (obj.get("spec") or {}).get("target", {}).get("deployment") != target or meta.get("deletionTimestamp") \
+                or status.get("phase") in TERMINAL:
+            continue
+        try:
+            parse_spec(ROLLOUT, obj.get("spec") or {})
+        except InvalidSpec:
+            continue  # it will never act; it must not keep its target from others
+        found.append(Contender(name=meta["name"], created=parse_time(meta["creationTimestamp"]),
+                               phase=status.get("phase")))
+    return found
 
 
 def parse_action(annotations: dict[str, str], status: RolloutStatus) -> Action | None:
@@ -178,12 +214,17 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
     return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
 
 
-def progressing(stored: dict[str, Any], status: RolloutStatus, now: datetime,
+def progressing(stored: dict[str, Any], decision: Decision, now: datetime,
                 generation: int | None) -> list[dict[str, Any]]:
-    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended."""
+    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended, and
+    False with reason ``TargetInUse`` while another Rollout holds the target."""
+    status = decision.status
     ended = status.phase in TERMINAL
+    reason = status.phase or "Progressing"
+    if not decision.owns_target and not ended:
+        reason = "TargetInUse"
     return set_condition(list(stored.get("conditions") or []), type="Progressing",
-                         status="False" if ended else "True", reason=status.phase or "Progressing",
+                         status="True" if decision.owns_target and not ended else "False", reason=reason,
                          message=status.message or "", now=now, generation=generation)
 
 
