@@ -306,3 +306,70 @@ def test_deleting_the_retrainjob_removes_its_job_and_pods(operator, namespace):
               "-l", "kaizen.dev/retrainjob=deleted", timeout=60)
     wait_json(operator, lambda o: not o["items"], "get", "pods", "-n", namespace,
               "-l", "batch.kubernetes.io/job-name=deleted-trainer", timeout=60)
+
+
+def test_a_child_name_taken_by_a_foreign_object_is_a_condition_not_a_takeover(operator, namespace):
+    operator.kubectl("create", "configmap", "taken-trainer", "-n", namespace, "--from-literal=owner=someone-else")
+    before = kubectl_json(operator, "get", "configmap", "taken-trainer", "-n", namespace)
+    apply(operator, namespace, retrain_job("taken"))
+
+    obj = wait_for(operator, "retrainjob", "taken", namespace,
+                   lambda o: (condition(o, "Progressing") or {}).get("reason") == "NameConflict")
+    assert condition(obj, "Progressing")["status"] == "False"
+    assert condition(obj, "Progressing")["message"] == (
+        f"ConfigMap {namespace}/taken-trainer exists and is not owned by RetrainJob taken; Kaizen will not take it "
+        "over: delete or rename it")
+    assert "phase" not in obj["status"]  # not failed: deleting the ConfigMap lets it go ahead
+    time.sleep(3)  # a slow retry: not one Event (nor API call) per tick
+    assert warnings(operator, namespace, "taken", "NameConflict") == [condition(obj, "Progressing")["message"]]
+    after = kubectl_json(operator, "get", "configmap", "taken-trainer", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert kubectl_json(operator, "get", "jobs", "-n", namespace)["items"] == []
+
+
+@pytest.fixture
+def jobs_need_a_team(operator, namespace):
+    """A cluster's admission policy (ValidatingAdmissionPolicy, CEL) refusing Jobs without a `team` label in the
+    test's namespace: a real 422 from the API server on a Job the CRD's own rules cannot foresee."""
+    name = f"jobs-need-team-{namespace}"[:63]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE"], "resources": ["jobs"]}]},
+                 "validations": [{"expression": "has(object.metadata.labels) && 'team' in object.metadata.labels",
+                                  "message": "every Job needs a team label"}]},
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
+    }
+    for doc in (policy, binding):
+        operator.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    deadline = time.monotonic() + 30
+    while "every Job needs a team label" not in operator.kubectl(
+            "create", "job", "probe", "--image=kaizen.invalid/probe", "--dry-run=server", "-n", namespace,
+            check=False).stderr:
+        assert time.monotonic() < deadline, "the admission policy never took effect"
+        time.sleep(0.5)
+    yield
+    operator.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, check=False)
+
+
+def test_a_job_the_api_server_refuses_fails_the_retrainjob_with_the_api_servers_message(operator, namespace,
+                                                                                         jobs_need_a_team):
+    apply(operator, namespace, retrain_job("refused"))
+    obj = wait_for(operator, "retrainjob", "refused", namespace, finished)
+    status = obj["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith(f"The API server refused Job {namespace}/refused-trainer: ")
+    assert "every Job needs a team label" in status["message"]
+    progressing = condition(obj, "Progressing")
+    assert (progressing["status"], progressing["reason"], progressing["message"]) == (
+        "False", "ChildRejected", status["message"])
+    time.sleep(3)  # failed once: not retried, not reported again
+    assert warnings(operator, namespace, "refused", "ChildRejected") == [status["message"]]
+    assert kubectl_json(operator, "get", "jobs", "-n", namespace)["items"] == []

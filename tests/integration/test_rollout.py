@@ -288,3 +288,23 @@ def test_a_second_rollout_of_one_target_waits_and_touches_nothing_until_the_firs
     stable = deployment(operator, namespace, "bot")
     assert env(stable)["MODEL_URI"] == "s3://models/bot/v3"
     assert stable["metadata"]["generation"] == stable_generation + 1  # promoted once, by bot-v3 alone
+
+
+def test_a_canary_name_taken_by_a_foreign_deployment_is_a_condition_and_never_taken_over(operator, namespace,
+                                                                                         served):
+    foreign = stable_manifest("bot-canary", replicas=2)
+    kubectl_apply(operator, namespace, foreign)
+    before = deployment(operator, namespace, "bot-canary")
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"setWeight": 100}]))
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace,
+                   lambda o: (condition(o, "Progressing") or {}).get("reason") == "NameConflict")
+    assert condition(obj, "Progressing")["message"] == (
+        f"Deployment {namespace}/bot-canary exists and is not owned by a Kaizen Rollout; Kaizen will not take it "
+        "over: delete or rename it")
+    time.sleep(3)  # retried slowly: one Warning, and the foreign Deployment as it was
+    assert reasons(operator, namespace, "bot-v2") == ["NameConflict"]
+    after = deployment(operator, namespace, "bot-canary")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["replicas"] == 2 and "ownerReferences" not in after["metadata"]
+    assert deployment(operator, namespace, "bot")["metadata"]["generation"] == served["metadata"]["generation"]

@@ -12,14 +12,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import IMPROVEMENT_LOOP
 from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
 from kaizen.api.common import API_GROUP, API_VERSION, ModelRef, parse_duration
 from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, ImprovementLoopStatus
-from kaizen.controllers.reconcile import register, write_status
+from kaizen.controllers.reconcile import (
+    blocked, classified, classify, register, reject, rejected_for, unblocked, write_status,
+)
 from kaizen.k8s import resources
+from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.loop import (
     WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, beyond_history_limits, decide,
     fold_outcomes, observe_signals, record,
@@ -37,6 +39,7 @@ TRANSIENT_WAITS = {"NoData", "CollectorUnavailable"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
+@classified
 def observe_and_decide(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
     logger: kopf.Logger, **_: Any,
@@ -46,6 +49,8 @@ def observe_and_decide(
         loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec))  # type: ignore[assignment]
     except InvalidSpec:
         return  # the spec handler reports it; nothing can be decided on it
+    if rejected_for(dict(status), meta.get("generation")):
+        return  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
     if current.last_observed and now - current.last_observed < parse_duration(loop.interval):
         return
@@ -72,7 +77,16 @@ def observe_and_decide(
     if decisions is not outcomes.decisions:
         decision = decisions[0]
         if plan.create is not None:
-            create_child(plan, decision.id, namespace, name, uid, generation)
+            try:
+                create_child(plan, decision.id, namespace, name, uid, generation)
+            except (NotOwned, ApiError) as error:
+                failure = classify(error, f"{plan.create.kind} {namespace}/{plan.create.name}")
+                if failure is None:
+                    raise
+                if not failure.final:
+                    blocked(body, dict(status), patch, logger, failure, now, generation)
+                reject(body, dict(status), patch, logger, failure, now, generation)
+                return
         kopf.event(body, type="Warning" if plan.action == "Degraded" else "Normal", reason=plan.action,
                    message=f"{plan.reason} [decision {decision.id}]"[:1024])
         logger.info(f"Decided action={plan.action} code={plan.code} decision={decision.id}")
@@ -99,10 +113,10 @@ def observe_and_decide(
         consecutive_failures=outcomes.consecutive_failures,
         decisions=decisions,
     ).to_wire()
-    write_status(dict(status), patch, {k: new.get(k) for k in (
+    write_status(dict(status), patch, {**unblocked(dict(status)), **{k: new.get(k) for k in (
         "phase", "model", "previousModel", "candidate", "signals", "budget", "lastObserved", "consecutiveFailures",
         "decisions",
-    )})
+    )}})
 
 
 def parse_request(annotations: dict[str, str]) -> Request | None:
@@ -121,7 +135,7 @@ def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger
         ref = loop.prometheus.bearer_token_secret_ref
         try:
             token = resources.read_secret_key(namespace, ref.name, ref.key)
-        except (ApiException, KeyError) as error:
+        except (ApiError, KeyError) as error:
             problem = f"cannot read the Prometheus token from Secret {ref.name}: {_reason(error)}"
             logger.warning(f"Failed to read signals: {problem}")
             return {s.name: Reading(s.name, None, problem) for s in loop.signals}
@@ -162,7 +176,7 @@ def read_feedback(loop: ImprovementLoopSpec, namespace: str, children: tuple[Chi
         count = client.feedback_count(loop.target.deployment, since=since, categories=categories,
                                       consented_only=loop.feedback.require_consent)
         backlog = client.backlog(loop.target.deployment, since=since, categories=categories)
-    except (CollectorError, KeyError, ApiException) as error:
+    except (CollectorError, KeyError, ApiError) as error:
         logger.warning(f"Failed to read feedback collector={loop.feedback.collector_url}: {_reason(error)}")
         return Feedback(error=_reason(error))
     return Feedback(new_items=count, backlog=tuple(
@@ -254,12 +268,12 @@ def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[s
         if decision.get("child"):
             entry["evidence"] = {**entry.get("evidence", {}), "child": decision["child"]}
         collector(loop, namespace).post_audit({"loop": f"{namespace}/{name}", **entry})
-    except (CollectorError, KeyError, ApiException) as error:
+    except (CollectorError, KeyError, ApiError) as error:
         logger.warning(f"Failed to write decision={decision['id']} to the audit log: {_reason(error)}")
 
 
 def _reason(error: Exception) -> str:
-    """What went wrong, in one line (an ApiException's str() is a multi-line HTTP dump)."""
-    if isinstance(error, ApiException):
-        return "not found" if error.status == 404 else f"HTTP {error.status} {error.reason}"
+    """What went wrong, in one line."""
+    if isinstance(error, ApiError):
+        return "not found" if error.not_found else str(error)
     return str(error)

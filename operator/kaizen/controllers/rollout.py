@@ -15,14 +15,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import ROLLOUT
 from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, REQUEST_KEYS, parse_time
 from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
-from kaizen.controllers.reconcile import register, write_status
+from kaizen.controllers.reconcile import (
+    Failure, blocked, classified, classify, register, reject, rejected_for, write_status,
+)
 from kaizen.k8s import deployments, resources, rollouts
+from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.conditions import set_condition
 from kaizen.logic.promql import fill
 from kaizen.logic.rollout import (
@@ -42,6 +44,7 @@ _SPEC_HANDLER_FIELDS = {"observedGeneration", "conditions"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, ROLLOUT.plural, interval=TICK_SECONDS)
+@classified
 def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
          **_: Any) -> None:
     namespace, name = meta["namespace"], meta["name"]
@@ -49,8 +52,8 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         return  # ended: nothing to do, and no need to read anything
     try:
         fresh = rollouts.read(namespace, name)
-    except ApiException as error:
-        if error.status == 404:
+    except ApiError as error:
+        if error.not_found:
             return
         raise
     try:
@@ -58,6 +61,8 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     except InvalidSpec:
         return  # the spec handler reports it; nothing can be rolled out on it
     stored = dict(fresh.get("status") or {})
+    if rejected_for(stored, fresh["metadata"].get("generation")):
+        return  # the API server refused what this spec asks for; the InvalidSpec condition says so
     current = RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
     annotations = fresh["metadata"].get("annotations") or {}
     try:
@@ -91,6 +96,9 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         hold(stored, patch, body, str(problem))
         return
     canary = deployments.read(namespace, deployments.canary_name(target))
+    if canary is not None and not deployments.owned_by_rollout(canary):
+        conflict = NotOwned("Deployment", namespace, deployments.canary_name(target), "a Kaizen Rollout")
+        blocked(body, stored, patch, logger, Failure("NameConflict", str(conflict), final=False), now, generation)
     look = analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None
     serving = deployments.serves(stable, container=container, model_env=spec.target.model_env,
                                  uri=spec.canary_model.uri)
@@ -100,18 +108,30 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     )
     decision = next_action(spec, current, observation, now)
 
-    if decision.canary_replicas is None:
-        if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
-            logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
-    elif canary is None or canary["spec"].get("replicas") != decision.canary_replicas:
-        deployments.apply(deployments.canary_manifest(
-            stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
-            replicas=decision.canary_replicas))
-        logger.info(f"Scaled canary deployment={deployments.canary_name(target)} replicas={decision.canary_replicas}")
-    if decision.promote and not serving:
-        deployments.apply(deployments.model_patch(stable, container=container, model_env=spec.target.model_env,
-                                                  model=spec.canary_model))
-        logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
+    what = f"Deployment {namespace}/{deployments.canary_name(target)}"
+    try:
+        if decision.canary_replicas is None:
+            if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
+                logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
+        elif canary is None or canary["spec"].get("replicas") != decision.canary_replicas:
+            deployments.apply(deployments.canary_manifest(
+                stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
+                replicas=decision.canary_replicas))
+            logger.info(f"Scaled canary deployment={deployments.canary_name(target)} "
+                        f"replicas={decision.canary_replicas}")
+        if decision.promote and not serving:
+            what = f"the promotion of Deployment {namespace}/{target}"
+            deployments.apply(deployments.model_patch(stable, container=container, model_env=spec.target.model_env,
+                                                      model=spec.canary_model))
+            logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
+    except ApiError as error:
+        failure = classify(error, what)
+        if failure is None:
+            raise
+        if not failure.final:
+            blocked(body, stored, patch, logger, failure, now, generation)
+        reject(body, stored, patch, logger, failure, now, generation)
+        return
 
     conclude(body, stored, patch, logger, current, decision, now, generation)
 
@@ -178,7 +198,7 @@ def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datet
     samples: dict[str, tuple[MetricSample, MetricSample]] = {}
     try:
         client = prometheus_client(spec, namespace)
-    except (ApiException, KeyError) as error:
+    except (ApiError, KeyError) as error:
         problem = MetricSample(error=f"cannot read the Prometheus bearer token: {error}")
         samples = {m.name: (problem, problem) for m in spec.analysis.metrics}
     else:
