@@ -19,7 +19,7 @@ import kaizen.k8s.client
 from kaizen.api.common import ModelRef
 from kaizen.api.retrainjob import DatasetSummary
 from kaizen.api.trainer import TrainerResult
-from tests.integration.kube import apply, condition, get, wait_for
+from tests.integration.kube import admission_policy, apply, condition, get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -329,34 +329,14 @@ def test_a_child_name_taken_by_a_foreign_object_is_a_condition_not_a_takeover(op
 
 @pytest.fixture
 def jobs_need_a_team(operator, namespace):
-    """A cluster's admission policy (ValidatingAdmissionPolicy, CEL) refusing Jobs without a `team` label in the
-    test's namespace: a real 422 from the API server on a Job the CRD's own rules cannot foresee."""
-    name = f"jobs-need-team-{namespace}"[:63]
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
-                                                         "operations": ["CREATE"], "resources": ["jobs"]}]},
-                 "validations": [{"expression": "has(object.metadata.labels) && 'team' in object.metadata.labels",
-                                  "message": "every Job needs a team label"}]},
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
-    }
-    for doc in (policy, binding):
-        operator.kubectl("apply", "-f", "-", input=json.dumps(doc))
-    deadline = time.monotonic() + 30
-    while "every Job needs a team label" not in operator.kubectl(
-            "create", "job", "probe", "--image=kaizen.invalid/probe", "--dry-run=server", "-n", namespace,
-            check=False).stderr:
-        assert time.monotonic() < deadline, "the admission policy never took effect"
-        time.sleep(0.5)
-    yield
-    operator.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, check=False)
+    """A cluster's admission policy refusing Jobs without a `team` label in the test's namespace: a real 422 from
+    the API server on a Job that the CRD's own rules cannot foresee."""
+    with admission_policy(
+            operator, namespace, message="every Job needs a team label",
+            rule={"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]},
+            expression="has(object.metadata.labels) && 'team' in object.metadata.labels",
+            probe=("create", "job", "probe", "--image=kaizen.invalid/probe", "-n", namespace)):
+        yield
 
 
 def test_a_job_the_api_server_refuses_fails_the_retrainjob_with_the_api_servers_message(operator, namespace,

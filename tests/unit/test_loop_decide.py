@@ -12,9 +12,8 @@ import yaml
 from kaizen.api.common import ModelRef
 from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
 from kaizen.logic.loop import (
-    BacklogItem, Child, Feedback, Observed, Reading, Request, beyond_history_limits, child_name, decide,
-    fold_outcomes, observe_signals,
-    record, target_slices,
+    BacklogItem, Child, Feedback, Observed, Reading, Request, answer, beyond_history_limits, child_name, decide,
+    fold_outcomes, observe_signals, record, target_slices,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -400,3 +399,48 @@ def test_pruning_a_rollout_prunes_the_retrainjob_it_released():
     passed = job("rj", "Succeeded", "Passed", created=NOW - timedelta(days=12))
     released = Child("Rollout", "ro", NOW - timedelta(days=11), phase="RolledBack", retrain_job="rj")
     assert {c.name for c in beyond_history_limits((passed, released), spec.policy, NOW)} == {"rj", "ro"}
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+
+def test_a_request_is_answered_unless_a_transient_wait_keeps_it():
+    request = Request("retrain", "alice", NOW)
+    plan = run(Observed(HEALTHY, feedback=ENOUGH_FEEDBACK, request=request))
+    assert answer(plan, request, ()) == f"retrain: created RetrainJob/{plan.create.name}"
+    assert plan.evidence["requestedAt"] == "2026-11-28T12:00:00Z"  # the child records which request it answers
+    no_data = run(Observed((status(state="Unknown", value=None),), request=Request("approve", "bob", NOW)))
+    assert (no_data.code, answer(no_data, Request("approve", "bob", NOW), ())) == ("NoData", None)
+    healthy = run(Observed(HEALTHY, request=Request("approve", "bob", NOW)))
+    assert answer(healthy, Request("approve", "bob", NOW), ()) == "not needed: All 2 signals are healthy."
+
+
+def test_a_request_acted_on_before_a_restart_is_answered_by_its_child():
+    """The operator created the child and stopped before the status recorded the request: the request is still on
+    the loop, and the child it created answers it (the loop now only waits for that child)."""
+    request = Request("retrain", "alice", NOW)
+    plan = run(Observed(HEALTHY, feedback=ENOUGH_FEEDBACK, request=request))
+    created = job(plan.create.name, phase=None, created=NOW, reason_evidence=plan.evidence)
+    after = run(Observed(HEALTHY, children=(created,), feedback=ENOUGH_FEEDBACK, request=request))
+    assert after.code == "ChildRunning"
+    assert answer(after, request, (created,)) == f"retrain: created RetrainJob/{plan.create.name}"
+    assert answer(after, Request("retrain", "alice", NOW + timedelta(seconds=1)), (created,)).startswith("not needed")
+
+
+def test_a_decision_the_status_lost_is_rebuilt_from_its_childs_reason():
+    spec = loop_spec()
+    logged = record([], run(Observed(HEALTHY)), NOW - timedelta(minutes=1), loop="support-bot")
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    decision = record(logged, plan, NOW, loop="support-bot")[0]
+    child = job(plan.create.name, phase=None, created=NOW, decision_id=decision.id, summary=decision.reason,
+                reason_evidence=decision.evidence)
+    older = job("rj-0", phase="Succeeded", verdict="Passed", created=NOW - timedelta(days=2),
+                decision_id="support-bot-20261126T120000-0", summary="an old retrain, pruned from the log")
+    folded = fold_outcomes(ImprovementLoopStatus(decisions=logged), spec, (older, child), None)
+    assert [d.id for d in folded.decisions] == [decision.id, logged[0].id]  # the old child's decision stays pruned
+    rebuilt = folded.decisions[0]
+    assert (rebuilt.action, rebuilt.reason, rebuilt.evidence, rebuilt.child) == (
+        "Retrain", decision.reason, decision.evidence, f"RetrainJob/{plan.create.name}")
+    # Once the status has it, it is not rebuilt again.
+    again = fold_outcomes(ImprovementLoopStatus(decisions=folded.decisions), spec, (older, child), None)
+    assert [d.id for d in again.decisions] == [decision.id, logged[0].id]

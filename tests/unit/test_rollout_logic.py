@@ -438,3 +438,17 @@ def test_a_refused_rollout_can_be_aborted_and_ignores_other_actions():
     assert aborted.status.phase == "Aborted" and not aborted.owns_target
     assert aborted.status.message.startswith("Aborted by ann at ")
     assert aborted.status.last_action.outcome == "aborted: it never started, nothing was touched"
+
+
+def test_requests_are_read_the_same_way_for_every_kind():
+    from kaizen.api.improvementloop import RequestRecord
+    from kaizen.logic.requests import Requested, consumable, pending
+
+    annotations = {"kaizen.dev/action": "retrain", "kaizen.dev/action-by": "alice",
+                   "kaizen.dev/action-at": "2026-11-28T12:00:00Z"}
+    request = pending(annotations, ("approve", "retrain"), None, "a loop")
+    assert request == Requested("retrain", "alice", T0) and not consumable(annotations, request)
+    # Recorded in status: handled, and only now may its annotations go.
+    recorded = RequestRecord(action="retrain", by="alice", at=T0, outcome="retrain: created RetrainJob/x")
+    assert pending(annotations, ("approve", "retrain"), recorded, "a loop") is None
+    assert consumable(annotations, None) and not consumable({}, None)

@@ -14,19 +14,20 @@ from typing import Any
 import kopf
 
 from kaizen.api import IMPROVEMENT_LOOP
-from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
+from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
 from kaizen.api.common import API_GROUP, API_VERSION, ModelRef, parse_duration
-from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, ImprovementLoopStatus
+from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, ImprovementLoopStatus, RequestRecord
 from kaizen.controllers.reconcile import (
     blocked, classified, classify, register, reject, rejected_for, unblocked, write_status,
 )
 from kaizen.k8s import resources
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.loop import (
-    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, beyond_history_limits, decide,
+    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, answer, beyond_history_limits, decide,
     fold_outcomes, observe_signals, record,
 )
 from kaizen.logic.promql import fill
+from kaizen.logic.requests import consumable, pending
 from kaizen.logic.validation import InvalidSpec, parse_spec
 
 register(IMPROVEMENT_LOOP)
@@ -34,8 +35,6 @@ register(IMPROVEMENT_LOOP)
 #: How often each loop is looked at; it acts only when its spec.interval has passed since the last observation.
 TICK_SECONDS = 1.0
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
-#: Waits that pass by themselves: a user's request waits through them instead of being dropped.
-TRANSIENT_WAITS = {"NoData", "CollectorUnavailable"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
@@ -49,20 +48,30 @@ def observe_and_decide(
         loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec))  # type: ignore[assignment]
     except InvalidSpec:
         return  # the spec handler reports it; nothing can be decided on it
+    if status.get("observedGeneration") != meta.get("generation"):
+        return  # the spec handler has not judged this generation yet: writing conditions now would race its write
     if rejected_for(dict(status), meta.get("generation")):
         return  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
-    if current.last_observed and now - current.last_observed < parse_duration(loop.interval):
-        return
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
     annotations = dict(meta.get("annotations") or {})
+    try:
+        request = parse_request(annotations, current)
+    except ValueError as problem:
+        kopf.warn(body, reason="InvalidAction", message=str(problem))
+        request = None
+    if consumable(annotations, request):
+        # Recorded in status.lastAction on an earlier look (or unusable): consumed only now, so that a crash between
+        # acting on it and writing the status can never lose it.
+        resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
+    if current.last_observed and now - current.last_observed < parse_duration(loop.interval):
+        return
 
     children = tuple(gather_children(namespace, name))
     acknowledged = parse_time(annotations.get(FAILURES_ACKNOWLEDGED))
     outcomes = fold_outcomes(current, loop, children, acknowledged)
     version = outcomes.model.version if outcomes.model else ""
     readings = read_signals(loop, namespace, version, logger)
-    request = parse_request(annotations)
     observed = Observed(
         signals=observe_signals(loop.signals, readings, current.signals, now),
         children=children,
@@ -78,7 +87,7 @@ def observe_and_decide(
         decision = decisions[0]
         if plan.create is not None:
             try:
-                create_child(plan, decision.id, namespace, name, uid, generation)
+                create_child(plan, decision.id, decision.evidence, namespace, name, uid, generation)
             except (NotOwned, ApiError) as error:
                 failure = classify(error, f"{plan.create.kind} {namespace}/{plan.create.name}")
                 if failure is None:
@@ -94,9 +103,11 @@ def observe_and_decide(
     if outcomes.promoted is not None:
         kopf.info(body, reason="Promoted", message=f"{outcomes.model.version} is now served (Rollout "
                                                     f"{outcomes.promoted.name}).")
-    if request is not None and not (plan.action == "Wait" and plan.code in TRANSIENT_WAITS):
-        resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
-        if not plan.consumes_request:
+    last_action = current.last_action
+    outcome = answer(plan, request, children) if request is not None else None
+    if request is not None and outcome is not None:
+        last_action = RequestRecord(action=request.action, by=request.by, at=request.at, outcome=outcome)
+        if outcome.startswith("not needed"):
             kopf.info(body, reason="RequestIgnored", message=f"{request.action} by {request.by} was not needed: "
                                                              f"{plan.reason}"[:1024])
     prune_history(loop, namespace, children, now)
@@ -112,19 +123,19 @@ def observe_and_decide(
         last_observed=now,
         consecutive_failures=outcomes.consecutive_failures,
         decisions=decisions,
+        last_action=last_action,
     ).to_wire()
     write_status(dict(status), patch, {**unblocked(dict(status)), **{k: new.get(k) for k in (
         "phase", "model", "previousModel", "candidate", "signals", "budget", "lastObserved", "consecutiveFailures",
-        "decisions",
+        "decisions", "lastAction",
     )}})
 
 
-def parse_request(annotations: dict[str, str]) -> Request | None:
-    action = annotations.get(ACTION)
-    if action not in ("approve", "retrain"):
-        return None
-    at = parse_time(annotations.get(ACTION_AT)) or datetime.now(timezone.utc)
-    return Request(action, annotations.get(ACTION_BY) or "unknown", at)  # type: ignore[arg-type]
+def parse_request(annotations: dict[str, str], status: ImprovementLoopStatus) -> Request | None:
+    """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
+    request = pending(annotations, ("approve", "retrain"), status.last_action,
+                      "an ImprovementLoop: use approve or retrain (kaizen approve|retrain LOOP)")
+    return None if request is None else Request(request.action, request.by, request.at)  # type: ignore[arg-type]
 
 
 def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger: kopf.Logger) -> dict[str, Reading]:
@@ -213,12 +224,15 @@ def to_child(kind: str, obj: dict[str, Any]) -> Child:
         rollback=labels.get(f"{API_GROUP}/role") == "rollback",
         loop_generation=int(generation) if generation.isdigit() else None,
         decision_id=(spec.get("reason") or {}).get("decisionId"),
+        summary=(spec.get("reason") or {}).get("summary"),
+        reason_evidence=dict((spec.get("reason") or {}).get("evidence") or {}),
         message=status.get("message"),
         evidence={"gates": [g for g in status.get("gates", [])]} if status.get("gates") else {},
     )
 
 
-def create_child(plan: Plan, decision_id: str, namespace: str, loop: str, uid: str, generation: int) -> None:
+def create_child(plan: Plan, decision_id: str, evidence: dict[str, Any], namespace: str, loop: str, uid: str,
+                 generation: int) -> None:
     assert plan.create is not None
     role = {"Retrain": "retrain", "Rollback": "rollback"}.get(plan.action, "rollout")
     body = {
@@ -233,7 +247,8 @@ def create_child(plan: Plan, decision_id: str, namespace: str, loop: str, uid: s
                                  "name": loop, "uid": uid, "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": {**plan.create.spec,
-                 "reason": {"decisionId": decision_id, "summary": plan.reason[:1024], "evidence": plan.evidence}},
+                 # The decision's own evidence: the child is where a decision the status lost is rebuilt from.
+                 "reason": {"decisionId": decision_id, "summary": plan.reason[:1024], "evidence": evidence}},
     }
     resources.create_or_adopt(plan.create.kind, namespace, body, uid)
 

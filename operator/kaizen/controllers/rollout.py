@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from kaizen.api import ROLLOUT
-from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, REQUEST_KEYS, parse_time
+from kaizen.api.actions import ACTION, REQUEST_KEYS, parse_time
 from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
 from kaizen.controllers.reconcile import (
@@ -27,6 +27,7 @@ from kaizen.k8s import deployments, resources, rollouts
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.conditions import set_condition
 from kaizen.logic.promql import fill
+from kaizen.logic.requests import consumable, pending
 from kaizen.logic.rollout import (
     TERMINAL, Action, Contender, Decision, Look, MetricSample, Observation, analysis_window, judge_look, look_due,
     next_action, target_holder, wait_for_target,
@@ -61,6 +62,8 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     except InvalidSpec:
         return  # the spec handler reports it; nothing can be rolled out on it
     stored = dict(fresh.get("status") or {})
+    if stored.get("observedGeneration") != fresh["metadata"].get("generation"):
+        return  # the spec handler has not judged this generation yet: writing conditions now would race its write
     if rejected_for(stored, fresh["metadata"].get("generation")):
         return  # the API server refused what this spec asks for; the InvalidSpec condition says so
     current = RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
@@ -70,7 +73,7 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     except ValueError as problem:
         kopf.warn(body, reason="InvalidAction", message=str(problem))
         action = None
-    if ACTION in annotations and action is None:
+    if consumable(annotations, action):
         # Handled on an earlier tick (status.lastAction records it) or unusable: consume it only now, so that a
         # crash between acting and writing the status can never lose a request.
         resources.remove_annotations(ROLLOUT.kind, namespace, name, REQUEST_KEYS)
@@ -174,21 +177,9 @@ def contenders(namespace: str, target: str) -> list[Contender]:
 
 def parse_action(annotations: dict[str, str], status: RolloutStatus) -> Action | None:
     """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
-    kind = annotations.get(ACTION)
-    if kind is None:
-        return None
-    at = parse_time(annotations.get(ACTION_AT))
-    if kind not in ("promote", "abort", "approve"):
-        raise ValueError(f"annotation {ACTION}={kind!r} is not an action on a Rollout: use promote, abort or "
-                         "approve (kaizen promote|abort|approve ROLLOUT)")
-    if at is None:
-        raise ValueError(f"annotation {ACTION_AT}={annotations.get(ACTION_AT)!r} is not an RFC 3339 time; "
-                         "the request was dropped: ask again with the kaizen CLI")
-    action = Action(kind, annotations.get(ACTION_BY) or "unknown", at)  # type: ignore[arg-type]
-    done = status.last_action
-    if done is not None and (done.action, done.by, done.at) == (action.action, action.by, action.at):
-        return None
-    return action
+    request = pending(annotations, ("promote", "abort", "approve"), status.last_action,
+                      "a Rollout: use promote, abort or approve (kaizen promote|abort|approve ROLLOUT)")
+    return None if request is None else Action(request.action, request.by, request.at)  # type: ignore[arg-type]
 
 
 def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datetime,

@@ -57,6 +57,8 @@ class Child:
     summary: str | None = None
     message: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The evidence of the decision that created the child, from its immutable spec.reason.
+    reason_evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -75,6 +77,16 @@ class Child:
     @property
     def ref(self) -> str:
         return f"{self.kind}/{self.name}"
+
+    @property
+    def action(self) -> Action:
+        """The decision that creates a child of this kind and role."""
+        return "Retrain" if self.kind == "RetrainJob" else "Rollback" if self.rollback else "RollOut"
+
+    def answers(self, request: Request) -> bool:
+        """Whether this child was created on ``request`` (its spec.reason records who asked, and when)."""
+        by, at = (("requestedBy", "requestedAt") if request.action == "retrain" else ("approvedBy", "approvedAt"))
+        return self.reason_evidence.get(by) == request.by and self.reason_evidence.get(at) == _time(request.at)
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,23 @@ class Plan:
     evidence: dict[str, Any] = field(default_factory=dict)
     create: ChildPlan | None = None
     consumes_request: bool = False
+
+
+#: Waits that pass by themselves: a user's request waits through them instead of being answered.
+TRANSIENT_WAITS = frozenset({"NoData", "CollectorUnavailable"})
+
+
+def answer(plan: Plan, request: Request, children: tuple[Child, ...]) -> str | None:
+    """What the loop did about a user's request, for status.lastAction; None while it must wait (a transient wait:
+    the request is kept, not answered)."""
+    done = next((c for c in children if c.answers(request)), None)
+    if done is not None:  # acted on before a restart that kept the status from recording it
+        return f"{request.action}: created {done.ref}"
+    if plan.action == "Wait" and plan.code in TRANSIENT_WAITS:
+        return None
+    if plan.consumes_request:
+        return f"{request.action}: created {plan.create.kind}/{plan.create.name}" if plan.create else request.action
+    return f"not needed: {plan.reason}"[:1024]
 
 
 # ----------------------------------------------------------------------------------------------------- signals
@@ -203,7 +232,7 @@ def fold_outcomes(
     previous = status.previous_model
     by_ref = {c.ref: c for c in children}
     decisions = []
-    for decision in status.decisions:
+    for decision in [*lost_decisions(status.decisions, children), *status.decisions]:
         child = by_ref.get(decision.child or "")
         if child is not None and decision.outcome is None and not child.running:
             decision = decision.model_copy(update={"outcome": describe_outcome(child)})
@@ -226,6 +255,22 @@ def fold_outcomes(
         elif child.passed or child.phase == "Promoted":
             failures = 0
     return Outcomes(model, previous, decisions, failures, promoted)
+
+
+def lost_decisions(decisions: list[Decision], children: tuple[Child, ...]) -> list[Decision]:
+    """Decisions that created a child but never reached the status (the operator stopped between creating the child
+    and writing the status), rebuilt from the child's immutable spec.reason, newest first.
+
+    A decision's sequence number is one more than the newest logged, so a child whose decision numbers beyond the
+    log's newest was created by a decision the log lost; older children were logged (or pruned from the bounded log
+    on purpose) and are left alone.
+    """
+    newest = _sequence(decisions[0]) if decisions else 0
+    lost = [c for c in children if c.decision_id and c.summary is not None
+            and _sequence_of(c.decision_id) > newest]
+    return [Decision(id=c.decision_id, time=c.created, action=c.action, reason=c.summary,
+                     evidence=c.reason_evidence, child=c.ref)
+            for c in sorted(lost, key=lambda c: _sequence_of(c.decision_id or ""), reverse=True)]
 
 
 def describe_outcome(child: Child) -> str:
@@ -354,7 +399,7 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
     if breaches:
         evidence["breached"] = [s.name for s in breaches]
     if manual:
-        evidence["requestedBy"] = request.by
+        evidence["requestedBy"], evidence["requestedAt"] = request.by, _time(request.at)
 
     def wait(code: str, reason: str) -> Plan:
         return Plan("Wait", code, reason, "CoolingDown", evidence)
@@ -486,7 +531,11 @@ def decision_id(loop: str, now: datetime, sequence: int) -> str:
 
 
 def _sequence(decision: Decision | None) -> int:
-    suffix = decision.id.rsplit("-", 1)[-1] if decision else "0"
+    return _sequence_of(decision.id) if decision else 0
+
+
+def _sequence_of(decision_id: str) -> int:
+    suffix = decision_id.rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else 0
 
 
