@@ -444,3 +444,46 @@ def test_a_decision_the_status_lost_is_rebuilt_from_its_childs_reason():
     # Once the status has it, it is not rebuilt again.
     again = fold_outcomes(ImprovementLoopStatus(decisions=folded.decisions), spec, (older, child), None)
     assert [d.id for d in again.decisions] == [decision.id, logged[0].id]
+
+
+# ---------------------------------------------------------------------------------------------------- look
+
+
+def test_one_look_returns_every_effect_and_when_to_look_next():
+    from kaizen.logic.loop import Gathered, look, next_look
+
+    spec = loop_spec(approval={"retrain": "Automatic", "promote": "Automatic"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    old = job("rj-old", phase="Failed", created=NOW - timedelta(days=30), gpu_seconds=3600)
+    recent = job("rj-recent", phase="Failed", created=NOW - timedelta(days=2), gpu_seconds=1800)
+    children = (old, recent, *(job(f"rj-f{i}", phase="Failed", created=NOW - timedelta(days=20 + i))
+                               for i in range(5)))
+    request = Request("retrain", "alice", NOW - timedelta(seconds=5))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    gathered = Gathered(readings=readings, children=children, feedback=ENOUGH_FEEDBACK, request=request)
+    outcomes = fold_outcomes(current, spec, children, None)
+    effects = look(spec, current, outcomes, gathered, NOW, loop="support-bot", uid="uid-1", generation=1)
+
+    assert effects.plan.action == "Retrain" and effects.create.kind == "RetrainJob"
+    assert effects.decision is effects.status.decisions[0] and effects.decision.child == effects.create.kind + \
+        "/" + effects.create.name
+    assert [(e.type, e.reason) for e in effects.events] == [("Normal", "Retrain")]
+    assert effects.status.last_action.outcome == f"retrain: created RetrainJob/{effects.create.name}"
+    assert effects.status.budget.retrains == 1 and effects.status.budget.gpu_hours == 0.5  # the week's, once
+    assert effects.status.phase == "Retraining" and effects.status.last_observed == NOW
+    assert old in effects.delete and recent not in effects.delete  # past the history limit and older than a week
+    assert effects.next_look == NOW + timedelta(minutes=1) == next_look(spec, effects.status)
+    assert next_look(spec, ImprovementLoopStatus()) is None  # never looked: due now
+
+    # The next look, one interval later, finds the child running: a Wait is logged, nothing is created, and the
+    # request stays answered; the look after that changes nothing in the log.
+    created = job(effects.create.name, phase="Training", created=NOW)
+    later = Gathered(readings=readings, children=(*children, created), feedback=ENOUGH_FEEDBACK)
+    at = NOW + timedelta(minutes=1)
+    wait = look(spec, effects.status, fold_outcomes(effects.status, spec, later.children, None), later, at,
+                loop="support-bot", uid="uid-1", generation=1)
+    assert (wait.plan.code, wait.create, wait.status.last_action) == ("ChildRunning", None, effects.status.last_action)
+    assert [d.action for d in wait.status.decisions] == ["Wait", "Retrain"]
+    same = look(spec, wait.status, fold_outcomes(wait.status, spec, later.children, None), later,
+                at + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
+    assert same.decision is None and same.events == () and same.status.decisions == wait.status.decisions

@@ -1,9 +1,11 @@
-"""ImprovementLoop controller: every ``spec.interval``, observe → decide → act → write status once.
+"""ImprovementLoop controller: when a loop is due (one ``spec.interval`` after its last look), gather → look → apply.
 
-Observation gathers the signals from Prometheus, feedback from the collector, the loop's children and a user's
-request; :mod:`kaizen.logic.loop` decides; this module carries out the one action (create a child, record the
-decision as an Event, in the child's ``spec.reason`` and in the collector's audit log) and writes the status.
-Spec validation (Ready / InvalidSpec) is the shared handler of :mod:`kaizen.controllers.reconcile`.
+Gathering reads the loop's children, the signals from Prometheus, feedback from the collector and a user's request
+(:class:`kaizen.logic.loop.Gathered`); :func:`kaizen.logic.loop.look`, pure, returns every effect of the look
+(:class:`kaizen.logic.loop.Effects`); :func:`apply` carries them out — the child with the decision in its
+``spec.reason``, the pruned children, the Events, the audit log entry — and writes the status once. A request's
+annotations are removed only once a status records it (:mod:`kaizen.logic.requests`). Spec validation
+(Ready / InvalidSpec) and error classification are the shared skeleton of :mod:`kaizen.controllers.reconcile`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ import kopf
 
 from kaizen.api import IMPROVEMENT_LOOP
 from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
-from kaizen.api.common import API_GROUP, API_VERSION, ModelRef, parse_duration
-from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, ImprovementLoopStatus, RequestRecord
+from kaizen.api.common import API_GROUP, API_VERSION, ModelRef
+from kaizen.api.improvementloop import Decision, ImprovementLoopSpec, ImprovementLoopStatus
 from kaizen.controllers.reconcile import (
     blocked, classified, classify, register, reject, rejected_for, unblocked, write_status,
 )
 from kaizen.k8s import resources
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.loop import (
-    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, answer, beyond_history_limits, decide,
-    fold_outcomes, observe_signals, record,
+    BacklogItem, Child, ChildPlan, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look,
 )
 from kaizen.logic.promql import fill
 from kaizen.logic.requests import consumable, pending
@@ -35,6 +36,8 @@ register(IMPROVEMENT_LOOP)
 #: How often each loop is looked at; it acts only when its spec.interval has passed since the last observation.
 TICK_SECONDS = 1.0
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
+#: What a look writes (observedGeneration and conditions are the spec handler's, but for a blocked child's).
+LOOK_FIELDS = STATUS_FIELDS - {"observedGeneration", "conditions"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
@@ -64,71 +67,56 @@ def observe_and_decide(
         # Recorded in status.lastAction on an earlier look (or unusable): consumed only now, so that a crash between
         # acting on it and writing the status can never lose it.
         resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
-    if current.last_observed and now - current.last_observed < parse_duration(loop.interval):
+    due = next_look(loop, current)
+    if due is not None and now < due:
         return
 
     children = tuple(gather_children(namespace, name))
     acknowledged = parse_time(annotations.get(FAILURES_ACKNOWLEDGED))
     outcomes = fold_outcomes(current, loop, children, acknowledged)
-    version = outcomes.model.version if outcomes.model else ""
-    readings = read_signals(loop, namespace, version, logger)
-    observed = Observed(
-        signals=observe_signals(loop.signals, readings, current.signals, now),
+    gathered = Gathered(
+        readings=read_signals(loop, namespace, outcomes.model.version if outcomes.model else "", logger),
         children=children,
         feedback=read_feedback(loop, namespace, children, logger) if loop.feedback else None,
         request=request,
         paused=loop.policy.paused or annotations.get(PAUSED) == "true",
         failures_acknowledged=acknowledged,
     )
-    plan = decide(loop, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
-                  loop=name, uid=uid, generation=generation)
-    decisions = record(outcomes.decisions, plan, now, loop=name)
-    if decisions is not outcomes.decisions:
-        decision = decisions[0]
-        if plan.create is not None:
-            try:
-                create_child(plan, decision.id, decision.evidence, namespace, name, uid, generation)
-            except (NotOwned, ApiError) as error:
-                failure = classify(error, f"{plan.create.kind} {namespace}/{plan.create.name}")
-                if failure is None:
-                    raise
-                if not failure.final:
-                    blocked(body, dict(status), patch, logger, failure, now, generation)
-                reject(body, dict(status), patch, logger, failure, now, generation)
-                return
-        kopf.event(body, type="Warning" if plan.action == "Degraded" else "Normal", reason=plan.action,
-                   message=f"{plan.reason} [decision {decision.id}]"[:1024])
-        logger.info(f"Decided action={plan.action} code={plan.code} decision={decision.id}")
-        audit(loop, namespace, name, decision.model_dump(mode="json", by_alias=True, exclude_none=True), logger)
-    if outcomes.promoted is not None:
-        kopf.info(body, reason="Promoted", message=f"{outcomes.model.version} is now served (Rollout "
-                                                    f"{outcomes.promoted.name}).")
-    last_action = current.last_action
-    outcome = answer(plan, request, children) if request is not None else None
-    if request is not None and outcome is not None:
-        last_action = RequestRecord(action=request.action, by=request.by, at=request.at, outcome=outcome)
-        if outcome.startswith("not needed"):
-            kopf.info(body, reason="RequestIgnored", message=f"{request.action} by {request.by} was not needed: "
-                                                             f"{plan.reason}"[:1024])
-    prune_history(loop, namespace, children, now)
+    effects = look(loop, current, outcomes, gathered, now, loop=name, uid=uid, generation=generation)
+    apply(effects, loop, body, dict(status), patch, logger, now)
 
-    recent = [c for c in children if c.kind == "RetrainJob" and now - c.created < WEEK]
-    new = ImprovementLoopStatus(
-        phase=plan.phase,
-        model=outcomes.model,
-        previous_model=outcomes.previous_model,
-        candidate=candidate(children, outcomes.model),
-        signals=list(observed.signals),
-        budget=Budget(retrains=len(recent), gpu_hours=round(sum(c.gpu_seconds for c in recent) / 3600, 3)),
-        last_observed=now,
-        consecutive_failures=outcomes.consecutive_failures,
-        decisions=decisions,
-        last_action=last_action,
-    ).to_wire()
-    write_status(dict(status), patch, {**unblocked(dict(status)), **{k: new.get(k) for k in (
-        "phase", "model", "previousModel", "candidate", "signals", "budget", "lastObserved", "consecutiveFailures",
-        "decisions", "lastAction",
-    )}})
+
+def apply(effects: Effects, loop: ImprovementLoopSpec, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch,
+          logger: kopf.Logger, now: datetime) -> None:
+    """Carry out one look's effects, in order, and write the status once (only what changed).
+
+    The child comes first and the status last: a crash in between leaves a child whose spec.reason rebuilds the
+    decision the status lost (:func:`kaizen.logic.loop.lost_decisions`), and a request still on the loop that its
+    child answers. A child the API server refuses, or whose name is taken, ends the look here with a condition.
+    """
+    meta = body["metadata"]
+    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
+    if effects.create is not None and effects.decision is not None:
+        try:
+            create_child(effects.create, effects.plan.action, effects.decision, namespace, name, uid, generation)
+        except (NotOwned, ApiError) as error:
+            failure = classify(error, f"{effects.create.kind} {namespace}/{effects.create.name}")
+            if failure is None:
+                raise
+            if not failure.final:
+                blocked(body, stored, patch, logger, failure, now, generation)
+            reject(body, stored, patch, logger, failure, now, generation)
+            return
+    for child in effects.delete:
+        resources.delete(child.kind, namespace, child.name)
+    for event in effects.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if effects.decision is not None:
+        logger.info(f"Decided action={effects.plan.action} code={effects.plan.code} decision={effects.decision.id}")
+        audit(loop, namespace, name, effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True),
+              logger)
+    new = effects.status.to_wire()
+    write_status(stored, patch, {**unblocked(stored), **{key: new.get(key) for key in LOOK_FIELDS}})
 
 
 def parse_request(annotations: dict[str, str], status: ImprovementLoopStatus) -> Request | None:
@@ -231,45 +219,25 @@ def to_child(kind: str, obj: dict[str, Any]) -> Child:
     )
 
 
-def create_child(plan: Plan, decision_id: str, evidence: dict[str, Any], namespace: str, loop: str, uid: str,
+def create_child(child: ChildPlan, action: str, decision: Decision, namespace: str, loop: str, uid: str,
                  generation: int) -> None:
-    assert plan.create is not None
-    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(plan.action, "rollout")
+    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(action, "rollout")
     body = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": plan.create.kind,
+        "kind": child.kind,
         "metadata": {
-            "name": plan.create.name,
+            "name": child.name,
             "namespace": namespace,
             "labels": {f"{API_GROUP}/loop": loop, f"{API_GROUP}/role": role,
                        f"{API_GROUP}/loop-generation": str(generation)},
             "ownerReferences": [{"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": IMPROVEMENT_LOOP.kind,
                                  "name": loop, "uid": uid, "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": {**plan.create.spec,
-                 # The decision's own evidence: the child is where a decision the status lost is rebuilt from.
-                 "reason": {"decisionId": decision_id, "summary": plan.reason[:1024], "evidence": evidence}},
+        # The decision's own evidence: the child is where a decision the status lost is rebuilt from.
+        "spec": {**child.spec, "reason": {"decisionId": decision.id, "summary": decision.reason,
+                                          "evidence": decision.evidence}},
     }
-    resources.create_or_adopt(plan.create.kind, namespace, body, uid)
-
-
-def candidate(children: tuple[Child, ...], model: Any) -> Candidate | None:
-    """The newest candidate not yet served: in training, or on its way out."""
-    for child in sorted(children, key=lambda c: c.created, reverse=True):
-        if child.kind == "RetrainJob" and child.running:
-            return None
-        if child.kind == "RetrainJob" and child.passed and child.candidate and (
-            model is None or child.candidate.version != model.version
-        ):
-            rollout = next((c.name for c in children if c.kind == "Rollout" and c.retrain_job == child.name), None)
-            return Candidate(version=child.candidate.version, uri=child.candidate.uri, retrain_job=child.name,
-                             rollout=rollout)
-    return None
-
-
-def prune_history(loop: ImprovementLoopSpec, namespace: str, children: tuple[Child, ...], now: datetime) -> None:
-    for child in beyond_history_limits(children, loop.policy, now):
-        resources.delete(child.kind, namespace, child.name)
+    resources.create_or_adopt(child.kind, namespace, body, uid)
 
 
 def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[str, Any], logger: kopf.Logger) -> None:
