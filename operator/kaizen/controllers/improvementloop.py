@@ -10,6 +10,8 @@ annotations are removed only once a status records it (:mod:`kaizen.logic.reques
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,28 +35,92 @@ from kaizen.logic.validation import InvalidSpec, parse_spec
 
 register(IMPROVEMENT_LOOP)
 
-#: How often each loop is looked at; it acts only when its spec.interval has passed since the last observation.
-TICK_SECONDS = 1.0
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
 #: What a look writes (observedGeneration and conditions are the spec handler's, but for a blocked child's).
 LOOK_FIELDS = STATUS_FIELDS - {"observedGeneration", "conditions"}
+#: How soon to look again when the cached object is older than the status this operator last wrote.
+STALE_RETRY_SECONDS = 0.2
+#: The daemons' wake-ups, by uid: a change to a loop (its spec, a user's request) is looked at at once.
+_wakeups: dict[str, asyncio.Event] = {}
+#: The lastObserved each loop's last status write carried, by uid (to notice a cached body older than it).
+_written: dict[str, str] = {}
 
 
-@kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
+@kopf.daemon(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, cancellation_timeout=30)
+async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """One task per loop, asleep until its next look is due (or the loop changes): no polling, no API call between
+    looks. The look itself runs in a thread (the Kubernetes, Prometheus and collector clients block)."""
+    uid = body["metadata"]["uid"]
+    wake = _wakeups[uid] = asyncio.Event()
+    retry = 0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                delay = await asyncio.to_thread(look_now, copy.deepcopy(dict(body)), logger, retry)
+                retry = 0
+            except kopf.TemporaryError as error:
+                delay, retry = error.delay, retry + 1
+            sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
+            await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in sleeping:
+                task.cancel()
+    finally:
+        if _wakeups.get(uid) is wake:
+            del _wakeups[uid]
+        _written.pop(uid, None)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural)
+async def changed(meta: kopf.Meta, **_: Any) -> None:
+    """Any change to a loop wakes its daemon; the look decides whether there is anything to do yet."""
+    wake = _wakeups.get(meta.get("uid") or "")
+    if wake is not None:
+        wake.set()
+
+
+def look_now(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> float | None:
+    """Look at the loop if it is due, write what changed in its status, and return the seconds until the next look
+    (None: until the loop changes). Errors are classified (:func:`kaizen.controllers.reconcile.classified`)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    if _written.get(meta["uid"], "") > str(status.get("lastObserved") or ""):
+        return STALE_RETRY_SECONDS  # the watch has not delivered our own last write yet
+    patch = kopf.Patch()
+    try:
+        due = observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
+                                 logger=logger, retry=retry)
+    finally:
+        write(meta=meta, patch=patch, logger=logger, retry=retry)
+    if due is None:
+        return None
+    return max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+@classified
+def write(meta: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
+    """The look's status patch, in one merge patch of the status subresource; nothing when nothing changed."""
+    fields = dict(patch.get("status") or {})
+    if not fields:
+        return
+    resources.patch_status(IMPROVEMENT_LOOP.kind, meta["namespace"], meta["name"], fields)
+    if fields.get("lastObserved"):
+        _written[meta["uid"]] = fields["lastObserved"]
+
+
 @classified
 def observe_and_decide(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
     logger: kopf.Logger, **_: Any,
-) -> None:
+) -> datetime | None:
     now = datetime.now(timezone.utc)
     try:
         loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec))  # type: ignore[assignment]
     except InvalidSpec:
-        return  # the spec handler reports it; nothing can be decided on it
+        return None  # the spec handler reports it; nothing can be decided on it until the spec changes
     if status.get("observedGeneration") != meta.get("generation"):
-        return  # the spec handler has not judged this generation yet: writing conditions now would race its write
+        return None  # the spec handler has not judged this generation yet; its status write wakes us
     if rejected_for(dict(status), meta.get("generation")):
-        return  # the API server refused a child this spec describes; the InvalidSpec condition says so
+        return None  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
     annotations = dict(meta.get("annotations") or {})
@@ -69,7 +135,7 @@ def observe_and_decide(
         resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
     due = next_look(loop, current)
     if due is not None and now < due:
-        return
+        return due
 
     children = tuple(gather_children(namespace, name))
     acknowledged = parse_time(annotations.get(FAILURES_ACKNOWLEDGED))
@@ -84,6 +150,7 @@ def observe_and_decide(
     )
     effects = look(loop, current, outcomes, gathered, now, loop=name, uid=uid, generation=generation)
     apply(effects, loop, body, dict(status), patch, logger, now)
+    return effects.next_look
 
 
 def apply(effects: Effects, loop: ImprovementLoopSpec, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch,

@@ -66,6 +66,13 @@ def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
 
 
 @typed
+def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """A merge patch of the status subresource (a None value removes a field)."""
+    _custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name,
+                                                    {"status": status})
+
+
+@typed
 def set_annotations(kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
     """A merge patch of annotations only (None deletes one): user requests never touch a GitOps-managed spec."""
     patch = {"metadata": {"annotations": annotations}}
