@@ -308,3 +308,26 @@ def test_a_canary_name_taken_by_a_foreign_deployment_is_a_condition_and_never_ta
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["spec"]["replicas"] == 2 and "ownerReferences" not in after["metadata"]
     assert deployment(operator, namespace, "bot")["metadata"]["generation"] == served["metadata"]["generation"]
+
+
+def test_of_two_rollouts_under_way_on_one_target_the_older_keeps_it(operator, namespace, served):
+    """Two Rollouts both started (as two made at the same moment by operators before exclusivity could leave them):
+    the younger is refused the moment it would touch a Deployment."""
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]))
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=60)
+    stable_generation = deployment(operator, namespace, "bot")["metadata"]["generation"]
+    second = rollout("bot-v3", [{"setWeight": 50}, {"setWeight": 100}])
+    second["spec"]["canaryModel"] = {"version": "v3", "uri": "s3://models/bot/v3"}
+    apply(operator, namespace, second)
+    operator.kubectl("patch", "rollout.kaizen.dev", "bot-v3", "-n", namespace, "--subresource=status",
+                     "--type=merge", "-p", json.dumps({"status": {"phase": "Progressing", "currentStep": 0,
+                                                                  "canaryWeight": 0, "canaryReplicas": 0}}))
+
+    refused = wait_for(operator, "rollout", "bot-v3", namespace,
+                       lambda o: (condition(o, "Progressing") or {}).get("reason") == "TargetInUse")
+    assert refused["status"]["message"].startswith(f"Deployment {namespace}/bot is held by Rollout bot-v2")
+    canary = deployment(operator, namespace, "bot-canary")
+    assert canary["metadata"]["labels"]["kaizen.dev/rollout"] == "bot-v2" and canary["spec"]["replicas"] == 1
+    assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable_generation
+    assert get(operator, "rollout", "bot-v2", namespace)["status"]["phase"] == "Paused"

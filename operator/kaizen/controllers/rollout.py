@@ -83,10 +83,10 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     target = spec.target.deployment
     generation = fresh["metadata"].get("generation")
 
-    holder = target_holder(name, contenders(namespace, target))
-    if holder is not None:
-        conclude(body, stored, patch, logger, current, wait_for_target(spec, current, holder, namespace, action, now),
-                 now, generation)
+    # A Rollout that has not started asks who holds its target before anything else; one under way asks only when
+    # it is about to touch a Deployment (below), so that a Rollout at rest costs no list of Rollouts per look.
+    if current.phase is None and refused(spec, current, namespace, name, action, now, body, stored, patch, logger,
+                                         generation):
         return
 
     stable = deployments.read(namespace, target)
@@ -110,13 +110,19 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         stable_promoted=serving and deployments.rolled_out(stable), look=look, action=action,
     )
     decision = next_action(spec, current, observation, now)
+    resize = decision.canary_replicas is not None and (
+        canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
+    remove = decision.canary_replicas is None and canary is not None
+    if current.phase is not None and (resize or remove or (decision.promote and not serving)) and refused(
+            spec, current, namespace, name, action, now, body, stored, patch, logger, generation):
+        return
 
     what = f"Deployment {namespace}/{deployments.canary_name(target)}"
     try:
         if decision.canary_replicas is None:
             if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
                 logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
-        elif canary is None or canary["spec"].get("replicas") != decision.canary_replicas:
+        elif resize:
             deployments.apply(deployments.canary_manifest(
                 stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
                 replicas=decision.canary_replicas))
@@ -153,6 +159,18 @@ def conclude(body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger:
                     f"message={decision.status.message!r}")
     elif not decision.owns_target and decision.events:
         logger.info(f"Refused target={body['spec']['target']['deployment']} message={decision.status.message!r}")
+
+
+def refused(spec: RolloutSpec, current: RolloutStatus, namespace: str, name: str, action: Action | None,
+            now: datetime, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
+            generation: int | None) -> bool:
+    """Whether another Rollout holds the target; if so, say so (and handle the user's action) without touching it."""
+    holder = target_holder(name, contenders(namespace, spec.target.deployment))
+    if holder is None:
+        return False
+    conclude(body, stored, patch, logger, current, wait_for_target(spec, current, holder, namespace, action, now),
+             now, generation)
+    return True
 
 
 def contenders(namespace: str, target: str) -> list[Contender]:
