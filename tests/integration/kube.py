@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -36,3 +37,32 @@ def reconciled(obj):
 
 def apply(cluster, namespace, doc):
     cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+
+@contextmanager
+def admission_policy(cluster, namespace, *, rule, expression, message, probe):
+    """A cluster admin's ValidatingAdmissionPolicy (CEL), bound to ``namespace``: the API server refuses matching
+    requests with 422 and ``message``. ``rule`` is a resourceRules entry; ``probe`` a kubectl dry-run that the
+    policy refuses once it is in force (policies are loaded a moment after they are created)."""
+    name = f"kaizen-test-{namespace}"[:63]
+    docs = [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [rule]},
+                  "validations": [{"expression": expression, "message": message}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {
+                      "matchLabels": {"kubernetes.io/metadata.name": namespace}}}}},
+    ]
+    for doc in docs:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    try:
+        deadline = time.monotonic() + 30
+        while message not in cluster.kubectl(*probe, "--dry-run=server", check=False).stderr:
+            assert time.monotonic() < deadline, "the admission policy never took effect"
+            time.sleep(0.5)
+        yield
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, check=False)

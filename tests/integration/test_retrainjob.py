@@ -19,7 +19,7 @@ import kaizen.k8s.client
 from kaizen.api.common import ModelRef
 from kaizen.api.retrainjob import DatasetSummary
 from kaizen.api.trainer import TrainerResult
-from tests.integration.kube import apply, condition, get, wait_for
+from tests.integration.kube import admission_policy, apply, condition, get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -306,3 +306,50 @@ def test_deleting_the_retrainjob_removes_its_job_and_pods(operator, namespace):
               "-l", "kaizen.dev/retrainjob=deleted", timeout=60)
     wait_json(operator, lambda o: not o["items"], "get", "pods", "-n", namespace,
               "-l", "batch.kubernetes.io/job-name=deleted-trainer", timeout=60)
+
+
+def test_a_child_name_taken_by_a_foreign_object_is_a_condition_not_a_takeover(operator, namespace):
+    operator.kubectl("create", "configmap", "taken-trainer", "-n", namespace, "--from-literal=owner=someone-else")
+    before = kubectl_json(operator, "get", "configmap", "taken-trainer", "-n", namespace)
+    apply(operator, namespace, retrain_job("taken"))
+
+    obj = wait_for(operator, "retrainjob", "taken", namespace,
+                   lambda o: (condition(o, "Progressing") or {}).get("reason") == "NameConflict")
+    assert condition(obj, "Progressing")["status"] == "False"
+    assert condition(obj, "Progressing")["message"] == (
+        f"ConfigMap {namespace}/taken-trainer exists and is not owned by RetrainJob taken; Kaizen will not take it "
+        "over: delete or rename it")
+    assert "phase" not in obj["status"]  # not failed: deleting the ConfigMap lets it go ahead
+    time.sleep(3)  # a slow retry: not one Event (nor API call) per tick
+    assert warnings(operator, namespace, "taken", "NameConflict") == [condition(obj, "Progressing")["message"]]
+    after = kubectl_json(operator, "get", "configmap", "taken-trainer", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert kubectl_json(operator, "get", "jobs", "-n", namespace)["items"] == []
+
+
+@pytest.fixture
+def jobs_need_a_team(operator, namespace):
+    """A cluster's admission policy refusing Jobs without a `team` label in the test's namespace: a real 422 from
+    the API server on a Job that the CRD's own rules cannot foresee."""
+    with admission_policy(
+            operator, namespace, message="every Job needs a team label",
+            rule={"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]},
+            expression="has(object.metadata.labels) && 'team' in object.metadata.labels",
+            probe=("create", "job", "probe", "--image=kaizen.invalid/probe", "-n", namespace)):
+        yield
+
+
+def test_a_job_the_api_server_refuses_fails_the_retrainjob_with_the_api_servers_message(operator, namespace,
+                                                                                         jobs_need_a_team):
+    apply(operator, namespace, retrain_job("refused"))
+    obj = wait_for(operator, "retrainjob", "refused", namespace, finished)
+    status = obj["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith(f"The API server refused Job {namespace}/refused-trainer: ")
+    assert "every Job needs a team label" in status["message"]
+    progressing = condition(obj, "Progressing")
+    assert (progressing["status"], progressing["reason"], progressing["message"]) == (
+        "False", "ChildRejected", status["message"])
+    time.sleep(3)  # failed once: not retried, not reported again
+    assert warnings(operator, namespace, "refused", "ChildRejected") == [status["message"]]
+    assert kubectl_json(operator, "get", "jobs", "-n", namespace)["items"] == []

@@ -12,7 +12,7 @@ import yaml
 from kaizen.cli import main as kaizen_cli
 from kaizen.k8s.identity import whoami
 from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
-from tests.integration.kube import apply, get, wait_for
+from tests.integration.kube import apply, condition, get, wait_for
 from tests.integration.rollouts import (
     SUCCESS_RATE, deployment, env, kubectl_apply, reasons, rollout, running_operator, stable_manifest,
 )
@@ -252,3 +252,82 @@ def test_metrics_without_prometheus_are_rejected_by_the_api_server(crds, namespa
     assert result.returncode != 0
     assert "spec.prometheus: Invalid value" in result.stderr
     assert "analysis metrics need spec.prometheus to read them from" in result.stderr
+
+
+def test_a_second_rollout_of_one_target_waits_and_touches_nothing_until_the_first_ends(operator, namespace, served):
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]))
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=60)
+    second = rollout("bot-v3", [{"setWeight": 50}, {"setWeight": 100}])
+    second["spec"]["canaryModel"] = {"version": "v3", "uri": "s3://models/bot/v3"}
+    apply(operator, namespace, second)
+
+    refused = wait_for(operator, "rollout", "bot-v3", namespace,
+                       lambda o: (condition(o, "Progressing") or {}).get("reason") == "TargetInUse")
+    assert "phase" not in refused["status"]
+    assert refused["status"]["message"] == (
+        f"Deployment {namespace}/bot is held by Rollout bot-v2, which has not ended; this Rollout waits and touches "
+        "nothing until it does. To go ahead sooner: `kaizen abort bot-v2` or delete it; or delete this Rollout.")
+    assert condition(refused, "Progressing")["status"] == "False"
+    # While it waits, the stable Deployment and bot-v2's canary stay as bot-v2 left them, look after look.
+    stable_generation = deployment(operator, namespace, "bot")["metadata"]["generation"]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        canary = deployment(operator, namespace, "bot-canary")
+        assert canary["metadata"]["labels"]["kaizen.dev/rollout"] == "bot-v2"
+        assert canary["spec"]["replicas"] == 1
+        assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable_generation
+        time.sleep(0.2)
+    assert reasons(operator, namespace, "bot-v3") == ["TargetInUse"]  # said once, not on every look
+    assert get(operator, "rollout", "bot-v2", namespace)["status"]["phase"] == "Paused"
+
+    assert kaizen_cli(["abort", "bot-v2", "-n", namespace]) == 0
+    obj = wait_for(operator, "rollout", "bot-v3", namespace, phase("Promoted"), timeout=60)
+    assert obj["status"]["message"] == "Promoted v3: the stable Deployment serves s3://models/bot/v3."
+    assert condition(obj, "Progressing")["reason"] == "Promoted"
+    stable = deployment(operator, namespace, "bot")
+    assert env(stable)["MODEL_URI"] == "s3://models/bot/v3"
+    assert stable["metadata"]["generation"] == stable_generation + 1  # promoted once, by bot-v3 alone
+
+
+def test_a_canary_name_taken_by_a_foreign_deployment_is_a_condition_and_never_taken_over(operator, namespace,
+                                                                                         served):
+    foreign = stable_manifest("bot-canary", replicas=2)
+    kubectl_apply(operator, namespace, foreign)
+    before = deployment(operator, namespace, "bot-canary")
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"setWeight": 100}]))
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace,
+                   lambda o: (condition(o, "Progressing") or {}).get("reason") == "NameConflict")
+    assert condition(obj, "Progressing")["message"] == (
+        f"Deployment {namespace}/bot-canary exists and is not owned by a Kaizen Rollout; Kaizen will not take it "
+        "over: delete or rename it")
+    time.sleep(3)  # retried slowly: one Warning, and the foreign Deployment as it was
+    assert reasons(operator, namespace, "bot-v2") == ["NameConflict"]
+    after = deployment(operator, namespace, "bot-canary")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["replicas"] == 2 and "ownerReferences" not in after["metadata"]
+    assert deployment(operator, namespace, "bot")["metadata"]["generation"] == served["metadata"]["generation"]
+
+
+def test_of_two_rollouts_under_way_on_one_target_the_older_keeps_it(operator, namespace, served):
+    """Two Rollouts both started (as two made at the same moment by operators before exclusivity could leave them):
+    the younger is refused the moment it would touch a Deployment."""
+    apply(operator, namespace, rollout("bot-v2", [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]))
+    wait_for(operator, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=60)
+    stable_generation = deployment(operator, namespace, "bot")["metadata"]["generation"]
+    second = rollout("bot-v3", [{"setWeight": 50}, {"setWeight": 100}])
+    second["spec"]["canaryModel"] = {"version": "v3", "uri": "s3://models/bot/v3"}
+    apply(operator, namespace, second)
+    operator.kubectl("patch", "rollout.kaizen.dev", "bot-v3", "-n", namespace, "--subresource=status",
+                     "--type=merge", "-p", json.dumps({"status": {"phase": "Progressing", "currentStep": 0,
+                                                                  "canaryWeight": 0, "canaryReplicas": 0}}))
+
+    refused = wait_for(operator, "rollout", "bot-v3", namespace,
+                       lambda o: (condition(o, "Progressing") or {}).get("reason") == "TargetInUse")
+    assert refused["status"]["message"].startswith(f"Deployment {namespace}/bot is held by Rollout bot-v2")
+    canary = deployment(operator, namespace, "bot-canary")
+    assert canary["metadata"]["labels"]["kaizen.dev/rollout"] == "bot-v2" and canary["spec"]["replicas"] == 1
+    assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable_generation
+    assert get(operator, "rollout", "bot-v2", namespace)["status"]["phase"] == "Paused"

@@ -12,9 +12,8 @@ import yaml
 from kaizen.api.common import ModelRef
 from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
 from kaizen.logic.loop import (
-    BacklogItem, Child, Feedback, Observed, Reading, Request, beyond_history_limits, child_name, decide,
-    fold_outcomes, observe_signals,
-    record, target_slices,
+    BacklogItem, Child, Feedback, Observed, Reading, Request, answer, beyond_history_limits, child_name, decide,
+    fold_outcomes, observe_signals, record, target_slices,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -400,3 +399,91 @@ def test_pruning_a_rollout_prunes_the_retrainjob_it_released():
     passed = job("rj", "Succeeded", "Passed", created=NOW - timedelta(days=12))
     released = Child("Rollout", "ro", NOW - timedelta(days=11), phase="RolledBack", retrain_job="rj")
     assert {c.name for c in beyond_history_limits((passed, released), spec.policy, NOW)} == {"rj", "ro"}
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+
+def test_a_request_is_answered_unless_a_transient_wait_keeps_it():
+    request = Request("retrain", "alice", NOW)
+    plan = run(Observed(HEALTHY, feedback=ENOUGH_FEEDBACK, request=request))
+    assert answer(plan, request, ()) == f"retrain: created RetrainJob/{plan.create.name}"
+    assert plan.evidence["requestedAt"] == "2026-11-28T12:00:00Z"  # the child records which request it answers
+    no_data = run(Observed((status(state="Unknown", value=None),), request=Request("approve", "bob", NOW)))
+    assert (no_data.code, answer(no_data, Request("approve", "bob", NOW), ())) == ("NoData", None)
+    healthy = run(Observed(HEALTHY, request=Request("approve", "bob", NOW)))
+    assert answer(healthy, Request("approve", "bob", NOW), ()) == "not needed: All 2 signals are healthy."
+
+
+def test_a_request_acted_on_before_a_restart_is_answered_by_its_child():
+    """The operator created the child and stopped before the status recorded the request: the request is still on
+    the loop, and the child it created answers it (the loop now only waits for that child)."""
+    request = Request("retrain", "alice", NOW)
+    plan = run(Observed(HEALTHY, feedback=ENOUGH_FEEDBACK, request=request))
+    created = job(plan.create.name, phase=None, created=NOW, reason_evidence=plan.evidence)
+    after = run(Observed(HEALTHY, children=(created,), feedback=ENOUGH_FEEDBACK, request=request))
+    assert after.code == "ChildRunning"
+    assert answer(after, request, (created,)) == f"retrain: created RetrainJob/{plan.create.name}"
+    assert answer(after, Request("retrain", "alice", NOW + timedelta(seconds=1)), (created,)).startswith("not needed")
+
+
+def test_a_decision_the_status_lost_is_rebuilt_from_its_childs_reason():
+    spec = loop_spec()
+    logged = record([], run(Observed(HEALTHY)), NOW - timedelta(minutes=1), loop="support-bot")
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    decision = record(logged, plan, NOW, loop="support-bot")[0]
+    child = job(plan.create.name, phase=None, created=NOW, decision_id=decision.id, summary=decision.reason,
+                reason_evidence=decision.evidence)
+    older = job("rj-0", phase="Succeeded", verdict="Passed", created=NOW - timedelta(days=2),
+                decision_id="support-bot-20261126T120000-0", summary="an old retrain, pruned from the log")
+    folded = fold_outcomes(ImprovementLoopStatus(decisions=logged), spec, (older, child), None)
+    assert [d.id for d in folded.decisions] == [decision.id, logged[0].id]  # the old child's decision stays pruned
+    rebuilt = folded.decisions[0]
+    assert (rebuilt.action, rebuilt.reason, rebuilt.evidence, rebuilt.child) == (
+        "Retrain", decision.reason, decision.evidence, f"RetrainJob/{plan.create.name}")
+    # Once the status has it, it is not rebuilt again.
+    again = fold_outcomes(ImprovementLoopStatus(decisions=folded.decisions), spec, (older, child), None)
+    assert [d.id for d in again.decisions] == [decision.id, logged[0].id]
+
+
+# ---------------------------------------------------------------------------------------------------- look
+
+
+def test_one_look_returns_every_effect_and_when_to_look_next():
+    from kaizen.logic.loop import Gathered, look, next_look
+
+    spec = loop_spec(approval={"retrain": "Automatic", "promote": "Automatic"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    old = job("rj-old", phase="Failed", created=NOW - timedelta(days=30), gpu_seconds=3600)
+    recent = job("rj-recent", phase="Failed", created=NOW - timedelta(days=2), gpu_seconds=1800)
+    children = (old, recent, *(job(f"rj-f{i}", phase="Failed", created=NOW - timedelta(days=20 + i))
+                               for i in range(5)))
+    request = Request("retrain", "alice", NOW - timedelta(seconds=5))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    gathered = Gathered(readings=readings, children=children, feedback=ENOUGH_FEEDBACK, request=request)
+    outcomes = fold_outcomes(current, spec, children, None)
+    effects = look(spec, current, outcomes, gathered, NOW, loop="support-bot", uid="uid-1", generation=1)
+
+    assert effects.plan.action == "Retrain" and effects.create.kind == "RetrainJob"
+    assert effects.decision is effects.status.decisions[0] and effects.decision.child == effects.create.kind + \
+        "/" + effects.create.name
+    assert [(e.type, e.reason) for e in effects.events] == [("Normal", "Retrain")]
+    assert effects.status.last_action.outcome == f"retrain: created RetrainJob/{effects.create.name}"
+    assert effects.status.budget.retrains == 1 and effects.status.budget.gpu_hours == 0.5  # the week's, once
+    assert effects.status.phase == "Retraining" and effects.status.last_observed == NOW
+    assert old in effects.delete and recent not in effects.delete  # past the history limit and older than a week
+    assert effects.next_look == NOW + timedelta(minutes=1) == next_look(spec, effects.status)
+    assert next_look(spec, ImprovementLoopStatus()) is None  # never looked: due now
+
+    # The next look, one interval later, finds the child running: a Wait is logged, nothing is created, and the
+    # request stays answered; the look after that changes nothing in the log.
+    created = job(effects.create.name, phase="Training", created=NOW)
+    later = Gathered(readings=readings, children=(*children, created), feedback=ENOUGH_FEEDBACK)
+    at = NOW + timedelta(minutes=1)
+    wait = look(spec, effects.status, fold_outcomes(effects.status, spec, later.children, None), later, at,
+                loop="support-bot", uid="uid-1", generation=1)
+    assert (wait.plan.code, wait.create, wait.status.last_action) == ("ChildRunning", None, effects.status.last_action)
+    assert [d.action for d in wait.status.decisions] == ["Wait", "Retrain"]
+    same = look(spec, wait.status, fold_outcomes(wait.status, spec, later.children, None), later,
+                at + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
+    assert same.decision is None and same.events == () and same.status.decisions == wait.status.decisions

@@ -8,8 +8,8 @@ import pytest
 
 from kaizen.api.rollout import AnalysisRecord, MetricResult, RolloutSpec, RolloutStatus
 from kaizen.logic.rollout import (
-    Action, Look, MetricSample, Observation, analysis_window, canary_replicas, judge_look, judge_metric, look_due,
-    next_action,
+    Action, Contender, Look, MetricSample, Observation, analysis_window, canary_replicas, judge_look, judge_metric,
+    look_due, next_action, target_holder, wait_for_target,
 )
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -402,3 +402,53 @@ def test_an_analysis_step_past_its_duration_says_it_holds_for_a_pass():
     held = run(s, d.status, at, look=look("Inconclusive", step=1, at=at)).status
     assert held.current_step == 1
     assert held.message.endswith("Holding for a passing analysis look before the next step (latest: Inconclusive).")
+
+
+def test_one_rollout_holds_a_target_started_first_then_oldest():
+    old, new = Contender("a", T0), Contender("b", T0 + timedelta(seconds=5))
+    assert target_holder("a", [old, new]) is None and target_holder("b", [old, new]) == old
+    assert target_holder("b", [new, old]) == old  # the order of the listing does not matter
+    # A rollout under way keeps its target from an older one that has not started (e.g. a spec fixed just now).
+    running = Contender("b", T0 + timedelta(seconds=5), phase="Paused")
+    assert target_holder("a", [old, running]) == running and target_holder("b", [old, running]) is None
+    # Created in the same second: the name decides, the same way for every reader.
+    twin = Contender("c", T0)
+    assert target_holder("c", [twin, old]) == old and target_holder("a", [twin, old]) is None
+    assert target_holder("a", [old]) is None and target_holder("a", []) is None
+
+
+def test_a_refused_rollout_says_who_holds_the_target_once_and_touches_nothing():
+    s, holder = spec(STEPS), Contender("bot-v1", T0, phase="Progressing")
+    first = wait_for_target(s, RolloutStatus(), holder, "ns", None, T0)
+    assert not first.owns_target and not first.promote and first.status.phase is None
+    assert first.status.message.startswith("Deployment ns/bot is held by Rollout bot-v1, which has not ended; ")
+    assert "`kaizen abort bot-v1`" in first.status.message
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "TargetInUse")]
+    again = wait_for_target(s, first.status, holder, "ns", None, T0 + timedelta(seconds=30))
+    assert again.status == first.status and again.events == ()
+
+
+def test_a_refused_rollout_can_be_aborted_and_ignores_other_actions():
+    s, holder = spec(STEPS), Contender("bot-v1", T0, phase="Progressing")
+    waiting = wait_for_target(s, RolloutStatus(), holder, "ns", None, T0).status
+    promoted = wait_for_target(s, waiting, holder, "ns", Action("promote", "ann", T0), T0)
+    assert promoted.status.phase is None and not promoted.promote
+    assert promoted.status.last_action.outcome == "ignored: Rollout bot-v1 holds the target"
+    aborted = wait_for_target(s, waiting, holder, "ns", Action("abort", "ann", T0), T0)
+    assert aborted.status.phase == "Aborted" and not aborted.owns_target
+    assert aborted.status.message.startswith("Aborted by ann at ")
+    assert aborted.status.last_action.outcome == "aborted: it never started, nothing was touched"
+
+
+def test_requests_are_read_the_same_way_for_every_kind():
+    from kaizen.api.improvementloop import RequestRecord
+    from kaizen.logic.requests import Requested, consumable, pending
+
+    annotations = {"kaizen.dev/action": "retrain", "kaizen.dev/action-by": "alice",
+                   "kaizen.dev/action-at": "2026-11-28T12:00:00Z"}
+    request = pending(annotations, ("approve", "retrain"), None, "a loop")
+    assert request == Requested("retrain", "alice", T0) and not consumable(annotations, request)
+    # Recorded in status: handled, and only now may its annotations go.
+    recorded = RequestRecord(action="retrain", by="alice", at=T0, outcome="retrain: created RetrainJob/x")
+    assert pending(annotations, ("approve", "retrain"), recorded, "a loop") is None
+    assert consumable(annotations, None) and not consumable({}, None)

@@ -183,6 +183,16 @@ class Decision(KaizenModel):
     outcome: str | None = Field(default=None, max_length=1024, description="What came of it, once known.")
 
 
+class RequestRecord(KaizenModel):
+    """A user's request (``kaizen approve|retrain``), as the operator received it. Its annotations are removed only
+    once this records it, so a crash in between never loses a request."""
+
+    action: Literal["approve", "retrain"] = Field(description="approve or retrain.")
+    by: str = Field(max_length=256, description="Who asked (the Kubernetes user name).")
+    at: datetime = Field(description="When they asked.")
+    outcome: str = Field(max_length=1024, description="What the operator did about it.")
+
+
 class ImprovementLoopStatus(CommonStatus):
     """Observed state of an ImprovementLoop."""
 
@@ -202,3 +212,4 @@ class ImprovementLoopStatus(CommonStatus):
         default_factory=list, max_length=50, description="Decision log, newest first (bounded; the collector's "
         "audit log keeps all)."
     )
+    last_action: RequestRecord | None = Field(default=None, description="The last user request and its outcome.")

@@ -1,116 +1,196 @@
-"""ImprovementLoop controller: every ``spec.interval``, observe → decide → act → write status once.
+"""ImprovementLoop controller: when a loop is due (one ``spec.interval`` after its last look), gather → look → apply.
 
-Observation gathers the signals from Prometheus, feedback from the collector, the loop's children and a user's
-request; :mod:`kaizen.logic.loop` decides; this module carries out the one action (create a child, record the
-decision as an Event, in the child's ``spec.reason`` and in the collector's audit log) and writes the status.
-Spec validation (Ready / InvalidSpec) is the shared handler of :mod:`kaizen.controllers.reconcile`.
+Gathering reads the loop's children, the signals from Prometheus, feedback from the collector and a user's request
+(:class:`kaizen.logic.loop.Gathered`); :func:`kaizen.logic.loop.look`, pure, returns every effect of the look
+(:class:`kaizen.logic.loop.Effects`); :func:`apply` carries them out — the child with the decision in its
+``spec.reason``, the pruned children, the Events, the audit log entry — and writes the status once. A request's
+annotations are removed only once a status records it (:mod:`kaizen.logic.requests`). Spec validation
+(Ready / InvalidSpec) and error classification are the shared skeleton of :mod:`kaizen.controllers.reconcile`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import IMPROVEMENT_LOOP
-from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
-from kaizen.api.common import API_GROUP, API_VERSION, ModelRef, parse_duration
-from kaizen.api.improvementloop import Budget, Candidate, ImprovementLoopSpec, ImprovementLoopStatus
-from kaizen.controllers.reconcile import register, write_status
+from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
+from kaizen.api.common import API_GROUP, API_VERSION, ModelRef
+from kaizen.api.improvementloop import Decision, ImprovementLoopSpec, ImprovementLoopStatus
+from kaizen.controllers.reconcile import (
+    blocked, classified, classify, register, reject, rejected_for, unblocked, write_status,
+)
 from kaizen.k8s import resources
+from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.loop import (
-    WEEK, BacklogItem, Child, Feedback, Observed, Plan, Reading, Request, beyond_history_limits, decide,
-    fold_outcomes, observe_signals, record,
+    BacklogItem, Child, ChildPlan, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look,
 )
 from kaizen.logic.promql import fill
+from kaizen.logic.requests import consumable, pending
 from kaizen.logic.validation import InvalidSpec, parse_spec
 
 register(IMPROVEMENT_LOOP)
 
-#: How often each loop is looked at; it acts only when its spec.interval has passed since the last observation.
-TICK_SECONDS = 1.0
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
-#: Waits that pass by themselves: a user's request waits through them instead of being dropped.
-TRANSIENT_WAITS = {"NoData", "CollectorUnavailable"}
+#: What a look writes (observedGeneration and conditions are the spec handler's, but for a blocked child's).
+LOOK_FIELDS = STATUS_FIELDS - {"observedGeneration", "conditions"}
+#: How soon to look again when the cached object is older than the status this operator last wrote.
+STALE_RETRY_SECONDS = 0.2
+#: The daemons' wake-ups, by uid: a change to a loop (its spec, a user's request) is looked at at once.
+_wakeups: dict[str, asyncio.Event] = {}
+#: The lastObserved each loop's last status write carried, by uid (to notice a cached body older than it).
+_written: dict[str, str] = {}
 
 
-@kopf.timer(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, interval=TICK_SECONDS)
+@kopf.daemon(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, cancellation_timeout=30)
+async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """One task per loop, asleep until its next look is due (or the loop changes): no polling, no API call between
+    looks. The look itself runs in a thread (the Kubernetes, Prometheus and collector clients block)."""
+    uid = body["metadata"]["uid"]
+    wake = _wakeups[uid] = asyncio.Event()
+    retry = 0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                delay = await asyncio.to_thread(look_now, copy.deepcopy(dict(body)), logger, retry)
+                retry = 0
+            except kopf.TemporaryError as error:
+                delay, retry = error.delay, retry + 1
+            sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
+            await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in sleeping:
+                task.cancel()
+    finally:
+        if _wakeups.get(uid) is wake:
+            del _wakeups[uid]
+        _written.pop(uid, None)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural)
+async def changed(meta: kopf.Meta, **_: Any) -> None:
+    """Any change to a loop wakes its daemon; the look decides whether there is anything to do yet."""
+    wake = _wakeups.get(meta.get("uid") or "")
+    if wake is not None:
+        wake.set()
+
+
+def look_now(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> float | None:
+    """Look at the loop if it is due, write what changed in its status, and return the seconds until the next look
+    (None: until the loop changes). Errors are classified (:func:`kaizen.controllers.reconcile.classified`)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    if _written.get(meta["uid"], "") > str(status.get("lastObserved") or ""):
+        return STALE_RETRY_SECONDS  # the watch has not delivered our own last write yet
+    patch = kopf.Patch()
+    try:
+        due = observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
+                                 logger=logger, retry=retry)
+    finally:
+        write(meta=meta, patch=patch, logger=logger, retry=retry)
+    if due is None:
+        return None
+    return max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+@classified
+def write(meta: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
+    """The look's status patch, in one merge patch of the status subresource; nothing when nothing changed."""
+    fields = dict(patch.get("status") or {})
+    if not fields:
+        return
+    resources.patch_status(IMPROVEMENT_LOOP.kind, meta["namespace"], meta["name"], fields)
+    if fields.get("lastObserved"):
+        _written[meta["uid"]] = fields["lastObserved"]
+
+
+@classified
 def observe_and_decide(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
     logger: kopf.Logger, **_: Any,
-) -> None:
+) -> datetime | None:
     now = datetime.now(timezone.utc)
     try:
         loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec))  # type: ignore[assignment]
     except InvalidSpec:
-        return  # the spec handler reports it; nothing can be decided on it
+        return None  # the spec handler reports it; nothing can be decided on it until the spec changes
+    if status.get("observedGeneration") != meta.get("generation"):
+        return None  # the spec handler has not judged this generation yet; its status write wakes us
+    if rejected_for(dict(status), meta.get("generation")):
+        return None  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
-    if current.last_observed and now - current.last_observed < parse_duration(loop.interval):
-        return
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
     annotations = dict(meta.get("annotations") or {})
+    try:
+        request = parse_request(annotations, current)
+    except ValueError as problem:
+        kopf.warn(body, reason="InvalidAction", message=str(problem))
+        request = None
+    if consumable(annotations, request):
+        # Recorded in status.lastAction on an earlier look (or unusable): consumed only now, so that a crash between
+        # acting on it and writing the status can never lose it.
+        resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
+    due = next_look(loop, current)
+    if due is not None and now < due:
+        return due
 
     children = tuple(gather_children(namespace, name))
     acknowledged = parse_time(annotations.get(FAILURES_ACKNOWLEDGED))
     outcomes = fold_outcomes(current, loop, children, acknowledged)
-    version = outcomes.model.version if outcomes.model else ""
-    readings = read_signals(loop, namespace, version, logger)
-    request = parse_request(annotations)
-    observed = Observed(
-        signals=observe_signals(loop.signals, readings, current.signals, now),
+    gathered = Gathered(
+        readings=read_signals(loop, namespace, outcomes.model.version if outcomes.model else "", logger),
         children=children,
         feedback=read_feedback(loop, namespace, children, logger) if loop.feedback else None,
         request=request,
         paused=loop.policy.paused or annotations.get(PAUSED) == "true",
         failures_acknowledged=acknowledged,
     )
-    plan = decide(loop, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
-                  loop=name, uid=uid, generation=generation)
-    decisions = record(outcomes.decisions, plan, now, loop=name)
-    if decisions is not outcomes.decisions:
-        decision = decisions[0]
-        if plan.create is not None:
-            create_child(plan, decision.id, namespace, name, uid, generation)
-        kopf.event(body, type="Warning" if plan.action == "Degraded" else "Normal", reason=plan.action,
-                   message=f"{plan.reason} [decision {decision.id}]"[:1024])
-        logger.info(f"Decided action={plan.action} code={plan.code} decision={decision.id}")
-        audit(loop, namespace, name, decision.model_dump(mode="json", by_alias=True, exclude_none=True), logger)
-    if outcomes.promoted is not None:
-        kopf.info(body, reason="Promoted", message=f"{outcomes.model.version} is now served (Rollout "
-                                                    f"{outcomes.promoted.name}).")
-    if request is not None and not (plan.action == "Wait" and plan.code in TRANSIENT_WAITS):
-        resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
-        if not plan.consumes_request:
-            kopf.info(body, reason="RequestIgnored", message=f"{request.action} by {request.by} was not needed: "
-                                                             f"{plan.reason}"[:1024])
-    prune_history(loop, namespace, children, now)
-
-    recent = [c for c in children if c.kind == "RetrainJob" and now - c.created < WEEK]
-    new = ImprovementLoopStatus(
-        phase=plan.phase,
-        model=outcomes.model,
-        previous_model=outcomes.previous_model,
-        candidate=candidate(children, outcomes.model),
-        signals=list(observed.signals),
-        budget=Budget(retrains=len(recent), gpu_hours=round(sum(c.gpu_seconds for c in recent) / 3600, 3)),
-        last_observed=now,
-        consecutive_failures=outcomes.consecutive_failures,
-        decisions=decisions,
-    ).to_wire()
-    write_status(dict(status), patch, {k: new.get(k) for k in (
-        "phase", "model", "previousModel", "candidate", "signals", "budget", "lastObserved", "consecutiveFailures",
-        "decisions",
-    )})
+    effects = look(loop, current, outcomes, gathered, now, loop=name, uid=uid, generation=generation)
+    apply(effects, loop, body, dict(status), patch, logger, now)
+    return effects.next_look
 
 
-def parse_request(annotations: dict[str, str]) -> Request | None:
-    action = annotations.get(ACTION)
-    if action not in ("approve", "retrain"):
-        return None
-    at = parse_time(annotations.get(ACTION_AT)) or datetime.now(timezone.utc)
-    return Request(action, annotations.get(ACTION_BY) or "unknown", at)  # type: ignore[arg-type]
+def apply(effects: Effects, loop: ImprovementLoopSpec, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch,
+          logger: kopf.Logger, now: datetime) -> None:
+    """Carry out one look's effects, in order, and write the status once (only what changed).
+
+    The child comes first and the status last: a crash in between leaves a child whose spec.reason rebuilds the
+    decision the status lost (:func:`kaizen.logic.loop.lost_decisions`), and a request still on the loop that its
+    child answers. A child the API server refuses, or whose name is taken, ends the look here with a condition.
+    """
+    meta = body["metadata"]
+    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
+    if effects.create is not None and effects.decision is not None:
+        try:
+            create_child(effects.create, effects.plan.action, effects.decision, namespace, name, uid, generation)
+        except (NotOwned, ApiError) as error:
+            failure = classify(error, f"{effects.create.kind} {namespace}/{effects.create.name}")
+            if failure is None:
+                raise
+            if not failure.final:
+                blocked(body, stored, patch, logger, failure, now, generation)
+            reject(body, stored, patch, logger, failure, now, generation)
+            return
+    for child in effects.delete:
+        resources.delete(child.kind, namespace, child.name)
+    for event in effects.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if effects.decision is not None:
+        logger.info(f"Decided action={effects.plan.action} code={effects.plan.code} decision={effects.decision.id}")
+        audit(loop, namespace, name, effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True),
+              logger)
+    new = effects.status.to_wire()
+    write_status(stored, patch, {**unblocked(stored), **{key: new.get(key) for key in LOOK_FIELDS}})
+
+
+def parse_request(annotations: dict[str, str], status: ImprovementLoopStatus) -> Request | None:
+    """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
+    request = pending(annotations, ("approve", "retrain"), status.last_action,
+                      "an ImprovementLoop: use approve or retrain (kaizen approve|retrain LOOP)")
+    return None if request is None else Request(request.action, request.by, request.at)  # type: ignore[arg-type]
 
 
 def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger: kopf.Logger) -> dict[str, Reading]:
@@ -121,7 +201,7 @@ def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger
         ref = loop.prometheus.bearer_token_secret_ref
         try:
             token = resources.read_secret_key(namespace, ref.name, ref.key)
-        except (ApiException, KeyError) as error:
+        except (ApiError, KeyError) as error:
             problem = f"cannot read the Prometheus token from Secret {ref.name}: {_reason(error)}"
             logger.warning(f"Failed to read signals: {problem}")
             return {s.name: Reading(s.name, None, problem) for s in loop.signals}
@@ -162,7 +242,7 @@ def read_feedback(loop: ImprovementLoopSpec, namespace: str, children: tuple[Chi
         count = client.feedback_count(loop.target.deployment, since=since, categories=categories,
                                       consented_only=loop.feedback.require_consent)
         backlog = client.backlog(loop.target.deployment, since=since, categories=categories)
-    except (CollectorError, KeyError, ApiException) as error:
+    except (CollectorError, KeyError, ApiError) as error:
         logger.warning(f"Failed to read feedback collector={loop.feedback.collector_url}: {_reason(error)}")
         return Feedback(error=_reason(error))
     return Feedback(new_items=count, backlog=tuple(
@@ -199,48 +279,32 @@ def to_child(kind: str, obj: dict[str, Any]) -> Child:
         rollback=labels.get(f"{API_GROUP}/role") == "rollback",
         loop_generation=int(generation) if generation.isdigit() else None,
         decision_id=(spec.get("reason") or {}).get("decisionId"),
+        summary=(spec.get("reason") or {}).get("summary"),
+        reason_evidence=dict((spec.get("reason") or {}).get("evidence") or {}),
         message=status.get("message"),
         evidence={"gates": [g for g in status.get("gates", [])]} if status.get("gates") else {},
     )
 
 
-def create_child(plan: Plan, decision_id: str, namespace: str, loop: str, uid: str, generation: int) -> None:
-    assert plan.create is not None
-    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(plan.action, "rollout")
+def create_child(child: ChildPlan, action: str, decision: Decision, namespace: str, loop: str, uid: str,
+                 generation: int) -> None:
+    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(action, "rollout")
     body = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": plan.create.kind,
+        "kind": child.kind,
         "metadata": {
-            "name": plan.create.name,
+            "name": child.name,
             "namespace": namespace,
             "labels": {f"{API_GROUP}/loop": loop, f"{API_GROUP}/role": role,
                        f"{API_GROUP}/loop-generation": str(generation)},
             "ownerReferences": [{"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": IMPROVEMENT_LOOP.kind,
                                  "name": loop, "uid": uid, "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": {**plan.create.spec,
-                 "reason": {"decisionId": decision_id, "summary": plan.reason[:1024], "evidence": plan.evidence}},
+        # The decision's own evidence: the child is where a decision the status lost is rebuilt from.
+        "spec": {**child.spec, "reason": {"decisionId": decision.id, "summary": decision.reason,
+                                          "evidence": decision.evidence}},
     }
-    resources.create_or_adopt(plan.create.kind, namespace, body, uid)
-
-
-def candidate(children: tuple[Child, ...], model: Any) -> Candidate | None:
-    """The newest candidate not yet served: in training, or on its way out."""
-    for child in sorted(children, key=lambda c: c.created, reverse=True):
-        if child.kind == "RetrainJob" and child.running:
-            return None
-        if child.kind == "RetrainJob" and child.passed and child.candidate and (
-            model is None or child.candidate.version != model.version
-        ):
-            rollout = next((c.name for c in children if c.kind == "Rollout" and c.retrain_job == child.name), None)
-            return Candidate(version=child.candidate.version, uri=child.candidate.uri, retrain_job=child.name,
-                             rollout=rollout)
-    return None
-
-
-def prune_history(loop: ImprovementLoopSpec, namespace: str, children: tuple[Child, ...], now: datetime) -> None:
-    for child in beyond_history_limits(children, loop.policy, now):
-        resources.delete(child.kind, namespace, child.name)
+    resources.create_or_adopt(child.kind, namespace, body, uid)
 
 
 def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[str, Any], logger: kopf.Logger) -> None:
@@ -254,12 +318,12 @@ def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[s
         if decision.get("child"):
             entry["evidence"] = {**entry.get("evidence", {}), "child": decision["child"]}
         collector(loop, namespace).post_audit({"loop": f"{namespace}/{name}", **entry})
-    except (CollectorError, KeyError, ApiException) as error:
+    except (CollectorError, KeyError, ApiError) as error:
         logger.warning(f"Failed to write decision={decision['id']} to the audit log: {_reason(error)}")
 
 
 def _reason(error: Exception) -> str:
-    """What went wrong, in one line (an ApiException's str() is a multi-line HTTP dump)."""
-    if isinstance(error, ApiException):
-        return "not found" if error.status == 404 else f"HTTP {error.status} {error.reason}"
+    """What went wrong, in one line."""
+    if isinstance(error, ApiError):
+        return "not found" if error.not_found else str(error)
     return str(error)

@@ -1,21 +1,43 @@
 """The reconcile skeleton shared by every kind: validate the spec, then write ``observedGeneration`` and the
-``Ready`` / ``InvalidSpec`` conditions, once, only when they change.
+``Ready`` / ``InvalidSpec`` conditions, once, only when they change; and classify what goes wrong on the way.
 
 A spec the operator cannot act on is reported (condition + Warning Event) and *not* retried: retrying cannot fix
 it, and the next edit of the spec triggers a new reconcile.
+
+Errors (:func:`classify`, :func:`classified`), never a tight loop:
+
+- a child's name taken by an object Kaizen does not own, or a child forbidden (RBAC, a ResourceQuota): a condition
+  naming the object and what to do, and a slow retry (:data:`SLOW_RETRY_SECONDS`): a person can fix it;
+- a child the API server refuses as invalid (422, 400): a condition with the API server's message, and no retry on
+  the same spec (the RetrainJob fails; a loop's or Rollout's spec is marked invalid until it changes);
+- the API server unreachable, overloaded or timing out: ``kopf.TemporaryError`` with a growing delay;
+- anything else is a bug: logged once per object with its traceback, then retried slowly.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import BaseModel
 
 from kaizen.api import ResourceKind
-from kaizen.logic.conditions import remove_condition, set_condition
+from kaizen.k8s.errors import ApiError, NotOwned
+from kaizen.logic.conditions import find_condition, remove_condition, set_condition
 from kaizen.logic.validation import InvalidSpec, parse_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: The next try after a failure a person must fix: a name taken, a quota, RBAC.
+SLOW_RETRY_SECONDS = 60.0
+#: The next try after a bug: rarely enough to cost nothing, soon enough to pick up a fixed operator's peers' work.
+BUG_RETRY_SECONDS = 300.0
+#: Reason of the InvalidSpec condition when the API server refused a child built from the spec.
+CHILD_REJECTED = "ChildRejected"
+_reported: set[tuple[str, str]] = set()
 
 
 def register(resource: ResourceKind) -> None:
@@ -78,3 +100,120 @@ def stored_form(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong with a child, as users see it: ``reason`` for the condition and the Event, ``message`` says
+    what and what to do; ``final`` when sending the same again cannot succeed."""
+
+    reason: str
+    message: str
+    final: bool
+
+
+def classify(error: Exception, what: str) -> Failure | None:
+    """A child's failure as a condition to show, or None when it is transient (retry with backoff).
+
+    ``what`` names the child (``Job ns/name``); anything but a Kaizen API error is re-raised: it is a bug.
+    """
+    if isinstance(error, NotOwned):
+        return Failure("NameConflict", str(error), final=False)
+    if not isinstance(error, ApiError):
+        raise error
+    if error.invalid:
+        return Failure(CHILD_REJECTED, f"The API server refused {what}: {error.message}", final=True)
+    if error.forbidden:
+        return Failure("ChildForbidden", f"The API server forbade {what}: {error.message}; a ResourceQuota, "
+                       "LimitRange or RBAC rule refuses it, which an administrator can change (retried every "
+                       f"{SLOW_RETRY_SECONDS:g}s)", final=False)
+    if error.conflict:  # a write raced another writer: the next look reads the new state
+        return None
+    if error.transient or error.not_found:
+        return None
+    return Failure("ChildRejected", f"The API server refused {what}: {error}", final=True)
+
+
+def backoff(retry: int) -> float:
+    """1, 2, 4 … 60 seconds: the delay before the next try while the API server is unavailable."""
+    return float(min(2 ** min(retry, 6), SLOW_RETRY_SECONDS))
+
+
+def classified(handler: F) -> F:
+    """Wrap a kopf handler: an unavailable API server becomes ``TemporaryError`` with backoff, a bug is logged once
+    per object (with its traceback) and retried slowly; neither loops tightly nor floods the log."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except (kopf.TemporaryError, kopf.PermanentError):
+            raise
+        except ApiError as error:
+            if error.transient or error.conflict:
+                delay = backoff(kwargs.get("retry") or 0)
+                raise kopf.TemporaryError(f"The API server did not answer ({error}); retrying in {delay:g}s",
+                                          delay=delay) from error
+            report_bug(error, kwargs)
+        except Exception as error:  # noqa: BLE001  (a bug: reported once, never retried in a tight loop)
+            report_bug(error, kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def report_bug(error: Exception, kwargs: dict[str, Any]) -> None:
+    meta, logger = kwargs.get("meta") or {}, kwargs["logger"]
+    key = (str(meta.get("uid")), f"{type(error).__name__}: {error}")
+    if key not in _reported:
+        _reported.add(key)
+        logger.exception(f"Failed with an unexpected error namespace={meta.get('namespace')} name={meta.get('name')} "
+                         f"error={type(error).__name__}; retrying every {BUG_RETRY_SECONDS:g}s, reported once")
+    raise kopf.TemporaryError(f"{type(error).__name__}: {error} (reported above)", delay=BUG_RETRY_SECONDS) from error
+
+
+def rejected_for(status: dict[str, Any], generation: int | None) -> bool:
+    """Whether a child built from this generation of the spec was refused by the API server: nothing to retry."""
+    invalid = find_condition(list(status.get("conditions") or []), "InvalidSpec")
+    return bool(invalid and invalid.get("status") == "True" and invalid.get("reason") == CHILD_REJECTED
+                and invalid.get("observedGeneration") == generation)
+
+
+def reject(body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, failure: Failure,
+           now: datetime, generation: int | None) -> None:
+    """Mark this generation of the spec invalid: the API server refused a child built from it."""
+    conditions = list(patch.status.get("conditions") or status.get("conditions") or [])
+    conditions = set_condition(conditions, type="InvalidSpec", status="True", reason=CHILD_REJECTED,
+                               message=failure.message, now=now, generation=generation)
+    conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
+                               message="The spec cannot be acted on; see the InvalidSpec condition.", now=now,
+                               generation=generation)
+    write_status(status, patch, {"conditions": conditions})
+    logger.warning(f"Rejected child: {failure.message}")
+    kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
+
+
+#: Progressing reasons of :func:`blocked`: a look that gets through clears them.
+BLOCKED = ("NameConflict", "ChildForbidden")
+
+
+def unblocked(status: dict[str, Any]) -> dict[str, Any]:
+    """The status fields that clear a :func:`blocked` condition, once the object is no longer blocked."""
+    conditions = list(status.get("conditions") or [])
+    progressing = find_condition(conditions, "Progressing")
+    if progressing is None or progressing.get("reason") not in BLOCKED:
+        return {}
+    return {"conditions": remove_condition(conditions, "Progressing")}
+
+
+def blocked(body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, failure: Failure,
+            now: datetime, generation: int | None) -> None:
+    """Say in ``Progressing`` why the object is stuck (once in a Warning Event), and retry slowly."""
+    conditions = list(patch.status.get("conditions") or status.get("conditions") or [])
+    before = find_condition(conditions, "Progressing")
+    conditions = set_condition(conditions, type="Progressing", status="False", reason=failure.reason,
+                               message=failure.message, now=now, generation=generation)
+    write_status(status, patch, {"conditions": conditions})
+    if before is None or before.get("message") != failure.message:
+        logger.warning(f"Blocked reason={failure.reason}: {failure.message}")
+        kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
+    raise kopf.TemporaryError(failure.message, delay=SLOW_RETRY_SECONDS)

@@ -19,8 +19,9 @@ import kopf
 
 from kaizen.api import RETRAIN_JOB
 from kaizen.api.retrainjob import RetrainJobSpec, RetrainJobStatus
-from kaizen.controllers.reconcile import accept, write_status
+from kaizen.controllers.reconcile import accept, blocked, classified, classify, write_status
 from kaizen.k8s import jobs
+from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic import retrain
 from kaizen.logic.conditions import set_condition
 from kaizen.logic.validation import InvalidSpec, parse_spec
@@ -35,15 +36,20 @@ STATUS_FIELDS = {field.alias or name for name, field in RetrainJobStatus.model_f
 @kopf.on.resume(*TARGET)
 @kopf.on.create(*TARGET)
 @kopf.on.update(*TARGET, field="spec")
+@classified
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
           logger: kopf.Logger, **_: Any) -> None:
     parsed = accept(RETRAIN_JOB, body, dict(spec), dict(status), meta.get("generation"), patch, logger)
     if isinstance(parsed, RetrainJobSpec):
-        reconcile(parsed, body, dict(status), meta, patch, logger)
+        try:
+            reconcile(parsed, body, dict(status), meta, patch, logger)
+        except kopf.TemporaryError:
+            pass  # blocked, and said so in status: the timer tries again, slowly
 
 
 @kopf.timer(*TARGET, interval=FOLLOW_SECONDS, initial_delay=FOLLOW_SECONDS,
             when=lambda status, **_: status.get("phase") not in FINISHED)
+@classified
 def follow(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
            logger: kopf.Logger, **_: Any) -> None:
     try:
@@ -67,13 +73,22 @@ def reconcile(spec: RetrainJobSpec, body: kopf.Body, status: dict[str, Any], met
     job = jobs.read_job(namespace, child)
     if job is None:
         try:
+            what = f"ConfigMap {namespace}/{child}"
             jobs.create_or_adopt(planned.config_map, uid)
+            what = f"Job {namespace}/{child}"
             job = jobs.create_or_adopt(planned.job, uid)
-        except jobs.NotOwned as error:
-            conditions = set_condition(conditions, type="Progressing", status="False", reason="NameConflict",
-                                       message=str(error), now=now, generation=generation)
-            kopf.warn(body, reason="NameConflict", message=str(error))
-            write_status(status, patch, {"phase": "Failed", "message": str(error), "conditions": conditions})
+        except (NotOwned, ApiError) as error:
+            failure = classify(error, what)
+            if failure is None:
+                raise
+            if not failure.final:
+                blocked(body, status, patch, logger, failure, now, generation)
+            # The same spec would be refused again, and a RetrainJob is one run: it has failed, and says why.
+            conditions = set_condition(conditions, type="Progressing", status="False", reason=failure.reason,
+                                       message=failure.message, now=now, generation=generation)
+            logger.warning(f"Failed retrain reason={failure.reason}: {failure.message}")
+            kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
+            write_status(status, patch, {"phase": "Failed", "message": failure.message, "conditions": conditions})
             return
         logger.info(f"Created training Job job={child} image={spec.image} gpus={spec.resources.gpus}")
         kopf.info(body, reason="JobCreated", message=f"Created training Job {child}.")

@@ -15,18 +15,22 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import ROLLOUT
-from kaizen.api.actions import ACTION, ACTION_AT, ACTION_BY, REQUEST_KEYS, parse_time
+from kaizen.api.actions import ACTION, REQUEST_KEYS, parse_time
 from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
-from kaizen.controllers.reconcile import register, write_status
+from kaizen.controllers.reconcile import (
+    Failure, blocked, classified, classify, register, reject, rejected_for, write_status,
+)
 from kaizen.k8s import deployments, resources, rollouts
+from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.conditions import set_condition
 from kaizen.logic.promql import fill
+from kaizen.logic.requests import consumable, pending
 from kaizen.logic.rollout import (
-    TERMINAL, Action, Look, MetricSample, Observation, analysis_window, judge_look, look_due, next_action,
+    TERMINAL, Action, Contender, Decision, Look, MetricSample, Observation, analysis_window, judge_look, look_due,
+    next_action, target_holder, wait_for_target,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
 from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
@@ -41,6 +45,7 @@ _SPEC_HANDLER_FIELDS = {"observedGeneration", "conditions"}
 
 
 @kopf.timer(API_GROUP, API_VERSION, ROLLOUT.plural, interval=TICK_SECONDS)
+@classified
 def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
          **_: Any) -> None:
     namespace, name = meta["namespace"], meta["name"]
@@ -48,8 +53,8 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         return  # ended: nothing to do, and no need to read anything
     try:
         fresh = rollouts.read(namespace, name)
-    except ApiException as error:
-        if error.status == 404:
+    except ApiError as error:
+        if error.not_found:
             return
         raise
     try:
@@ -57,6 +62,10 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     except InvalidSpec:
         return  # the spec handler reports it; nothing can be rolled out on it
     stored = dict(fresh.get("status") or {})
+    if stored.get("observedGeneration") != fresh["metadata"].get("generation"):
+        return  # the spec handler has not judged this generation yet: writing conditions now would race its write
+    if rejected_for(stored, fresh["metadata"].get("generation")):
+        return  # the API server refused what this spec asks for; the InvalidSpec condition says so
     current = RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
     annotations = fresh["metadata"].get("annotations") or {}
     try:
@@ -64,7 +73,7 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     except ValueError as problem:
         kopf.warn(body, reason="InvalidAction", message=str(problem))
         action = None
-    if ACTION in annotations and action is None:
+    if consumable(annotations, action):
         # Handled on an earlier tick (status.lastAction records it) or unusable: consume it only now, so that a
         # crash between acting and writing the status can never lose a request.
         resources.remove_annotations(ROLLOUT.kind, namespace, name, REQUEST_KEYS)
@@ -72,6 +81,13 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         return
     now = datetime.now(timezone.utc)
     target = spec.target.deployment
+    generation = fresh["metadata"].get("generation")
+
+    # A Rollout that has not started asks who holds its target before anything else; one under way asks only when
+    # it is about to touch a Deployment (below), so that a Rollout at rest costs no list of Rollouts per look.
+    if current.phase is None and refused(spec, current, namespace, name, action, now, body, stored, patch, logger,
+                                         generation):
+        return
 
     stable = deployments.read(namespace, target)
     if stable is None:
@@ -83,6 +99,9 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         hold(stored, patch, body, str(problem))
         return
     canary = deployments.read(namespace, deployments.canary_name(target))
+    if canary is not None and not deployments.owned_by_rollout(canary):
+        conflict = NotOwned("Deployment", namespace, deployments.canary_name(target), "a Kaizen Rollout")
+        blocked(body, stored, patch, logger, Failure("NameConflict", str(conflict), final=False), now, generation)
     look = analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None
     serving = deployments.serves(stable, container=container, model_env=spec.target.model_env,
                                  uri=spec.canary_model.uri)
@@ -91,48 +110,94 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         stable_promoted=serving and deployments.rolled_out(stable), look=look, action=action,
     )
     decision = next_action(spec, current, observation, now)
+    resize = decision.canary_replicas is not None and (
+        canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
+    remove = decision.canary_replicas is None and canary is not None
+    if current.phase is not None and (resize or remove or (decision.promote and not serving)) and refused(
+            spec, current, namespace, name, action, now, body, stored, patch, logger, generation):
+        return
 
-    if decision.canary_replicas is None:
-        if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
-            logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
-    elif canary is None or canary["spec"].get("replicas") != decision.canary_replicas:
-        deployments.apply(deployments.canary_manifest(
-            stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
-            replicas=decision.canary_replicas))
-        logger.info(f"Scaled canary deployment={deployments.canary_name(target)} replicas={decision.canary_replicas}")
-    if decision.promote and not serving:
-        deployments.apply(deployments.model_patch(stable, container=container, model_env=spec.target.model_env,
-                                                  model=spec.canary_model))
-        logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
+    what = f"Deployment {namespace}/{deployments.canary_name(target)}"
+    try:
+        if decision.canary_replicas is None:
+            if canary is not None and deployments.delete(namespace, deployments.canary_name(target)):
+                logger.info(f"Removed canary deployment={deployments.canary_name(target)}")
+        elif resize:
+            deployments.apply(deployments.canary_manifest(
+                stable, fresh, container=container, model_env=spec.target.model_env, model=spec.canary_model,
+                replicas=decision.canary_replicas))
+            logger.info(f"Scaled canary deployment={deployments.canary_name(target)} "
+                        f"replicas={decision.canary_replicas}")
+        if decision.promote and not serving:
+            what = f"the promotion of Deployment {namespace}/{target}"
+            deployments.apply(deployments.model_patch(stable, container=container, model_env=spec.target.model_env,
+                                                      model=spec.canary_model))
+            logger.info(f"Promoted deployment={target} model={spec.canary_model.version}")
+    except ApiError as error:
+        failure = classify(error, what)
+        if failure is None:
+            raise
+        if not failure.final:
+            blocked(body, stored, patch, logger, failure, now, generation)
+        reject(body, stored, patch, logger, failure, now, generation)
+        return
 
+    conclude(body, stored, patch, logger, current, decision, now, generation)
+
+
+def conclude(body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
+             current: RolloutStatus, decision: Decision, now: datetime, generation: int | None) -> None:
+    """Write the decided status (once, only what changed) and post its Events."""
     new = decision.status.to_wire()
     fields: dict[str, Any] = {key: new.get(key) for key in STATUS_FIELDS - _SPEC_HANDLER_FIELDS}
-    fields["conditions"] = progressing(stored, decision.status, now, fresh["metadata"].get("generation"))
+    fields["conditions"] = progressing(stored, decision, now, generation)
     write_status(stored, patch, fields)
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
     if decision.status.phase != current.phase:
         logger.info(f"Rollout phase={decision.status.phase} step={decision.status.current_step} "
                     f"message={decision.status.message!r}")
+    elif not decision.owns_target and decision.events:
+        logger.info(f"Refused target={body['spec']['target']['deployment']} message={decision.status.message!r}")
+
+
+def refused(spec: RolloutSpec, current: RolloutStatus, namespace: str, name: str, action: Action | None,
+            now: datetime, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
+            generation: int | None) -> bool:
+    """Whether another Rollout holds the target; if so, say so (and handle the user's action) without touching it."""
+    holder = target_holder(name, contenders(namespace, spec.target.deployment))
+    if holder is None:
+        return False
+    conclude(body, stored, patch, logger, current, wait_for_target(spec, current, holder, namespace, action, now),
+             now, generation)
+    return True
+
+
+def contenders(namespace: str, target: str) -> list[Contender]:
+    """The Rollouts of ``target`` that may hold it: not ended, not being deleted, with a spec that can be acted on.
+
+    Read fresh from the API server (not a cache), so that two Rollouts looked at one after the other rank the same
+    list."""
+    found = []
+    for obj in rollouts.list_in(namespace):
+        meta, status = obj["metadata"], obj.get("status") or {}
+        if (obj.get("spec") or {}).get("target", {}).get("deployment") != target or meta.get("deletionTimestamp") \
+                or status.get("phase") in TERMINAL:
+            continue
+        try:
+            parse_spec(ROLLOUT, obj.get("spec") or {})
+        except InvalidSpec:
+            continue  # it will never act; it must not keep its target from others
+        found.append(Contender(name=meta["name"], created=parse_time(meta["creationTimestamp"]),
+                               phase=status.get("phase")))
+    return found
 
 
 def parse_action(annotations: dict[str, str], status: RolloutStatus) -> Action | None:
     """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
-    kind = annotations.get(ACTION)
-    if kind is None:
-        return None
-    at = parse_time(annotations.get(ACTION_AT))
-    if kind not in ("promote", "abort", "approve"):
-        raise ValueError(f"annotation {ACTION}={kind!r} is not an action on a Rollout: use promote, abort or "
-                         "approve (kaizen promote|abort|approve ROLLOUT)")
-    if at is None:
-        raise ValueError(f"annotation {ACTION_AT}={annotations.get(ACTION_AT)!r} is not an RFC 3339 time; "
-                         "the request was dropped: ask again with the kaizen CLI")
-    action = Action(kind, annotations.get(ACTION_BY) or "unknown", at)  # type: ignore[arg-type]
-    done = status.last_action
-    if done is not None and (done.action, done.by, done.at) == (action.action, action.by, action.at):
-        return None
-    return action
+    request = pending(annotations, ("promote", "abort", "approve"), status.last_action,
+                      "a Rollout: use promote, abort or approve (kaizen promote|abort|approve ROLLOUT)")
+    return None if request is None else Action(request.action, request.by, request.at)  # type: ignore[arg-type]
 
 
 def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datetime,
@@ -142,7 +207,7 @@ def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datet
     samples: dict[str, tuple[MetricSample, MetricSample]] = {}
     try:
         client = prometheus_client(spec, namespace)
-    except (ApiException, KeyError) as error:
+    except (ApiError, KeyError) as error:
         problem = MetricSample(error=f"cannot read the Prometheus bearer token: {error}")
         samples = {m.name: (problem, problem) for m in spec.analysis.metrics}
     else:
@@ -178,12 +243,17 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
     return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
 
 
-def progressing(stored: dict[str, Any], status: RolloutStatus, now: datetime,
+def progressing(stored: dict[str, Any], decision: Decision, now: datetime,
                 generation: int | None) -> list[dict[str, Any]]:
-    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended."""
+    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended, and
+    False with reason ``TargetInUse`` while another Rollout holds the target."""
+    status = decision.status
     ended = status.phase in TERMINAL
+    reason = status.phase or "Progressing"
+    if not decision.owns_target and not ended:
+        reason = "TargetInUse"
     return set_condition(list(stored.get("conditions") or []), type="Progressing",
-                         status="False" if ended else "True", reason=status.phase or "Progressing",
+                         status="True" if decision.owns_target and not ended else "False", reason=reason,
                          message=status.message or "", now=now, generation=generation)
 
 

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kaizen.api.common import API_GROUP, ModelRef
 from kaizen.k8s.client import FIELD_MANAGER, api_client
+from kaizen.k8s.errors import typed
 
 TRACK_LABEL = f"{API_GROUP}/track"
 MODEL_VERSION_LABEL = f"{API_GROUP}/model-version"
@@ -120,10 +121,17 @@ def available(deployment: dict[str, Any] | None) -> int:
     return min(status.get("availableReplicas", 0), status.get("updatedReplicas", 0))
 
 
+def owned_by_rollout(deployment: dict[str, Any]) -> bool:
+    """Whether a Kaizen Rollout owns the Deployment: only such a canary may be resized, adopted or removed."""
+    return any(ref.get("kind") == "Rollout" and str(ref.get("apiVersion", "")).startswith(f"{API_GROUP}/")
+               for ref in deployment["metadata"].get("ownerReferences") or [])
+
+
 def _apps() -> kubernetes.client.AppsV1Api:
     return kubernetes.client.AppsV1Api(api_client())
 
 
+@typed
 def read(namespace: str, name: str) -> dict[str, Any] | None:
     """The Deployment as the API returns it (camelCase dict), or None if there is none."""
     try:
@@ -135,6 +143,7 @@ def read(namespace: str, name: str) -> dict[str, Any] | None:
     return api_client().sanitize_for_serialization(deployment)
 
 
+@typed
 def apply(manifest: dict[str, Any]) -> None:
     """Server-side apply with Kaizen's field manager; ``force`` because these fields are Kaizen's to own."""
     meta = manifest["metadata"]
@@ -144,6 +153,7 @@ def apply(manifest: dict[str, Any]) -> None:
     )
 
 
+@typed
 def delete(namespace: str, name: str) -> bool:
     """Delete the Deployment (its pods go with it); False if it was already gone."""
     try:

@@ -9,10 +9,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from kaizen.k8s.client import FIELD_MANAGER, api_client
-
-
-class NotOwned(RuntimeError):
-    """An object with the child's name exists and belongs to something else."""
+from kaizen.k8s.errors import NotOwned, typed
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -27,6 +24,7 @@ def _core() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(api_client())
 
 
+@typed
 def create_or_adopt(body: dict[str, Any], owner_uid: str) -> dict[str, Any]:
     """Create a ConfigMap or Job; when one of that name exists and the same owner made it (a retry, or a restart
     between create and status write), adopt it; otherwise refuse with :class:`NotOwned`."""
@@ -40,11 +38,12 @@ def create_or_adopt(body: dict[str, Any], owner_uid: str) -> dict[str, Any]:
             raise
     existing = _plain(read(name, namespace))
     if owner_uid not in {ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []}:
-        raise NotOwned(f"{body['kind']} {namespace}/{name} exists and is not owned by this RetrainJob; delete or "
-                       "rename it")
+        owner = body["metadata"]["ownerReferences"][0]
+        raise NotOwned(body["kind"], namespace, name, f"{owner['kind']} {owner['name']}")
     return existing
 
 
+@typed
 def read_job(namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return _plain(_batch().read_namespaced_job(name, namespace))
@@ -54,6 +53,7 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+@typed
 def list_pods(namespace: str, job: str) -> list[dict[str, Any]]:
     """The Job's pods, by the label the Job controller puts on them."""
     pods = _core().list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")

@@ -11,19 +11,17 @@ from kubernetes.client.exceptions import ApiException
 from kaizen.api import KINDS, ResourceKind
 from kaizen.api.common import API_GROUP, API_VERSION
 from kaizen.k8s.client import FIELD_MANAGER, api_client
+from kaizen.k8s.errors import NotOwned, typed
 
 BY_KIND: dict[str, ResourceKind] = {k.kind: k for k in KINDS}
 LOOP_LABEL = f"{API_GROUP}/loop"
-
-
-class ConflictError(RuntimeError):
-    """An object with the child's name exists and belongs to someone else."""
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(api_client())
 
 
+@typed
 def list_owned(kind: str, namespace: str, loop: str) -> list[dict[str, Any]]:
     """The objects of ``kind`` a loop created (found by label; owner references make them its children)."""
     listed = _custom().list_namespaced_custom_object(
@@ -32,9 +30,10 @@ def list_owned(kind: str, namespace: str, loop: str) -> list[dict[str, Any]]:
     return listed["items"]
 
 
+@typed
 def create_or_adopt(kind: str, namespace: str, body: dict[str, Any], owner_uid: str) -> dict[str, Any]:
     """Create the object; if one of that name exists and the same owner made it, adopt it (a retry or a restart
-    after a crash between create and status write), otherwise refuse."""
+    after a crash between create and status write), otherwise refuse with :class:`NotOwned`."""
     plural = BY_KIND[kind].plural
     try:
         return _custom().create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, body,
@@ -46,10 +45,12 @@ def create_or_adopt(kind: str, namespace: str, body: dict[str, Any], owner_uid: 
                                                       body["metadata"]["name"])
     owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
     if owner_uid not in owners:
-        raise ConflictError(f"{kind} {namespace}/{body['metadata']['name']} exists and is not owned by this loop")
+        owner = body["metadata"]["ownerReferences"][0]
+        raise NotOwned(kind, namespace, body["metadata"]["name"], f"{owner['kind']} {owner['name']}")
     return existing
 
 
+@typed
 def delete(kind: str, namespace: str, name: str) -> None:
     try:
         _custom().delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name,
@@ -59,10 +60,19 @@ def delete(kind: str, namespace: str, name: str) -> None:
             raise
 
 
+@typed
 def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
     return _custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name)
 
 
+@typed
+def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """A merge patch of the status subresource (a None value removes a field)."""
+    _custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name,
+                                                    {"status": status})
+
+
+@typed
 def set_annotations(kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
     """A merge patch of annotations only (None deletes one): user requests never touch a GitOps-managed spec."""
     patch = {"metadata": {"annotations": annotations}}
@@ -74,6 +84,7 @@ def remove_annotations(kind: str, namespace: str, name: str, keys: list[str]) ->
     set_annotations(kind, namespace, name, {key: None for key in keys})
 
 
+@typed
 def read_secret_key(namespace: str, name: str, key: str) -> str:
     secret = kubernetes.client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
     if key not in (secret.data or {}):

@@ -1,4 +1,4 @@
-"""Rollout objects through the API: read one fresh, and write its status subresource."""
+"""Rollout objects through the API: read one fresh, list a namespace's, and write the status subresource."""
 
 from __future__ import annotations
 
@@ -9,13 +9,23 @@ import kubernetes.client
 from kaizen.api import ROLLOUT
 from kaizen.api.common import API_GROUP, API_VERSION
 from kaizen.k8s.client import api_client
+from kaizen.k8s.errors import typed
 
 
+@typed
 def read(namespace: str, name: str) -> dict[str, Any]:
     return kubernetes.client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name)
 
 
+@typed
+def list_in(namespace: str) -> list[dict[str, Any]]:
+    """Every Rollout of the namespace, as the API server has them now."""
+    return kubernetes.client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural)["items"]
+
+
+@typed
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """A merge patch of the status subresource (``None`` values remove a field)."""
     kubernetes.client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(

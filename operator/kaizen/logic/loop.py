@@ -1,8 +1,10 @@
 """The ImprovementLoop's decision engine: from what was observed to one action, with its reason and evidence.
 
-Pure: the controller gathers the world into :class:`Observed` (signal readings, children, feedback, a user's
-request), and these functions return the new signal states, what the children's outcomes mean for the loop, and a
-:class:`Plan` — one action, why, on what numbers, and the child to create if any. The controller carries it out.
+Pure: the controller gathers the world into :class:`Gathered` (signal readings, children, feedback, a user's
+request), and :func:`look` returns :class:`Effects` — every effect of one look: the status to write, the child to
+create and the ones to delete, the Events, the decision for the audit log, whether the user's request is answered,
+and when to look next. The controller applies them and nothing else. Inside, :func:`decide` picks the one action
+(a :class:`Plan`: why, on what numbers, the child to create if any).
 
 The order of :func:`decide` is the policy, most important first: paused, a child still running, degraded, a
 candidate that passed its gates (roll it out), the signals (healthy, unknown, breached), a breach right after a
@@ -20,7 +22,8 @@ from typing import Any, Literal
 
 from kaizen.api.common import ModelRef, parse_duration
 from kaizen.api.improvementloop import (
-    Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, Policy, ServedModel, Signal, SignalStatus,
+    Budget, Candidate, Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, Policy, RequestRecord,
+    ServedModel, Signal, SignalStatus,
 )
 
 Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
@@ -57,6 +60,8 @@ class Child:
     summary: str | None = None
     message: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The evidence of the decision that created the child, from its immutable spec.reason.
+    reason_evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -75,6 +80,16 @@ class Child:
     @property
     def ref(self) -> str:
         return f"{self.kind}/{self.name}"
+
+    @property
+    def action(self) -> Action:
+        """The decision that creates a child of this kind and role."""
+        return "Retrain" if self.kind == "RetrainJob" else "Rollback" if self.rollback else "RollOut"
+
+    def answers(self, request: Request) -> bool:
+        """Whether this child was created on ``request`` (its spec.reason records who asked, and when)."""
+        by, at = (("requestedBy", "requestedAt") if request.action == "retrain" else ("approvedBy", "approvedAt"))
+        return self.reason_evidence.get(by) == request.by and self.reason_evidence.get(at) == _time(request.at)
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,23 @@ class Plan:
     evidence: dict[str, Any] = field(default_factory=dict)
     create: ChildPlan | None = None
     consumes_request: bool = False
+
+
+#: Waits that pass by themselves: a user's request waits through them instead of being answered.
+TRANSIENT_WAITS = frozenset({"NoData", "CollectorUnavailable"})
+
+
+def answer(plan: Plan, request: Request, children: tuple[Child, ...]) -> str | None:
+    """What the loop did about a user's request, for status.lastAction; None while it must wait (a transient wait:
+    the request is kept, not answered)."""
+    done = next((c for c in children if c.answers(request)), None)
+    if done is not None:  # acted on before a restart that kept the status from recording it
+        return f"{request.action}: created {done.ref}"
+    if plan.action == "Wait" and plan.code in TRANSIENT_WAITS:
+        return None
+    if plan.consumes_request:
+        return f"{request.action}: created {plan.create.kind}/{plan.create.name}" if plan.create else request.action
+    return f"not needed: {plan.reason}"[:1024]
 
 
 # ----------------------------------------------------------------------------------------------------- signals
@@ -203,7 +235,7 @@ def fold_outcomes(
     previous = status.previous_model
     by_ref = {c.ref: c for c in children}
     decisions = []
-    for decision in status.decisions:
+    for decision in [*lost_decisions(status.decisions, children), *status.decisions]:
         child = by_ref.get(decision.child or "")
         if child is not None and decision.outcome is None and not child.running:
             decision = decision.model_copy(update={"outcome": describe_outcome(child)})
@@ -226,6 +258,22 @@ def fold_outcomes(
         elif child.passed or child.phase == "Promoted":
             failures = 0
     return Outcomes(model, previous, decisions, failures, promoted)
+
+
+def lost_decisions(decisions: list[Decision], children: tuple[Child, ...]) -> list[Decision]:
+    """Decisions that created a child but never reached the status (the operator stopped between creating the child
+    and writing the status), rebuilt from the child's immutable spec.reason, newest first.
+
+    A decision's sequence number is one more than the newest logged, so a child whose decision numbers beyond the
+    log's newest was created by a decision the log lost; older children were logged (or pruned from the bounded log
+    on purpose) and are left alone.
+    """
+    newest = _sequence(decisions[0]) if decisions else 0
+    lost = [c for c in children if c.decision_id and c.summary is not None
+            and _sequence_of(c.decision_id) > newest]
+    return [Decision(id=c.decision_id, time=c.created, action=c.action, reason=c.summary,
+                     evidence=c.reason_evidence, child=c.ref)
+            for c in sorted(lost, key=lambda c: _sequence_of(c.decision_id or ""), reverse=True)]
 
 
 def describe_outcome(child: Child) -> str:
@@ -343,18 +391,24 @@ def _rollback(spec, observed, model, previous_model, onset, evidence, *, loop, u
                 ChildPlan("Rollout", child_name(loop, "rollback", uid, model.version), rollout))
 
 
+def weekly_use(children: tuple[Child, ...], now: datetime) -> tuple[int, float]:
+    """The retrains started in the last seven days and the GPU hours they used: what the weekly limits count, and
+    what status.budget shows."""
+    recent = [c for c in children if c.kind == "RetrainJob" and now - c.created < WEEK]
+    return len(recent), sum(c.gpu_seconds for c in recent) / 3600
+
+
 def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, generation) -> Plan:
     policy = spec.policy
     request = observed.request
     manual = request is not None and request.action == "retrain"
     jobs = sorted((c for c in observed.children if c.kind == "RetrainJob"), key=lambda c: c.created)
-    recent = [j for j in jobs if now - j.created < WEEK]
-    gpu_hours = sum(j.gpu_seconds for j in recent) / 3600
-    evidence = {**evidence, "retrainsThisWeek": len(recent), "gpuHoursThisWeek": round(gpu_hours, 3)}
+    recent, gpu_hours = weekly_use(observed.children, now)
+    evidence = {**evidence, "retrainsThisWeek": recent, "gpuHoursThisWeek": round(gpu_hours, 3)}
     if breaches:
         evidence["breached"] = [s.name for s in breaches]
     if manual:
-        evidence["requestedBy"] = request.by
+        evidence["requestedBy"], evidence["requestedAt"] = request.by, _time(request.at)
 
     def wait(code: str, reason: str) -> Plan:
         return Plan("Wait", code, reason, "CoolingDown", evidence)
@@ -363,8 +417,8 @@ def _retrain(spec, observed, model, breaches, evidence, now, *, loop, uid, gener
         ready = jobs[-1].created + parse_duration(policy.cooldown)
         return wait("Cooldown", f"Cooling down: the last retrain ({jobs[-1].name}) started {_time(jobs[-1].created)}; "
                                 f"the next is possible after {_time(ready)} (cooldown {policy.cooldown}).")
-    if len(recent) >= policy.max_retrains_per_week:
-        return wait("WeeklyLimit", f"{len(recent)} retrains in the last 7 days reach the limit of "
+    if recent >= policy.max_retrains_per_week:
+        return wait("WeeklyLimit", f"{recent} retrains in the last 7 days reach the limit of "
                                    f"{policy.max_retrains_per_week} per week.")
     if gpu_hours >= policy.gpu_hours_per_week:
         return wait("GPUBudget", f"{gpu_hours:.2f} GPU hours used in the last 7 days reach the budget of "
@@ -486,7 +540,11 @@ def decision_id(loop: str, now: datetime, sequence: int) -> str:
 
 
 def _sequence(decision: Decision | None) -> int:
-    suffix = decision.id.rsplit("-", 1)[-1] if decision else "0"
+    return _sequence_of(decision.id) if decision else 0
+
+
+def _sequence_of(decision_id: str) -> int:
+    suffix = decision_id.rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else 0
 
 
@@ -518,3 +576,104 @@ def _time(when: datetime) -> str:
 def _ago(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     return f"{seconds // 3600}h{seconds % 3600 // 60}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60}s"
+
+
+# -------------------------------------------------------------------------------------------------------- look
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the controller read for one look: signal readings, children, feedback, and the user's annotations."""
+
+    readings: dict[str, Reading]
+    children: tuple[Child, ...] = ()
+    feedback: Feedback | None = None
+    request: Request | None = None
+    paused: bool = False
+    failures_acknowledged: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Every effect of one look, applied by the controller in this order: create ``create`` (named by ``decision``,
+    whose id and evidence go into its spec.reason), delete ``delete``, post ``events``, send ``decision`` to the
+    audit log, write ``status`` once, and look again at ``next_look``. ``plan`` says why, for the log."""
+
+    plan: Plan
+    status: ImprovementLoopStatus
+    next_look: datetime
+    decision: Decision | None = None
+    create: ChildPlan | None = None
+    delete: tuple[Child, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+def next_look(spec: ImprovementLoopSpec, status: ImprovementLoopStatus) -> datetime | None:
+    """When the loop is next due: one ``spec.interval`` after its last look; None if it never looked."""
+    return status.last_observed + parse_duration(spec.interval) if status.last_observed else None
+
+
+def candidate(children: tuple[Child, ...], model: ModelRef | None) -> Candidate | None:
+    """The newest candidate not yet served: in training, or on its way out."""
+    for child in sorted(children, key=lambda c: c.created, reverse=True):
+        if child.kind == "RetrainJob" and child.running:
+            return None
+        if child.kind == "RetrainJob" and child.passed and child.candidate and (
+            model is None or child.candidate.version != model.version
+        ):
+            rollout = next((c.name for c in children if c.kind == "Rollout" and c.retrain_job == child.name), None)
+            return Candidate(version=child.candidate.version, uri=child.candidate.uri, retrain_job=child.name,
+                             rollout=rollout)
+    return None
+
+
+def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Outcomes, gathered: Gathered,
+         now: datetime, *, loop: str, uid: str, generation: int) -> Effects:
+    """One look at the loop: what it observed becomes a decision, and every effect of it.
+
+    ``outcomes`` is :func:`fold_outcomes` of the same children (the controller needs the served version to read the
+    signals). The status is rebuilt whole; the controller writes only what differs from what is stored.
+    """
+    children = gathered.children
+    observed = Observed(
+        signals=observe_signals(spec.signals, gathered.readings, current.signals, now), children=children,
+        feedback=gathered.feedback, request=gathered.request, paused=gathered.paused,
+        failures_acknowledged=gathered.failures_acknowledged,
+    )
+    plan = decide(spec, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
+                  loop=loop, uid=uid, generation=generation)
+    decisions = record(outcomes.decisions, plan, now, loop=loop)
+    events: list[Event] = []
+    decision = decisions[0] if decisions is not outcomes.decisions else None
+    if decision is not None:
+        events.append(Event("Warning" if plan.action == "Degraded" else "Normal", plan.action,
+                            f"{plan.reason} [decision {decision.id}]"[:1024]))
+    if outcomes.promoted is not None and outcomes.model is not None:
+        events.append(Event("Normal", "Promoted", f"{outcomes.model.version} is now served (Rollout "
+                                                  f"{outcomes.promoted.name})."))
+    last_action = current.last_action
+    request = gathered.request
+    outcome = answer(plan, request, children) if request is not None else None
+    if request is not None and outcome is not None:
+        last_action = RequestRecord(action=request.action, by=request.by, at=request.at, outcome=outcome)
+        if outcome.startswith("not needed"):
+            events.append(Event("Normal", "RequestIgnored",
+                                f"{request.action} by {request.by} was not needed: {plan.reason}"[:1024]))
+    retrains, gpu_hours = weekly_use(children, now)
+    status = current.model_copy(update=dict(
+        phase=plan.phase, model=outcomes.model, previous_model=outcomes.previous_model,
+        candidate=candidate(children, outcomes.model), signals=list(observed.signals),
+        budget=Budget(retrains=retrains, gpu_hours=round(gpu_hours, 3)), last_observed=now,
+        consecutive_failures=outcomes.consecutive_failures,
+        decisions=decisions, last_action=last_action,
+    ))
+    return Effects(plan=plan, status=status, next_look=now + parse_duration(spec.interval), decision=decision,
+                   create=plan.create if decision is not None else None,
+                   delete=tuple(beyond_history_limits(children, spec.policy, now)), events=tuple(events))

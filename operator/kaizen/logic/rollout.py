@@ -26,6 +26,7 @@ stops a canary that passed at 10 % and then degraded during a later pause. Once 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -91,12 +92,71 @@ class Event:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do: the new status, the canary size (None: remove the canary), whether to promote, Events."""
+    """What to do: the new status, the canary size (None: remove the canary), whether to promote, Events.
+
+    ``owns_target`` is False for a Rollout refused its target (:func:`wait_for_target`): it touches no Deployment.
+    """
 
     status: RolloutStatus
     canary_replicas: int | None
     promote: bool
     events: tuple[Event, ...] = field(default_factory=tuple)
+    owns_target: bool = True
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A Rollout of a target Deployment that has not ended (nor been deleted), and whose spec can be acted on."""
+
+    name: str
+    created: datetime
+    phase: str | None = None
+
+
+def target_holder(name: str, contenders: Sequence[Contender]) -> Contender | None:
+    """The Rollout that holds the target Deployment, when it is another than ``name``; None when ``name`` holds it.
+
+    One Rollout at a time owns its target (as in Argo Rollouts): two would overwrite each other's canary and
+    promote in turn. The holder is computed, not stored: from the Rollouts of the target that have not ended, one
+    that has started (it has a phase) comes before one that has not, so a newcomer never stops a rollout half-way;
+    then the oldest, by creation time and then name. Every reader ranks the same list the same way, so an operator
+    restart changes nothing, and two Rollouts looked at at once agree on who waits. A holder that ends or is
+    deleted leaves the list, and the next in rank goes ahead.
+    """
+    ranked = sorted(contenders, key=lambda c: (c.phase is None, c.created, c.name))
+    if not ranked or ranked[0].name == name:
+        return None
+    return ranked[0]
+
+
+def wait_for_target(spec: RolloutSpec, status: RolloutStatus, holder: Contender, namespace: str,
+                    action: Action | None, now: datetime) -> Decision:
+    """A Rollout refused its target: it says which Rollout holds it and what to do, and touches nothing.
+
+    The Warning Event is posted when the holder changes, not on every look. ``abort`` ends the waiting Rollout (it
+    never started); ``promote`` and ``approve`` have nothing to act on yet and are recorded as ignored.
+    """
+    s = status.model_copy(deep=True)
+    events: list[Event] = []
+    target = f"{namespace}/{spec.target.deployment}"
+    message = (f"Deployment {target} is held by Rollout {holder.name}, which has not ended; this Rollout waits and "
+               f"touches nothing until it does. To go ahead sooner: `kaizen abort {holder.name}` or delete it; or "
+               f"delete this Rollout.")
+    if s.message != message:
+        events.append(Event("Warning", "TargetInUse", message))
+    s.message = message
+    if action is not None:
+        if action.action == "abort":
+            outcome = "aborted: it never started, nothing was touched"
+            s.phase = "Aborted"
+            s.message = (f"Aborted by {action.by} at {action.at.isoformat()} before it started (Rollout "
+                         f"{holder.name} held {target}); stable untouched.")
+            events.append(Event("Normal", "Aborted", s.message))
+        else:
+            outcome = f"ignored: Rollout {holder.name} holds the target"
+        s.last_action = ActionRecord(action=action.action, by=action.by, at=action.at, outcome=outcome)
+        events.append(Event("Normal", "UserAction", f"{action.action} by {action.by}: {outcome}."))
+    return Decision(status=s, canary_replicas=None, promote=False, events=tuple(events), owns_target=False)
 
 
 def canary_replicas(stable_replicas: int, weight: int, max_replicas: int) -> int:
