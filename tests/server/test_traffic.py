@@ -17,7 +17,7 @@ from kaizen.dev import support_domain as sd
 from kaizen.dev.collector import LocalCollector
 from kaizen.dev.traffic import ALL, Tally, Traffic
 from kaizen.dev.users import Population
-from tests.server.conftest import NAME, ServerProcess
+from tests.server.conftest import NAME, ServerProcess, wait_ready
 
 
 def get(url: str, token: str) -> tuple[int, bytes]:
@@ -49,7 +49,7 @@ def test_users_judge_the_served_answers_and_their_feedback_lands_on_the_traces(t
     server = ServerProcess(tmp_path, model, KAIZEN_COLLECTOR_URL=collector.url,
                            KAIZEN_COLLECTOR_TOKEN_FILE=str(token), KAIZEN_MODEL_VERSION="v7", KAIZEN_TRACK="stable")
     try:
-        server.start().wait_ready()
+        wait_ready([server.start()])
         # The policy changed just before: returns are answered wrongly by this pre-drift model, most else rightly.
         users = Population(sd.Domain(sd.drift(policy_at=-1)), 40, seed=9, no_consent=0.3, opt_out=0.15,
                            opt_out_between=(1.0, 2.0), feedback_wrong=0.7, feedback_right=0.3)
@@ -120,7 +120,7 @@ def test_the_classification_variant_judges_the_served_labels(tmp_path):
                              hyperparameters={**demo_data.BASELINE_HYPERPARAMETERS, "maxSteps": 80})
     server = ServerProcess(tmp_path, result["candidate"]["uri"], KAIZEN_MODEL_VERSION="c1")
     try:
-        server.start().wait_ready()
+        wait_ready([server.start()])
         users = Population(sd.Domain(sd.drift(policy_at=-1)), 20, seed=4, task=task)
         traffic = Traffic(users, server.url, model=NAME, rate=50, count=30)
         final = traffic.start().wait(timeout=60)
