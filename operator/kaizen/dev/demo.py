@@ -283,7 +283,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
                                 cohorts={"free": 0.35, "pro": 0.25, "business": 0.4}, feedback_right=0.5,
                                 feedback_wrong=0.8, noise=0.05)
         traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
-                          model=LOOP, rate=16, duration=900, threads=4, window=20)
+                          model=LOOP, rate=20, duration=900, threads=4, window=20)
         stack.enter_context(traffic)
         say(f"300 simulated users send {traffic.rate:g} requests/s to Service {LOOP} ({proxy.url}), judge each "
             "answer against what they know is right, and rate some of them on the answer's trace")
@@ -327,7 +327,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
                 rollout = eventually(lambda: [r for r in children(cluster, "rollout")
                                               if r.get("status", {}).get("phase") in
                                               ("Promoted", "RolledBack", "Aborted")], "the Rollout to end",
-                                     timeout=360)[0]
+                                     timeout=420)[0]
             for record in rollout["status"].get("analysis", [])[:1]:
                 say(f"Analysis: {analysis_line(record)}")
             ended = rollout["status"]["phase"]
