@@ -452,3 +452,27 @@ def test_requests_are_read_the_same_way_for_every_kind():
     recorded = RequestRecord(action="retrain", by="alice", at=T0, outcome="retrain: created RetrainJob/x")
     assert pending(annotations, ("approve", "retrain"), recorded, "a loop") is None
     assert consumable(annotations, None) and not consumable({}, None)
+
+
+def test_the_next_look_is_due_at_the_next_thing_that_can_change():
+    from kaizen.logic.rollout import next_due
+
+    s = spec(STEPS)  # setWeight 10, analysis 30s, setWeight 50, pause 20s, setWeight 100; looks every 10s
+    assert next_due(s, RolloutStatus(), T0) == T0  # not started: now
+    _, weighted = started(s)
+    at_analysis = weighted.status  # step 1 (analysis 30s) since T0+1s, analysis started at T0+1s
+    assert at_analysis.current_step == 1
+    assert next_due(s, at_analysis, T0 + timedelta(seconds=2)) == T0 + timedelta(seconds=11)  # the first look
+    looked = at_analysis.model_copy(update={"analysis": [look("Inconclusive", step=1, at=T0 + timedelta(seconds=11))
+                                                         .record]})
+    assert next_due(s, looked, T0 + timedelta(seconds=12)) == T0 + timedelta(seconds=16)  # half an interval on
+    assert next_due(s, looked.model_copy(update={"phase": "RolledBack"}), T0) is None
+    # A setWeight step polls its canary; an untimed pause without metrics waits for a user's action alone.
+    assert next_due(s, RolloutStatus(phase="Progressing", current_step=0, step_started_at=T0), T0) == \
+        T0 + timedelta(seconds=1)
+    manual = spec([{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}], metrics=())
+    paused = RolloutStatus(phase="Paused", current_step=1, step_started_at=T0, awaiting_approval=True)
+    assert next_due(manual, paused, T0 + timedelta(hours=1)) is None
+    timed = spec([{"setWeight": 10}, {"pause": {"duration": "20s"}}, {"setWeight": 100}], metrics=())
+    assert next_due(timed, paused.model_copy(update={"phase": "Progressing"}), T0 + timedelta(seconds=5)) == \
+        T0 + timedelta(seconds=20)  # the pause's end

@@ -10,9 +10,8 @@ annotations are removed only once a status records it (:mod:`kaizen.logic.reques
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
@@ -22,7 +21,7 @@ from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, pars
 from kaizen.api.common import API_GROUP, API_VERSION, ModelRef
 from kaizen.api.improvementloop import Decision, ImprovementLoopSpec, ImprovementLoopStatus
 from kaizen.controllers.reconcile import (
-    blocked, classified, classify, register, reject, rejected_for, unblocked, write_status,
+    blocked, classified, classify, register, reject, rejected_for, schedule, unblocked, write_status,
 )
 from kaizen.k8s import resources
 from kaizen.k8s.errors import ApiError, NotOwned
@@ -40,71 +39,27 @@ STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.mo
 LOOK_FIELDS = STATUS_FIELDS - {"observedGeneration", "conditions"}
 #: How soon to look again when the cached object is older than the status this operator last wrote.
 STALE_RETRY_SECONDS = 0.2
-#: The daemons' wake-ups, by uid: a change to a loop (its spec, a user's request) is looked at at once.
-_wakeups: dict[str, asyncio.Event] = {}
-#: The lastObserved each loop's last status write carried, by uid (to notice a cached body older than it).
-_written: dict[str, str] = {}
+#: The lastObserved each loop's last look wrote, and when, by uid: a cached body older than it is not looked at
+#: (for a few seconds at most: a write that failed must not hold the loop).
+_written: dict[str, tuple[str, float]] = {}
+STALE_FOR_AT_MOST = 5.0
 
 
-@kopf.daemon(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural, cancellation_timeout=30)
-async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    """One task per loop, asleep until its next look is due (or the loop changes): no polling, no API call between
-    looks. The look itself runs in a thread (the Kubernetes, Prometheus and collector clients block)."""
-    uid = body["metadata"]["uid"]
-    wake = _wakeups[uid] = asyncio.Event()
-    retry = 0
-    try:
-        while not stopped:
-            wake.clear()
-            try:
-                delay = await asyncio.to_thread(look_now, copy.deepcopy(dict(body)), logger, retry)
-                retry = 0
-            except kopf.TemporaryError as error:
-                delay, retry = error.delay, retry + 1
-            sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
-            await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            for task in sleeping:
-                task.cancel()
-    finally:
-        if _wakeups.get(uid) is wake:
-            del _wakeups[uid]
-        _written.pop(uid, None)
-
-
-@kopf.on.event(API_GROUP, API_VERSION, IMPROVEMENT_LOOP.plural)
-async def changed(meta: kopf.Meta, **_: Any) -> None:
-    """Any change to a loop wakes its daemon; the look decides whether there is anything to do yet."""
-    wake = _wakeups.get(meta.get("uid") or "")
-    if wake is not None:
-        wake.set()
-
-
-def look_now(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> float | None:
-    """Look at the loop if it is due, write what changed in its status, and return the seconds until the next look
-    (None: until the loop changes). Errors are classified (:func:`kaizen.controllers.reconcile.classified`)."""
+def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry: int) -> datetime | None:
+    """The loop's look when it is due (:func:`kaizen.controllers.reconcile.schedule` calls it with the cached body)."""
     meta, status = obj["metadata"], obj.get("status") or {}
-    if _written.get(meta["uid"], "") > str(status.get("lastObserved") or ""):
-        return STALE_RETRY_SECONDS  # the watch has not delivered our own last write yet
-    patch = kopf.Patch()
+    written, at = _written.get(meta["uid"], ("", 0.0))
+    if written > str(status.get("lastObserved") or "") and time.monotonic() - at < STALE_FOR_AT_MOST:
+        return datetime.now(timezone.utc) + timedelta(seconds=STALE_RETRY_SECONDS)  # our last write is not seen yet
     try:
-        due = observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
-                                 logger=logger, retry=retry)
+        return observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
+                                  logger=logger, retry=retry)
     finally:
-        write(meta=meta, patch=patch, logger=logger, retry=retry)
-    if due is None:
-        return None
-    return max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+        if (patch.get("status") or {}).get("lastObserved"):
+            _written[meta["uid"]] = (patch["status"]["lastObserved"], time.monotonic())
 
 
-@classified
-def write(meta: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
-    """The look's status patch, in one merge patch of the status subresource; nothing when nothing changed."""
-    fields = dict(patch.get("status") or {})
-    if not fields:
-        return
-    resources.patch_status(IMPROVEMENT_LOOP.kind, meta["namespace"], meta["name"], fields)
-    if fields.get("lastObserved"):
-        _written[meta["uid"]] = fields["lastObserved"]
+schedule(IMPROVEMENT_LOOP, look_now)
 
 
 @classified

@@ -16,6 +16,8 @@ Errors (:func:`classify`, :func:`classified`), never a tight loop:
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import kopf
 from pydantic import BaseModel
 
 from kaizen.api import ResourceKind
+from kaizen.k8s import resources
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.conditions import find_condition, remove_condition, set_condition
 from kaizen.logic.validation import InvalidSpec, parse_spec
@@ -217,3 +220,60 @@ def blocked(body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, logger: 
         logger.warning(f"Blocked reason={failure.reason}: {failure.message}")
         kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
     raise kopf.TemporaryError(failure.message, delay=SLOW_RETRY_SECONDS)
+
+
+#: A look at one object: given a snapshot of it, do what is due, put the status to write into the patch, and return
+#: when it is next due (None: only when the object changes).
+Look = Callable[[dict[str, Any], kopf.Patch, kopf.Logger, int], "datetime | None"]
+
+
+def schedule(resource: ResourceKind, look: Look) -> None:
+    """Run ``look`` for every object of ``resource`` when it is due, instead of polling: one asyncio task per object
+    sleeps until the due time ``look`` returned, or until the object changes (any watch event wakes it). The look
+    runs in a thread (the Kubernetes, Prometheus and collector clients block), and its status patch is written in
+    one merge patch of the status subresource, skipped when empty; a TemporaryError's delay replaces the due time."""
+    target = ("kaizen.dev", "v1alpha1", resource.plural)
+    wakeups: dict[str, asyncio.Event] = {}
+
+    @kopf.daemon(*target, id=f"schedule_{resource.plural}", cancellation_timeout=30)
+    async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        uid = body["metadata"]["uid"]
+        wake = wakeups[uid] = asyncio.Event()
+        retry = 0
+        try:
+            while not stopped:
+                wake.clear()
+                try:
+                    due = await asyncio.to_thread(look_and_write, copy.deepcopy(dict(body)), logger, retry)
+                    delay = None if due is None else max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+                    retry = 0
+                except kopf.TemporaryError as error:
+                    delay, retry = error.delay, retry + 1
+                sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
+                await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                for task in sleeping:
+                    task.cancel()
+        finally:
+            if wakeups.get(uid) is wake:
+                del wakeups[uid]
+
+    @kopf.on.event(*target, id=f"wake_{resource.plural}")
+    async def changed(meta: kopf.Meta, **_: Any) -> None:
+        wake = wakeups.get(meta.get("uid") or "")
+        if wake is not None:
+            wake.set()
+
+    def look_and_write(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> datetime | None:
+        patch = kopf.Patch()
+        try:
+            return look(obj, patch, logger, retry)
+        finally:
+            write(resource=resource, meta=obj["metadata"], patch=patch, logger=logger, retry=retry)
+
+
+@classified
+def write(resource: ResourceKind, meta: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
+    """A look's status patch, in one merge patch of the status subresource; nothing when nothing changed."""
+    fields = dict(patch.get("status") or {})
+    if fields:
+        resources.patch_status(resource.kind, meta["namespace"], meta["name"], fields)

@@ -1,27 +1,32 @@
-"""Rollout controller: every tick, gather → decide (:func:`kaizen.logic.rollout.next_action`) → act → write status.
+"""Rollout controller: when a Rollout is due, gather → decide (:func:`kaizen.logic.rollout.next_action`) → act →
+write status, and say when it is next due (:func:`kaizen.logic.rollout.next_due`).
 
-Gathering reads the Rollout fresh (so a tick never decides on a status older than the last write), the stable and
+Gathering reads the Rollout fresh (so a look never decides on a status older than the last write), the stable and
 canary Deployments, the ``kaizen.dev/action`` request, and — when an analysis interval is due — both tracks'
 metrics from Prometheus. Acting applies the canary's size, promotes by server-side apply of the model variable
 alone, removes the canary once the rollout has ended, and posts the Events the step machine produced. All of it is
-declarative (sizes and values, never increments), so a restart or a retried tick repeats nothing.
+declarative (sizes and values, never increments), so a restart or a retried look repeats nothing. One Rollout at a
+time holds a target Deployment (:func:`kaizen.logic.rollout.target_holder`); the others wait and touch nothing.
 
-Spec validation (Ready / InvalidSpec) is the shared handler of :mod:`kaizen.controllers.reconcile`.
+Looks are scheduled by :func:`kaizen.controllers.reconcile.schedule`: at the next analysis look, a timed step's
+end, a poll while a Deployment is rolling out, or when the Rollout changes (a user's action); a Rollout paused for
+approval without metrics costs nothing until then. Spec validation (Ready / InvalidSpec) is the shared handler of
+:mod:`kaizen.controllers.reconcile`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
 
 from kaizen.api import ROLLOUT
 from kaizen.api.actions import ACTION, REQUEST_KEYS, parse_time
-from kaizen.api.common import API_GROUP, API_VERSION, parse_duration
+from kaizen.api.common import parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
 from kaizen.controllers.reconcile import (
-    Failure, blocked, classified, classify, register, reject, rejected_for, write_status,
+    Failure, blocked, classified, classify, register, reject, rejected_for, schedule, write_status,
 )
 from kaizen.k8s import deployments, resources, rollouts
 from kaizen.k8s.errors import ApiError, NotOwned
@@ -30,42 +35,49 @@ from kaizen.logic.promql import fill
 from kaizen.logic.requests import consumable, pending
 from kaizen.logic.rollout import (
     TERMINAL, Action, Contender, Decision, Look, MetricSample, Observation, analysis_window, judge_look, look_due,
-    next_action, target_holder, wait_for_target,
+    next_action, next_due, target_holder, wait_for_target,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
 from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
 
 register(ROLLOUT)
 
-#: How often each Rollout is looked at; analysis looks happen every spec.analysis.interval, steps end on time.
-TICK_SECONDS = 1.0
+#: How soon a Rollout that waits for something that is not a change of its own looks again: its target Deployment
+#: to appear, or another Rollout to release it.
+RECHECK = timedelta(seconds=5)
 STATUS_FIELDS = {field.alias or name for name, field in RolloutStatus.model_fields.items()}
 # Written by the spec handler (reconcile.accept), not by the step machine.
 _SPEC_HANDLER_FIELDS = {"observedGeneration", "conditions"}
 
 
-@kopf.timer(API_GROUP, API_VERSION, ROLLOUT.plural, interval=TICK_SECONDS)
+def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry: int) -> datetime | None:
+    """The Rollout's look (:func:`kaizen.controllers.reconcile.schedule` calls it when it is due, or changed)."""
+    return step(body=obj, meta=obj["metadata"], status=obj.get("status") or {}, patch=patch, logger=logger,
+                retry=retry)
+
+
 @classified
 def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
-         **_: Any) -> None:
+         **_: Any) -> datetime | None:
+    """One look; returns when the next is due (:func:`kaizen.logic.rollout.next_due`), None: only on a change."""
     namespace, name = meta["namespace"], meta["name"]
     if status.get("phase") in TERMINAL and ACTION not in (meta.get("annotations") or {}):
-        return  # ended: nothing to do, and no need to read anything
+        return None  # ended: nothing to do, and no need to read anything
     try:
         fresh = rollouts.read(namespace, name)
     except ApiError as error:
         if error.not_found:
-            return
+            return None
         raise
     try:
         spec: RolloutSpec = parse_spec(ROLLOUT, fresh.get("spec", {}))  # type: ignore[assignment]
     except InvalidSpec:
-        return  # the spec handler reports it; nothing can be rolled out on it
+        return None  # the spec handler reports it; nothing can be rolled out on it until the spec changes
     stored = dict(fresh.get("status") or {})
     if stored.get("observedGeneration") != fresh["metadata"].get("generation"):
-        return  # the spec handler has not judged this generation yet: writing conditions now would race its write
+        return None  # the spec handler has not judged this generation yet; its status write wakes us
     if rejected_for(stored, fresh["metadata"].get("generation")):
-        return  # the API server refused what this spec asks for; the InvalidSpec condition says so
+        return None  # the API server refused what this spec asks for; the InvalidSpec condition says so
     current = RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
     annotations = fresh["metadata"].get("annotations") or {}
     try:
@@ -78,7 +90,7 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         # crash between acting and writing the status can never lose a request.
         resources.remove_annotations(ROLLOUT.kind, namespace, name, REQUEST_KEYS)
     if current.phase in TERMINAL and action is None:
-        return
+        return None
     now = datetime.now(timezone.utc)
     target = spec.target.deployment
     generation = fresh["metadata"].get("generation")
@@ -87,17 +99,17 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     # it is about to touch a Deployment (below), so that a Rollout at rest costs no list of Rollouts per look.
     if current.phase is None and refused(spec, current, namespace, name, action, now, body, stored, patch, logger,
                                          generation):
-        return
+        return now + RECHECK  # the holder's end is not a change of this Rollout: look again
 
     stable = deployments.read(namespace, target)
     if stable is None:
         hold(stored, patch, body, f"The target Deployment {namespace}/{target} does not exist; waiting for it.")
-        return
+        return now + RECHECK
     try:
         container = deployments.container_name(stable, spec.target.container)
     except ValueError as problem:
         hold(stored, patch, body, str(problem))
-        return
+        return now + RECHECK
     canary = deployments.read(namespace, deployments.canary_name(target))
     if canary is not None and not deployments.owned_by_rollout(canary):
         conflict = NotOwned("Deployment", namespace, deployments.canary_name(target), "a Kaizen Rollout")
@@ -115,7 +127,7 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     remove = decision.canary_replicas is None and canary is not None
     if current.phase is not None and (resize or remove or (decision.promote and not serving)) and refused(
             spec, current, namespace, name, action, now, body, stored, patch, logger, generation):
-        return
+        return now + RECHECK
 
     what = f"Deployment {namespace}/{deployments.canary_name(target)}"
     try:
@@ -140,9 +152,10 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         if not failure.final:
             blocked(body, stored, patch, logger, failure, now, generation)
         reject(body, stored, patch, logger, failure, now, generation)
-        return
+        return None
 
     conclude(body, stored, patch, logger, current, decision, now, generation)
+    return next_due(spec, decision.status, now)
 
 
 def conclude(body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
@@ -263,3 +276,6 @@ def hold(stored: dict[str, Any], patch: kopf.Patch, body: kopf.Body, message: st
         kopf.warn(body, reason="TargetUnavailable", message=message)
     write_status(stored, patch, {"message": message})
 
+
+
+schedule(ROLLOUT, look_now)

@@ -481,3 +481,40 @@ def next_action(spec: RolloutSpec, status: RolloutStatus, observation: Observati
     promoting = s.phase not in TERMINAL and (s.current_step or 0) >= len(spec.steps)
     canary = None if s.phase in TERMINAL else s.canary_replicas or 0
     return Decision(status=s, canary_replicas=canary, promote=promoting, events=tuple(m.events))
+
+
+#: How soon a Rollout waiting on a Deployment looks again (its canary becoming available, a promotion rolling out):
+#: Deployments are not watched, so this is polled.
+DEPLOYMENT_POLL = timedelta(seconds=1)
+#: The longest a Rollout under way goes without a look when nothing else is due (a safety net, not a schedule).
+IDLE_LOOK = timedelta(seconds=30)
+
+
+def next_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> datetime | None:
+    """When the step machine next needs to look: the next analysis look, the end of a timed step, or a poll while it
+    waits on a Deployment. None once the rollout has ended, and for an untimed pause without metrics, which only a
+    user's action (a change to the Rollout, which wakes it) ends."""
+    if status.phase in TERMINAL:
+        return None
+    if status.phase is None:
+        return now
+    index = status.current_step or 0
+    if index >= len(spec.steps):
+        return now + DEPLOYMENT_POLL  # promoting: until the stable Deployment has rolled out
+    due: list[datetime] = []
+    step = spec.steps[index]
+    if step.set_weight is not None:
+        due.append(now + DEPLOYMENT_POLL)
+    duration = step.analysis.duration if step.analysis else step.pause.duration if step.pause else None
+    if duration is not None and status.step_started_at is not None:
+        due.append(status.step_started_at + parse_duration(duration))
+    if spec.analysis.metrics and status.analysis_started_at is not None:
+        interval = parse_duration(spec.analysis.interval)
+        first = status.analysis_started_at + interval
+        due.append(max(first, status.analysis[0].time + interval / 2) if status.analysis else first)
+    future = [t for t in due if t > now]
+    if future:
+        return min(future)
+    if step.pause is not None and step.pause.duration is None and not spec.analysis.metrics:
+        return None
+    return now + min(IDLE_LOOK, DEPLOYMENT_POLL * 5)
