@@ -150,7 +150,9 @@ def gate_line(gate: dict[str, Any]) -> str:
 def analysis_line(record: dict[str, Any]) -> str:
     def track(sample: dict[str, Any] | None) -> str:
         sample = sample or {}
-        return f"{sample.get('good', 0):.0f}/{sample.get('total', 0):.0f} = {sample.get('value') or 0:.3f}"
+        value = f"{sample.get('value') or 0:.3f}"
+        # A threshold metric has a value only; a ratio metric its counts too.
+        return f"{sample.get('good', 0):.0f}/{sample.get('total', 0):.0f} = {value}" if "total" in sample else value
 
     parts = [f"{m['name']} canary {track(m.get('canary'))} vs stable {track(m.get('stable'))}: {m['verdict']}"
              for m in record["metrics"]]
@@ -281,7 +283,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         # They rate often (the demo has minutes, not days, to gather feedback), wrong answers more often than right.
         population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7,
                                 cohorts={"free": 0.35, "pro": 0.25, "business": 0.4}, feedback_right=0.5,
-                                feedback_wrong=0.8, noise=0.05)
+                                feedback_wrong=0.8, noise=0.03)
         traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
                           model=LOOP, rate=20, duration=900, threads=4, window=20)
         stack.enter_context(traffic)
