@@ -1,9 +1,20 @@
-"""Kubernetes-style conditions, kept as a list keyed by ``type`` (metav1.Condition semantics)."""
+"""Kubernetes-style conditions, kept as a list keyed by ``type`` (metav1.Condition semantics), and the Events a
+decision asks the controller to post."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event a pure decision asks for; the controller posts it."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 def set_condition(

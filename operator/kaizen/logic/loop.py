@@ -25,6 +25,7 @@ from kaizen.api.improvementloop import (
     Budget, Candidate, Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, Policy, RequestRecord,
     ServedModel, Signal, SignalStatus,
 )
+from kaizen.logic.conditions import Event
 
 Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
 WEEK = timedelta(days=7)
@@ -579,13 +580,6 @@ def _ago(delta: timedelta) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------- look
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

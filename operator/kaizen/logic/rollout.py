@@ -36,6 +36,7 @@ from kaizen.api.rollout import (
     ActionRecord, Analysis, AnalysisMetric, AnalysisRecord, MetricEvidence, MetricResult, RolloutSpec, RolloutStatus,
     Step, TrackSample, UserAction,
 )
+from kaizen.logic.conditions import Event
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
@@ -81,13 +82,6 @@ class Observation:
     stable_promoted: bool = False
     look: Look | None = None
     action: Action | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
