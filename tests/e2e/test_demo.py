@@ -76,7 +76,8 @@ def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     calm = re.search(r"Signals: dissatisfaction=([0-9.]+) \(Healthy\)", output)
     assert calm and float(calm.group(1)) <= 0.15, output
     assert re.search(r"dissatisfaction=[0-9.]+ \(Breached\)", output), output
-    assert re.search(r'targets \{"categories": \[[^]]*"incorrect"[^]]*\][^}]*"scenarios": \["refund\.return"\]',
+    # The changed intent leads the targets (users also rate a few right answers down, so others may follow it).
+    assert re.search(r'targets \{"categories": \[[^]]*"incorrect"[^]]*\][^}]*"scenarios": \["refund\.return"[],]',
                      output), output
 
     # The trainer ran for real on the users' corrections: the candidate learnt the new policy, lost nothing else.
