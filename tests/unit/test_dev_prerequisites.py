@@ -97,15 +97,20 @@ def test_cluster_up_before_make_setup_prints_one_line_and_starts_nothing(empty_c
     assert not (tmp_path / "cluster").exists()
 
 
+
+def demo_on_a_given_cluster(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``kaizen dev demo --kubeconfig`` (a cluster that need not answer: the demo must stop before using it)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    return run_kaizen("dev", "demo", "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo"), env=env,
+                      cwd=tmp_path)
+
 def test_demo_without_prometheus_prints_one_line_before_starting_anything(empty_cache: Path, tmp_path: Path) -> None:
     # Everything else is there (kubectl serves the given cluster): the case of a machine without Debian's package.
     assets = tmp_path / "assets"
     executable(assets / "kubectl")
     env = {**clean_env(empty_cache), "KUBEBUILDER_ASSETS": str(assets)}
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-    result = run_kaizen("dev", "demo", "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo"), env=env,
-                        cwd=tmp_path)
+    result = demo_on_a_given_cluster(tmp_path, env)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
@@ -140,10 +145,7 @@ def test_a_prometheus_that_fails_to_start_in_the_demo_is_one_line(empty_cache: P
     broken.write_text("#!/bin/sh\necho 'err=\"error loading config\"' >&2\nexit 1\n")
     broken.chmod(0o755)
     env = {**clean_env(empty_cache), "KUBEBUILDER_ASSETS": str(assets), "KAIZEN_PROMETHEUS": str(broken)}
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-    result = run_kaizen("dev", "demo", "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo"), env=env,
-                        cwd=tmp_path)
+    result = demo_on_a_given_cluster(tmp_path, env)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
