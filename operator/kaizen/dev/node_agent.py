@@ -310,12 +310,7 @@ class NodeAgent:
                                    "ready": False, "restartCount": 0, "started": False,
                                    "state": {"terminated": terminated}}],
         }
-        try:
-            self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"],
-                                                  {"status": status}, _content_type="application/merge-patch+json")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        if not self.patch_status(pod, status):
             return  # deleted meanwhile: nobody is left to tell
         log.info(f"Container terminated pod={_key(pod)} exitCode={exit_code} reason={reason}")
 
