@@ -42,6 +42,39 @@ def tmux():
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
 
 
+ERROR_RATIO = ('sum(rate(http_requests_total{namespace="{{namespace}}",code=~"5.."}[10s])) / '
+               'sum(rate(http_requests_total{namespace="{{namespace}}"}[10s]))')
+
+
+def serve(operator, namespace: str, emit) -> None:
+    """The stable Deployment `bot`, and telemetry of a stable track failing 10 % of requests and a canary 1 %."""
+    labels = {"app": "bot"}
+    emit(namespace=namespace, pod="bot-stable", rate=200, error_rate=0.1,
+         labels={**labels, "kaizen.dev/track": "stable", "kaizen.dev/model-version": "v1"})
+    emit(namespace=namespace, pod="bot-canary", rate=100, error_rate=0.01,
+         labels={**labels, "kaizen.dev/track": "canary", "kaizen.dev/model-version": "v4"})
+    kubectl_apply(operator, namespace, stable_manifest())
+    operator.kubectl("rollout", "status", "deployment/bot", "-n", namespace, "--timeout=60s")
+
+
+def train(operator, namespace: str) -> None:
+    """Play the kubelet of the loop's training pod: it succeeds with a candidate that passes the gates."""
+    job = eventually(lambda: next((d["child"].split("/")[1] for d in get(
+        operator, "improvementloop", "bot", namespace).get("status", {}).get("decisions", [])
+        if d.get("child", "").startswith("RetrainJob/")), None))
+    training = wait_for(operator, "retrainjob", job, namespace, lambda o: o.get("status", {}).get("jobName"))
+    (pod,) = running_pods(operator, namespace, training["status"]["jobName"])
+    terminate(operator, pod, exit_code=0, reason="Completed", message=result(refund_candidate=0.95))
+
+
+def eventually(check, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+    return value
+
+
 def loop(prometheus_url: str) -> dict:
     return {
         "apiVersion": "kaizen.dev/v1alpha1", "kind": "ImprovementLoop", "metadata": {"name": "bot"},
@@ -50,7 +83,7 @@ def loop(prometheus_url: str) -> dict:
             "model": {"version": "v1", "uri": "s3://models/bot/v1"},
             "prometheus": {"url": prometheus_url},
             "interval": "1s",
-            "signals": [{"name": "error-rate", "query": "vector(0.2)", "max": 0.05, "for": "0s"}],
+            "signals": [{"name": "error-rate", "query": ERROR_RATIO, "max": 0.05, "for": "2s"}],
             "policy": {"cooldown": "0s"},
             "retrain": {"image": "kaizen.invalid/trainer:test", "outputURI": "s3://models/bot",
                         "resources": {"gpus": 1}},
@@ -65,13 +98,7 @@ def loop(prometheus_url: str) -> dict:
 
 def test_kaizen_get_watch_draws_the_live_tree_in_place_during_a_rollout(operator, namespace, prometheus, emit,
                                                                          tmux):
-    labels = {"app": "bot"}
-    emit(namespace=namespace, pod="bot-stable", rate=200, error_rate=0.01,
-         labels={**labels, "kaizen.dev/track": "stable", "kaizen.dev/model-version": "v1"})
-    emit(namespace=namespace, pod="bot-canary", rate=100, error_rate=0.01,
-         labels={**labels, "kaizen.dev/track": "canary", "kaizen.dev/model-version": "v4"})
-    kubectl_apply(operator, namespace, stable_manifest())
-    operator.kubectl("rollout", "status", "deployment/bot", "-n", namespace, "--timeout=60s")
+    serve(operator, namespace, emit)
 
     env = f"KUBECONFIG={operator.kubeconfig} PYTHONPATH={os.environ['PYTHONPATH']}"
     tmux("new-session", "-d", "-s", "get", "-x", "220", "-y", "60",
@@ -95,13 +122,8 @@ def test_kaizen_get_watch_draws_the_live_tree_in_place_during_a_rollout(operator
     shows("kaizen get: ImprovementLoop", "not found", timeout=30)
     tmux("respawn-pane", "-k", "-t", "get", f"env {env} {sys.executable} -m kaizen get bot -n {namespace} -w")
     apply(operator, namespace, loop(prometheus.url))
-    shows(f"ImprovementLoop {namespace}/bot  Retraining", "error-rate 0.2 (max 0.05) Breached", "RetrainJob bot-")
-
-    decisions = get(operator, "improvementloop", "bot", namespace)["status"]["decisions"]
-    job = next(d["child"] for d in decisions if d.get("child", "").startswith("RetrainJob/")).split("/")[1]
-    training = wait_for(operator, "retrainjob", job, namespace, lambda o: o.get("status", {}).get("jobName"))
-    (pod,) = running_pods(operator, namespace, training["status"]["jobName"])
-    terminate(operator, pod, exit_code=0, reason="Completed", message=result(refund_candidate=0.95))
+    shows(f"ImprovementLoop {namespace}/bot  Retraining", "(max 0.05) Breached", "RetrainJob bot-")
+    train(operator, namespace)
 
     paused = shows("RollingOut", "Succeeded  Passed  candidate v4", "gate holdout.accuracy: candidate 0.91 vs "
                    "baseline 0.9 (delta >= 0) passed", "v1 -> v4", "step 3/4 pause (until approved)", "weight 50%",
