@@ -26,6 +26,8 @@ from kaizen.cli.get import NotFound, Tree, gather
 
 #: Points per signal asked of Prometheus: enough for a smooth line, few enough for a quick report.
 POINTS = 400
+#: Analysis looks listed in each Rollout's table (newest first); its figure shows every look the status keeps.
+LOOKS_LISTED = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -245,6 +247,11 @@ def analysis_figure(rollout: dict[str, Any]) -> str | None:
             ys = [((m.get(track) or {}).get("value")) for _, _, m in points]
             values.plot(times, [float("nan") if y is None else y for y in ys], "o-", color=color, label=track,
                         markersize=3)
+        threshold = (spec_metrics.get(name) or {}).get("threshold") or {}
+        for bound in ("min", "max"):
+            if threshold.get(bound) is not None:
+                values.axhline(threshold[bound], color="#d62728", linestyle="--", linewidth=1,
+                               label=f"{bound} {threshold[bound]:g}")
         values.set_title(f"{name}: canary vs stable at each look", fontsize=10)
         values.legend(fontsize=8)
         values.grid(alpha=0.3)
@@ -362,8 +369,9 @@ def render(history: History) -> str:
 
 
 def _looks(rollout: dict[str, Any]) -> str:
+    looks = (rollout.get("status") or {}).get("analysis") or []
     rows = []
-    for look in (rollout.get("status") or {}).get("analysis") or []:
+    for look in looks[:LOOKS_LISTED]:
         for m in look.get("metrics") or []:
             canary, stable = m.get("canary") or {}, m.get("stable") or {}
             rows.append([_show(look["time"]), look["step"], f"{look['weight']}%", m["name"],
@@ -373,8 +381,9 @@ def _looks(rollout: dict[str, Any]) -> str:
                                "fail" if m["verdict"] in ("Fail", "Error") else "")])
     if not rows:
         return ""
-    return _table(["look", "step", "weight", "metric", "canary", "stable", "delta", "interval", "e-value",
-                   "verdict"], rows)
+    shown = f"the last {LOOKS_LISTED} of {len(looks)} looks" if len(looks) > LOOKS_LISTED else f"{len(looks)} looks"
+    return f"<p class='muted'>Analysis, {shown}, newest first:</p>" + _table(
+        ["look", "step", "weight", "metric", "canary", "stable", "delta", "interval", "e-value", "verdict"], rows)
 
 
 @dataclass(frozen=True)
