@@ -44,6 +44,7 @@ def test_series_over_a_range(prometheus, emit):
     points = client.series('sum(http_requests_total{track="canary"})', end - timedelta(seconds=30), end, 1)
     assert points and all(t <= end + timedelta(seconds=1) for t, _ in points) and points[-1][1] > 0
     assert [t for t, _ in points] == sorted(t for t, _ in points)
+    assert client.series('sum(http_requests_total{track="canary"})', end - timedelta(seconds=30), end, 1.6)
     assert client.series('sum(http_requests_total{track="stable"})', end - timedelta(seconds=30), end, 1) == []
     with pytest.raises(PrometheusError, match=r"returned \d+ series, not one"):
         client.series('http_requests_total{track="canary"}', end - timedelta(seconds=30), end, 1)

@@ -196,8 +196,9 @@ def _rollout(rollout: dict[str, Any]) -> tuple[str, list[Any]]:
     parts = [f"Rollout {rollout['metadata']['name']}", status.get("phase") or "Pending",
              f"{(spec.get('stableModel') or {}).get('version')} -> {(spec.get('canaryModel') or {}).get('version')}"]
     if step is not None:
-        parts.append(f"step {min(step + 1, len(steps))}/{len(steps)}" + (f" {_step(steps[step])}"
-                                                                          if step < len(steps) else " (promoting)"))
+        ended = status.get("phase") in ("Promoted", "RolledBack", "Aborted")
+        at = f" {_step(steps[step])}" if step < len(steps) else "" if ended else " (promoting)"
+        parts.append(f"step {min(step + 1, len(steps))}/{len(steps)}{at}")
     if status.get("canaryWeight") is not None:
         parts.append(f"weight {status['canaryWeight']}%")
     if status.get("awaitingApproval"):

@@ -50,11 +50,12 @@ class PrometheusClient:
                                   f"API's JSON: {error}") from None
 
     def series(self, query: str, start: datetime, end: datetime, step: float) -> list[tuple[datetime, float]]:
-        """The query's values from ``start`` to ``end`` every ``step`` seconds (a range query), NaN left out; []
-        when there is no data. A result of several series is an error, as for :meth:`scalar`."""
+        """The query's values from ``start`` to ``end`` every ``step`` seconds (a range query; rounded to whole
+        seconds, as Prometheus' durations are), NaN left out; [] when there is no data. A result of several series
+        is an error, as for :meth:`scalar`."""
         try:
             result = self._connection.custom_query_range(query, start_time=start, end_time=end,
-                                                         step=f"{max(step, 1):g}s")
+                                                         step=f"{max(round(step), 1)}s")
         except PrometheusApiClientException as error:
             raise PrometheusError(f"Prometheus at {self.url} rejected {query!r}: {_reason(error)}") from None
         except requests.RequestException as error:
