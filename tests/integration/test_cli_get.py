@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from tests.fixtures.prerequisites import missing
 from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
 from tests.integration.kube import apply, get, wait_for
 from tests.integration.rollouts import SUCCESS_RATE, kubectl_apply, running_operator, stable_manifest
@@ -32,7 +33,7 @@ def operator(crds):
 def tmux():
     """A tmux server of the test's own (its own socket), killed at the end."""
     if shutil.which("tmux") is None:
-        pytest.skip("tmux is missing: install it (sudo apt-get install tmux) to run the live `kaizen get` test")
+        missing("tmux is missing: install it (sudo apt-get install tmux) to run the live `kaizen get` test")
     socket = f"kaizen-test-{uuid.uuid4().hex[:8]}"
 
     def run(*args: str) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from tests.fixtures.prerequisites import missing
 from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
 from tests.integration.kube import apply, wait_for
 from tests.integration.rollouts import running_operator
@@ -34,7 +35,7 @@ def operator(crds):
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.skip("Chromium is missing: install it (sudo apt-get install chromium, or make setup as root) to run "
+        missing("Chromium is missing: install it (sudo apt-get install chromium, or make setup as root) to run "
                     "the report's rendering test")
     return found
 
