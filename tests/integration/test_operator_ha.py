@@ -1,0 +1,193 @@
+"""Two ``kaizen operator --leader-elect`` processes on the real API server, as the chart runs two replicas: exactly
+one leads (the Lease says which) and acts; when it is SIGKILLed the other takes over within the failover target
+and takes no action twice; a leader that could not renew (SIGSTOPped) stops the moment it runs again.
+
+(Its own module, so that no in-process operator of another test module reconciles for these processes.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes.client
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from tests.integration.kube import apply
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+LEASE = "kaizen-operator"
+#: The chart's defaults: a lease of 10 s, given up after 7 s without renewal, renewed or looked at every 2 s.
+TIMING = ["--leader-elect-lease-duration=10s", "--leader-elect-renew-deadline=7s", "--leader-elect-retry-period=2s"]
+#: From the leader's SIGKILL to the new leader's first action on an object (issue 13).
+FAILOVER_TARGET_SECONDS = 15.0
+
+
+@dataclass
+class Replica:
+    identity: str
+    process: subprocess.Popen
+    log: Path
+    health: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def healthz(self) -> dict:
+        with urllib.request.urlopen(self.health, timeout=5) as response:
+            return json.loads(response.read())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def replicas(crds, namespace, tmp_path):
+    """Two operator processes watching ``namespace``, electing on the Lease ``namespace/kaizen-operator``."""
+    env = {**os.environ, "KUBECONFIG": str(crds.kubeconfig)}
+    started = []
+    for suffix in ("a", "b"):
+        identity, log, port = f"{namespace}-{suffix}", tmp_path / f"operator-{suffix}.log", free_port()
+        command = [sys.executable, "-m", "kaizen", "operator", "--namespace", namespace, "--leader-elect",
+                   f"--leader-elect-resource-namespace={namespace}", f"--leader-elect-identity={identity}", *TIMING,
+                   f"--liveness=http://127.0.0.1:{port}/healthz"]
+        with log.open("w") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        started.append(Replica(identity, process, log, f"http://127.0.0.1:{port}/healthz"))
+    try:
+        # Both campaigning: a standby still importing when the leader dies would measure its start-up, not failover.
+        wait_until(lambda: all("Started campaigning" in r.output() for r in started), 120, "both replicas campaign",
+                   started)
+        yield started
+    finally:
+        for replica in started:
+            if replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGCONT)
+                replica.process.kill()
+            replica.process.wait(timeout=30)
+
+
+def wait_until(predicate, timeout, what, replicas=()):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {r.identity}\n{r.output()[-4000:]}" for r in replicas)
+            pytest.fail(f"timed out after {timeout}s waiting until {what}\n{logs}")
+        time.sleep(0.1)
+    return result
+
+
+def lease_spec(api, namespace) -> dict:
+    try:
+        lease = kubernetes.client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return {}
+        raise
+    return {"holder": lease.spec.holder_identity, "transitions": lease.spec.lease_transitions or 0,
+            "duration": lease.spec.lease_duration_seconds}
+
+
+def retrain_job(name: str) -> dict:
+    doc = copy.deepcopy(yaml.safe_load((EXAMPLES / "retrainjob.yaml").read_text()))
+    doc["metadata"]["name"] = name
+    return doc
+
+
+def training_job(api, namespace, name):
+    """The Kubernetes Job the operator created for RetrainJob ``name``, or None."""
+    try:
+        return kubernetes.client.BatchV1Api(api).read_namespaced_job(f"{name}-trainer", namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def leader_and_standby(api, namespace, replicas):
+    holder = wait_until(lambda: lease_spec(api, namespace).get("holder"), 60, "a replica holds the lease", replicas)
+    leader = next(r for r in replicas if r.identity == holder)
+    standby = next(r for r in replicas if r.identity != holder)
+    return leader, standby
+
+
+def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_sigkill(crds, namespace, replicas):
+    api = crds.api_client()
+    leader, standby = leader_and_standby(api, namespace, replicas)
+    assert lease_spec(api, namespace) == {"holder": leader.identity, "transitions": 0, "duration": 10}
+    assert leader.output().count("Became the leader") == 1 and "Became the leader" not in standby.output()
+    assert leader.healthz()["leading"] is True
+    # The standby reads the lease every retry period: it knows who leads.
+    health = wait_until(lambda: (h := standby.healthz())["holder"] and h, 10, "the standby sees the leader", replicas)
+    assert health == {"identity": standby.identity, "lease": f"{namespace}/{LEASE}", "leading": False,
+                      "holder": leader.identity}
+
+    # Only the leader acts.
+    apply(crds, namespace, retrain_job("before"))
+    before = wait_until(lambda: training_job(api, namespace, "before"), 60, "the leader creates the Job", replicas)
+    assert "Created training Job job=before-trainer" in leader.output()
+    assert "Handler" not in standby.output() and "Created training Job" not in standby.output()
+
+    leader.process.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    apply(crds, namespace, retrain_job("after"))
+    wait_until(lambda: training_job(api, namespace, "after"), 60, "the new leader creates the Job", replicas)
+    failover = time.monotonic() - killed
+    print(f"\nFailover: {failover:.1f}s from the leader's SIGKILL to the new leader's next action (a training Job "
+          f"created); lease 10s, renew deadline 7s, retry period 2s")
+
+    assert lease_spec(api, namespace) == {"holder": standby.identity, "transitions": 1, "duration": 10}
+    assert standby.healthz()["leading"] is True
+    assert failover <= FAILOVER_TARGET_SECONDS, f"failover took {failover:.1f}s"
+
+    # The new leader resumed the RetrainJob the old one had started, and did not start it again.
+    wait_until(lambda: "Resuming is processed" in standby.output(), 60, "the new leader resumes 'before'", replicas)
+    assert training_job(api, namespace, "before").metadata.uid == before.metadata.uid
+    assert "Created training Job job=before-trainer" not in standby.output()
+    assert "Created training Job job=after-trainer" in standby.output()
+    names = [job.metadata.name for job in kubernetes.client.BatchV1Api(api).list_namespaced_job(namespace).items]
+    assert sorted(names) == ["after-trainer", "before-trainer"]
+
+
+def test_a_leader_that_could_not_renew_stops_when_it_runs_again_and_a_clean_stop_hands_over(
+        crds, namespace, replicas):
+    api = crds.api_client()
+    leader, standby = leader_and_standby(api, namespace, replicas)
+
+    # Frozen, the leader cannot renew: the standby takes over once the lease expires, and acts.
+    leader.process.send_signal(signal.SIGSTOP)
+    wait_until(lambda: lease_spec(api, namespace).get("holder") == standby.identity, 60,
+               "the standby takes the lease", replicas)
+    apply(crds, namespace, retrain_job("while-frozen"))
+    wait_until(lambda: training_job(api, namespace, "while-frozen"), 60, "the new leader acts", replicas)
+
+    # Thawed, the old leader's watch delivers the new RetrainJob: it must not act on it, but stop at once.
+    seen = len(leader.output())
+    leader.process.send_signal(signal.SIGCONT)
+    assert leader.process.wait(timeout=30) == 1
+    after = leader.output()[seen:]
+    assert "Lost the lease" in after, after
+    assert "Handler" not in after and "Created training Job" not in after, after
+    assert lease_spec(api, namespace)["holder"] == standby.identity
+
+    # A leader stopped cleanly (SIGTERM, as on a rolling update) releases the lease: no one waits for it to expire.
+    standby.process.terminate()
+    assert standby.process.wait(timeout=60) == 0, standby.output()[-4000:]
+    assert "Released the lease" in standby.output()
+    assert lease_spec(api, namespace) == {"holder": None, "transitions": 1, "duration": 1}
