@@ -141,7 +141,7 @@ def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_si
     # Only the leader acts.
     apply(crds, namespace, retrain_job("before"))
     before = wait_until(lambda: training_job(api, namespace, "before"), 60, "the leader creates the Job", replicas)
-    assert "Created training Job job=before-trainer" in leader.output()
+    wait_until(lambda: "Created training Job job=before-trainer" in leader.output(), 10, "the leader logs it", replicas)
     assert "Handler" not in standby.output() and "Created training Job" not in standby.output()
 
     leader.process.send_signal(signal.SIGKILL)
@@ -156,8 +156,10 @@ def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_si
     assert standby.healthz()["leading"] is True
     assert failover <= FAILOVER_TARGET_SECONDS, f"failover took {failover:.1f}s"
 
-    # The new leader resumed the RetrainJob the old one had started, and did not start it again.
-    wait_until(lambda: "Resuming is processed" in standby.output(), 60, "the new leader resumes 'before'", replicas)
+    # The new leader handled the RetrainJob the old one had started (resumed it, or handled its creation again when
+    # the old leader died before recording it), and did not start it again. (kopf's log lines do not name objects:
+    # one "... is processed" for each of the two.)
+    wait_until(lambda: standby.output().count(" is processed: ") >= 2, 60, "the new leader handles 'before'", replicas)
     assert training_job(api, namespace, "before").metadata.uid == before.metadata.uid
     assert "Created training Job job=before-trainer" not in standby.output()
     assert "Created training Job job=after-trainer" in standby.output()
