@@ -18,6 +18,7 @@ released), whatever the threads are doing. :func:`kaizen.k8s.client.fence` refus
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -57,14 +58,19 @@ class LeaderElector:
     def __init__(self, name: str, namespace: str, identity: str, timing: Timing,
                  api: kubernetes.client.ApiClient | None = None) -> None:
         self.name, self.namespace, self.identity, self.timing = name, namespace, identity, timing
-        # Its own client, unfenced: renewing the lease is the one write a replica makes to stay leader.
-        self._api = kubernetes.client.CustomObjectsApi(api or kubernetes.client.ApiClient(configuration()))
+        self._api_client = api
         self._sighting: Sighting | None = None
         self._renewed_at: float | None = None
         self._lost = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @functools.cached_property
+    def _api(self) -> kubernetes.client.CustomObjectsApi:
+        # Its own client, unfenced: renewing the lease is the one write a replica makes to stay leader. Made on first
+        # use, so that building an elector reads no kubeconfig.
+        return kubernetes.client.CustomObjectsApi(self._api_client or kubernetes.client.ApiClient(configuration()))
 
     @property
     def lease(self) -> str:
