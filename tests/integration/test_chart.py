@@ -294,7 +294,7 @@ def test_replicas_elect_a_leader_on_a_lease_only_the_operator_may_renew(values: 
         elector = build_elector(arguments)  # also checks that the chart's durations are a valid combination
     assert (elector.identity, elector.namespace) == ("kaizen-7d9f-abcde", RELEASE_NAMESPACE)
     timing = elector.timing
-    assert (timing.lease_duration, timing.renew_deadline, timing.retry_period) == (10, 7, 2)
+    assert (timing.lease_duration, timing.renew_deadline, timing.retry_period) == (8, 5, 2)
 
     # RBAC: create a Lease in the release namespace, read and update only this one; nothing else, nowhere else.
     role, binding = leader_election(objects, "Role"), leader_election(objects, "RoleBinding")

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import kubernetes.client
@@ -24,14 +25,15 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests.integration.kube import apply
+from tests.integration.kube import apply, wait_for
+from tests.integration.rollouts import deployment, kubectl_apply, reasons, rollout, stable_manifest
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 LEASE = "kaizen-operator"
-#: The chart's defaults: a lease of 10 s, given up after 7 s without renewal, renewed or looked at every 2 s.
-TIMING = ["--leader-elect-lease-duration=10s", "--leader-elect-renew-deadline=7s", "--leader-elect-retry-period=2s"]
+#: The chart's defaults: a lease of 8 s, given up after 5 s without renewal, renewed or looked at every 2 s.
+TIMING = ["--leader-elect-lease-duration=8s", "--leader-elect-renew-deadline=5s", "--leader-elect-retry-period=2s"]
 #: From the leader's SIGKILL to the new leader's first action on an object (issue 13).
 FAILOVER_TARGET_SECONDS = 15.0
 
@@ -93,6 +95,12 @@ def wait_until(predicate, timeout, what, replicas=()):
     return result
 
 
+def logged_at(output: str, message: str) -> datetime:
+    """When the first log line with ``message`` was written (kopf's log format, local time)."""
+    line = next(line for line in output.splitlines() if message in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
 def lease_spec(api, namespace) -> dict:
     try:
         lease = kubernetes.client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)
@@ -130,7 +138,7 @@ def leader_and_standby(api, namespace, replicas):
 def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_sigkill(crds, namespace, replicas):
     api = crds.api_client()
     leader, standby = leader_and_standby(api, namespace, replicas)
-    assert lease_spec(api, namespace) == {"holder": leader.identity, "transitions": 0, "duration": 10}
+    assert lease_spec(api, namespace) == {"holder": leader.identity, "transitions": 0, "duration": 8}
     assert leader.output().count("Became the leader") == 1 and "Became the leader" not in standby.output()
     assert leader.healthz()["leading"] is True
     # The standby reads the lease every retry period: it knows who leads.
@@ -138,21 +146,28 @@ def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_si
     assert health == {"identity": standby.identity, "lease": f"{namespace}/{LEASE}", "leading": False,
                       "holder": leader.identity}
 
-    # Only the leader acts.
+    # Only the leader acts: a training Job, and a Rollout's first step (then a pause that outlasts the failover).
+    kubectl_apply(crds, namespace, stable_manifest())
+    served = wait_until(lambda: deployment(crds, namespace, "bot"), 30, "the served Deployment exists", replicas)
+    apply(crds, namespace, rollout("bot-v2", [{"setWeight": 10}, {"pause": {"duration": "15s"}}, {"setWeight": 50},
+                                              {"pause": {"duration": "1s"}}, {"setWeight": 100}]))
+    wait_for(crds, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("currentStep") == 1, timeout=60)
     apply(crds, namespace, retrain_job("before"))
     before = wait_until(lambda: training_job(api, namespace, "before"), 60, "the leader creates the Job", replicas)
     wait_until(lambda: "Created training Job job=before-trainer" in leader.output(), 10, "the leader logs it", replicas)
     assert "Handler" not in standby.output() and "Created training Job" not in standby.output()
 
     leader.process.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    killed, killed_at = time.monotonic(), datetime.now()
     apply(crds, namespace, retrain_job("after"))
     wait_until(lambda: training_job(api, namespace, "after"), 60, "the new leader creates the Job", replicas)
     failover = time.monotonic() - killed
+    took_over = logged_at(standby.output(), "Became the leader") - killed_at
     print(f"\nFailover: {failover:.1f}s from the leader's SIGKILL to the new leader's next action (a training Job "
-          f"created); lease 10s, renew deadline 7s, retry period 2s")
+          f"created), of which {took_over.total_seconds():.1f}s until it took the lease; lease 8s, renew deadline "
+          "5s, retry period 2s")
 
-    assert lease_spec(api, namespace) == {"holder": standby.identity, "transitions": 1, "duration": 10}
+    assert lease_spec(api, namespace) == {"holder": standby.identity, "transitions": 1, "duration": 8}
     assert standby.healthz()["leading"] is True
     assert failover <= FAILOVER_TARGET_SECONDS, f"failover took {failover:.1f}s"
 
@@ -165,6 +180,14 @@ def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_si
     assert "Created training Job job=after-trainer" in standby.output()
     names = [job.metadata.name for job in kubernetes.client.BatchV1Api(api).list_namespaced_job(namespace).items]
     assert sorted(names) == ["after-trainer", "before-trainer"]
+
+    # The new leader carried the Rollout on from the step the old one was at: each step applied once.
+    wait_for(crds, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("phase") == "Promoted",
+             timeout=90)
+    seen = reasons(crds, namespace, "bot-v2")
+    assert seen.count("Started") == 1 and seen.count("WeightSet") == 3, seen
+    assert seen.count("Promoting") == 1 and seen.count("Promoted") == 1, seen
+    assert deployment(crds, namespace, "bot")["metadata"]["generation"] == served["metadata"]["generation"] + 1
 
 
 def test_a_leader_that_could_not_renew_stops_when_it_runs_again_and_a_clean_stop_hands_over(

@@ -47,12 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     election.add_argument("--leader-elect-identity", metavar="ID",
                           help="this replica's name in the Lease (default: $POD_NAME, else the host name and a "
                                "random suffix); unique per replica")
-    election.add_argument("--leader-elect-lease-duration", metavar="DURATION", type=seconds, default=10.0,
+    election.add_argument("--leader-elect-lease-duration", metavar="DURATION", type=seconds, default=8.0,
                           help="how long standbys wait after the last renewal they saw before taking over "
-                               "(default: 10s)")
-    election.add_argument("--leader-elect-renew-deadline", metavar="DURATION", type=seconds, default=7.0,
+                               "(default: 8s)")
+    election.add_argument("--leader-elect-renew-deadline", metavar="DURATION", type=seconds, default=5.0,
                           help="how long a leader keeps trying to renew before it stops acting; shorter than the "
-                               "lease duration (default: 7s)")
+                               "lease duration (default: 5s)")
     election.add_argument("--leader-elect-retry-period", metavar="DURATION", type=seconds, default=2.0,
                           help="how often the leader renews and standbys look (default: 2s)")
     parser.set_defaults(func=run)
