@@ -190,6 +190,31 @@ def test_one_replica_leads_and_the_other_takes_over_within_the_target_after_a_si
     assert deployment(crds, namespace, "bot")["metadata"]["generation"] == served["metadata"]["generation"] + 1
 
 
+def test_writes_are_refused_before_they_are_sent_once_the_replica_may_not_act(crds, namespace, monkeypatch):
+    from kaizen.k8s import client
+    from kaizen.k8s.errors import ApiError
+
+    monkeypatch.setenv("KUBECONFIG", str(crds.kubeconfig))
+    client.reset()
+    leading = True
+    client.fence(lambda: leading)
+    core = kubernetes.client.CoreV1Api(client.api_client())
+    try:
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": "while-leading"}})
+        leading = False
+        with pytest.raises(ApiError) as refused:
+            core.create_namespaced_config_map(namespace, {"metadata": {"name": "after-losing"}})
+        assert refused.value.reason == "NotLeader" and refused.value.transient
+        assert "no longer holds the leader lease" in str(refused.value)
+        assert core.read_namespaced_config_map("while-leading", namespace).metadata.name == "while-leading"
+    finally:
+        client.fence(None)
+        client.reset()
+    names = {item.metadata.name for item in kubernetes.client.CoreV1Api(crds.api_client()).list_namespaced_config_map(
+        namespace).items}
+    assert "while-leading" in names and "after-losing" not in names
+
+
 def test_a_leader_that_could_not_renew_stops_when_it_runs_again_and_a_clean_stop_hands_over(
         crds, namespace, replicas):
     api = crds.api_client()
