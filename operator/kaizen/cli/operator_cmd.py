@@ -4,8 +4,9 @@ With ``--leader-elect`` (as the chart runs it, two replicas) the replicas elect 
 (:mod:`kaizen.k8s.lease`) and only the leader runs kopf: a standby has no watches and no handlers, so it cannot act.
 A leader that loses the lease (it could not renew it within the renew deadline, or another replica holds it) stops
 at once: its writes through Kaizen's client are refused from that moment (:func:`kaizen.k8s.client.fence`), and the
-process exits with status 1 for the Deployment to restart it as a standby. kopf's peering only pauses operators by
-priority; it does not elect.
+process exits with status 1 for the Deployment to restart it as a standby. (kopf's own writes, the handlers' status
+patches, its Events and finalizers, go through kopf's client, which is not fenced: the exit is what stops them.)
+kopf's peering only pauses operators by priority; it does not elect.
 """
 
 from __future__ import annotations
@@ -150,14 +151,16 @@ def exit_at_once() -> None:
 
 
 async def serve_health(url: str, elector: LeaderElector) -> web.AppRunner:
-    """The liveness endpoint, for standbys too (kopf's own runs only while kopf does): this replica's part."""
+    """The liveness endpoint, for standbys too (kopf's own runs only while kopf does): this replica's part in the
+    election, and whether it is still campaigning."""
     from urllib.parse import urlsplit
 
     from aiohttp import web
 
     async def healthz(_: web.Request) -> web.Response:
+        # Unhealthy when the elector's thread died: a standby that can no longer take over is worth a restart.
         return web.json_response({"identity": elector.identity, "lease": elector.lease, "leading": elector.leading(),
-                                  "holder": elector.holder()})
+                                  "holder": elector.holder()}, status=200 if elector.campaigning() else 503)
 
     parts = urlsplit(url)
     app = web.Application()

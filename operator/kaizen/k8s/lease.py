@@ -80,6 +80,10 @@ class LeaderElector:
         """Whether this replica may act now: it holds the lease and its last renewal is within the deadline."""
         return leader.leading(self._renewed_at, time.monotonic(), self.timing)
 
+    def campaigning(self) -> bool:
+        """Whether the thread that acquires and renews the lease still runs (a liveness probe's question)."""
+        return bool(self._threads) and self._threads[0].is_alive()
+
     def holder(self) -> str:
         """The holder this replica last saw ("" when none, or before it first read the lease)."""
         return self._sighting.record.holder if self._sighting else ""
