@@ -7,6 +7,7 @@ and takes no action twice; a leader that could not renew (SIGSTOPped) stops the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -14,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from datetime import datetime
 from pathlib import Path
 
@@ -59,30 +62,84 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_replica(kubeconfig: Path, namespace: str, suffix: str, tmp_path: Path) -> Replica:
+    """``kaizen operator --leader-elect`` watching ``namespace``, electing on the Lease ``namespace/kaizen-operator``.
+    """
+    identity, log, port = f"{namespace}-{suffix}", tmp_path / f"operator-{suffix}.log", free_port()
+    command = [sys.executable, "-m", "kaizen", "operator", "--namespace", namespace, "--leader-elect",
+               f"--leader-elect-resource-namespace={namespace}", f"--leader-elect-identity={identity}", *TIMING,
+               f"--liveness=http://127.0.0.1:{port}/healthz"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    return Replica(identity, process, log, f"http://127.0.0.1:{port}/healthz")
+
+
+def stop_all(replicas: list[Replica]) -> None:
+    for replica in replicas:
+        if replica.process.poll() is None:
+            replica.process.send_signal(signal.SIGCONT)
+            replica.process.kill()
+        replica.process.wait(timeout=30)
+
+
+def campaigning(replicas: list[Replica]) -> None:
+    # Both campaigning: a standby still importing when the leader dies would measure its start-up, not failover.
+    wait_until(lambda: all("Started campaigning" in r.output() for r in replicas), 120, "the replicas campaign",
+               replicas)
+
+
 @pytest.fixture
 def replicas(crds, namespace, tmp_path):
-    """Two operator processes watching ``namespace``, electing on the Lease ``namespace/kaizen-operator``."""
-    env = {**os.environ, "KUBECONFIG": str(crds.kubeconfig)}
-    started = []
-    for suffix in ("a", "b"):
-        identity, log, port = f"{namespace}-{suffix}", tmp_path / f"operator-{suffix}.log", free_port()
-        command = [sys.executable, "-m", "kaizen", "operator", "--namespace", namespace, "--leader-elect",
-                   f"--leader-elect-resource-namespace={namespace}", f"--leader-elect-identity={identity}", *TIMING,
-                   f"--liveness=http://127.0.0.1:{port}/healthz"]
-        with log.open("w") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        started.append(Replica(identity, process, log, f"http://127.0.0.1:{port}/healthz"))
+    """Two operator processes electing a leader, both campaigning."""
+    started = [start_replica(crds.kubeconfig, namespace, suffix, tmp_path) for suffix in ("a", "b")]
     try:
-        # Both campaigning: a standby still importing when the leader dies would measure its start-up, not failover.
-        wait_until(lambda: all("Started campaigning" in r.output() for r in started), 120, "both replicas campaign",
-                   started)
+        campaigning(started)
         yield started
     finally:
-        for replica in started:
-            if replica.process.poll() is None:
-                replica.process.send_signal(signal.SIGCONT)
-                replica.process.kill()
-            replica.process.wait(timeout=30)
+        stop_all(started)
+
+
+class Link:
+    """A TCP forwarder to the API server that a test can cut, as a network partition cuts one replica off."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.connections = target, []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
 
 
 def wait_until(predicate, timeout, what, replicas=()):
@@ -241,3 +298,37 @@ def test_a_leader_that_could_not_renew_stops_when_it_runs_again_and_a_clean_stop
     assert standby.process.wait(timeout=60) == 0, standby.output()[-4000:]
     assert "Released the lease" in standby.output()
     assert lease_spec(api, namespace) == {"holder": None, "transitions": 1, "duration": 1}
+
+
+def test_a_leader_cut_off_from_the_api_server_stops_acting_before_its_lease_can_be_taken(crds, namespace, tmp_path):
+    # The first replica reaches the API server through a link the test cuts; the second directly.
+    config = yaml.safe_load(crds.kubeconfig.read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    link = Link((server.hostname, server.port))
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{link.port}"
+    linked = tmp_path / "linked.kubeconfig"
+    linked.write_text(yaml.safe_dump(config))
+    api = crds.api_client()
+    started = [start_replica(linked, namespace, "a", tmp_path)]
+    try:
+        leader = started[0]
+        wait_until(lambda: lease_spec(api, namespace).get("holder") == leader.identity, 120, "the first one leads",
+                   started)
+        started.append(start_replica(crds.kubeconfig, namespace, "b", tmp_path))
+        standby = started[1]
+        campaigning(started)
+        wait_until(lambda: standby.healthz()["holder"] == leader.identity, 10, "the standby sees the leader", started)
+
+        link.cut()
+        # Alive but unable to renew: it gives up at its renew deadline, before the standby may take the lease.
+        assert leader.process.wait(timeout=30) == 1
+        wait_until(lambda: lease_spec(api, namespace).get("holder") == standby.identity, 30, "the standby takes over",
+                   started)
+        assert "not renewed within the renew deadline" in leader.output()
+        stopped, took_over = logged_at(leader.output(), "Lost the lease"), logged_at(standby.output(),
+                                                                                    "Became the leader")
+        margin = (took_over - stopped).total_seconds()
+        print(f"\nPartitioned leader stopped {margin:.1f}s before the standby took the lease over")
+        assert margin > 0
+    finally:
+        stop_all(started)
