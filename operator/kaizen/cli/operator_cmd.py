@@ -123,7 +123,11 @@ async def run_elected(args: argparse.Namespace, elector: LeaderElector) -> int:
     health = await serve_health(args.liveness, elector) if args.liveness else None
     client.fence(elector.leading)
     client.api_client()  # configured now, while standing by, not on the new leader's first action
-    elector.start(on_started=lambda: loop.call_soon_threadsafe(leading.set), on_lost=exit_at_once)
+
+    def started() -> None:
+        loop.call_soon_threadsafe(leading.set)
+
+    elector.start(on_started=started, on_lost=exit_at_once)
     try:
         waits = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(leading.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

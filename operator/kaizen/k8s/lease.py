@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import kubernetes.client
 
@@ -179,8 +179,8 @@ class LeaderElector:
     @typed
     def _read(self) -> dict[str, Any] | None:
         try:
-            return self._api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name,
-                                                          _request_timeout=self.timing.retry_period)
+            return cast(dict[str, Any], self._api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self.timing.retry_period))
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None
