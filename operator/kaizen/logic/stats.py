@@ -62,7 +62,7 @@ ALTERNATIVES = (1.5, 2.0, 3.0, 5.0)
 #: regression a canary is sized to catch promptly, the rest evenly. A component's share ``w`` adds ``log(1/w)`` to the
 #: ``log(1/alpha)`` it must gather: equal weights take about 8 % more requests to catch a doubling.
 WEIGHTS = (1, 3, 1, 1)
-_BISECTIONS = 60
+_BISECTIONS = 40  # halvings: 2**-40 of the bracket, below any rate a count can resolve
 
 
 @dataclass(frozen=True)
