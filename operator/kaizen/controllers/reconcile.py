@@ -39,11 +39,10 @@ from kaizen.api import ResourceKind
 from kaizen.api.actions import REQUEST_KEYS
 from kaizen.k8s import deployments, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
-from kaizen.logic.conditions import remove_condition, set_condition
 from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, rejected_for, unblocked
 from kaizen.logic.effects import refused as usual_refusal
 from kaizen.logic.requests import Requested, consumable, pending
-from kaizen.logic.validation import InvalidSpec, parse_spec
+from kaizen.logic.validation import judge
 
 __all__ = ["CHILD_REJECTED", "Failure", "rejected_for", "unblocked"]
 
@@ -85,26 +84,14 @@ def accept(
     resource: ResourceKind, body: kopf.Body, spec: dict[str, Any], status: dict[str, Any], generation: int | None,
     patch: kopf.Patch, logger: kopf.Logger, now: datetime | None = None,
 ) -> BaseModel | None:
-    """Judge the spec and write the conditions; return the parsed spec, or None when it is invalid."""
-    now = now or clock.now()
-    conditions = list(status.get("conditions") or [])
-    try:
-        parsed = parse_spec(resource, spec)
-    except InvalidSpec as invalid:
-        message = "; ".join(invalid.problems)
-        conditions = set_condition(conditions, type="InvalidSpec", status="True", reason="SpecInvalid",
-                                   message=message, now=now, generation=generation)
-        conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
-                                   message="The spec cannot be acted on; see the InvalidSpec condition.",
-                                   now=now, generation=generation)
-        logger.warning(f"Rejected spec: {message}")
-        kopf.warn(body, reason="InvalidSpec", message=message[:1024])
-        parsed = None
-    else:
-        conditions = remove_condition(conditions, "InvalidSpec")
-        conditions = set_condition(conditions, type="Ready", status="True", reason="SpecAccepted",
-                                   message=f"The {resource.kind} spec is valid.", now=now, generation=generation)
-    write_status(status, patch, {"observedGeneration": generation, "conditions": conditions})
+    """Judge the spec (:func:`kaizen.logic.validation.judge`, with the object's name) and write the conditions;
+    return the parsed spec, or None when it is invalid."""
+    parsed, effects = judge(resource, spec, name=(body.get("metadata") or {}).get("name"), status=status,
+                            generation=generation, now=now or clock.now())
+    for event in effects.events:
+        logger.warning(f"Rejected spec: {event.message}")
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    write_status(status, patch, effects.status)
     return parsed
 
 
