@@ -40,13 +40,10 @@ from kaizen.api import ResourceKind
 from kaizen.api.actions import REQUEST_KEYS
 from kaizen.k8s import deployments, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
-from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, rejected_for, unblocked
+from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, unblocked
 from kaizen.logic.effects import refused as usual_refusal
 from kaizen.logic.requests import Requested, consumable, pending
 from kaizen.logic.validation import judge
-
-__all__ = ["CHILD_REJECTED", "Failure", "rejected_for", "unblocked"]
-
 
 class Clock:
     """The time the controllers act on: ``now()`` is the wall clock. Tests replace :data:`clock` with a subclass
