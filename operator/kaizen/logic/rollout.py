@@ -643,7 +643,7 @@ def _progressing(stored: dict[str, Any], decision: Decision, now: datetime,
     False with reason ``TargetInUse`` while another Rollout holds the target."""
     status = decision.status
     ended = status.phase in TERMINAL
-    reason = status.phase or "Progressing"
+    reason: str = status.phase or "Progressing"
     if not decision.owns_target and not ended:
         reason = "TargetInUse"
     return set_condition(list(stored.get("conditions") or []), type="Progressing",
