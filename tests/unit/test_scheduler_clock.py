@@ -1,0 +1,71 @@
+"""The scheduler's sleep on the controllers' clock (kaizen.controllers.reconcile): a due time is measured on
+``reconcile.clock``, so a test that moves the clock brings a look without waiting, and a moved clock wakes only
+what is due."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kaizen.controllers import reconcile
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+class Stepped(reconcile.Clock):
+    def __init__(self) -> None:
+        self.time = NOW
+
+    def now(self) -> datetime:
+        return self.time
+
+
+class Running:
+    """A daemon that is not being stopped (kopf's DaemonStopped: false, and never set)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    stepped = Stepped()
+    monkeypatch.setattr(reconcile, "clock", stepped)
+    return stepped
+
+
+def test_a_moved_clock_ends_the_sleep_of_what_is_due_and_only_that(clock):
+    async def scenario():
+        wake, moved = asyncio.Event(), asyncio.Event()
+        sleeping = asyncio.ensure_future(reconcile._sleep(Running(), wake, moved, NOW + timedelta(minutes=1)))
+        await asyncio.sleep(0.05)
+        clock.time = NOW + timedelta(seconds=59)
+        moved.set()
+        await asyncio.sleep(0.05)
+        assert not sleeping.done()  # not due yet: it measured the time left and sleeps on
+        clock.time = NOW + timedelta(minutes=1)
+        moved.set()
+        await asyncio.wait_for(sleeping, 1)  # due: the look comes at once, not a minute of wall time later
+
+        never = asyncio.ensure_future(reconcile._sleep(Running(), wake, moved, None))
+        clock.time += timedelta(days=365)
+        moved.set()
+        await asyncio.sleep(0.05)
+        assert not never.done()  # nothing is due: only a change ends it
+        wake.set()
+        await asyncio.wait_for(never, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_due_time_in_the_past_is_looked_at_at_once(clock):
+    async def scenario():
+        await asyncio.wait_for(reconcile._sleep(Running(), asyncio.Event(), asyncio.Event(),
+                                                NOW - timedelta(seconds=1)), 1)
+
+    asyncio.run(scenario())
