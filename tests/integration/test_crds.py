@@ -62,7 +62,7 @@ def test_api_server_applies_schema_defaults(crds, namespace):
     assert spec["policy"]["approval"] == {"retrain": "Automatic", "promote": "Automatic"}
     assert spec["target"]["modelEnv"] == "MODEL_URI"
     assert spec["rollout"]["steps"][0] == {"setWeight": 10}
-    assert spec["rollout"]["trafficRouting"] == {"replicaRatio": {"maxCanaryReplicas": 10}}
+    assert spec["rollout"]["trafficRouting"] == {"replicas": {"maxCanaryReplicas": 10}}
     assert spec["signals"][0]["for"] == "5m"
 
 

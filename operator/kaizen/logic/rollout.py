@@ -37,6 +37,7 @@ from kaizen.api.rollout import (
     Step, TrackSample, UserAction,
 )
 from kaizen.logic.conditions import Event
+from kaizen.logic.routing import achieved_weight, canary_size
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
@@ -153,17 +154,6 @@ def wait_for_target(spec: RolloutSpec, status: RolloutStatus, holder: Contender,
     return Decision(status=s, canary_replicas=None, promote=False, events=tuple(events), owns_target=False)
 
 
-def canary_replicas(stable_replicas: int, weight: int, max_replicas: int) -> int:
-    """Replica-ratio routing: canary replicas so that canary / (stable + canary) is about ``weight`` percent.
-
-    At 100 % the canary runs at the stable's size (the stable is never scaled down; promotion then moves it).
-    """
-    if weight <= 0:
-        return 0
-    wanted = stable_replicas if weight >= 100 else math.ceil(stable_replicas * weight / (100 - weight))
-    return min(max(wanted, 1), max_replicas)
-
-
 def look_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
     """Whether this tick should read the metrics: the canary has served for an interval, and half an interval has
     passed since the last look.
@@ -258,7 +248,7 @@ def _judge_threshold(metric: AnalysisMetric, stable: MetricSample, canary: Metri
 
 def judge_look(
     analysis: Analysis, samples: dict[str, tuple[MetricSample, MetricSample]], *, step: int, weight: int,
-    now: datetime, evidence: list[MetricEvidence] | None = None,
+    now: datetime, evidence: list[MetricEvidence] | None = None, achieved_weight: float | None = None,
 ) -> Look:
     """One analysis interval: every metric judged, the look's verdict the worst of them.
 
@@ -272,13 +262,21 @@ def judge_look(
     judged = [judge_metric(m, *samples[m.name], alpha, previous.get(m.name)) for m in analysis.metrics]
     results = [result for result, _ in judged]
     verdict = max((r.verdict for r in results), key=_SEVERITY.__getitem__, default="Inconclusive")
-    return Look(AnalysisRecord(time=now, step=step, weight=weight, verdict=verdict, metrics=results),
+    return Look(AnalysisRecord(time=now, step=step, weight=weight, achieved_weight=achieved_weight, verdict=verdict,
+                               metrics=results),
                 tuple(state for _, state in judged if state is not None))
 
 
 def _summary(record: AnalysisRecord) -> str:
     return "; ".join(f"{m.name}: {m.verdict} ({m.message})" if m.message else f"{m.name}: {m.verdict}"
                      for m in record.metrics)
+
+
+def _share(record: AnalysisRecord) -> str:
+    """The canary's share in a look, as Events say it: the achieved share, and the weight asked when it differs."""
+    if record.achieved_weight is None or record.achieved_weight == record.weight:
+        return f"{record.weight}%"
+    return f"{record.achieved_weight:g}% of traffic ({record.weight}% asked)"
 
 
 class _Machine:
@@ -310,7 +308,7 @@ class _Machine:
 
     def finish(self, phase: Literal["Promoted", "RolledBack", "Aborted"], message: str) -> None:
         self.status.phase, self.status.message, self.status.awaiting_approval = phase, message, None
-        self.status.canary_replicas, self.status.canary_weight = 0, 0
+        self.status.canary_replicas, self.status.canary_weight, self.status.achieved_weight = 0, 0, 0.0
         self.event("Warning" if phase == "RolledBack" else "Normal", phase, message)
 
     def start_step(self, index: int) -> None:
@@ -322,13 +320,19 @@ class _Machine:
             return
         step = self.spec.steps[index]
         if step.set_weight is not None:
+            routing, stable = self.spec.traffic_routing, self.observation.stable_replicas
             self.status.canary_weight = step.set_weight
-            self.status.canary_replicas = canary_replicas(
-                self.observation.stable_replicas, step.set_weight,
-                self.spec.traffic_routing.replica_ratio.max_canary_replicas,
-            )
-            self.event("Normal", "WeightSet", f"Step {index}: canary weight {step.set_weight}% "
-                       f"({self.status.canary_replicas} canary replicas).")
+            self.status.canary_replicas = canary_size(routing, stable, step.set_weight)
+            self.status.achieved_weight = achieved_weight(routing, stable, self.status.canary_replicas,
+                                                          step.set_weight)
+            replicas = self.status.canary_replicas
+            if routing.gateway_api is not None:
+                how = (f"set on HTTPRoute {routing.gateway_api.http_route} ({replicas} canary "
+                       f"replica{'s' * (replicas != 1)} sized for it)")
+            else:
+                how = (f"asked; {self.status.achieved_weight:g}% achieved: {replicas} canary "
+                       f"replica{'s' * (replicas != 1)} beside {stable} stable")
+            self.event("Normal", "WeightSet", f"Step {index}: canary weight {step.set_weight}% {how}.")
         elif step.pause is not None and step.pause.duration is None:
             self.status.phase, self.status.awaiting_approval = "Paused", True
             self.status.message = f"Step {index}: paused until `kaizen approve` or `kaizen promote`."
@@ -373,7 +377,7 @@ class _Machine:
         s.evidence = list(observed.evidence)
         summary = _summary(look)
         self.event("Warning" if look.verdict in ("Fail", "Error") else "Normal", f"Analysis{look.verdict}",
-                   f"Step {look.step} at {look.weight}%: {summary}"[:1024])
+                   f"Step {look.step} at {_share(look)}: {summary}"[:1024])
         if look.verdict == "Fail":
             failed = [m for m in look.metrics if m.verdict == "Fail"]
             self.finish("RolledBack", "Rolled back: " + "; ".join(f"metric {m.name} failed: {m.message}"
@@ -462,7 +466,7 @@ def next_action(spec: RolloutSpec, status: RolloutStatus, observation: Observati
     m = _Machine(spec, status, observation, now)
     s = m.status
     if s.phase is None:
-        s.phase, s.canary_weight, s.canary_replicas = "Progressing", 0, 0
+        s.phase, s.canary_weight, s.canary_replicas, s.achieved_weight = "Progressing", 0, 0, 0.0
         s.consecutive_errors = s.consecutive_inconclusive = 0
         m.event("Normal", "Started", f"Rolling out {spec.canary_model.version} beside {spec.stable_model.version}.")
         m.start_step(0)
