@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from kaizen.api import IMPROVEMENT_LOOP, RETRAIN_JOB, ROLLOUT, ResourceKind
 from kaizen.api.common import API_GROUP, API_VERSION
-from kaizen.k8s.deployments import canary_manifest
+from kaizen.logic.deployments import canary_manifest
 from kaizen.logic import loop as loop_logic
 from kaizen.logic import retrain
 from kaizen.logic.validation import InvalidSpec, parse_spec

@@ -8,7 +8,7 @@ import pytest
 
 from kaizen.api.common import ModelRef
 from kaizen.cli.rollout import target
-from kaizen.k8s.deployments import available, canary_manifest, container_name, model_patch, rolled_out, serves
+from kaizen.logic.deployments import available, canary_manifest, container_name, model_patch, rolled_out, serves
 
 STABLE = {
     "apiVersion": "apps/v1", "kind": "Deployment",

@@ -325,7 +325,7 @@ def test_judge_look_takes_the_worst_verdict_splits_alpha_and_carries_the_evidenc
 
 def test_a_user_request_is_read_once_and_a_malformed_one_says_what_is_wrong():
     from kaizen.api.rollout import ActionRecord
-    from kaizen.controllers.rollout import parse_action
+    from kaizen.logic.rollout import parse_action
 
     at = "2026-11-28T12:00:00Z"
     request = {"kaizen.dev/action": "approve", "kaizen.dev/action-by": "alice", "kaizen.dev/action-at": at}

@@ -206,7 +206,7 @@ class ModelRef(KaizenModel):
     )
 
 
-#: The canary Deployment is named ``<target>-canary`` (kaizen.k8s.deployments.canary_name): 63 - len("-canary").
+#: The canary Deployment is named ``<target>-canary`` (kaizen.logic.deployments.canary_name): 63 - len("-canary").
 MAX_TARGET_LENGTH = 56
 
 

@@ -11,32 +11,30 @@ annotations are removed only once a status records it (:mod:`kaizen.logic.reques
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
 
 from kaizen.api import IMPROVEMENT_LOOP
-from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, REQUEST_KEYS, parse_time
-from kaizen.api.common import API_GROUP, API_VERSION, ModelRef
-from kaizen.api.improvementloop import Decision, ImprovementLoopSpec, ImprovementLoopStatus
-from kaizen.controllers.reconcile import (
-    blocked, classified, classify, register, reject, rejected_for, schedule, unblocked, write_status,
-)
+from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, parse_time
+from kaizen.api.common import API_GROUP, ModelRef
+from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus
+from kaizen.controllers import reconcile
+from kaizen.controllers.reconcile import apply, classified, register, schedule, take_request
 from kaizen.k8s import resources
-from kaizen.k8s.errors import ApiError, NotOwned
+from kaizen.k8s.errors import ApiError
+from kaizen.logic.effects import Effects as Changes
+from kaizen.logic.effects import Failure, refused, rejected_for
 from kaizen.logic.loop import (
-    BacklogItem, Child, ChildPlan, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look,
+    BacklogItem, Child, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look,
 )
 from kaizen.logic.promql import fill
-from kaizen.logic.requests import consumable, pending
 from kaizen.logic.validation import InvalidSpec, parse_spec
 
 register(IMPROVEMENT_LOOP)
 
 STATUS_FIELDS = {field.alias or name for name, field in ImprovementLoopStatus.model_fields.items()}
-#: What a look writes (observedGeneration and conditions are the spec handler's, but for a blocked child's).
-LOOK_FIELDS = STATUS_FIELDS - {"observedGeneration", "conditions"}
 #: How soon to look again when the cached object is older than the status this operator last wrote.
 STALE_RETRY_SECONDS = 0.2
 #: The lastObserved each loop's last look wrote, and when, by uid: a cached body older than it is not looked at
@@ -50,7 +48,7 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
     meta, status = obj["metadata"], obj.get("status") or {}
     written, at = _written.get(meta["uid"], ("", 0.0))
     if written > str(status.get("lastObserved") or "") and time.monotonic() - at < STALE_FOR_AT_MOST:
-        return datetime.now(timezone.utc) + timedelta(seconds=STALE_RETRY_SECONDS)  # our last write is not seen yet
+        return reconcile.clock.now() + timedelta(seconds=STALE_RETRY_SECONDS)  # our last write is not seen yet
     try:
         return observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
                                   logger=logger, retry=retry)
@@ -67,9 +65,10 @@ def observe_and_decide(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
     logger: kopf.Logger, **_: Any,
 ) -> datetime | None:
-    now = datetime.now(timezone.utc)
+    now = reconcile.clock.now()
+    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
     try:
-        loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec))  # type: ignore[assignment]
+        loop: ImprovementLoopSpec = parse_spec(IMPROVEMENT_LOOP, dict(spec), name)  # type: ignore[assignment]
     except InvalidSpec:
         return None  # the spec handler reports it; nothing can be decided on it until the spec changes
     if status.get("observedGeneration") != meta.get("generation"):
@@ -77,17 +76,9 @@ def observe_and_decide(
     if rejected_for(dict(status), meta.get("generation")):
         return None  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
-    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
     annotations = dict(meta.get("annotations") or {})
-    try:
-        request = parse_request(annotations, current)
-    except ValueError as problem:
-        kopf.warn(body, reason="InvalidAction", message=str(problem))
-        request = None
-    if consumable(annotations, request):
-        # Recorded in status.lastAction on an earlier look (or unusable): consumed only now, so that a crash between
-        # acting on it and writing the status can never lose it.
-        resources.remove_annotations("ImprovementLoop", namespace, name, REQUEST_KEYS)
+    request = take_request(IMPROVEMENT_LOOP, dict(body), ("approve", "retrain"), current.last_action,
+                           "an ImprovementLoop: use approve or retrain (kaizen approve|retrain LOOP)")
     due = next_look(loop, current)
     if due is not None and now < due:
         return due
@@ -99,53 +90,36 @@ def observe_and_decide(
         readings=read_signals(loop, namespace, outcomes.model.version if outcomes.model else "", logger),
         children=children,
         feedback=read_feedback(loop, namespace, children, logger) if loop.feedback else None,
-        request=request,
+        request=None if request is None else Request(request.action, request.by, request.at),  # type: ignore[arg-type]
         paused=loop.policy.paused or annotations.get(PAUSED) == "true",
         failures_acknowledged=acknowledged,
     )
     effects = look(loop, current, outcomes, gathered, now, loop=name, uid=uid, generation=generation)
-    apply(effects, loop, body, dict(status), patch, logger, now)
-    return effects.next_look
+    return apply_look(effects, loop, dict(body), patch, logger)
 
 
-def apply(effects: Effects, loop: ImprovementLoopSpec, body: kopf.Body, stored: dict[str, Any], patch: kopf.Patch,
-          logger: kopf.Logger, now: datetime) -> None:
-    """Carry out one look's effects, in order, and write the status once (only what changed).
+def apply_look(effects: Effects, loop: ImprovementLoopSpec, obj: dict[str, Any], patch: kopf.Patch,
+               logger: kopf.Logger) -> datetime | None:
+    """Carry out one look's effects (:func:`kaizen.controllers.reconcile.apply`), then send its decision to the
+    audit log.
 
     The child comes first and the status last: a crash in between leaves a child whose spec.reason rebuilds the
     decision the status lost (:func:`kaizen.logic.loop.lost_decisions`), and a request still on the loop that its
-    child answers. A child the API server refuses, or whose name is taken, ends the look here with a condition.
+    child answers. A child the API server refuses, or whose name is taken, ends the look there with a condition,
+    and the decision is not made.
     """
-    meta = body["metadata"]
-    namespace, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 1)
-    if effects.create is not None and effects.decision is not None:
-        try:
-            create_child(effects.create, effects.plan.action, effects.decision, namespace, name, uid, generation)
-        except (NotOwned, ApiError) as error:
-            failure = classify(error, f"{effects.create.kind} {namespace}/{effects.create.name}")
-            if failure is None:
-                raise
-            if not failure.final:
-                blocked(body, stored, patch, logger, failure, now, generation)
-            reject(body, stored, patch, logger, failure, now, generation)
-            return
-    for child in effects.delete:
-        resources.delete(child.kind, namespace, child.name)
-    for event in effects.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    if effects.decision is not None:
-        logger.info(f"Decided action={effects.plan.action} code={effects.plan.code} decision={effects.decision.id}")
-        audit(loop, namespace, name, effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True),
-              logger)
-    new = effects.status.to_wire()
-    write_status(stored, patch, {**unblocked(stored), **{key: new.get(key) for key in LOOK_FIELDS}})
+    failures: list[Failure] = []
 
+    def refusal(stored: dict[str, Any], failure: Failure, now: datetime, generation: int | None) -> Changes:
+        failures.append(failure)
+        return refused(stored, failure, now, generation)
 
-def parse_request(annotations: dict[str, str], status: ImprovementLoopStatus) -> Request | None:
-    """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
-    request = pending(annotations, ("approve", "retrain"), status.last_action,
-                      "an ImprovementLoop: use approve or retrain (kaizen approve|retrain LOOP)")
-    return None if request is None else Request(request.action, request.by, request.at)  # type: ignore[arg-type]
+    due = apply(obj, effects.changes, patch, logger, refused=refusal)
+    if effects.decision is not None and not failures:
+        meta = obj["metadata"]
+        audit(loop, meta["namespace"], meta["name"],
+              effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True), logger)
+    return due
 
 
 def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger: kopf.Logger) -> dict[str, Reading]:
@@ -239,27 +213,6 @@ def to_child(kind: str, obj: dict[str, Any]) -> Child:
         message=status.get("message"),
         evidence={"gates": [g for g in status.get("gates", [])]} if status.get("gates") else {},
     )
-
-
-def create_child(child: ChildPlan, action: str, decision: Decision, namespace: str, loop: str, uid: str,
-                 generation: int) -> None:
-    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(action, "rollout")
-    body = {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": child.kind,
-        "metadata": {
-            "name": child.name,
-            "namespace": namespace,
-            "labels": {f"{API_GROUP}/loop": loop, f"{API_GROUP}/role": role,
-                       f"{API_GROUP}/loop-generation": str(generation)},
-            "ownerReferences": [{"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": IMPROVEMENT_LOOP.kind,
-                                 "name": loop, "uid": uid, "controller": True, "blockOwnerDeletion": True}],
-        },
-        # The decision's own evidence: the child is where a decision the status lost is rebuilt from.
-        "spec": {**child.spec, "reason": {"decisionId": decision.id, "summary": decision.reason,
-                                          "evidence": decision.evidence}},
-    }
-    resources.create_or_adopt(child.kind, namespace, body, uid)
 
 
 def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[str, Any], logger: kopf.Logger) -> None:

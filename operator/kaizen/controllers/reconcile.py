@@ -1,8 +1,15 @@
-"""The reconcile skeleton shared by every kind: validate the spec, then write ``observedGeneration`` and the
-``Ready`` / ``InvalidSpec`` conditions, once, only when they change; and classify what goes wrong on the way.
+"""The reconcile skeleton shared by every kind: gather → pure decide → :func:`apply`, scheduled by due time.
 
-A spec the operator cannot act on is reported (condition + Warning Event) and *not* retried: retrying cannot fix
-it, and the next edit of the spec triggers a new reconcile.
+- Spec validation (:func:`register`, :func:`accept`): ``observedGeneration`` and the ``Ready`` / ``InvalidSpec``
+  conditions, written once, only when they change. A spec the operator cannot act on is reported (condition +
+  Warning Event) and *not* retried: retrying cannot fix it, and the next edit of the spec triggers a new reconcile.
+- The look (:func:`schedule`): one asyncio task per object sleeps until the due time its last look returned, or until
+  the object (or what the controller watches for it, :meth:`Scheduler.wake`) changes. The look gathers, calls its
+  kind's pure decide function (which returns :class:`kaizen.logic.effects.Effects`), and :func:`apply` carries the
+  effects out the same way for every kind; the status is written once, in one merge patch, skipped when nothing
+  changed. A user's request (the ``kaizen.dev/action`` annotations) is read by :func:`take_request`.
+- Time: every controller reads :data:`clock` (``clock.now()``), and the scheduler's sleeps are measured on it; tests
+  replace it with a clock they drive, and :func:`wake_all` makes every object look again at the new time.
 
 Errors (:func:`classify`, :func:`classified`), never a tight loop:
 
@@ -19,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -28,18 +36,33 @@ import kopf
 from pydantic import BaseModel
 
 from kaizen.api import ResourceKind
-from kaizen.k8s import resources
+from kaizen.api.actions import REQUEST_KEYS
+from kaizen.k8s import deployments, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
-from kaizen.logic.conditions import find_condition, remove_condition, set_condition
-from kaizen.logic.validation import InvalidSpec, parse_spec
+from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, rejected_for, unblocked
+from kaizen.logic.effects import refused as usual_refusal
+from kaizen.logic.requests import Requested, consumable, pending
+from kaizen.logic.validation import judge
+
+__all__ = ["CHILD_REJECTED", "Failure", "rejected_for", "unblocked"]
+
+
+class Clock:
+    """The time the controllers act on: ``now()`` is the wall clock. Tests replace :data:`clock` with a subclass
+    whose ``now()`` they move (then call :func:`wake_all`), instead of sleeping until a due time comes."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+#: The one clock of every controller (looked up at each use, so that a test's replacement takes effect at once).
+clock = Clock()
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: The next try after a failure a person must fix: a name taken, a quota, RBAC.
-SLOW_RETRY_SECONDS = 60.0
+SLOW_RETRY_SECONDS = SLOW_RETRY.total_seconds()
 #: The next try after a bug: rarely enough to cost nothing, soon enough to pick up a fixed operator's peers' work.
 BUG_RETRY_SECONDS = 300.0
-#: Reason of the InvalidSpec condition when the API server refused a child built from the spec.
-CHILD_REJECTED = "ChildRejected"
 _reported: set[tuple[str, str]] = set()
 
 
@@ -61,26 +84,14 @@ def accept(
     resource: ResourceKind, body: kopf.Body, spec: dict[str, Any], status: dict[str, Any], generation: int | None,
     patch: kopf.Patch, logger: kopf.Logger, now: datetime | None = None,
 ) -> BaseModel | None:
-    """Judge the spec and write the conditions; return the parsed spec, or None when it is invalid."""
-    now = now or datetime.now(timezone.utc)
-    conditions = list(status.get("conditions") or [])
-    try:
-        parsed = parse_spec(resource, spec)
-    except InvalidSpec as invalid:
-        message = "; ".join(invalid.problems)
-        conditions = set_condition(conditions, type="InvalidSpec", status="True", reason="SpecInvalid",
-                                   message=message, now=now, generation=generation)
-        conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
-                                   message="The spec cannot be acted on; see the InvalidSpec condition.",
-                                   now=now, generation=generation)
-        logger.warning(f"Rejected spec: {message}")
-        kopf.warn(body, reason="InvalidSpec", message=message[:1024])
-        parsed = None
-    else:
-        conditions = remove_condition(conditions, "InvalidSpec")
-        conditions = set_condition(conditions, type="Ready", status="True", reason="SpecAccepted",
-                                   message=f"The {resource.kind} spec is valid.", now=now, generation=generation)
-    write_status(status, patch, {"observedGeneration": generation, "conditions": conditions})
+    """Judge the spec (:func:`kaizen.logic.validation.judge`, with the object's name) and write the conditions;
+    return the parsed spec, or None when it is invalid."""
+    parsed, effects = judge(resource, spec, name=(body.get("metadata") or {}).get("name"), status=status,
+                            generation=generation, now=now or clock.now())
+    for event in effects.events:
+        logger.warning(f"Rejected spec: {event.message}")
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    write_status(status, patch, effects.status)
     return parsed
 
 
@@ -103,16 +114,6 @@ def stored_form(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What went wrong with a child, as users see it: ``reason`` for the condition and the Event, ``message`` says
-    what and what to do; ``final`` when sending the same again cannot succeed."""
-
-    reason: str
-    message: str
-    final: bool
 
 
 def classify(error: Exception, what: str) -> Failure | None:
@@ -174,94 +175,198 @@ def report_bug(error: Exception, kwargs: dict[str, Any]) -> None:
     raise kopf.TemporaryError(f"{type(error).__name__}: {error} (reported above)", delay=BUG_RETRY_SECONDS) from error
 
 
-def rejected_for(status: dict[str, Any], generation: int | None) -> bool:
-    """Whether a child built from this generation of the spec was refused by the API server: nothing to retry."""
-    invalid = find_condition(list(status.get("conditions") or []), "InvalidSpec")
-    return bool(invalid and invalid.get("status") == "True" and invalid.get("reason") == CHILD_REJECTED
-                and invalid.get("observedGeneration") == generation)
 
 
-def reject(body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, failure: Failure,
-           now: datetime, generation: int | None) -> None:
-    """Mark this generation of the spec invalid: the API server refused a child built from it."""
-    conditions = list(patch.status.get("conditions") or status.get("conditions") or [])
-    conditions = set_condition(conditions, type="InvalidSpec", status="True", reason=CHILD_REJECTED,
-                               message=failure.message, now=now, generation=generation)
-    conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
-                               message="The spec cannot be acted on; see the InvalidSpec condition.", now=now,
-                               generation=generation)
-    write_status(status, patch, {"conditions": conditions})
-    logger.warning(f"Rejected child: {failure.message}")
-    kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
+# ------------------------------------------------------------------------------------------------ requests
 
 
-#: Progressing reasons of :func:`blocked`: a look that gets through clears them.
-BLOCKED = ("NameConflict", "ChildForbidden")
+def take_request(resource: ResourceKind, obj: dict[str, Any], allowed: Sequence[str], recorded: Any | None,
+                 usage: str) -> Requested | None:
+    """The user's request waiting on ``obj`` (:func:`kaizen.logic.requests.pending`), for every kind the same way.
+
+    A request that ``recorded`` (the stored status.lastAction) shows handled, or that cannot be used (a Warning
+    Event says why), has its annotations removed now: only once the status recording it has been written, so that
+    a crash between acting on a request and writing the status can never lose it.
+    """
+    meta = obj["metadata"]
+    annotations = dict(meta.get("annotations") or {})
+    try:
+        request = pending(annotations, allowed, recorded, usage)
+    except ValueError as problem:
+        kopf.warn(obj, reason="InvalidAction", message=str(problem))
+        request = None
+    if consumable(annotations, request):
+        resources.remove_annotations(resource.kind, meta["namespace"], meta["name"], REQUEST_KEYS)
+    return request
 
 
-def unblocked(status: dict[str, Any]) -> dict[str, Any]:
-    """The status fields that clear a :func:`blocked` condition, once the object is no longer blocked."""
-    conditions = list(status.get("conditions") or [])
-    progressing = find_condition(conditions, "Progressing")
-    if progressing is None or progressing.get("reason") not in BLOCKED:
-        return {}
-    return {"conditions": remove_condition(conditions, "Progressing")}
+# ------------------------------------------------------------------------------------------------ apply
+
+#: What a refused child means for the object: pure, from the stored status, the failure, now and the generation.
+Refused = Callable[[dict[str, Any], Failure, datetime, "int | None"], Effects]
 
 
-def blocked(body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, failure: Failure,
-            now: datetime, generation: int | None) -> None:
-    """Say in ``Progressing`` why the object is stuck (once in a Warning Event), and retry slowly."""
-    conditions = list(patch.status.get("conditions") or status.get("conditions") or [])
-    before = find_condition(conditions, "Progressing")
-    conditions = set_condition(conditions, type="Progressing", status="False", reason=failure.reason,
-                               message=failure.message, now=now, generation=generation)
-    write_status(status, patch, {"conditions": conditions})
-    if before is None or before.get("message") != failure.message:
-        logger.warning(f"Blocked reason={failure.reason}: {failure.message}")
-        kopf.warn(body, reason=failure.reason, message=failure.message[:1024])
-    raise kopf.TemporaryError(failure.message, delay=SLOW_RETRY_SECONDS)
+def apply(obj: dict[str, Any], effects: Effects, patch: kopf.Patch, logger: kopf.Logger,
+          refused: Refused | None = None) -> datetime | None:
+    """Carry out one look's effects, the same way for every kind, and return when the object is next due.
+
+    Children first, in order, and the status last: a crash in between leaves children with deterministic names that
+    the next look adopts. A child the API server refuses (or whose name is taken) stops the children there; what it
+    means for the object is ``refused``'s to say (by default :func:`kaizen.logic.effects.refused`), and those
+    effects are applied instead. A transient failure is raised: the scheduler retries with backoff.
+    """
+    meta = obj["metadata"]
+    namespace, stored = meta["namespace"], dict(obj.get("status") or {})
+    what = ""
+    try:
+        for body in effects.create:
+            what = f"{body['kind']} {namespace}/{body['metadata']['name']}"
+            _create(namespace, body, meta["uid"])
+        for body in effects.apply:
+            what = f"{body['kind']} {namespace}/{body['metadata']['name']}"
+            _apply(namespace, body)
+        for kind, name in effects.delete:
+            what = f"{kind} {namespace}/{name}"
+            _delete(kind, namespace, name)
+    except (NotOwned, ApiError) as error:
+        failure = classify(error, what)
+        if failure is None:
+            raise
+        return apply(obj, (refused or usual_refusal)(stored, failure, clock.now(), meta.get("generation")), patch,
+                     logger)
+    for event in effects.events:
+        kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
+    for line in effects.log:
+        logger.info(line)
+    write_status(stored, patch, {**unblocked(stored), **effects.status})
+    return effects.next_due
 
 
-#: A look at one object: given a snapshot of it, do what is due, put the status to write into the patch, and return
-#: when it is next due (None: only when the object changes).
+def _create(namespace: str, body: dict[str, Any], owner_uid: str) -> None:
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    if body["kind"] in ("ConfigMap", "Job"):
+        jobs.create_or_adopt(body, owner_uid)
+    else:
+        resources.create_or_adopt(body["kind"], namespace, body, owner_uid)
+
+
+def _apply(namespace: str, body: dict[str, Any]) -> None:
+    if body["kind"] != "Deployment":
+        raise ValueError(f"no server-side apply of {body['kind']} is known")
+    deployments.apply({**body, "metadata": {**body["metadata"], "namespace": namespace}})
+
+
+def _delete(kind: str, namespace: str, name: str) -> None:
+    if kind == "Deployment":
+        deployments.delete(namespace, name)
+    else:
+        resources.delete(kind, namespace, name)
+
+
+# ------------------------------------------------------------------------------------------------ scheduling
+
+#: A look at one object: given a snapshot of it, gather, decide and :func:`apply`, put the status to write into the
+#: patch, and return when it is next due (None: only when the object or what is watched for it changes).
 Look = Callable[[dict[str, Any], kopf.Patch, kopf.Logger, int], "datetime | None"]
 
 
-def schedule(resource: ResourceKind, look: Look) -> None:
+@dataclass(frozen=True)
+class Slept:
+    """What the scheduler of one object last did: how many looks it has taken, and until when it now sleeps
+    (None: until a change). An observable for tests that must know a look has finished."""
+
+    looks: int
+    due: datetime | None
+
+
+class Scheduler:
+    """The looks of one kind: a task per object (by uid), woken by its due time or by :meth:`wake`."""
+
+    def __init__(self, resource: ResourceKind) -> None:
+        self.resource = resource
+        self._wakeups: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._uids: dict[tuple[str, str], str] = {}
+        self._slept: dict[tuple[str, str], Slept] = {}
+        self._lock = threading.Lock()
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Make the object look now (from any thread): something it depends on changed."""
+        with self._lock:
+            waker = self._wakeups.get(self._uids.get((namespace, name), ""))
+        if waker is not None:
+            loop, event = waker
+            loop.call_soon_threadsafe(event.set)
+
+    def wake_all(self) -> None:
+        with self._lock:
+            wakers = list(self._wakeups.values())
+        for loop, event in wakers:
+            loop.call_soon_threadsafe(event.set)
+
+    def slept(self, namespace: str, name: str) -> Slept | None:
+        return self._slept.get((namespace, name))
+
+    def _enter(self, meta: dict[str, Any]) -> asyncio.Event:
+        event = asyncio.Event()
+        with self._lock:
+            self._wakeups[meta["uid"]] = (asyncio.get_running_loop(), event)
+            self._uids[(meta["namespace"], meta["name"])] = meta["uid"]
+        return event
+
+    def _leave(self, meta: dict[str, Any], event: asyncio.Event) -> None:
+        with self._lock:
+            if self._wakeups.get(meta["uid"], (None, None))[1] is event:
+                del self._wakeups[meta["uid"]]
+                self._uids.pop((meta["namespace"], meta["name"]), None)
+                self._slept.pop((meta["namespace"], meta["name"]), None)
+
+
+_schedulers: list[Scheduler] = []
+
+
+def wake_all() -> None:
+    """Make every object of every kind look again (a test that moved :data:`clock` calls it)."""
+    for scheduler in _schedulers:
+        scheduler.wake_all()
+
+
+def schedule(resource: ResourceKind, look: Look) -> Scheduler:
     """Run ``look`` for every object of ``resource`` when it is due, instead of polling: one asyncio task per object
-    sleeps until the due time ``look`` returned, or until the object changes (any watch event wakes it). The look
-    runs in a thread (the Kubernetes, Prometheus and collector clients block), and its status patch is written in
-    one merge patch of the status subresource, skipped when empty; a TemporaryError's delay replaces the due time."""
+    sleeps until the due time ``look`` returned, or until the object changes (any watch event wakes it) or
+    :meth:`Scheduler.wake` is called. The look runs in a thread (the Kubernetes, Prometheus and collector clients
+    block), and its status patch is written in one merge patch of the status subresource, skipped when empty; a
+    TemporaryError's delay replaces the due time."""
     target = ("kaizen.dev", "v1alpha1", resource.plural)
-    wakeups: dict[str, asyncio.Event] = {}
+    scheduler = Scheduler(resource)
+    _schedulers.append(scheduler)
 
     @kopf.daemon(*target, id=f"schedule_{resource.plural}", cancellation_timeout=30)
     async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        uid = body["metadata"]["uid"]
-        wake = wakeups[uid] = asyncio.Event()
-        retry = 0
+        meta = dict(body["metadata"])
+        key = (meta["namespace"], meta["name"])
+        wake = scheduler._enter(meta)
+        retry = looks = 0
         try:
             while not stopped:
                 wake.clear()
                 try:
                     due = await asyncio.to_thread(look_and_write, copy.deepcopy(dict(body)), logger, retry)
-                    delay = None if due is None else max((due - datetime.now(timezone.utc)).total_seconds(), 0.0)
+                    delay = None if due is None else max((due - clock.now()).total_seconds(), 0.0)
                     retry = 0
                 except kopf.TemporaryError as error:
-                    delay, retry = error.delay, retry + 1
+                    due, delay, retry = None, error.delay, retry + 1
+                looks += 1
+                scheduler._slept[key] = Slept(looks, due)
                 sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
                 await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
                 for task in sleeping:
                     task.cancel()
         finally:
-            if wakeups.get(uid) is wake:
-                del wakeups[uid]
+            scheduler._leave(meta, wake)
 
     @kopf.on.event(*target, id=f"wake_{resource.plural}")
     async def changed(meta: kopf.Meta, **_: Any) -> None:
-        wake = wakeups.get(meta.get("uid") or "")
-        if wake is not None:
-            wake.set()
+        scheduler.wake(meta.get("namespace") or "", meta.get("name") or "")
 
     def look_and_write(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> datetime | None:
         patch = kopf.Patch()
@@ -269,6 +374,8 @@ def schedule(resource: ResourceKind, look: Look) -> None:
             return look(obj, patch, logger, retry)
         finally:
             write(resource=resource, meta=obj["metadata"], patch=patch, logger=logger, retry=retry)
+
+    return scheduler
 
 
 @classified

@@ -196,7 +196,7 @@ def pin_model(cluster: ClusterAccess, deployment: str, container: str, model: di
     labels, server-side applied under Kaizen's field manager (the manifest in git leaves them out)."""
     from kaizen.api.common import ModelRef
     from kaizen.k8s.client import FIELD_MANAGER
-    from kaizen.k8s.deployments import model_patch
+    from kaizen.logic.deployments import model_patch
 
     stable = {"metadata": {"name": deployment, "namespace": NAMESPACE}}
     patch = model_patch(stable, container=container, model_env="MODEL_URI", model=ModelRef(**model))

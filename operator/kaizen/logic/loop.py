@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from kaizen.api.common import ModelRef, parse_duration
+from kaizen.api.common import API_GROUP, API_VERSION, ModelRef, parse_duration
 from kaizen.api.improvementloop import (
     Budget, Candidate, Decision, ImprovementLoopSpec, ImprovementLoopStatus, LoopPhase, Policy, RequestRecord,
     ServedModel, Signal, SignalStatus,
 )
+from kaizen.logic import effects as applied
 from kaizen.logic.conditions import Event
 
 Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
@@ -596,9 +597,10 @@ class Gathered:
 
 @dataclass(frozen=True)
 class Effects:
-    """Every effect of one look, applied by the controller in this order: create ``create`` (named by ``decision``,
-    whose id and evidence go into its spec.reason), delete ``delete``, post ``events``, send ``decision`` to the
-    audit log, write ``status`` once, and look again at ``next_look``. ``plan`` says why, for the log."""
+    """Every effect of one look: create ``create`` (named by ``decision``, whose id and evidence go into its
+    spec.reason), delete ``delete``, post ``events``, send ``decision`` to the audit log, write ``status`` once, and
+    look again at ``next_look``. ``plan`` says why, for the log; ``changes`` is all of it but the audit log, as the
+    shared apply carries it out."""
 
     plan: Plan
     status: ImprovementLoopStatus
@@ -607,6 +609,33 @@ class Effects:
     create: ChildPlan | None = None
     delete: tuple[Child, ...] = ()
     events: tuple[Event, ...] = ()
+    changes: applied.Effects = field(default_factory=applied.Effects)
+
+
+#: The status fields a look writes: observedGeneration and the conditions are the spec handler's (and a blocked
+#: child's).
+LOOK_FIELDS = frozenset(info.alias or name for name, info in ImprovementLoopStatus.model_fields.items()) - {
+    "observedGeneration", "conditions"}
+
+
+def child_manifest(child: ChildPlan, action: Action, decision: Decision, *, loop: str, uid: str,
+                   generation: int) -> dict[str, Any]:
+    """The child as created: labelled with its loop, role and the loop's generation, owned by the loop, and with the
+    decision's own evidence in its spec.reason, which is where a decision the status lost is rebuilt from."""
+    role = {"Retrain": "retrain", "Rollback": "rollback"}.get(action, "rollout")
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": child.kind,
+        "metadata": {
+            "name": child.name,
+            "labels": {f"{API_GROUP}/loop": loop, f"{API_GROUP}/role": role,
+                       f"{API_GROUP}/loop-generation": str(generation)},
+            "ownerReferences": [{"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "ImprovementLoop",
+                                 "name": loop, "uid": uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {**child.spec, "reason": {"decisionId": decision.id, "summary": decision.reason,
+                                          "evidence": decision.evidence}},
+    }
 
 
 def next_look(spec: ImprovementLoopSpec, status: ImprovementLoopStatus) -> datetime | None:
@@ -668,6 +697,17 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
         consecutive_failures=outcomes.consecutive_failures,
         decisions=decisions, last_action=last_action,
     ))
-    return Effects(plan=plan, status=status, next_look=now + parse_duration(spec.interval), decision=decision,
-                   create=plan.create if decision is not None else None,
-                   delete=tuple(beyond_history_limits(children, spec.policy, now)), events=tuple(events))
+    create = plan.create if decision is not None else None
+    delete = tuple(beyond_history_limits(children, spec.policy, now))
+    due = now + parse_duration(spec.interval)
+    wire = status.to_wire()
+    changes = applied.Effects(
+        status={key: wire.get(key) for key in LOOK_FIELDS},
+        create=(child_manifest(create, plan.action, decision, loop=loop, uid=uid, generation=generation),)
+        if create is not None and decision is not None else (),
+        delete=tuple((c.kind, c.name) for c in delete), events=tuple(events),
+        log=(f"Decided action={plan.action} code={plan.code} decision={decision.id}",) if decision else (),
+        next_due=due,
+    )
+    return Effects(plan=plan, status=status, next_look=due, decision=decision, create=create, delete=delete,
+                   events=tuple(events), changes=changes)

@@ -1,5 +1,9 @@
 """RetrainJob logic, pure: what to create for a RetrainJob (the trainer config, its ConfigMap and the batch/v1 Job)
-and what its status is, given the Job and its pods as observed. No I/O; the controller gathers and writes.
+and what its status is, given the Job and its pods as observed. No I/O; the controller gathers and applies.
+
+:func:`decide` is one look's every effect (:class:`kaizen.logic.effects.Effects`): the children to create, the
+status, the Events (each pod failure once, the outcome once) and when to look again; :func:`refused` says what a
+child the API server refuses means (a RetrainJob is one run: unless a person can unblock it, it has failed).
 
 Retries are the Job's own: ``backoffLimit`` counts failed pods, and a ``podFailurePolicy`` fails the Job at once
 when the trainer exits with :data:`EXIT_PERMANENT` (a bad config or bad data) and does not count pods disrupted by
@@ -16,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +30,8 @@ from kaizen.api.retrainjob import (
     RetrainPhase,
 )
 from kaizen.api.trainer import FeedbackExport, TrainerConfig, TrainerResult
+from kaizen.logic.conditions import Event, set_condition
+from kaizen.logic.effects import Effects, Failure, blocked
 from kaizen.logic.gates import judge
 
 #: Exit code of a trainer failure that retrying cannot fix (kaizen_trainer.cli.EXIT_PERMANENT).
@@ -431,3 +437,74 @@ def _fmt(value: float | None) -> str:
 def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
+
+
+# --- deciding --------------------------------------------------------------------------------------------------
+
+FINISHED = ("Succeeded", "Failed")
+STATUS_FIELDS = frozenset(info.alias or name for name, info in RetrainJobStatus.model_fields.items())
+#: How often a RetrainJob with a training pod running looks again, so that its gpuSeconds (which the loop's GPU
+#: budget sums) follow the pod's run. Every other change is seen through the watch of the Job and its pods.
+FOLLOW_RUNNING = timedelta(seconds=10)
+#: The look of an unfinished RetrainJob when nothing is running: a safety net (a change of the Job or of a pod,
+#: which the controller watches, is looked at at once), not a schedule.
+FOLLOW_IDLE = timedelta(seconds=60)
+
+
+def previous_status(stored: dict[str, Any]) -> RetrainJobStatus:
+    return RetrainJobStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
+
+
+def decide(spec: RetrainJobSpec, stored: dict[str, Any], job: dict[str, Any] | None, pods: list[dict[str, Any]],
+           now: datetime, *, name: str, namespace: str, uid: str, generation: int | None) -> Effects:
+    """One look at a RetrainJob: from its stored status (wire form), its Job (None: not there) and the Job's pods,
+    every effect. A finished RetrainJob has none: its status is the record of the run, and the pods it was read
+    from may be gone by now."""
+    if stored.get("phase") in FINISHED:
+        return Effects()
+    conditions = list(stored.get("conditions") or [])
+    if job is None:
+        planned = plan(spec, name, namespace, uid)
+        child = planned.job["metadata"]["name"]
+        message = "Creating the training Job."
+        return Effects(
+            create=(planned.config_map, planned.job),
+            status={"phase": "Pending", "message": message, "conditions": set_condition(
+                conditions, type="Progressing", status="True", reason="Pending", message=message, now=now,
+                generation=generation)},
+            events=(Event("Normal", "JobCreated", f"Created training Job {child}."),),
+            log=(f"Created training Job job={child} image={spec.image} gpus={spec.resources.gpus}",),
+            next_due=now + FOLLOW_IDLE,  # the Job's own watch event brings the next look sooner
+        )
+    observed = observe(spec, job, pods, now, previous=previous_status(stored))
+    events: list[Event] = []
+    log: list[str] = []
+    for failure in observed.new_failures:
+        retried = "retrying from the last checkpoint" if failure.retried else "not retried"
+        events.append(Event("Warning", failure.reason, f"Pod {failure.pod}: {failure.message} ({retried})"[:1024]))
+        log.append(f"Training pod failed pod={failure.pod} reason={failure.reason} retried={failure.retried}")
+    finished = observed.phase in FINISHED
+    if finished:
+        verdict = observed.fields.get("verdict")
+        events.append(Event("Normal" if verdict == "Passed" else "Warning",
+                            f"Gates{verdict}" if verdict else "TrainingFailed", observed.message[:1024]))
+        log.append(f"Finished retrain phase={observed.phase} verdict={verdict}")
+    conditions = set_condition(conditions, type="Progressing", status="False" if finished else "True",
+                               reason=observed.phase, message=observed.message, now=now, generation=generation)
+    due = None if finished else now + (FOLLOW_RUNNING if observed.phase == "Training" else FOLLOW_IDLE)
+    return Effects(status={"phase": observed.phase, "message": observed.message, **observed.fields,
+                           "conditions": conditions},
+                   events=tuple(events), log=tuple(log), next_due=due)
+
+
+def refused(stored: dict[str, Any], failure: Failure, now: datetime, generation: int | None) -> Effects:
+    """A trainer ConfigMap or Job the API server refuses. A person can unblock a taken name or a quota: blocked, and
+    retried slowly. Otherwise the same spec would be refused again, and a RetrainJob is one run: it has failed, and
+    says why."""
+    if not failure.final:
+        return blocked(stored, failure, now, generation)
+    conditions = set_condition(list(stored.get("conditions") or []), type="Progressing", status="False",
+                               reason=failure.reason, message=failure.message, now=now, generation=generation)
+    return Effects(status={"phase": "Failed", "message": failure.message, "conditions": conditions},
+                   events=(Event("Warning", failure.reason, failure.message[:1024]),),
+                   log=(f"Failed retrain reason={failure.reason}: {failure.message}",))

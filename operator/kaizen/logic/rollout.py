@@ -1,5 +1,10 @@
 """The Rollout step machine and the judgement of one analysis look: pure functions, no I/O, ``now`` injected.
 
+:func:`decide` is one look's every effect (:class:`kaizen.logic.effects.Effects`): from the Rollout's stored status
+and what the controller gathered (:class:`Gathered`: the stable and canary Deployments, an analysis look, a user's
+request, who holds the target), the canary to apply or delete, the promotion to apply, the status, the Events and
+when to look next (:func:`next_due`). Inside it, :func:`next_action` is the step machine.
+
 The controller (:mod:`kaizen.controllers.rollout`) gathers an :class:`Observation` — the stable Deployment's size,
 the canary's available replicas, whether a promotion has rolled out, this tick's analysis look (built by
 :func:`judge_look` from what Prometheus returned) and a user's action — and :func:`next_action` returns the new
@@ -29,14 +34,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from kaizen.api.common import parse_duration
 from kaizen.api.rollout import (
     ActionRecord, Analysis, AnalysisMetric, AnalysisRecord, MetricEvidence, MetricResult, RolloutSpec, RolloutStatus,
     Step, TrackSample, UserAction,
 )
-from kaizen.logic.conditions import Event
+from kaizen.logic import deployments
+from kaizen.logic.conditions import Event, set_condition
+from kaizen.logic.effects import Effects, Failure, blocked
+from kaizen.logic.requests import pending
 from kaizen.logic.routing import achieved_weight, canary_size
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
@@ -516,3 +524,139 @@ def next_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> datetim
     if step.pause is not None and step.pause.duration is None and not spec.analysis.metrics:
         return None
     return now + min(IDLE_LOOK, DEPLOYMENT_POLL * 5)
+
+
+# --------------------------------------------------------------------------------------------------- a look
+
+#: The requests a Rollout takes (the ``kaizen.dev/action`` annotation), and what to say of any other.
+ACTIONS = ("promote", "abort", "approve")
+ACTIONS_USAGE = "a Rollout: use promote, abort or approve (kaizen promote|abort|approve ROLLOUT)"
+#: How soon a Rollout that waits for something that is not a change of its own looks again: its target Deployment
+#: to appear, or another Rollout to release it.
+RECHECK = timedelta(seconds=5)
+STATUS_FIELDS = frozenset(info.alias or name for name, info in RolloutStatus.model_fields.items())
+#: Written by the spec handler (reconcile.accept), not by the step machine.
+_SPEC_HANDLER_FIELDS = frozenset({"observedGeneration", "conditions"})
+
+
+def parse_action(annotations: dict[str, str], status: RolloutStatus) -> Action | None:
+    """The user's request; None when there is none or status.lastAction shows it handled. ValueError if unusable."""
+    request = pending(annotations, ACTIONS, status.last_action, ACTIONS_USAGE)
+    return None if request is None else Action(request.action, request.by, request.at)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the controller read for one look at a Rollout, beside the Rollout itself.
+
+    ``holder`` is another Rollout holding the target (None: this one may touch it), and is known only when
+    ``holder_known``: the target's Rollouts are listed only when the look is about to touch a Deployment, so that a
+    Rollout at rest lists none.
+    """
+
+    stable: dict[str, Any] | None
+    canary: dict[str, Any] | None = None
+    look: Look | None = None
+    action: Action | None = None
+    holder: Contender | None = None
+    holder_known: bool = False
+
+
+def status_of(stored: dict[str, Any]) -> RolloutStatus:
+    return RolloutStatus.model_validate({k: v for k, v in stored.items() if k in STATUS_FIELDS})
+
+
+def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: datetime, *,
+           rollout: dict[str, Any]) -> Effects | None:
+    """One look at a Rollout (``rollout``: its apiVersion, kind and metadata; ``stored``: its status as stored).
+
+    None when the look would touch a Deployment (or the Rollout has not started) and who holds the target is not
+    known: the controller lists the target's Rollouts into ``gathered`` and decides again.
+    """
+    current = status_of(stored)
+    meta = rollout["metadata"]
+    namespace, generation = meta["namespace"], meta.get("generation")
+    if current.phase is None and not gathered.holder_known:
+        return None
+    if gathered.holder is not None:
+        return _conclude(spec, stored, current, wait_for_target(spec, current, gathered.holder, namespace,
+                                                                gathered.action, now),
+                         now, generation, due=now + RECHECK)  # the holder's end is no change of this Rollout
+    target = spec.target.deployment
+    stable, canary = gathered.stable, gathered.canary
+    if stable is None:
+        return _hold(stored, now, f"The target Deployment {namespace}/{target} does not exist; waiting for it.")
+    try:
+        container = deployments.container_name(stable, spec.target.container)
+    except ValueError as problem:
+        return _hold(stored, now, str(problem))
+    canary_name = deployments.canary_name(target)
+    if canary is not None and not deployments.owned_by_rollout(canary):
+        message = (f"Deployment {namespace}/{canary_name} exists and is not owned by a Kaizen Rollout; Kaizen will "
+                   "not take it over: delete or rename it")
+        return blocked(stored, Failure("NameConflict", message, final=False), now, generation)
+    model_env = spec.target.model_env
+    serving = deployments.serves(stable, container=container, model_env=model_env, uri=spec.canary_model.uri)
+    observation = Observation(
+        stable_replicas=stable["spec"].get("replicas", 1), canary_available=deployments.available(canary),
+        stable_promoted=serving and deployments.rolled_out(stable), look=gathered.look, action=gathered.action,
+    )
+    decision = next_action(spec, current, observation, now)
+    resize = decision.canary_replicas is not None and (
+        canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
+    remove = decision.canary_replicas is None and canary is not None
+    promote = decision.promote and not serving
+    if (resize or remove or promote) and not gathered.holder_known:
+        return None
+    apply: list[dict[str, Any]] = []
+    log: list[str] = []
+    if resize:
+        assert decision.canary_replicas is not None
+        apply.append(deployments.canary_manifest(stable, rollout, container=container, model_env=model_env,
+                                                 model=spec.canary_model, replicas=decision.canary_replicas))
+        log.append(f"Scaled canary deployment={canary_name} replicas={decision.canary_replicas}")
+    if promote:
+        apply.append(deployments.model_patch(stable, container=container, model_env=model_env,
+                                             model=spec.canary_model))
+        log.append(f"Promoted deployment={target} model={spec.canary_model.version}")
+    if remove:
+        log.append(f"Removed canary deployment={canary_name}")
+    concluded = _conclude(spec, stored, current, decision, now, generation, due=next_due(spec, decision.status, now))
+    return Effects(status=concluded.status, apply=tuple(apply), delete=(("Deployment", canary_name),) if remove else (),
+                   events=concluded.events, log=(*log, *concluded.log), next_due=concluded.next_due)
+
+
+def _conclude(spec: RolloutSpec, stored: dict[str, Any], current: RolloutStatus, decision: Decision, now: datetime,
+              generation: int | None, *, due: datetime | None) -> Effects:
+    """The decided status (every field the step machine owns, and ``Progressing``), its Events and its log line."""
+    new = decision.status.to_wire()
+    fields: dict[str, Any] = {key: new.get(key) for key in STATUS_FIELDS - _SPEC_HANDLER_FIELDS}
+    fields["conditions"] = _progressing(stored, decision, now, generation)
+    log: tuple[str, ...] = ()
+    if decision.status.phase != current.phase:
+        log = (f"Rollout phase={decision.status.phase} step={decision.status.current_step} "
+               f"message={decision.status.message!r}",)
+    elif not decision.owns_target and decision.events:
+        log = (f"Refused target={spec.target.deployment} message={decision.status.message!r}",)
+    return Effects(status=fields, events=decision.events, log=log, next_due=due)
+
+
+def _progressing(stored: dict[str, Any], decision: Decision, now: datetime,
+                 generation: int | None) -> list[dict[str, Any]]:
+    """The conditions with ``Progressing``: True while the rollout runs, False with the outcome once it ended, and
+    False with reason ``TargetInUse`` while another Rollout holds the target."""
+    status = decision.status
+    ended = status.phase in TERMINAL
+    reason = status.phase or "Progressing"
+    if not decision.owns_target and not ended:
+        reason = "TargetInUse"
+    return set_condition(list(stored.get("conditions") or []), type="Progressing",
+                         status="True" if decision.owns_target and not ended else "False", reason=reason,
+                         message=status.message or "", now=now, generation=generation)
+
+
+def _hold(stored: dict[str, Any], now: datetime, message: str) -> Effects:
+    """Wait for the target: say why in status, and once in a Warning Event (not on every look)."""
+    said = stored.get("message") == message
+    return Effects(status={"message": message},
+                   events=() if said else (Event("Warning", "TargetUnavailable", message),), next_due=now + RECHECK)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -18,6 +19,8 @@ from kaizen.api.common import parse_duration
 from kaizen.api.improvementloop import ImprovementLoopSpec
 from kaizen.api.retrainjob import RetrainJobSpec
 from kaizen.api.rollout import RolloutSpec, RolloutTemplate
+from kaizen.logic.conditions import Event, remove_condition, set_condition
+from kaizen.logic.effects import Effects
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 #: Placeholders a signal query may use (filled in by the loop).
@@ -53,6 +56,31 @@ def parse_spec(resource: ResourceKind, spec: dict[str, Any], name: str | None = 
     if problems:
         raise InvalidSpec(problems)
     return model
+
+
+def judge(resource: ResourceKind, spec: dict[str, Any], *, name: str | None, status: dict[str, Any],
+          generation: int | None, now: datetime) -> tuple[BaseModel | None, Effects]:
+    """The spec handler's judgement of an object: the parsed spec (None when it cannot be acted on), and its effects:
+    ``observedGeneration`` and the ``Ready`` / ``InvalidSpec`` conditions, and a Warning Event naming every problem
+    when it is invalid."""
+    conditions = list(status.get("conditions") or [])
+    events: tuple[Event, ...] = ()
+    parsed: BaseModel | None
+    try:
+        parsed = parse_spec(resource, spec, name)
+    except InvalidSpec as invalid:
+        message = "; ".join(invalid.problems)
+        conditions = set_condition(conditions, type="InvalidSpec", status="True", reason="SpecInvalid",
+                                   message=message, now=now, generation=generation)
+        conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
+                                   message="The spec cannot be acted on; see the InvalidSpec condition.",
+                                   now=now, generation=generation)
+        events, parsed = (Event("Warning", "InvalidSpec", message),), None
+    else:
+        conditions = remove_condition(conditions, "InvalidSpec")
+        conditions = set_condition(conditions, type="Ready", status="True", reason="SpecAccepted",
+                                   message=f"The {resource.kind} spec is valid.", now=now, generation=generation)
+    return parsed, Effects(status={"observedGeneration": generation, "conditions": conditions}, events=events)
 
 
 def _describe(error: Any) -> str:
