@@ -12,7 +12,7 @@ import kaizen.k8s.client
 from kaizen.api.rollout import GatewayAPIRouting
 from kaizen.dev.gateway import install_gateway_api
 from kaizen.k8s import httproutes
-from kaizen.logic.routing import RouteError
+from kaizen.logic.routing import RouteError, RouteMissing
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def test_a_cookie_marker_and_its_regular_expression_match_pass_the_routes_valida
 
 
 def test_a_missing_route_and_a_route_that_does_not_serve_the_target_say_what_to_do(gateway_api, namespace):
-    with pytest.raises(httproutes.RouteMissing, match=f"HTTPRoute {namespace}/bot .* does not exist: create it"):
+    with pytest.raises(RouteMissing, match=f"HTTPRoute {namespace}/bot .* does not exist: create it"):
         httproutes.set_weight(namespace, routing(), rollout="r", weight=10, canary_version="v2")
     other = yaml.safe_load(ROUTE)
     for rule in other["spec"]["rules"]:

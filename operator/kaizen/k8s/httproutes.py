@@ -2,11 +2,12 @@
 by server-side apply with Kaizen's field manager.
 
 ``spec.rules`` and each rule's ``backendRefs`` are atomic lists in Gateway API's schema, so an apply cannot own one
-weight inside them: it sends the rules whole. :func:`set_weight` therefore reads the route, lets
-:func:`kaizen.logic.routing.route_rules` change only the stable and canary weights, the canary's session marker and
-Kaizen's own rules, and applies the rules it returns, every other part exactly as read, with the route's
-``resourceVersion`` as a precondition: an edit made between the read and the apply fails the apply (409), and the
-next reconcile starts again from the edited route rather than writing over it.
+weight inside them: it sends the rules whole. The route is read (:func:`read`),
+:func:`kaizen.logic.routing.route_rules` changes only the stable and canary weights, the canary's session marker and
+Kaizen's own rules, and :func:`apply` writes the rules it returns, every other part exactly as read, with the
+route's ``resourceVersion`` as a precondition (:func:`kaizen.logic.routing.route_manifest`): an edit made between
+the read and the apply fails the apply (409), and the next look starts again from the edited route rather than
+writing over it. :func:`set_weight` is the three in one call.
 """
 
 from __future__ import annotations
@@ -20,13 +21,9 @@ from kubernetes.client.exceptions import ApiException
 from kaizen.api.rollout import GatewayAPIRouting
 from kaizen.k8s.client import FIELD_MANAGER, api_client
 from kaizen.k8s.errors import typed
-from kaizen.logic.routing import RouteError, route_rules, route_share
+from kaizen.logic.routing import RouteMissing, route_manifest, route_rules, route_share
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
-
-
-class RouteMissing(RouteError):
-    """The HTTPRoute the spec names does not exist (or its CRD is not installed)."""
 
 
 @dataclass(frozen=True)
@@ -53,30 +50,31 @@ def read(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 @typed
+def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply of :func:`kaizen.logic.routing.route_manifest` with Kaizen's field manager; ``force``: the
+    rules are written whole (an atomic list), so Kaizen owns them while it routes the route."""
+    meta = manifest["metadata"]
+    return _objects().patch_namespaced_custom_object(
+        GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], manifest, field_manager=FIELD_MANAGER, force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+
 def set_weight(namespace: str, routing: GatewayAPIRouting, *, rollout: str, weight: int,
                canary_version: str) -> RouteWeight:
-    """Give the canary ``weight`` percent of the managed rules (0: restore 100/0 and remove Kaizen's rules).
+    """Read the route and give the canary ``weight`` percent of the managed rules (0: restore 100/0 and remove
+    Kaizen's rules); the Rollout controller does the same through its effects.
 
-    Raises :class:`RouteMissing` or :class:`~kaizen.logic.routing.RouteError` (the spec and the route disagree:
-    an InvalidSpec for the caller), or :class:`~kaizen.k8s.errors.ApiError`.
+    Raises :class:`~kaizen.logic.routing.RouteMissing` or :class:`~kaizen.logic.routing.RouteError` (the spec and
+    the route disagree: an InvalidSpec for the caller), or :class:`~kaizen.k8s.errors.ApiError`.
     """
     route = read(namespace, routing.http_route)
     if route is None:
-        raise RouteMissing(f"HTTPRoute {namespace}/{routing.http_route} (spec.trafficRouting.gatewayAPI.httpRoute) "
-                           "does not exist: create it, or fix httpRoute (Gateway API's CRDs must be installed)")
+        raise RouteMissing(namespace, routing)
     rules = route.get("spec", {}).get("rules") or []
     desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
                           weight=weight, canary_version=canary_version)
     if desired == rules:
         return RouteWeight(route_share(rules, routing), changed=False)
-    meta = route["metadata"]
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "HTTPRoute",
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                         "resourceVersion": meta["resourceVersion"]},
-            "spec": {"rules": desired}}
-    # force: the rules are written whole (an atomic list), so their owner becomes Kaizen while it routes them.
-    applied = _objects().patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, meta["name"], body, field_manager=FIELD_MANAGER, force=True,
-        _content_type="application/apply-patch+yaml",
-    )
+    applied = apply(route_manifest(route, desired))
     return RouteWeight(route_share(applied["spec"].get("rules") or [], routing), changed=True)

@@ -45,7 +45,9 @@ from kaizen.logic import deployments
 from kaizen.logic.conditions import Event, set_condition
 from kaizen.logic.effects import Effects, Failure, blocked
 from kaizen.logic.requests import pending
-from kaizen.logic.routing import achieved_weight, canary_size
+from kaizen.logic.routing import (
+    RouteError, RouteMissing, achieved_weight, canary_size, route_manifest, route_rules, route_share,
+)
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
@@ -534,6 +536,8 @@ ACTIONS_USAGE = "a Rollout: use promote, abort or approve (kaizen promote|abort|
 #: How soon a Rollout that waits for something that is not a change of its own looks again: its target Deployment
 #: to appear, or another Rollout to release it.
 RECHECK = timedelta(seconds=5)
+#: Reason of the InvalidSpec condition while the HTTPRoute cannot be routed as the spec says.
+INVALID_ROUTE = "InvalidRoute"
 STATUS_FIELDS = frozenset(info.alias or name for name, info in RolloutStatus.model_fields.items())
 #: Written by the spec handler (reconcile.accept), not by the step machine.
 _SPEC_HANDLER_FIELDS = frozenset({"observedGeneration", "conditions"})
@@ -560,6 +564,8 @@ class Gathered:
     action: Action | None = None
     holder: Contender | None = None
     holder_known: bool = False
+    #: With Gateway API routing: the HTTPRoute as read (None: there is none).
+    route: dict[str, Any] | None = None
 
 
 def status_of(stored: dict[str, Any]) -> RolloutStatus:
@@ -602,14 +608,28 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
         stable_promoted=serving and deployments.rolled_out(stable), look=gathered.look, action=gathered.action,
     )
     decision = next_action(spec, current, observation, now)
+    route_effect = None
+    if spec.traffic_routing.gateway_api is not None:
+        try:
+            route_effect = _route_change(spec, decision, observation, gathered.route, namespace, meta["name"])
+        except RouteError as problem:
+            return _invalid_route(stored, str(problem), now, generation)
+        if route_effect[1] is not None:
+            decision.status.achieved_weight = route_effect[1]
     resize = decision.canary_replicas is not None and (
         canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
     remove = decision.canary_replicas is None and canary is not None
     promote = decision.promote and not serving
-    if (resize or remove or promote) and not gathered.holder_known:
+    manifest = route_effect[0] if route_effect else None
+    if (resize or remove or promote or manifest) and not gathered.holder_known:
         return None
     apply: list[dict[str, Any]] = []
     log: list[str] = []
+    if manifest is not None:
+        # Before the canary goes (apply precedes delete): the route never sends traffic to a removed canary.
+        apply.append(manifest)
+        log.append(f"Routed httproute={spec.traffic_routing.gateway_api.http_route} "  # type: ignore[union-attr]
+                   f"canaryWeight={route_effect[1]:g}")  # type: ignore[index]
     if resize:
         assert decision.canary_replicas is not None
         apply.append(deployments.canary_manifest(stable, rollout, container=container, model_env=model_env,
@@ -621,9 +641,68 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
         log.append(f"Promoted deployment={target} model={spec.canary_model.version}")
     if remove:
         log.append(f"Removed canary deployment={canary_name}")
+    if spec.traffic_routing.gateway_api is not None:
+        stored = _route_valid(stored, now, generation)
     concluded = _conclude(spec, stored, current, decision, now, generation, due=next_due(spec, decision.status, now))
     return Effects(status=concluded.status, apply=tuple(apply), delete=(("Deployment", canary_name),) if remove else (),
                    events=concluded.events, log=(*log, *concluded.log), next_due=concluded.next_due)
+
+
+def _route_change(spec: RolloutSpec, decision: Decision, observation: Observation, route: dict[str, Any] | None,
+                  namespace: str, rollout: str) -> tuple[dict[str, Any] | None, float | None]:
+    """Gateway API routing: (the route's apply configuration, or None when it is right already; the canary's
+    share in the route after this look, or None when unknown). Raises :class:`RouteError`.
+
+    The route follows the step's weight once the canary Deployment is available at its size, so that no request
+    is routed to a canary that cannot answer it yet; an ended rollout restores 100/0 (and the canary goes).
+    """
+    routing = spec.traffic_routing.gateway_api
+    assert routing is not None
+    if route is None:
+        raise RouteMissing(namespace, routing)
+    rules = (route.get("spec") or {}).get("rules") or []
+    status = decision.status
+    if status.phase in TERMINAL:
+        weight: int | None = 0
+    elif observation.canary_available >= max(1, decision.canary_replicas or 0):
+        weight = status.canary_weight or 0
+    else:
+        weight = None  # the canary is not ready at its size: the route stays as it is
+    # Judged on every look, also while the route stays as it is: a route that cannot be routed is said at once.
+    desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
+                          weight=weight or 0, canary_version=spec.canary_model.version)
+    if weight is None:
+        return None, route_share(rules, routing)
+    return (None if desired == rules else route_manifest(route, desired)), float(weight)
+
+
+def _route_valid(stored: dict[str, Any], now: datetime, generation: int | None) -> dict[str, Any]:
+    """``stored`` with an InvalidRoute condition cleared (the route can be routed again), as the spec handler would
+    have left the conditions for a valid spec."""
+    conditions = list(stored.get("conditions") or [])
+    invalid = next((c for c in conditions if c.get("type") == "InvalidSpec"), None)
+    if invalid is None or invalid.get("reason") != INVALID_ROUTE:
+        return stored
+    conditions = [c for c in conditions if c.get("type") != "InvalidSpec"]
+    conditions = set_condition(conditions, type="Ready", status="True", reason="SpecAccepted",
+                               message="The Rollout spec is valid.", now=now, generation=generation)
+    return {**stored, "conditions": conditions}
+
+
+def _invalid_route(stored: dict[str, Any], message: str, now: datetime, generation: int | None) -> Effects:
+    """The route cannot be routed as the spec says: InvalidSpec (reason InvalidRoute) with what to do, a Warning
+    Event once, nothing touched, and a look again later (a route created or fixed later is picked up)."""
+    conditions = list(stored.get("conditions") or [])
+    before = next((c for c in conditions if c.get("type") == "InvalidSpec"), None)
+    conditions = set_condition(conditions, type="InvalidSpec", status="True", reason=INVALID_ROUTE, message=message,
+                               now=now, generation=generation)
+    conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
+                               message="The spec cannot be acted on; see the InvalidSpec condition.", now=now,
+                               generation=generation)
+    said = before is not None and before.get("message") == message
+    return Effects(status={"conditions": conditions, "message": message},
+                   events=() if said else (Event("Warning", INVALID_ROUTE, message[:1024]),),
+                   log=() if said else (f"Refused route: {message}",), next_due=now + RECHECK)
 
 
 def _conclude(spec: RolloutSpec, stored: dict[str, Any], current: RolloutStatus, decision: Decision, now: datetime,

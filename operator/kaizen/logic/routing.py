@@ -33,6 +33,14 @@ class RouteError(ValueError):
     """The route cannot be managed as the spec says; the message says what is wrong and what to do."""
 
 
+class RouteMissing(RouteError):
+    """The HTTPRoute the spec names does not exist (or Gateway API's CRDs are not installed)."""
+
+    def __init__(self, namespace: str, routing: GatewayAPIRouting):
+        super().__init__(f"HTTPRoute {namespace}/{routing.http_route} (spec.trafficRouting.gatewayAPI.httpRoute) "
+                         "does not exist: create it, or fix httpRoute (Gateway API's CRDs must be installed)")
+
+
 def canary_size(routing: TrafficRouting, stable_replicas: int, weight: int) -> int:
     """Replicas of the canary Deployment at ``weight`` percent.
 
@@ -252,3 +260,14 @@ def route_share(rules: list[dict[str, Any]], routing: GatewayAPIRouting) -> floa
             total = stable[0] + canary[0]
             return 100 * canary[0] / total if total else 0.0
     return None
+
+
+def route_manifest(route: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The apply configuration that writes ``rules`` into ``route`` (as read): the rules whole, since they are an
+    atomic list, and the route's resourceVersion as a precondition, so that an edit made since the read is not
+    written over (the apply fails with a conflict, and the next look starts from the edited route)."""
+    meta = route["metadata"]
+    return {"apiVersion": route.get("apiVersion", "gateway.networking.k8s.io/v1"), "kind": "HTTPRoute",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                         "resourceVersion": meta["resourceVersion"]},
+            "spec": {"rules": rules}}
