@@ -121,8 +121,9 @@ class GatewayAPIRouting(KaizenModel):
 
     model_config = {
         "json_schema_extra": validations(
-            cel("self.stableBackend != self.canaryBackend", "canaryBackend must differ from stableBackend",
-                ".canaryBackend"),
+            cel("!(self.stableBackend.name == self.canaryBackend.name && self.stableBackend.kind == "
+                "self.canaryBackend.kind && self.stableBackend.group == self.canaryBackend.group)",
+                "canaryBackend must differ from stableBackend", ".canaryBackend"),
             cel("!has(self.rules) || self.rules.all(r, self.rules.exists_one(q, q == r))",
                 "rule names must be unique", ".rules"),
         )
