@@ -165,3 +165,24 @@ def test_a_missing_route_is_an_invalid_spec_until_it_exists(operator, agent, nam
     ready = wait_for(cluster, "rollout", "bot-v2", namespace, lambda o: condition(o, "InvalidSpec") is None
                      and o.get("status", {}).get("canaryReplicas") == 1, timeout=60)
     assert condition(ready, "Ready")["status"] == "True"
+
+
+def test_an_aborted_rollout_restores_the_route_before_its_canary_goes(operator, agent, namespace):
+    cluster = operator
+    create(cluster, namespace, serving_deployment("bot", track="stable", version="v1", model=MODELS["v1"]),
+           gateway_service("bot-stable", track="stable"), gateway_service("bot-canary", track="canary"))
+    with LocalGateway(cluster, namespace) as gateway:
+        create(cluster, namespace, route_manifest(gateway))
+        wait_until_served(gateway.url, {"v1"})
+        apply(cluster, namespace, gateway_rollout([{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]))
+        wait_for(cluster, "rollout", "bot-v2", namespace,
+                 lambda o: o.get("status", {}).get("awaitingApproval"), timeout=120)
+        wait_for_route_weight(gateway.url, 50)
+        assert kaizen_cli(["abort", "bot-v2", "-n", namespace]) == 0
+        wait_for(cluster, "rollout", "bot-v2", namespace,
+                 lambda o: o.get("status", {}).get("phase") == "Aborted", timeout=60)
+        # Every request is answered, by the stable alone, while the canary goes away.
+        seen = versions_seen(gateway.url, 100)
+        assert seen == {"v1": 100}
+        backends = get_route(cluster, namespace)["spec"]["rules"][0]["backendRefs"]
+        assert [(b["name"], b["weight"]) for b in backends] == [("bot-stable", 100), ("bot-canary", 0)]
