@@ -93,6 +93,10 @@ def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     assert after >= 0.95 and after > drifted + 0.05, output
     assert re.search(rf"improvementloop.kaizen.dev/support-bot +Observing +{job}", output), output
     assert re.search(r"outcome: Rollout support-bot-rollout-[0-9a-f]+ promoted", output), output
+    # It ends by writing the loop's report (kaizen report), with its figures embedded.
+    report = re.search(r"==> Report: (\S+)", output)
+    assert report and Path(report.group(1)) == (tmp_path / "demo" / "report.html").resolve(), output
+    assert Path(report.group(1)).read_text().count("src='data:image/png;base64,") >= 2
     assert "The story ended as it should (Promoted)" in output
 
 

@@ -132,6 +132,11 @@ def parse_operator_args(container: dict) -> argparse.Namespace:
     return parse_args(container, "operator")
 
 
+def leader_election(objects: list[dict], kind: str) -> dict:
+    """The Role or RoleBinding of the operator's leader election (in the release namespace)."""
+    return only([obj for obj in objects if obj["metadata"]["name"].endswith("-leader-election")], kind)
+
+
 def secret_data(secret: dict) -> dict[str, str]:
     return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
 
@@ -174,6 +179,10 @@ def test_default_render_watches_all_namespaces_with_a_cluster_role() -> None:
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
+        # Leader election: the Lease's Role and its binding; and the operator's PodDisruptionBudget.
+        "Role": 1,
+        "RoleBinding": 1,
+        "PodDisruptionBudget": 1,
         "Deployment": 2,
         # The collector: its Service, its SQLite volume, its tokens file and the operator's token.
         "Service": 1,
@@ -195,8 +204,9 @@ def test_default_render_watches_all_namespaces_with_a_cluster_role() -> None:
 
 def test_watched_namespaces_get_roles_instead_of_a_cluster_role() -> None:
     objects = render("watchNamespaces={team-a,team-b}")
-    roles = [obj for obj in objects if obj["kind"] == "Role"]
-    bindings = [obj for obj in objects if obj["kind"] == "RoleBinding"]
+    roles = [obj for obj in objects if obj["kind"] == "Role" and obj != leader_election(objects, "Role")]
+    bindings = [obj for obj in objects
+                if obj["kind"] == "RoleBinding" and obj != leader_election(objects, "RoleBinding")]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert sorted(binding["metadata"]["namespace"] for binding in bindings) == ["team-a", "team-b"]
     for role in roles:
@@ -258,6 +268,116 @@ def test_deployment_is_restricted_and_probed() -> None:
     probe = container["livenessProbe"]["httpGet"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert (liveness.path, liveness.port) == (probe["path"], ports[probe["port"]])
+
+
+@pytest.mark.parametrize("values", [[], ["watchNamespaces={team-a}"]], ids=["all", "some"])
+def test_replicas_elect_a_leader_on_a_lease_only_the_operator_may_renew(values: list[str]) -> None:
+    from kaizen.cli.operator_cmd import build_elector
+
+    objects = render(*values)
+    deployment = component(objects, "Deployment", "operator")
+    assert deployment["spec"]["replicas"] == 2
+    # Every new pod starts (as a standby) before an old one stops: the stopped leader hands the lease over at once.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = operator_container(objects)
+    arguments = parse_operator_args(container)
+    assert arguments.leader_elect
+    # The replica's name and the Lease's namespace come from the pod (downward API).
+    env = {variable["name"]: variable["valueFrom"]["fieldRef"]["fieldPath"]
+           for variable in container["env"] if "valueFrom" in variable}
+    assert (env["POD_NAME"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.namespace")
+    assert arguments.leader_elect_identity is None and arguments.leader_elect_resource_namespace is None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POD_NAME", "kaizen-7d9f-abcde")
+        patch.setenv("POD_NAMESPACE", RELEASE_NAMESPACE)
+        elector = build_elector(arguments)  # also checks that the chart's durations are a valid combination
+    assert (elector.identity, elector.namespace) == ("kaizen-7d9f-abcde", RELEASE_NAMESPACE)
+    timing = elector.timing
+    assert (timing.lease_duration, timing.renew_deadline, timing.retry_period) == (8, 5, 2)
+
+    # RBAC: create a Lease in the release namespace, read and update only this one; nothing else, nowhere else.
+    role, binding = leader_election(objects, "Role"), leader_election(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert [(rule.get("resourceNames", []), rule["verbs"]) for rule in role["rules"]
+            if rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]] == [
+        ([], ["create"]), ([elector.name], ["get", "update"])]
+    assert len(role["rules"]) == 2
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": only(objects, "ServiceAccount")["metadata"][
+        "name"], "namespace": RELEASE_NAMESPACE}]
+    other_rules = [rule for obj in objects if obj["kind"] in ("ClusterRole", "Role") and obj is not role
+                   for rule in obj["rules"]]
+    assert not [rule for rule in other_rules if "coordination.k8s.io" in rule["apiGroups"]]
+
+    # Preferably on different nodes, unless the user set affinity.
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["labelSelector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
+    custom = render(*values, "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                    ".nodeSelectorTerms[0].matchExpressions[0].key=pool",
+                    "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                    ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+    assert list(component(custom, "Deployment", "operator")["spec"]["template"]["spec"]["affinity"]) == [
+        "nodeAffinity"]
+
+
+def test_leader_election_rbac_lets_the_service_account_hold_its_lease_and_no_other(cluster, namespace: str) -> None:
+    import kubernetes.client
+    import kubernetes.config
+
+    from kaizen.k8s.errors import ApiError
+    from kaizen.k8s.lease import LeaderElector
+    from kaizen.logic.leader import Timing
+
+    objects = render(namespace=namespace)
+    rbac = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
+    rbac += [leader_election(objects, "Role"), leader_election(objects, "RoleBinding")]
+    cluster.kubectl("apply", "-f", "-", input=as_list(rbac))
+    account = rbac[0]["metadata"]["name"]
+    token = cluster.kubectl("create", "token", account, f"--namespace={namespace}", "--duration=10m").stdout.strip()
+    # The operator's own credentials, as its pod has them: the ServiceAccount's token, nothing of the admin's.
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=config)
+    config.cert_file = config.key_file = None
+    config.api_key = {"authorization": f"Bearer {token}"}
+    arguments = parse_operator_args(operator_container(objects))
+    timing = Timing(arguments.leader_elect_lease_duration, arguments.leader_elect_renew_deadline,
+                    arguments.leader_elect_retry_period)
+
+    def elector(name: str) -> LeaderElector:
+        return LeaderElector(name, namespace, "kaizen-0", timing, api=kubernetes.client.ApiClient(config))
+
+    mine = elector(arguments.leader_elect_resource_name)
+    assert mine.try_acquire_or_renew() and mine.try_acquire_or_renew()  # create, then get and update
+    mine.stop(release=True)
+    lease = json.loads(cluster.kubectl("get", "lease", mine.name, f"--namespace={namespace}", "-o", "json").stdout)
+    assert lease["spec"]["leaseDurationSeconds"] == 1 and "holderIdentity" not in lease["spec"]
+    # Any other Lease (another controller's) cannot even be read, let alone taken over.
+    with pytest.raises(ApiError) as refused:
+        elector("someone-elses").try_acquire_or_renew()
+    assert refused.value.forbidden
+
+
+def test_pod_disruption_budget_keeps_a_standby_through_drains_only_with_several_replicas() -> None:
+    objects = render()
+    budget = only(objects, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert budget["spec"]["minAvailable"] == 1
+    operator = component(objects, "Deployment", "operator")
+    collector = component(objects, "Deployment", "collector")
+    assert budget["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    assert selects(budget["spec"]["selector"]["matchLabels"], operator["spec"]["template"]["metadata"]["labels"])
+    assert not selects(budget["spec"]["selector"]["matchLabels"], collector["spec"]["template"]["metadata"]["labels"])
+    assert only(render("replicaCount=3"), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    # One replica: minAvailable 1 of 1 would block every drain of its node.
+    for replicas in ("1", "0"):
+        objects = render(f"replicaCount={replicas}")
+        assert not [obj for obj in objects if obj["kind"] == "PodDisruptionBudget"]
+        assert component(objects, "Deployment", "operator")["spec"]["replicas"] == int(replicas)
 
 
 def test_collector_runs_from_the_operator_image_probed_with_its_tokens_mounted() -> None:
@@ -394,6 +514,9 @@ def test_disabled_collector_renders_nothing_of_it() -> None:
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
+        "Role": 1,
+        "RoleBinding": 1,
+        "PodDisruptionBudget": 1,
         "Deployment": 1,
     }
     assert not [obj for obj in objects if obj["metadata"]["labels"]["app.kubernetes.io/component"] != "operator"]

@@ -32,3 +32,22 @@ def test_scalar_values_no_data_and_errors(prometheus, emit):
     prometheus.stop()
     with pytest.raises(PrometheusError, match=r"is unreachable: ConnectionError"):
         client.scalar("up")
+
+
+def test_series_over_a_range(prometheus, emit):
+    from datetime import datetime, timedelta, timezone
+
+    emit(namespace="edge", pod="bot-0", labels={"kaizen.dev/track": "canary"}, rate=100)
+    prometheus.wait_for_data('count_over_time(http_requests_total{track="canary",code="200"}[1m]) >= 3')
+    client = PrometheusClient(prometheus.url, timeout=5)
+    end = datetime.now(timezone.utc)
+    points = client.series('sum(http_requests_total{track="canary"})', end - timedelta(seconds=30), end, 1)
+    assert points and all(t <= end + timedelta(seconds=1) for t, _ in points) and points[-1][1] > 0
+    assert [t for t, _ in points] == sorted(t for t, _ in points)
+    assert client.series('sum(http_requests_total{track="canary"})', end - timedelta(seconds=30), end, 1.6)
+    assert client.series('sum(http_requests_total{track="stable"})', end - timedelta(seconds=30), end, 1) == []
+    with pytest.raises(PrometheusError, match=r"returned \d+ series, not one"):
+        client.series('http_requests_total{track="canary"}', end - timedelta(seconds=30), end, 1)
+    prometheus.stop()
+    with pytest.raises(PrometheusError, match=r"is unreachable"):
+        client.series("up", end - timedelta(seconds=30), end, 1)

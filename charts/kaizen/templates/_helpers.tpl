@@ -59,6 +59,11 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The Lease the operator's replicas elect their leader on, in the release namespace. */}}
+{{- define "kaizen.leaseName" -}}
+{{- include "kaizen.fullname" . }}
+{{- end }}
+
 {{/* The operator image, tagged with the chart's appVersion unless image.tag is set. */}}
 {{- define "kaizen.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}

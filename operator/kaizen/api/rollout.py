@@ -334,8 +334,7 @@ class MetricResult(KaizenModel):
     ci_high: float | None = Field(default=None, description="Upper end of the always-valid confidence interval.")
     evidence: float | None = Field(
         default=None, description="Ratio metrics: the rollback test's e-value (likelihood ratio of 'worse' against "
-        "'not worse', over the whole rollout); the canary is rolled back when it reaches 1/alpha (2/alpha with a "
-        "maxRegression).",
+        "'not worse', over the whole rollout); the canary is rolled back when it reaches 1/alpha.",
     )
     verdict: AnalysisVerdict = Field(description="Pass, Fail, Inconclusive or Error.")
     message: str | None = Field(default=None, max_length=1024, description="Why, in words.")

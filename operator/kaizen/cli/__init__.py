@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kaizen.cli import collector, dev, loop, operator_cmd, rollout
+from kaizen.cli import collector, dev, get, loop, operator_cmd, report, rollout
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaizen", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (operator_cmd, loop, rollout, dev, collector):
+    for module in (operator_cmd, get, loop, rollout, report, dev, collector):
         module.register(subparsers)
     return parser
 

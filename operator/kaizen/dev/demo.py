@@ -357,6 +357,10 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         print(subprocess.run([sys.executable, "-m", "kaizen", "history", LOOP, "-n", NAMESPACE], capture_output=True,
                              text=True, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}).stdout, flush=True)
         print(cluster.kubectl("get", "kaizen", "-n", NAMESPACE).stdout, flush=True)
+        report = subprocess.run([sys.executable, "-m", "kaizen", "report", LOOP, "-n", NAMESPACE, "-o",
+                                 str(workdir / "report.html"), "--prometheus", prometheus.url], capture_output=True,
+                                text=True, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+        say(f"Report: {report.stdout.strip()}" if report.returncode == 0 else f"No report: {report.stderr.strip()}")
         told = ended == story.ending
         say(f"The story ended as it should ({story.ending}) in {time.monotonic() - began:.0f}s" if told else
             f"The story did not end as it should (wanted {story.ending}, got {ended}; see the decision log); "

@@ -1,25 +1,57 @@
-"""One configured client of the official ``kubernetes`` package for the whole operator process."""
+"""One configured client of the official ``kubernetes`` package for the whole operator process.
+
+Its writes can be fenced (:func:`fence`): with leader election, a replica that no longer holds the lease is refused
+every create, update, patch and delete before it reaches the API server, whatever thread was about to send it.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes.client
 import kubernetes.config
 
+from kaizen.k8s.errors import ApiError
+
 #: The field manager of everything Kaizen writes with server-side apply (the model pointer, canaries, Jobs).
 FIELD_MANAGER = "kaizen"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_may_write: Callable[[], bool] | None = None
+
+
+class FencedApiClient(kubernetes.client.ApiClient):
+    """An ApiClient that sends a write only while :func:`fence`'s check allows it."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method.upper() not in READ_METHODS and _may_write is not None and not _may_write():
+            raise ApiError(0, "NotLeader", f"refused {method} {url.split('?')[0]}: this operator replica no longer "
+                           "holds the leader lease, so another one may be acting")
+        return super().call_api(method, url, *args, **kwargs)
+
+
+def configuration() -> kubernetes.client.Configuration:
+    """In a pod: the service account. Elsewhere: ``$KUBECONFIG`` (read now, not when the client was imported)."""
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                           client_configuration=config)
+    return config
 
 
 @functools.cache
 def api_client() -> kubernetes.client.ApiClient:
-    """In a pod: the service account. Elsewhere: ``$KUBECONFIG`` (read now, not when the client was imported)."""
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+    return FencedApiClient(configuration())
+
+
+def fence(may_write: Callable[[], bool] | None) -> None:
+    """Refuse writes through :func:`api_client` whenever ``may_write()`` is false (None: never refuse)."""
+    global _may_write
+    _may_write = may_write
 
 
 def reset() -> None:

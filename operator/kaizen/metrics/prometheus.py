@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -47,6 +48,25 @@ class PrometheusClient:
         except ValueError as error:  # A body that is not Prometheus' JSON (a proxy's error page).
             raise PrometheusError(f"Prometheus at {self.url} answered {query!r} with something that is not its "
                                   f"API's JSON: {error}") from None
+
+    def series(self, query: str, start: datetime, end: datetime, step: float) -> list[tuple[datetime, float]]:
+        """The query's values from ``start`` to ``end`` every ``step`` seconds (a range query; rounded to whole
+        seconds, as Prometheus' durations are), NaN left out; [] when there is no data. A result of several series
+        is an error, as for :meth:`scalar`."""
+        try:
+            result = self._connection.custom_query_range(query, start_time=start, end_time=end,
+                                                         step=f"{max(round(step), 1)}s")
+        except PrometheusApiClientException as error:
+            raise PrometheusError(f"Prometheus at {self.url} rejected {query!r}: {_reason(error)}") from None
+        except requests.RequestException as error:
+            raise PrometheusError(f"Prometheus at {self.url} is unreachable: {type(error).__name__}: "
+                                  f"{_first_line(error)}") from None
+        if not result:
+            return []
+        if len(result) > 1:
+            raise PrometheusError(f"{query!r} returned {len(result)} series, not one: aggregate it, e.g. with sum(...)")
+        points = [(datetime.fromtimestamp(float(t), timezone.utc), float(v)) for t, v in result[0]["values"]]
+        return [(t, v) for t, v in points if not math.isnan(v)]
 
     def scalar(self, query: str) -> float | None:
         """The query's single value; None when there is no data. A result of several series is an error."""
