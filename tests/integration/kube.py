@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import pytest
 import yaml
+
+from kaizen.controllers import reconcile
+from kaizen.controllers.reconcile import Clock
 
 
 def get(cluster, kind, name, namespace):
@@ -66,3 +70,42 @@ def admission_policy(cluster, namespace, *, rule, expression, message, probe):
         yield
     finally:
         cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, check=False)
+
+
+class DrivenClock(Clock):
+    """The controllers' clock, moved by the test: wall time plus what the test has advanced it by."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+        reconcile.clock_moved()
+
+
+@contextmanager
+def driven_clock():
+    """Replace the operator's clock (the operator runs in this process: KopfRunner) with a :class:`DrivenClock`."""
+    clock, saved = DrivenClock(), reconcile.clock
+    reconcile.clock = clock
+    try:
+        yield clock
+    finally:
+        reconcile.clock = saved
+        reconcile.clock_moved()
+
+
+def settled(scheduler, namespace, name, predicate=lambda slept: True, after=0, timeout=30.0):
+    """The scheduler's record of ``name`` once it has taken more than ``after`` looks and ``predicate`` holds: a look
+    has finished (its status written, its Events posted) and the object sleeps until ``slept.due``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slept = scheduler.slept(namespace, name)
+        if slept is not None and slept.looks > after and predicate(slept):
+            return slept
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} never settled; last seen: {slept}")
+        time.sleep(0.05)

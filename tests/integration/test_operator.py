@@ -4,7 +4,6 @@ operator can judge becomes InvalidSpec with a clear message, once, without retri
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import kubernetes.config
@@ -12,7 +11,8 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from tests.integration.kube import apply, condition, get, reconciled, wait_for
+from kaizen.controllers import improvementloop
+from tests.integration.kube import apply, condition, get, reconciled, settled, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +55,11 @@ def test_semantic_error_becomes_invalid_spec_once_and_clears_when_fixed(operator
                                   "target, version")
     assert condition(obj, "Ready")["status"] == "False"
 
-    # Reported once, not retried: one Warning Event, and no retry bookkeeping left on the object.
-    time.sleep(3)
+    # Reported once, not retried: one Warning Event, and no retry bookkeeping left on the object; nothing is
+    # scheduled for it, and a change that is not one of the spec (an annotation) is looked at without a new report.
+    slept = settled(improvementloop.scheduler, namespace, "support-bot", lambda s: s.due is None)
+    operator.kubectl("annotate", "improvementloop.kaizen.dev", "support-bot", "-n", namespace, "example.com/touched=1")
+    settled(improvementloop.scheduler, namespace, "support-bot", lambda s: s.due is None, after=slept.looks)
     events = json.loads(operator.kubectl("get", "events", "-n", namespace, "-o", "json",
                                          "--field-selector", "involvedObject.name=support-bot,type=Warning").stdout)
     assert [e["reason"] for e in events["items"]] == ["InvalidSpec"]

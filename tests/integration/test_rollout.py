@@ -4,15 +4,18 @@ real Prometheus scraping emitter processes labelled as the stable and canary pod
 from __future__ import annotations
 
 import json
-import time
+from datetime import datetime, timedelta
 
 import pytest
 import yaml
 
 from kaizen.cli import main as kaizen_cli
+from kaizen.controllers import rollout as controller
 from kaizen.k8s.identity import whoami
+from kaizen.logic.effects import SLOW_RETRY
+from kaizen.logic.rollout import RECHECK
 from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
-from tests.integration.kube import apply, condition, get, wait_for
+from tests.integration.kube import apply, condition, driven_clock, get, settled, wait_for
 from tests.integration.rollouts import (
     SUCCESS_RATE, deployment, env, kubectl_apply, reasons, rollout, running_operator, stable_manifest,
 )
@@ -118,9 +121,15 @@ def test_prometheus_down_pauses_and_never_promotes_then_resumes(operator, namesp
     held = wait_for(operator, "rollout", "bot-v2", namespace, phase("Paused"), timeout=30)
     assert "Holding: no usable metrics" in held["status"]["message"]
     assert "is unreachable" in held["status"]["analysis"][0]["metrics"][0]["message"]
-    # Past the analysis step's 3 s, with no data: still at step 1, the stable Deployment not promoted.
-    time.sleep(4)
-    obj = get(operator, "rollout", "bot-v2", namespace)
+    # Past the analysis step's 3 s, with no data: still at step 1, the stable Deployment not promoted. (Seen by two
+    # looks taken after the step's end, not by a sleep.)
+    def looked_past_the_step(obj):
+        started = obj["status"]["stepStartedAt"]
+        end = (datetime.fromisoformat(started.replace("Z", "+00:00")) + timedelta(seconds=3)).isoformat()
+        return len([r for r in obj["status"]["analysis"]
+                    if datetime.fromisoformat(r["time"].replace("Z", "+00:00")).isoformat() > end]) >= 2
+
+    obj = wait_for(operator, "rollout", "bot-v2", namespace, looked_past_the_step, timeout=30)
     assert obj["status"]["phase"] == "Paused" and obj["status"]["currentStep"] == 1
     assert "MODEL_URI" not in env(deployment(operator, namespace, "bot"))
 
@@ -189,8 +198,13 @@ def test_a_pause_without_duration_waits_for_approve(operator, namespace, served)
     waiting = wait_for(operator, "rollout", "bot-v2", namespace,
                        lambda o: o.get("status", {}).get("awaitingApproval") is True, timeout=60)
     assert waiting["status"]["phase"] == "Paused" and waiting["status"]["currentStep"] == 1
-    time.sleep(2)  # nothing but an approval ends this step
+    # Nothing but an approval ends this step: no look is scheduled, however far the clock moves.
+    with driven_clock() as clock:
+        slept = settled(controller.scheduler, namespace, "bot-v2", lambda s: s.due is None)
+        clock.advance(timedelta(days=1))
+        assert controller.scheduler.slept(namespace, "bot-v2").due is None
     assert get(operator, "rollout", "bot-v2", namespace)["status"]["currentStep"] == 1
+    assert controller.scheduler.slept(namespace, "bot-v2").looks == slept.looks
 
     assert kaizen_cli(["approve", "bot-v2", "-n", namespace]) == 0
     obj = wait_for(operator, "rollout", "bot-v2", namespace, phase("Promoted"), timeout=60)
@@ -272,15 +286,19 @@ def test_a_second_rollout_of_one_target_waits_and_touches_nothing_until_the_firs
         f"Deployment {namespace}/bot is held by Rollout bot-v2, which has not ended; this Rollout waits and touches "
         "nothing until it does. To go ahead sooner: `kaizen abort bot-v2` or delete it; or delete this Rollout.")
     assert condition(refused, "Progressing")["status"] == "False"
-    # While it waits, the stable Deployment and bot-v2's canary stay as bot-v2 left them, look after look.
+    # While it waits, the stable Deployment and bot-v2's canary stay as bot-v2 left them, look after look: three
+    # rechecks, brought by the driven clock.
     stable_generation = deployment(operator, namespace, "bot")["metadata"]["generation"]
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        canary = deployment(operator, namespace, "bot-canary")
-        assert canary["metadata"]["labels"]["kaizen.dev/rollout"] == "bot-v2"
-        assert canary["spec"]["replicas"] == 1
-        assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable_generation
-        time.sleep(0.2)
+    with driven_clock() as clock:
+        slept = settled(controller.scheduler, namespace, "bot-v3", lambda s: s.due is not None)
+        for _ in range(3):
+            clock.advance(RECHECK)
+            slept = settled(controller.scheduler, namespace, "bot-v3", lambda s: s.due is not None,
+                            after=slept.looks)
+            canary = deployment(operator, namespace, "bot-canary")
+            assert canary["metadata"]["labels"]["kaizen.dev/rollout"] == "bot-v2"
+            assert canary["spec"]["replicas"] == 1
+            assert deployment(operator, namespace, "bot")["metadata"]["generation"] == stable_generation
     assert reasons(operator, namespace, "bot-v3") == ["TargetInUse"]  # said once, not on every look
     assert get(operator, "rollout", "bot-v2", namespace)["status"]["phase"] == "Paused"
 
@@ -305,7 +323,12 @@ def test_a_canary_name_taken_by_a_foreign_deployment_is_a_condition_and_never_ta
     assert condition(obj, "Progressing")["message"] == (
         f"Deployment {namespace}/bot-canary exists and is not owned by a Kaizen Rollout; Kaizen will not take it "
         "over: delete or rename it")
-    time.sleep(3)  # retried slowly: one Warning, and the foreign Deployment as it was
+    # Retried slowly, a minute on (by the driven clock): one Warning, and the foreign Deployment as it was.
+    with driven_clock() as clock:
+        slept = settled(controller.scheduler, namespace, "bot-v2",
+                        lambda s: s.due is not None and s.due >= clock.now() + SLOW_RETRY * 0.8)
+        clock.advance(SLOW_RETRY)
+        settled(controller.scheduler, namespace, "bot-v2", after=slept.looks)
     assert reasons(operator, namespace, "bot-v2") == ["NameConflict"]
     after = deployment(operator, namespace, "bot-canary")
     assert after["metadata"]["generation"] == before["metadata"]["generation"]

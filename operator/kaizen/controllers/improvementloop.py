@@ -57,7 +57,7 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
             _written[meta["uid"]] = (patch["status"]["lastObserved"], time.monotonic())
 
 
-schedule(IMPROVEMENT_LOOP, look_now)
+scheduler = schedule(IMPROVEMENT_LOOP, look_now)
 
 
 @classified

@@ -9,7 +9,8 @@
   effects out the same way for every kind; the status is written once, in one merge patch, skipped when nothing
   changed. A user's request (the ``kaizen.dev/action`` annotations) is read by :func:`take_request`.
 - Time: every controller reads :data:`clock` (``clock.now()``), and the scheduler's sleeps are measured on it; tests
-  replace it with a clock they drive, and :func:`wake_all` makes every object look again at the new time.
+  replace it with a clock they drive, and :func:`clock_moved` makes every sleeping object measure its due time
+  again: those now due look, the others sleep on.
 
 Errors (:func:`classify`, :func:`classified`), never a tight loop:
 
@@ -29,7 +30,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import kopf
@@ -49,7 +50,7 @@ __all__ = ["CHILD_REJECTED", "Failure", "rejected_for", "unblocked"]
 
 class Clock:
     """The time the controllers act on: ``now()`` is the wall clock. Tests replace :data:`clock` with a subclass
-    whose ``now()`` they move (then call :func:`wake_all`), instead of sleeping until a due time comes."""
+    whose ``now()`` they move (then call :func:`clock_moved`), instead of sleeping until a due time comes."""
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc)
@@ -288,7 +289,7 @@ class Scheduler:
 
     def __init__(self, resource: ResourceKind) -> None:
         self.resource = resource
-        self._wakeups: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._wakeups: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Event]] = {}
         self._uids: dict[tuple[str, str], str] = {}
         self._slept: dict[tuple[str, str], Slept] = {}
         self._lock = threading.Lock()
@@ -298,28 +299,30 @@ class Scheduler:
         with self._lock:
             waker = self._wakeups.get(self._uids.get((namespace, name), ""))
         if waker is not None:
-            loop, event = waker
+            loop, event, _ = waker
             loop.call_soon_threadsafe(event.set)
 
-    def wake_all(self) -> None:
+    def clock_moved(self) -> None:
+        """Make every sleeping object measure its due time again on :data:`clock` (from any thread)."""
         with self._lock:
             wakers = list(self._wakeups.values())
-        for loop, event in wakers:
-            loop.call_soon_threadsafe(event.set)
+        for loop, _, moved in wakers:
+            loop.call_soon_threadsafe(moved.set)
 
     def slept(self, namespace: str, name: str) -> Slept | None:
         return self._slept.get((namespace, name))
 
-    def _enter(self, meta: dict[str, Any]) -> asyncio.Event:
-        event = asyncio.Event()
+    def _enter(self, meta: dict[str, Any]) -> tuple[asyncio.Event, asyncio.Event]:
+        wake, moved = asyncio.Event(), asyncio.Event()
         with self._lock:
-            self._wakeups[meta["uid"]] = (asyncio.get_running_loop(), event)
+            self._wakeups[meta["uid"]] = (asyncio.get_running_loop(), wake, moved)
             self._uids[(meta["namespace"], meta["name"])] = meta["uid"]
-        return event
+        return wake, moved
 
-    def _leave(self, meta: dict[str, Any], event: asyncio.Event) -> None:
+    def _leave(self, meta: dict[str, Any], wake: asyncio.Event) -> None:
         with self._lock:
-            if self._wakeups.get(meta["uid"], (None, None))[1] is event:
+            entry = self._wakeups.get(meta["uid"])
+            if entry is not None and entry[1] is wake:
                 del self._wakeups[meta["uid"]]
                 self._uids.pop((meta["namespace"], meta["name"]), None)
                 self._slept.pop((meta["namespace"], meta["name"]), None)
@@ -328,10 +331,26 @@ class Scheduler:
 _schedulers: list[Scheduler] = []
 
 
-def wake_all() -> None:
-    """Make every object of every kind look again (a test that moved :data:`clock` calls it)."""
+def clock_moved() -> None:
+    """:data:`clock` was moved (a test drives it): every object of every kind measures its due time again."""
     for scheduler in _schedulers:
-        scheduler.wake_all()
+        scheduler.clock_moved()
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, moved: asyncio.Event,
+                 due: datetime | None) -> None:
+    """Until ``due`` on :data:`clock` (None: for ever), a change (``wake``) or the daemon's end; a moved clock
+    measures the time left again."""
+    while True:
+        moved.clear()
+        delay = None if due is None else max((due - clock.now()).total_seconds(), 0.0)
+        waits = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait()),
+                 asyncio.ensure_future(moved.wait())]
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+        if stopped or wake.is_set() or not moved.is_set() or (due is not None and clock.now() >= due):
+            return
 
 
 def schedule(resource: ResourceKind, look: Look) -> Scheduler:
@@ -348,23 +367,19 @@ def schedule(resource: ResourceKind, look: Look) -> Scheduler:
     async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         meta = dict(body["metadata"])
         key = (meta["namespace"], meta["name"])
-        wake = scheduler._enter(meta)
+        wake, moved = scheduler._enter(meta)
         retry = looks = 0
         try:
             while not stopped:
                 wake.clear()
                 try:
                     due = await asyncio.to_thread(look_and_write, copy.deepcopy(dict(body)), logger, retry)
-                    delay = None if due is None else max((due - clock.now()).total_seconds(), 0.0)
                     retry = 0
                 except kopf.TemporaryError as error:
-                    due, delay, retry = None, error.delay, retry + 1
+                    due, retry = clock.now() + timedelta(seconds=error.delay or 0), retry + 1
                 looks += 1
                 scheduler._slept[key] = Slept(looks, due)
-                sleeping = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
-                await asyncio.wait(sleeping, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                for task in sleeping:
-                    task.cancel()
+                await _sleep(stopped, wake, moved, due)
         finally:
             scheduler._leave(meta, wake)
 

@@ -169,4 +169,4 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
     return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
 
 
-schedule(ROLLOUT, look_now)
+scheduler = schedule(ROLLOUT, look_now)
