@@ -190,3 +190,39 @@ def test_an_aborted_rollout_restores_the_route_and_the_stable_alone_answers(oper
         assert seen == {"v1": 100}
         backends = get_route(cluster, namespace)["spec"]["rules"][0]["backendRefs"]
         assert [(b["name"], b["weight"]) for b in backends] == [("bot-stable", 100), ("bot-canary", 0)]
+
+
+def test_cohorts_and_a_cookie_pin_route_through_the_real_gateway(operator, agent, namespace):
+    """Kaizen's cohort rule and cookie pin rule as Traefik serves them: the cohort always reaches the canary, a
+    cookie the canary set keeps its conversation there, and everyone else takes the 1% split."""
+    from kaizen.api.rollout import GatewayAPIRouting
+    from kaizen.k8s import httproutes
+    cluster = operator
+    create(cluster, namespace, serving_deployment("bot", track="stable", version="v1", model=MODELS["v1"]),
+           serving_deployment("bot-canary", track="canary", version="v2", model=MODELS["v2"]),
+           gateway_service("bot-stable", track="stable"), gateway_service("bot-canary", track="canary"))
+    with LocalGateway(cluster, namespace) as gateway:
+        create(cluster, namespace, route_manifest(gateway))
+        wait_until_served(gateway.url, {"v1"})
+        routing = GatewayAPIRouting.model_validate({
+            "httpRoute": "bot", "stableBackend": {"name": "bot-stable", "port": 80},
+            "canaryBackend": {"name": "bot-canary", "port": 80}, "sessionAffinity": {"cookie": "kaizen-canary"},
+            "cohorts": {"header": "X-Cohort", "values": ["beta"]}})
+        httproutes.set_weight(namespace, routing, rollout="bot-v2", weight=1, canary_version="v2")
+        deadline = time.monotonic() + 60  # until Traefik has loaded the new rules (100/0 looks like 99/1)
+        while get_models(gateway.url, {"X-Cohort": "beta"})[1] != "v2":
+            assert time.monotonic() < deadline, "the cohort rule never reached the canary"
+            time.sleep(0.2)
+        assert versions_seen(gateway.url, 50, {"X-Cohort": "beta"}) == {"v2": 50}
+        assert versions_seen(gateway.url, 50, {"X-Cohort": "alpha"})["v1"] >= 48
+        # The canary's answer sets the cookie; a client that sends it back stays on the canary.
+        cookie = None
+        for _ in range(300):
+            status, version, response = get_models(gateway.url)
+            if version == "v2":
+                cookie = response.getheader("Set-Cookie")
+                break
+        assert cookie is not None and cookie.startswith("kaizen-canary=v2;")
+        jar = "theme=dark; " + cookie.split(";")[0]
+        assert versions_seen(gateway.url, 50, {"Cookie": jar}) == {"v2": 50}
+        assert versions_seen(gateway.url, 50, {"Cookie": "theme=dark; kaizen-canary=v3"})["v1"] >= 48
