@@ -155,7 +155,8 @@ def managed_rule_indexes(rules: list[dict[str, Any]], routing: GatewayAPIRouting
                       and not r["name"].startswith(prefix)})
     if foreign:
         raise RouteError(f"HTTPRoute {route} carries rules of another Rollout ({', '.join(foreign)}): one Rollout "
-                         "routes a route at a time; wait for that rollout to finish, or give this one its own route")
+                         "routes a route at a time; wait for that rollout to finish, give this one its own route, "
+                         "or remove those rules if that Rollout is gone")
     stable = routing.stable_backend
     candidates = [i for i, r in enumerate(rules) if not (r.get("name") or "").startswith(prefix)]
     if routing.rules:
