@@ -226,3 +226,20 @@ def test_cohorts_and_a_cookie_pin_route_through_the_real_gateway(operator, agent
         jar = "theme=dark; " + cookie.split(";")[0]
         assert versions_seen(gateway.url, 50, {"Cookie": jar}) == {"v2": 50}
         assert versions_seen(gateway.url, 50, {"Cookie": "theme=dark; kaizen-canary=v3"})["v1"] >= 48
+
+
+def test_a_rollout_deleted_under_way_restores_its_route_first(operator, agent, namespace):
+    cluster = operator
+    create(cluster, namespace, serving_deployment("bot", track="stable", version="v1", model=MODELS["v1"]),
+           {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "bot"},
+            "spec": {"rules": [{"name": "api", "filters": [TEAM_FILTER],
+                                "backendRefs": [{"name": "bot-stable", "port": 80}]}]}})
+    apply(cluster, namespace, gateway_rollout([{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}]))
+    wait_for(cluster, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
+             timeout=120)
+    routed = get_route(cluster, namespace)["spec"]["rules"]
+    assert [r["name"] for r in routed] == ["kaizen-bot-v2-api-pin", "api"]
+    cluster.kubectl("delete", "rollout.kaizen.dev", "bot-v2", "-n", namespace, "--timeout=60s")
+    rules = get_route(cluster, namespace)["spec"]["rules"]
+    assert [r["name"] for r in rules] == ["api"] and rules[0]["filters"] == [TEAM_FILTER]
+    assert [(b["name"], b["weight"]) for b in rules[0]["backendRefs"]] == [("bot-stable", 100), ("bot-canary", 0)]

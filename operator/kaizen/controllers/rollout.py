@@ -35,6 +35,7 @@ from kaizen.k8s.errors import ApiError
 from kaizen.logic.deployments import canary_name
 from kaizen.logic.effects import rejected_for
 from kaizen.logic.promql import fill
+from kaizen.logic.routing import RouteError
 from kaizen.logic.rollout import (
     ACTIONS, ACTIONS_USAGE, TERMINAL, Action, Contender, Gathered, Look, MetricSample, analysis_window, decide,
     judge_look, look_due, status_of, target_holder,
@@ -157,6 +158,32 @@ def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datet
     logger.info(f"Analysed step={record.step} weight={record.weight} achievedWeight={record.achieved_weight} "
                 f"verdict={record.verdict} window={window}")
     return look
+
+
+@kopf.on.delete("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="restore_route")
+def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
+    """A Rollout deleted under way: its HTTPRoute back to 100/0, before its canary Deployment (garbage-collected
+    once the Rollout is gone) stops answering the share the route still sends it."""
+    try:
+        parsed: RolloutSpec = parse_spec(ROLLOUT, dict(spec), meta["name"])  # type: ignore[assignment]
+    except InvalidSpec:
+        return
+    gateway = parsed.traffic_routing.gateway_api
+    if gateway is None:
+        return
+    try:
+        result = httproutes.set_weight(meta["namespace"], gateway, rollout=meta["name"], weight=0,
+                                       canary_version=parsed.canary_model.version)
+    except RouteError as problem:  # no route, or not one this Rollout routes: nothing of ours to restore
+        logger.info(f"Left route alone httproute={gateway.http_route} reason={problem}")
+        return
+    except ApiError as error:
+        if error.transient or error.conflict:
+            raise kopf.TemporaryError(f"Restoring HTTPRoute {gateway.http_route} failed: {error}", delay=5)
+        logger.warning(f"Restoring route failed httproute={gateway.http_route} error={error}")
+        return
+    if result.changed:
+        logger.info(f"Restored route httproute={gateway.http_route} canaryWeight=0")
 
 
 def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
