@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-binaries: ## Build the dev stack's upstream binaries: control plane, helm, Prometheus (cached in ~/.cache/kaizen/bin)
+binaries: ## Build the dev stack's upstream binaries: control plane, helm, Prometheus, Traefik, Gateway API CRDs (cached in ~/.cache/kaizen/bin)
 	hack/build-binaries.sh
 
 venv: ## Create the Python environment (cached in ~/.cache/kaizen/venvs, linked as .venv)

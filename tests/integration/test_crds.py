@@ -62,7 +62,7 @@ def test_api_server_applies_schema_defaults(crds, namespace):
     assert spec["policy"]["approval"] == {"retrain": "Automatic", "promote": "Automatic"}
     assert spec["target"]["modelEnv"] == "MODEL_URI"
     assert spec["rollout"]["steps"][0] == {"setWeight": 10}
-    assert spec["rollout"]["trafficRouting"] == {"replicaRatio": {"maxCanaryReplicas": 10}}
+    assert spec["rollout"]["trafficRouting"] == {"replicas": {"maxCanaryReplicas": 10}}
     assert spec["signals"][0]["for"] == "5m"
 
 
@@ -124,6 +124,16 @@ INVALID = [
      ["spec.resources.gpus", "greater than or equal to 0"]),
     ("canary-equals-stable", edit(_rollout, lambda s: s["canaryModel"].update(version="v3")),
      ["spec.canaryModel.version", "canaryModel.version must differ from stableModel.version"]),
+    ("two-traffic-routings", edit(_rollout, lambda s: s.update(trafficRouting={"replicas": {}, "gatewayAPI": {
+        "httpRoute": "bot", "stableBackend": {"name": "bot"}, "canaryBackend": {"name": "bot-canary"}}})),
+     ["spec.trafficRouting", "exactly one of replicas, gatewayAPI must be set"]),
+    ("canary-backend-equals-stable", edit(_rollout, lambda s: s.update(trafficRouting={"gatewayAPI": {
+        "httpRoute": "bot", "stableBackend": {"name": "bot"}, "canaryBackend": {"name": "bot", "kind": "Service"}}})),
+     ["spec.trafficRouting.gatewayAPI.canaryBackend", "canaryBackend must differ from stableBackend"]),
+    ("session-affinity-header-and-cookie", edit(_rollout, lambda s: s.update(trafficRouting={"gatewayAPI": {
+        "httpRoute": "bot", "stableBackend": {"name": "bot"}, "canaryBackend": {"name": "bot-canary"},
+        "sessionAffinity": {"header": "X-V", "cookie": "v"}}})),
+     ["spec.trafficRouting.gatewayAPI.sessionAffinity", "exactly one of header, cookie must be set"]),
     ("metric-ratio-and-threshold", edit(_rollout, lambda s: s["analysis"]["metrics"][0].update(
         threshold={"query": "x", "max": 1})), ["spec.analysis.metrics[0]", "exactly one of ratio, threshold"]),
     ("alpha-zero", edit(_rollout, lambda s: s["analysis"].update(alpha=0)),

@@ -34,7 +34,7 @@ def test_minimal_loop_gets_documented_defaults():
     assert spec.feedback is None
     assert spec.target.model_env == "MODEL_URI"
     assert [s.set_weight for s in spec.rollout.steps if s.set_weight is not None] == [10, 50, 100]
-    assert spec.rollout.traffic_routing.replica_ratio is not None
+    assert spec.rollout.traffic_routing.replicas is not None
 
 
 def test_wire_names_are_camel_case_with_kubernetes_acronyms():

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kaizen.api import IMPROVEMENT_LOOP, RETRAIN_JOB, ROLLOUT
+from kaizen.api.rollout import TrafficRouting
 from kaizen.api.trainer import TrainerResult
 from kaizen.logic import retrain
 from kaizen.logic import rollout as machine
@@ -243,3 +244,62 @@ def test_a_missing_target_a_wrong_container_and_a_foreign_canary_hold_the_rollou
     conflict = rollout_look({}, canary=foreign, holder_known=True)
     assert conflict.apply == () and conflict.next_due == NOW + SLOW_RETRY
     assert find_condition(conflict.status["conditions"], "Progressing")["reason"] == "NameConflict"
+
+
+# --- Rollout with Gateway API routing ---------------------------------------------------------------------------
+
+GATEWAY = {"gatewayAPI": {"httpRoute": "bot", "stableBackend": {"name": "bot", "port": 80},
+                          "canaryBackend": {"name": "bot-canary", "port": 80}}}
+ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "bot", "namespace": "prod", "resourceVersion": "7"},
+         "spec": {"rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "bot", "port": 80,
+                                              "weight": 1}]}]}}
+
+
+def routed_look(stored, *, steps=STEPS, now=NOW, **gathered):
+    s = rspec(steps)
+    s = s.model_copy(update={"traffic_routing": TrafficRouting.model_validate(GATEWAY)})
+    return decide(s, stored, Gathered(**{"stable": STABLE, "holder_known": True, **gathered}), now,
+                  rollout=ROLLOUT_OBJ)
+
+
+def weights(manifest):
+    return [(b["name"], b["weight"]) for b in manifest["spec"]["rules"][0]["backendRefs"]]
+
+
+def test_gateway_routing_sets_the_weight_once_the_canary_is_ready_and_restores_100_0_before_removing_it():
+    started = routed_look({}, route=ROUTE)
+    (canary,) = started.apply  # the route waits for the canary to be ready at its size
+    assert canary["kind"] == "Deployment" and canary["spec"]["replicas"] == 1  # 25% of the stable's 4 replicas
+    routed = routed_look(started.status, route=ROUTE, canary=owned_canary(1), now=NOW + timedelta(seconds=1))
+    (route,) = routed.apply
+    assert route["kind"] == "HTTPRoute" and route["metadata"]["resourceVersion"] == "7"
+    assert weights(route) == [("bot", 75), ("bot-canary", 25)]
+    assert routed.status["achievedWeight"] == 25.0
+    assert "Routed httproute=bot canaryWeight=25" in routed.log
+    on_route = {**ROUTE, "spec": {"rules": route["spec"]["rules"]}}
+    aborted = routed_look(routed.status, route=on_route, canary=owned_canary(1), now=NOW + timedelta(seconds=2),
+                          action=machine.Action("abort", "alice", NOW))
+    (restored,) = aborted.apply
+    assert weights(restored) == [("bot", 100), ("bot-canary", 0)]
+    assert aborted.delete == (("Deployment", "bot-canary"),) and aborted.status["achievedWeight"] == 0.0
+
+
+def test_a_missing_or_foreign_route_is_an_invalid_spec_that_touches_nothing_and_clears_when_fixed():
+    missing = routed_look({})
+    assert (missing.apply, missing.delete) == ((), ())
+    invalid = find_condition(missing.status["conditions"], "InvalidSpec")
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidRoute")
+    assert invalid["message"].startswith("HTTPRoute prod/bot (spec.trafficRouting.gatewayAPI.httpRoute) does not "
+                                         "exist: create it")
+    assert find_condition(missing.status["conditions"], "Ready")["status"] == "False"
+    assert [e.reason for e in missing.events] == ["InvalidRoute"] and missing.next_due == NOW + machine.RECHECK
+    assert routed_look(missing.status).events == ()  # said once
+    foreign = {**ROUTE, "spec": {"rules": [{"backendRefs": [{"name": "other", "port": 80}]}]}}
+    refused_ = routed_look(missing.status, route=foreign)
+    assert "has no rule with backendRef Service bot port 80" in find_condition(
+        refused_.status["conditions"], "InvalidSpec")["message"]
+    fixed = routed_look(refused_.status, route=ROUTE)
+    assert find_condition(fixed.status["conditions"], "InvalidSpec") is None
+    assert find_condition(fixed.status["conditions"], "Ready")["status"] == "True"
+    assert fixed.apply[0]["kind"] == "Deployment"

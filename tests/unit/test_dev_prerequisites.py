@@ -50,6 +50,21 @@ def test_a_missing_prometheus_says_to_run_make_setup_in_one_line(empty_cache: Pa
     assert "run `make setup` first" in message
 
 
+def test_missing_gateway_parts_say_to_run_make_setup_in_one_line(empty_cache: Path) -> None:
+    with pytest.raises(BinaryNotFoundError) as raised:
+        find_binary("traefik")
+    assert f"traefik {versions()['traefik']} was not found" in str(raised.value)
+    with pytest.raises(BinaryNotFoundError) as raised:
+        binaries.gateway_api_crds()
+    message = str(raised.value)
+    assert "\n" not in message and "run `make setup` first" in message
+    assert f"the Gateway API {versions()['gateway_api']} CRDs were not found" in message
+    generated = empty_cache / "bin" / f"gateway-api-{versions()['gateway_api']}" / "x_httproutes.yaml"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("kind: CustomResourceDefinition\n")
+    assert binaries.gateway_api_crds() == [generated]
+
+
 def test_kaizen_prometheus_overrides_the_pinned_build(empty_cache: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     executable(empty_cache / "bin" / f"prometheus-{versions()['prometheus']}" / "prometheus")

@@ -6,11 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kaizen.api.rollout import AnalysisRecord, MetricResult, RolloutSpec, RolloutStatus
+from kaizen.api.rollout import (
+    AnalysisRecord, MetricResult, ReplicasRouting, RolloutSpec, RolloutStatus, TrafficRouting,
+)
 from kaizen.logic.rollout import (
-    Action, Contender, Look, MetricSample, Observation, analysis_window, canary_replicas, judge_look, judge_metric,
+    Action, Contender, Look, MetricSample, Observation, analysis_window, judge_look, judge_metric,
     look_due, next_action, target_holder, wait_for_target,
 )
+from kaizen.logic.routing import canary_size
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 RATIO = {"name": "success", "ratio": {"good": 'sum(ok{track="{{track}}"})', "total": 'sum(all{track="{{track}}"})'}}
@@ -22,7 +25,7 @@ def spec(steps, *, metrics=(RATIO,), policy=None, max_canary=10):
         "stableModel": {"version": "v1", "uri": "s3://m/v1"},
         "canaryModel": {"version": "v2", "uri": "s3://m/v2"},
         "prometheus": {"url": "http://prometheus:9090"},
-        "trafficRouting": {"replicaRatio": {"maxCanaryReplicas": max_canary}},
+        "trafficRouting": {"replicas": {"maxCanaryReplicas": max_canary}},
         "steps": steps,
         "analysis": {"interval": "10s", "metrics": list(metrics), "failurePolicy": policy or {}},
     })
@@ -52,8 +55,32 @@ def started(s=None, **observed):
 @pytest.mark.parametrize("stable, weight, expected", [
     (4, 10, 1), (9, 10, 1), (10, 10, 2), (4, 50, 4), (4, 100, 4), (0, 10, 1), (4, 0, 0), (100, 50, 10),
 ])
-def test_replica_ratio_routing(stable, weight, expected):
-    assert canary_replicas(stable, weight, max_replicas=10) == expected
+def test_replica_routing(stable, weight, expected):
+    routing = TrafficRouting(replicas=ReplicasRouting(max_canary_replicas=10))
+    assert canary_size(routing, stable, weight) == expected
+
+
+def test_replica_routing_reports_the_share_the_replicas_achieve_beside_the_weight_asked():
+    # One stable replica: a 10% step runs one canary pod, which is half the pods.
+    decision = run(spec(STEPS), RolloutStatus(), T0, stable_replicas=1)
+    s = decision.status
+    assert (s.canary_weight, s.canary_replicas, s.achieved_weight) == (10, 1, 50.0)
+    weight_set = next(e for e in decision.events if e.reason == "WeightSet")
+    assert weight_set.message == "Step 0: canary weight 10% asked; 50% achieved: 1 canary replica beside 1 stable."
+    assert run(spec(STEPS), RolloutStatus(), T0, stable_replicas=2).status.achieved_weight == 33.33
+
+
+def test_gateway_api_routing_sizes_the_canary_for_its_share_and_achieves_the_exact_weight():
+    s = spec([{"setWeight": 5}, {"setWeight": 50}, {"setWeight": 100}]).model_copy(update={
+        "traffic_routing": TrafficRouting.model_validate({"gatewayAPI": {
+            "httpRoute": "bot", "stableBackend": {"name": "bot"}, "canaryBackend": {"name": "bot-canary"}}})})
+    decision = run(s, RolloutStatus(), T0, stable_replicas=4)
+    assert (decision.status.achieved_weight, decision.canary_replicas) == (5.0, 1)
+    assert next(e for e in decision.events if e.reason == "WeightSet").message == (
+        "Step 0: canary weight 5% set on HTTPRoute bot (1 canary replica sized for it).")
+    routing = s.traffic_routing
+    assert [canary_size(routing, 4, w) for w in (0, 1, 5, 25, 26, 50, 100)] == [0, 1, 1, 1, 2, 2, 4]
+    assert canary_size(routing, 40, 5) == 2  # a replica ratio would run 3 beside 40 for 5%
 
 
 def test_first_tick_starts_at_step_zero_and_sizes_the_canary():

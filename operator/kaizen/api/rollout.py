@@ -8,12 +8,12 @@ metrics set, a canary is promoted only after a look at its final weight passed (
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from kaizen.api.common import (
-    IMMUTABLE, CommonStatus, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
+    IMMUTABLE, CommonStatus, DNSLabel, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
     bounded_duration, bounds_rule, cel, exactly_one_rule, nested, validations,
 )
 
@@ -23,21 +23,126 @@ QUERY_FIELD = dict(
 )
 
 
-class ReplicaRatioRouting(KaizenModel):
-    """Route by replica count: canary replicas are added beside the untouched stable Deployment."""
+class ReplicasRouting(KaizenModel):
+    """Route by replica count: canary pods are added beside the untouched stable Deployment, behind its Service.
+
+    The split follows the pods, so a weight is only approximated (with one stable replica, any weight below 100
+    runs one canary pod: half the traffic); status.achievedWeight reports the share the replicas give.
+    """
 
     max_canary_replicas: int = Field(default=10, ge=1, le=1000, description="Upper bound on canary replicas.")
+
+
+#: An HTTP header name (RFC 7230 token), as Gateway API's HTTPHeaderName accepts it.
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$"
+#: A cookie name (RFC 6265 token: no separators, no '=').
+COOKIE_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$"
+#: A DNS-1123 subdomain: the names of an HTTPRoute and of its rules.
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A header value a cohort is named by: visible characters and spaces, no control characters.
+HeaderValue = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+RuleName = Annotated[str, Field(min_length=1, max_length=253, pattern=SUBDOMAIN_PATTERN)]
+
+
+class BackendRef(KaizenModel):
+    """A backendRef of the HTTPRoute: matched by group, kind and name, and by namespace and port when set."""
+
+    group: str = Field(
+        default="", max_length=253, pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="API group of the backend; empty for the core group (a Service).",
+    )
+    kind: str = Field(
+        default="Service", min_length=1, max_length=63, pattern=r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$",
+        description="Kind of the backend, Service by default.",
+    )
+    name: str = Field(min_length=1, max_length=253, description="Name of the backend.")
+    namespace: DNSLabel | None = Field(default=None, description="Namespace of the backend, when not the route's.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Port of the backend, when the route names one.")
+
+
+class SessionAffinity(KaizenModel):
+    """Keep a conversation on the canary once the canary answered it. Exactly one of header, cookie is set.
+
+    The canary's answers carry the marker (a response header with the canary's version, or a cookie set to it);
+    the stable's do not. Kaizen adds a rule that sends requests carrying the marker to the canary only, so a
+    client that echoes it (a chat client sends the header back; a browser sends the cookie) stays on the canary
+    version for every later turn. Requests without it take the weighted split.
+    """
+
+    header: str | None = Field(
+        default=None, min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN,
+        description="Response header the canary's answers carry and follow-up requests echo, e.g. X-Kaizen-Version.",
+    )
+    cookie: str | None = Field(
+        default=None, min_length=1, max_length=256, pattern=COOKIE_NAME_PATTERN,
+        description="Cookie the canary's answers set (Set-Cookie) and follow-up requests send back.",
+    )
+
+    model_config = {"json_schema_extra": validations(exactly_one_rule("header", "cookie"))}
+
+
+class Cohorts(KaizenModel):
+    """Named cohorts go to the canary first: requests whose header has one of the values, before the split."""
+
+    header: str = Field(
+        min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN,
+        description="Request header naming the cohort, e.g. X-Cohort.",
+    )
+    values: list[HeaderValue] = Field(
+        min_length=1, max_length=16, description="Cohorts sent to the canary whatever the weight.",
+    )
+
+
+class GatewayAPIRouting(KaizenModel):
+    """Route by Gateway API: Kaizen sets the exact weights of the stable and canary backendRefs of an HTTPRoute.
+
+    Kaizen changes only the weights of those two backendRefs in the rules it manages, adds the canary backendRef
+    there when the route does not list it, and adds its own rules (named kaizen-*) for session affinity and
+    cohorts. Every other backend, filter, match and rule stays exactly as it was. Promotion and rollback restore
+    100/0.
+    """
+
+    http_route: str = Field(
+        min_length=1, max_length=253, pattern=SUBDOMAIN_PATTERN,
+        description="Name of the HTTPRoute (gateway.networking.k8s.io/v1) in the Rollout's namespace.",
+    )
+    rules: list[RuleName] = Field(
+        default_factory=list, max_length=16,
+        description="Names of the route's rules to manage; empty: every rule with the stable backendRef.",
+    )
+    stable_backend: BackendRef = Field(description="The backendRef serving the stable track (its Service).")
+    canary_backend: BackendRef = Field(
+        description="The backendRef serving the canary track; Kaizen adds it to the managed rules if missing."
+    )
+    session_affinity: SessionAffinity | None = Field(
+        default=None, description="Keep conversations the canary answered on the canary."
+    )
+    cohorts: Cohorts | None = Field(default=None, description="Cohorts that go to the canary first.")
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel("!(self.stableBackend.name == self.canaryBackend.name && self.stableBackend.kind == "
+                "self.canaryBackend.kind && self.stableBackend.group == self.canaryBackend.group)",
+                "canaryBackend must differ from stableBackend", ".canaryBackend"),
+            cel("!has(self.rules) || self.rules.all(r, self.rules.exists_one(q, q == r))",
+                "rule names must be unique", ".rules"),
+        )
+    }
 
 
 class TrafficRouting(KaizenModel):
     """How traffic is split between stable and canary. Exactly one method is set."""
 
-    replica_ratio: ReplicaRatioRouting | None = Field(
+    replicas: ReplicasRouting | None = Field(
         default=None,
-        description="Replica-ratio routing: canary/(stable+canary) replicas approximates the weight.",
+        description="Replica routing (the default): canary/(stable+canary) replicas approximates the weight.",
+    )
+    gateway_api: GatewayAPIRouting | None = Field(
+        default=None, alias="gatewayAPI",
+        description="Gateway API routing: exact weights on an HTTPRoute's stable and canary backendRefs.",
     )
 
-    model_config = {"json_schema_extra": validations(exactly_one_rule("replicaRatio"))}
+    model_config = {"json_schema_extra": validations(exactly_one_rule("replicas", "gatewayAPI"))}
 
 
 class AnalysisStep(KaizenModel):
@@ -157,9 +262,9 @@ class RolloutTemplate(KaizenModel):
     """How to release: the part of a Rollout an ImprovementLoop fills in for every candidate it rolls out."""
 
     traffic_routing: TrafficRouting = Field(
-        default_factory=lambda: TrafficRouting(replica_ratio=ReplicaRatioRouting()),
-        description="How traffic is split between stable and canary.",
-        json_schema_extra={"default": {"replicaRatio": {}}},
+        default_factory=lambda: TrafficRouting(replicas=ReplicasRouting()),
+        description="How traffic is split between stable and canary: replicas (the default) or gatewayAPI.",
+        json_schema_extra={"default": {"replicas": {}}},
     )
     steps: list[Step] = Field(
         default_factory=lambda: [Step.model_validate(s) for s in DEFAULT_STEPS], min_length=1, max_length=32,
@@ -251,7 +356,10 @@ class AnalysisRecord(KaizenModel):
 
     time: datetime = Field(description="When the metrics were read.")
     step: int = Field(ge=0, description="Index of the step being analysed.")
-    weight: Percent = Field(description="Canary weight at the time.")
+    weight: Percent = Field(description="Canary weight the step asked for at the time.")
+    achieved_weight: float | None = Field(
+        default=None, ge=0, le=100, description="Share of traffic the routing gave the canary at the time.",
+    )
     verdict: AnalysisVerdict = Field(description="The interval's verdict (the worst of its metrics).")
     metrics: list[MetricResult] = Field(default_factory=list, max_length=16, description="Per-metric results.")
 
@@ -286,7 +394,12 @@ class RolloutStatus(CommonStatus):
         "pause step without duration, or past a failure-policy limit with onLimit Pause.",
     )
     last_action: ActionRecord | None = Field(default=None, description="The last user action and its outcome.")
-    canary_weight: Percent | None = Field(default=None, description="Traffic percentage now sent to the canary.")
+    canary_weight: Percent | None = Field(default=None, description="Traffic percentage the current step asks for.")
+    achieved_weight: float | None = Field(
+        default=None, ge=0, le=100,
+        description="Traffic percentage the routing gives the canary: canary/(stable+canary) replicas with replicas "
+        "routing, the route's exact weight with gatewayAPI. Analysis and Events use it.",
+    )
     canary_replicas: int | None = Field(default=None, ge=0, description="Replicas of the canary Deployment.")
     consecutive_errors: int | None = Field(default=None, ge=0, description="Error intervals in a row.")
     consecutive_inconclusive: int | None = Field(default=None, ge=0, description="Inconclusive intervals in a row.")

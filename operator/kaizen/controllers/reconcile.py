@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from kaizen.api import ResourceKind
 from kaizen.api.actions import REQUEST_KEYS
-from kaizen.k8s import deployments, jobs, resources
+from kaizen.k8s import deployments, httproutes, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, unblocked
 from kaizen.logic.effects import refused as usual_refusal
@@ -249,9 +249,13 @@ def _create(namespace: str, body: dict[str, Any], owner_uid: str) -> None:
 
 
 def _apply(namespace: str, body: dict[str, Any]) -> None:
-    if body["kind"] != "Deployment":
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    if body["kind"] == "HTTPRoute":
+        httproutes.apply(body)
+    elif body["kind"] == "Deployment":
+        deployments.apply(body)
+    else:
         raise ValueError(f"no server-side apply of {body['kind']} is known")
-    deployments.apply({**body, "metadata": {**body["metadata"], "namespace": namespace}})
 
 
 def _delete(kind: str, namespace: str, name: str) -> None:

@@ -2,7 +2,8 @@
 (:func:`kaizen.controllers.reconcile.apply`), and say when it is next due (:func:`kaizen.logic.rollout.next_due`).
 
 Gathering reads the Rollout fresh (so a look never decides on a status older than the last write), the user's
-request (:func:`kaizen.controllers.reconcile.take_request`), the stable and canary Deployments, and — when an
+request (:func:`kaizen.controllers.reconcile.take_request`), the stable and canary Deployments, the HTTPRoute with
+Gateway API routing (whose new rules are an effect like the canary's size), and — when an
 analysis interval is due — both tracks' metrics from Prometheus (:func:`analyse`). The decision's effects are
 declarative (the canary's size, the promotion's model variable by server-side apply, the canary removed once the
 rollout has ended, Events), so a restart or a retried look repeats nothing. One Rollout at a time holds a target
@@ -17,6 +18,7 @@ approval without metrics costs nothing until then. Spec validation (Ready / Inva
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -28,11 +30,12 @@ from kaizen.api.common import parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
 from kaizen.controllers import reconcile
 from kaizen.controllers.reconcile import apply, classified, register, schedule, take_request
-from kaizen.k8s import deployments, resources, rollouts
+from kaizen.k8s import deployments, httproutes, resources, rollouts
 from kaizen.k8s.errors import ApiError
 from kaizen.logic.deployments import canary_name
 from kaizen.logic.effects import rejected_for
 from kaizen.logic.promql import fill
+from kaizen.logic.routing import RouteError
 from kaizen.logic.rollout import (
     ACTIONS, ACTIONS_USAGE, TERMINAL, Action, Contender, Gathered, Look, MetricSample, analysis_window, decide,
     judge_look, look_due, status_of, target_holder,
@@ -81,10 +84,11 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     target = spec.target.deployment
 
     stable = deployments.read(namespace, target)
+    gateway = spec.traffic_routing.gateway_api
     gathered = Gathered(
         stable=stable, canary=deployments.read(namespace, canary_name(target)) if stable is not None else None,
         look=analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None,
-        action=action,
+        action=action, route=httproutes.read(namespace, gateway.http_route) if gateway is not None else None,
     )
     # A Rollout that has not started asks who holds its target before anything else; one under way asks only when
     # it is about to touch a Deployment (decide says so), so that a Rollout at rest costs no list of Rollouts.
@@ -99,8 +103,7 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
 
 def holder(gathered: Gathered, namespace: str, name: str, target: str) -> Gathered:
     """``gathered`` with who holds ``target`` (:func:`kaizen.logic.rollout.target_holder`), listed now."""
-    return Gathered(stable=gathered.stable, canary=gathered.canary, look=gathered.look, action=gathered.action,
-                    holder=target_holder(name, contenders(namespace, target)), holder_known=True)
+    return dataclasses.replace(gathered, holder=target_holder(name, contenders(namespace, target)), holder_known=True)
 
 
 def contenders(namespace: str, target: str) -> list[Contender]:
@@ -150,10 +153,37 @@ def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datet
                     pair.append(MetricSample(error=str(error)))
             samples[metric.name] = (pair[0], pair[1])
     look = judge_look(spec.analysis, samples, step=status.current_step or 0, weight=status.canary_weight or 0,
-                      now=now, evidence=status.evidence)
-    logger.info(f"Analysed step={look.record.step} weight={look.record.weight} verdict={look.record.verdict} "
-                f"window={window}")
+                      now=now, evidence=status.evidence, achieved_weight=status.achieved_weight)
+    record = look.record
+    logger.info(f"Analysed step={record.step} weight={record.weight} achievedWeight={record.achieved_weight} "
+                f"verdict={record.verdict} window={window}")
     return look
+
+
+@kopf.on.delete("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="restore_route")
+def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
+    """A Rollout deleted under way: its HTTPRoute back to 100/0, before its canary Deployment (garbage-collected
+    once the Rollout is gone) stops answering the share the route still sends it."""
+    try:
+        parsed: RolloutSpec = parse_spec(ROLLOUT, dict(spec), meta["name"])  # type: ignore[assignment]
+    except InvalidSpec:
+        return
+    gateway = parsed.traffic_routing.gateway_api
+    if gateway is None:
+        return
+    try:
+        result = httproutes.set_weight(meta["namespace"], gateway, rollout=meta["name"], weight=0,
+                                       canary_version=parsed.canary_model.version)
+    except RouteError as problem:  # no route, or not one this Rollout routes: nothing of ours to restore
+        logger.info(f"Left route alone httproute={gateway.http_route} reason={problem}")
+        return
+    except ApiError as error:
+        if error.transient or error.conflict:
+            raise kopf.TemporaryError(f"Restoring HTTPRoute {gateway.http_route} failed: {error}", delay=5)
+        logger.warning(f"Restoring route failed httproute={gateway.http_route} error={error}")
+        return
+    if result.changed:
+        logger.info(f"Restored route httproute={gateway.http_route} canaryWeight=0")
 
 
 def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:

@@ -1,5 +1,5 @@
-"""Locates the upstream binaries of the dev stack (the local control plane, helm, Prometheus) at the versions pinned
-in ``hack/versions.env``.
+"""Locates the upstream binaries of the dev stack (the local control plane, helm, Prometheus, Traefik) and the
+generated Gateway API CRDs at the versions pinned in ``hack/versions.env``.
 
 ``hack/build-binaries.sh`` (run by ``make setup``) builds them into
 ``${KAIZEN_CACHE:-~/.cache/kaizen}/bin/<tool>-<version>/``; users with ``setup-envtest`` can point
@@ -27,6 +27,7 @@ TOOL_OF_BINARY = {
     "kwok": "kwok",
     "helm": "helm",
     "prometheus": "prometheus",
+    "traefik": "traefik",
 }
 # A binary of the user's own, named by an environment variable, replaces the pinned build.
 OVERRIDE_OF_BINARY = {"prometheus": "KAIZEN_PROMETHEUS"}
@@ -58,6 +59,18 @@ def versions() -> dict[str, str]:
 def cache_dir() -> Path:
     """The cache that ``hack/build-binaries.sh`` fills (``$KAIZEN_CACHE``, default ``~/.cache/kaizen``)."""
     return Path(os.environ.get("KAIZEN_CACHE") or Path.home() / ".cache" / "kaizen")
+
+
+def gateway_api_crds() -> list[Path]:
+    """The Gateway API CRDs (YAML) that ``hack/build-binaries.sh gateway-api`` generated for the pinned release."""
+    folder = cache_dir() / "bin" / f"gateway-api-{versions()['gateway_api']}"
+    found = sorted(folder.glob("*.yaml"))
+    if not found:
+        raise BinaryNotFoundError(
+            f"the Gateway API {versions()['gateway_api']} CRDs were not found in {folder}; run `make setup` first "
+            "(it generates them with controller-gen)"
+        )
+    return found
 
 
 def find_binary(name: str) -> Path:

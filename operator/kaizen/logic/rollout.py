@@ -45,6 +45,9 @@ from kaizen.logic import deployments
 from kaizen.logic.conditions import Event, set_condition
 from kaizen.logic.effects import Effects, Failure, blocked
 from kaizen.logic.requests import pending
+from kaizen.logic.routing import (
+    RouteError, RouteMissing, achieved_weight, canary_size, route_manifest, route_rules, route_share,
+)
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
@@ -161,17 +164,6 @@ def wait_for_target(spec: RolloutSpec, status: RolloutStatus, holder: Contender,
     return Decision(status=s, canary_replicas=None, promote=False, events=tuple(events), owns_target=False)
 
 
-def canary_replicas(stable_replicas: int, weight: int, max_replicas: int) -> int:
-    """Replica-ratio routing: canary replicas so that canary / (stable + canary) is about ``weight`` percent.
-
-    At 100 % the canary runs at the stable's size (the stable is never scaled down; promotion then moves it).
-    """
-    if weight <= 0:
-        return 0
-    wanted = stable_replicas if weight >= 100 else math.ceil(stable_replicas * weight / (100 - weight))
-    return min(max(wanted, 1), max_replicas)
-
-
 def look_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
     """Whether this tick should read the metrics: the canary has served for an interval, and half an interval has
     passed since the last look.
@@ -266,7 +258,7 @@ def _judge_threshold(metric: AnalysisMetric, stable: MetricSample, canary: Metri
 
 def judge_look(
     analysis: Analysis, samples: dict[str, tuple[MetricSample, MetricSample]], *, step: int, weight: int,
-    now: datetime, evidence: list[MetricEvidence] | None = None,
+    now: datetime, evidence: list[MetricEvidence] | None = None, achieved_weight: float | None = None,
 ) -> Look:
     """One analysis interval: every metric judged, the look's verdict the worst of them.
 
@@ -280,13 +272,21 @@ def judge_look(
     judged = [judge_metric(m, *samples[m.name], alpha, previous.get(m.name)) for m in analysis.metrics]
     results = [result for result, _ in judged]
     verdict = max((r.verdict for r in results), key=_SEVERITY.__getitem__, default="Inconclusive")
-    return Look(AnalysisRecord(time=now, step=step, weight=weight, verdict=verdict, metrics=results),
+    return Look(AnalysisRecord(time=now, step=step, weight=weight, achieved_weight=achieved_weight, verdict=verdict,
+                               metrics=results),
                 tuple(state for _, state in judged if state is not None))
 
 
 def _summary(record: AnalysisRecord) -> str:
     return "; ".join(f"{m.name}: {m.verdict} ({m.message})" if m.message else f"{m.name}: {m.verdict}"
                      for m in record.metrics)
+
+
+def _share(record: AnalysisRecord) -> str:
+    """The canary's share in a look, as Events say it: the achieved share, and the weight asked when it differs."""
+    if record.achieved_weight is None or record.achieved_weight == record.weight:
+        return f"{record.weight}%"
+    return f"{record.achieved_weight:g}% of traffic ({record.weight}% asked)"
 
 
 class _Machine:
@@ -318,7 +318,7 @@ class _Machine:
 
     def finish(self, phase: Literal["Promoted", "RolledBack", "Aborted"], message: str) -> None:
         self.status.phase, self.status.message, self.status.awaiting_approval = phase, message, None
-        self.status.canary_replicas, self.status.canary_weight = 0, 0
+        self.status.canary_replicas, self.status.canary_weight, self.status.achieved_weight = 0, 0, 0.0
         self.event("Warning" if phase == "RolledBack" else "Normal", phase, message)
 
     def start_step(self, index: int) -> None:
@@ -330,13 +330,19 @@ class _Machine:
             return
         step = self.spec.steps[index]
         if step.set_weight is not None:
+            routing, stable = self.spec.traffic_routing, self.observation.stable_replicas
             self.status.canary_weight = step.set_weight
-            self.status.canary_replicas = canary_replicas(
-                self.observation.stable_replicas, step.set_weight,
-                self.spec.traffic_routing.replica_ratio.max_canary_replicas,
-            )
-            self.event("Normal", "WeightSet", f"Step {index}: canary weight {step.set_weight}% "
-                       f"({self.status.canary_replicas} canary replicas).")
+            self.status.canary_replicas = canary_size(routing, stable, step.set_weight)
+            self.status.achieved_weight = achieved_weight(routing, stable, self.status.canary_replicas,
+                                                          step.set_weight)
+            replicas = self.status.canary_replicas
+            if routing.gateway_api is not None:
+                how = (f"set on HTTPRoute {routing.gateway_api.http_route} ({replicas} canary "
+                       f"replica{'s' * (replicas != 1)} sized for it)")
+            else:
+                how = (f"asked; {self.status.achieved_weight:g}% achieved: {replicas} canary "
+                       f"replica{'s' * (replicas != 1)} beside {stable} stable")
+            self.event("Normal", "WeightSet", f"Step {index}: canary weight {step.set_weight}% {how}.")
         elif step.pause is not None and step.pause.duration is None:
             self.status.phase, self.status.awaiting_approval = "Paused", True
             self.status.message = f"Step {index}: paused until `kaizen approve` or `kaizen promote`."
@@ -381,7 +387,7 @@ class _Machine:
         s.evidence = list(observed.evidence)
         summary = _summary(look)
         self.event("Warning" if look.verdict in ("Fail", "Error") else "Normal", f"Analysis{look.verdict}",
-                   f"Step {look.step} at {look.weight}%: {summary}"[:1024])
+                   f"Step {look.step} at {_share(look)}: {summary}"[:1024])
         if look.verdict == "Fail":
             failed = [m for m in look.metrics if m.verdict == "Fail"]
             self.finish("RolledBack", "Rolled back: " + "; ".join(f"metric {m.name} failed: {m.message}"
@@ -470,7 +476,7 @@ def next_action(spec: RolloutSpec, status: RolloutStatus, observation: Observati
     m = _Machine(spec, status, observation, now)
     s = m.status
     if s.phase is None:
-        s.phase, s.canary_weight, s.canary_replicas = "Progressing", 0, 0
+        s.phase, s.canary_weight, s.canary_replicas, s.achieved_weight = "Progressing", 0, 0, 0.0
         s.consecutive_errors = s.consecutive_inconclusive = 0
         m.event("Normal", "Started", f"Rolling out {spec.canary_model.version} beside {spec.stable_model.version}.")
         m.start_step(0)
@@ -530,6 +536,8 @@ ACTIONS_USAGE = "a Rollout: use promote, abort or approve (kaizen promote|abort|
 #: How soon a Rollout that waits for something that is not a change of its own looks again: its target Deployment
 #: to appear, or another Rollout to release it.
 RECHECK = timedelta(seconds=5)
+#: Reason of the InvalidSpec condition while the HTTPRoute cannot be routed as the spec says.
+INVALID_ROUTE = "InvalidRoute"
 STATUS_FIELDS = frozenset(info.alias or name for name, info in RolloutStatus.model_fields.items())
 #: Written by the spec handler (reconcile.accept), not by the step machine.
 _SPEC_HANDLER_FIELDS = frozenset({"observedGeneration", "conditions"})
@@ -556,6 +564,8 @@ class Gathered:
     action: Action | None = None
     holder: Contender | None = None
     holder_known: bool = False
+    #: With Gateway API routing: the HTTPRoute as read (None: there is none).
+    route: dict[str, Any] | None = None
 
 
 def status_of(stored: dict[str, Any]) -> RolloutStatus:
@@ -598,14 +608,28 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
         stable_promoted=serving and deployments.rolled_out(stable), look=gathered.look, action=gathered.action,
     )
     decision = next_action(spec, current, observation, now)
+    route_effect = None
+    if spec.traffic_routing.gateway_api is not None:
+        try:
+            route_effect = _route_change(spec, decision, observation, gathered.route, namespace, meta["name"])
+        except RouteError as problem:
+            return _invalid_route(stored, str(problem), now, generation)
+        if route_effect[1] is not None:
+            decision.status.achieved_weight = route_effect[1]
     resize = decision.canary_replicas is not None and (
         canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
     remove = decision.canary_replicas is None and canary is not None
     promote = decision.promote and not serving
-    if (resize or remove or promote) and not gathered.holder_known:
+    manifest = route_effect[0] if route_effect else None
+    if (resize or remove or promote or manifest) and not gathered.holder_known:
         return None
     apply: list[dict[str, Any]] = []
     log: list[str] = []
+    if manifest is not None:
+        # Before the canary goes (apply precedes delete): the route never sends traffic to a removed canary.
+        apply.append(manifest)
+        log.append(f"Routed httproute={spec.traffic_routing.gateway_api.http_route} "  # type: ignore[union-attr]
+                   f"canaryWeight={route_effect[1]:g}")  # type: ignore[index]
     if resize:
         assert decision.canary_replicas is not None
         apply.append(deployments.canary_manifest(stable, rollout, container=container, model_env=model_env,
@@ -617,9 +641,68 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
         log.append(f"Promoted deployment={target} model={spec.canary_model.version}")
     if remove:
         log.append(f"Removed canary deployment={canary_name}")
+    if spec.traffic_routing.gateway_api is not None:
+        stored = _route_valid(stored, now, generation)
     concluded = _conclude(spec, stored, current, decision, now, generation, due=next_due(spec, decision.status, now))
     return Effects(status=concluded.status, apply=tuple(apply), delete=(("Deployment", canary_name),) if remove else (),
                    events=concluded.events, log=(*log, *concluded.log), next_due=concluded.next_due)
+
+
+def _route_change(spec: RolloutSpec, decision: Decision, observation: Observation, route: dict[str, Any] | None,
+                  namespace: str, rollout: str) -> tuple[dict[str, Any] | None, float | None]:
+    """Gateway API routing: (the route's apply configuration, or None when it is right already; the canary's
+    share in the route after this look, or None when unknown). Raises :class:`RouteError`.
+
+    The route follows the step's weight once the canary Deployment is available at its size, so that no request
+    is routed to a canary that cannot answer it yet; an ended rollout restores 100/0 (and the canary goes).
+    """
+    routing = spec.traffic_routing.gateway_api
+    assert routing is not None
+    if route is None:
+        raise RouteMissing(namespace, routing)
+    rules = (route.get("spec") or {}).get("rules") or []
+    status = decision.status
+    if status.phase in TERMINAL:
+        weight: int | None = 0
+    elif observation.canary_available >= max(1, decision.canary_replicas or 0):
+        weight = status.canary_weight or 0
+    else:
+        weight = None  # the canary is not ready at its size: the route stays as it is
+    # Judged on every look, also while the route stays as it is: a route that cannot be routed is said at once.
+    desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
+                          weight=weight or 0, canary_version=spec.canary_model.version)
+    if weight is None:
+        return None, route_share(rules, routing)
+    return (None if desired == rules else route_manifest(route, desired)), float(weight)
+
+
+def _route_valid(stored: dict[str, Any], now: datetime, generation: int | None) -> dict[str, Any]:
+    """``stored`` with an InvalidRoute condition cleared (the route can be routed again), as the spec handler would
+    have left the conditions for a valid spec."""
+    conditions = list(stored.get("conditions") or [])
+    invalid = next((c for c in conditions if c.get("type") == "InvalidSpec"), None)
+    if invalid is None or invalid.get("reason") != INVALID_ROUTE:
+        return stored
+    conditions = [c for c in conditions if c.get("type") != "InvalidSpec"]
+    conditions = set_condition(conditions, type="Ready", status="True", reason="SpecAccepted",
+                               message="The Rollout spec is valid.", now=now, generation=generation)
+    return {**stored, "conditions": conditions}
+
+
+def _invalid_route(stored: dict[str, Any], message: str, now: datetime, generation: int | None) -> Effects:
+    """The route cannot be routed as the spec says: InvalidSpec (reason InvalidRoute) with what to do, a Warning
+    Event once, nothing touched, and a look again later (a route created or fixed later is picked up)."""
+    conditions = list(stored.get("conditions") or [])
+    before = next((c for c in conditions if c.get("type") == "InvalidSpec"), None)
+    conditions = set_condition(conditions, type="InvalidSpec", status="True", reason=INVALID_ROUTE, message=message,
+                               now=now, generation=generation)
+    conditions = set_condition(conditions, type="Ready", status="False", reason="InvalidSpec",
+                               message="The spec cannot be acted on; see the InvalidSpec condition.", now=now,
+                               generation=generation)
+    said = before is not None and before.get("message") == message
+    return Effects(status={"conditions": conditions, "message": message},
+                   events=() if said else (Event("Warning", INVALID_ROUTE, message[:1024]),),
+                   log=() if said else (f"Refused route: {message}",), next_due=now + RECHECK)
 
 
 def _conclude(spec: RolloutSpec, stored: dict[str, Any], current: RolloutStatus, decision: Decision, now: datetime,
