@@ -1,8 +1,8 @@
 """Retrain benchmark: targeted retraining against full retraining on a task with a drifted slice, and the
 trainer's throughput against a bare torch loop on the same model and data.
 
-The task is :mod:`kaizen_trainer.synthetic` (four scenarios; after the drift, refund answers change). A baseline is
-trained on pre-drift data. Then, evaluated every few steps on the post-drift holdout:
+The task is :mod:`kaizen_trainer.synthetic` (twelve scenarios; after the drift, refund answers change). A baseline is
+trained on pre-drift data. Then, evaluated after every step on the post-drift holdout:
 
 * **targeted**: fine-tune the baseline on the trainer's own curation of consented refund corrections mixed half and
   half with replay data (stale refund replay rows superseded), until the refund slice is back within 1 point of
@@ -10,11 +10,27 @@ trained on pre-drift data. Then, evaluated every few steps on the post-drift hol
 * **full**: retrain from the same initial weights on the whole corrected dataset, until every slice is back within 1
   point of its pre-drift accuracy.
 
-Compute is steps x tokens seen. Targets (issue 3): targeted <= 20 % of full; no other slice down more than 0.5
-point. Throughput: the trainer's loop (``kaizen_trainer.train.train``) against a bare AdamW loop over the same
-padded batches, best of three interleaved rounds each, target >= 0.9x. On a GPU the throughput model is ~100M
-parameters in bf16, and GPU utilisation is sampled with nvidia-smi. Prints the table and writes it, with the
-machine, to ``bench/results/retrain.json``.
+Both use the same hyperparameters (a RetrainJob has one set, whatever its data). Compute is steps x tokens seen.
+The steps a tiny model needs depend on its random initialisation (over ``INITS``, 4 to 15 targeted steps, 53 to
+71 full), so the comparison runs from ``INITS`` initialisations and is judged on the median ratio; every
+init is reported. Targets (issue 3): median targeted <= 20 % of full; no other slice down more than 0.5 point in
+any init.
+
+LoRA (issue 11): full fine-tuning against a LoRA adapter (rank 8 on the attention's query/key/value projection)
+of the same baseline on the same curated targeted data, with the same batch order and step budget (``LORA_STEPS``),
+each at its usual rate (LoRA's ten times full fine-tuning's: it moves few weights from a zero start). The model is
+larger than the tiny one above (4 layers of width 256, 3.2M parameters): at width 64 a step is framework overhead,
+not matmuls, so nothing LoRA saves (weight gradients, optimizer state) could show. Measured: time of the training
+loop (best of three interleaved rounds; wall time, and on a CPU also the process's CPU time, which on one torch
+thread is what wall time is on an idle core: on this shared 2-core machine wall time mostly measures other people's
+jobs, so on a CPU the time target is judged on CPU time, and both are reported), gradient + optimizer-state bytes
+after the first step (and peak CUDA memory on a GPU), trainable parameters, the refund slice and the other slices
+at the end. Targets: slice within 1 point of full; <= 10 % of its optimizer+gradient memory; <= 0.8x its time.
+
+Throughput: the trainer's loop (``kaizen_trainer.train.train``) against a bare AdamW loop over the same padded
+batches, best of three interleaved rounds each, target >= 0.9x. On a GPU the throughput model is ~100M parameters
+in bf16, and GPU utilisation is sampled with nvidia-smi. Prints the table and writes it, with the machine, to
+``bench/results/retrain.json``.
 
     .venv/bin/python bench/retrain/run.py [--out FILE]
 """
@@ -40,9 +56,9 @@ sys.path.insert(0, str(ROOT / "trainer-image"))
 
 import torch  # noqa: E402
 
-from kaizen.api.retrainjob import DataSpec, Hyperparameters, Targets  # noqa: E402
+from kaizen.api.retrainjob import DataSpec, Hyperparameters, LoraSettings, Targets  # noqa: E402
 from kaizen.api.trainer import Example  # noqa: E402
-from kaizen_trainer import curate, evaluate, modeling, synthetic, train  # noqa: E402
+from kaizen_trainer import adapters, curate, evaluate, modeling, synthetic, train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "retrain.json"
 TASK = "sequence-classification"
@@ -51,8 +67,13 @@ WITHIN = 0.01  # "within 1 point"
 OTHERS_MAX_DROP = 0.005  # "no other slice down more than 0.5 point"
 BASELINE_STEPS = 300
 ROUNDS = 3
-#: A fine-tune of a trained model takes a lower rate than training from scratch (hp.learning_rate, 2e-3).
-TARGETED_LR = 1e-3
+#: Seeds of the tiny model's initial weights (an odd number, so the median is one run's).
+INITS = (0, 1, 2, 3, 4)
+LORA_SIZE = dict(layers=4, width=256, heads=4)
+LORA_STEPS = 40
+FULL_LR, LORA_LR = 1e-3, 1e-2
+#: Rank 8 on the attention's input projection (GPT-2's c_attn: query, key and value), the LoRA paper's choice.
+LORA = LoraSettings(rank=8, alpha=16, dropout=0.0, target_modules=["c_attn"])
 
 
 def rows(dicts: list[dict], role: str = "replay") -> list[curate.Row]:
@@ -92,9 +113,10 @@ class Goal:
         return all(accuracies[s] >= self.reference[s] - WITHIN for s in self.scenarios)
 
 
-def compute_comparison(device: modeling.Device) -> dict[str, Any]:
+def compute_comparison(device: modeling.Device, seed: int) -> dict[str, Any]:
+    """Targeted against full retraining from the initial weights of ``seed``."""
     tok = synthetic.tokenizer()
-    init = synthetic.model(TASK, tok, seed=0)
+    init = synthetic.model(TASK, tok, seed=seed)
     encoder = modeling.Encoder(TASK, init, tok, max_length=32)
     hp = Hyperparameters(max_steps=2000, learning_rate=2e-3, batch_size=32, checkpoint_every_steps=10**6, seed=1)
 
@@ -118,8 +140,7 @@ def compute_comparison(device: modeling.Device) -> dict[str, Any]:
     curated = curate.curate(sources, DataSpec(targeted_ratio=0.5, min_rows=1), Targets(scenarios=["refund"]), seed=1)
     targeted_model = copy.deepcopy(baseline)
     targeted_goal = Goal([synthetic.DRIFTED], before, lambda m: per_slice(m, encoder, holdout_after, device))
-    targeted = run_until(targeted_model, encoder, curated.train, hp.model_copy(update={"learning_rate": TARGETED_LR}),
-                         device, targeted_goal)
+    targeted = run_until(targeted_model, encoder, curated.train, hp, device, targeted_goal)
     final = per_slice(targeted_model, encoder, holdout_after, device)
     others = {s: round(final[s] - after[s], 4) for s in synthetic.ALL_SCENARIOS if s != synthetic.DRIFTED}
 
@@ -130,14 +151,109 @@ def compute_comparison(device: modeling.Device) -> dict[str, Any]:
     full = run_until(full_model, encoder, everything, hp, device, full_goal)
     ratio = targeted["tokens"] / full["tokens"]
     return {
-        "task": f"synthetic support-bot intents ({len(every)} scenarios, refund drifted), tiny GPT-2 classifier",
+        "seed": seed,
         "baseline": {"steps": base.steps, "preDriftAccuracy": before, "postDriftAccuracy": after},
         "targeted": {**targeted, "trainRows": len(curated.train), "otherSlicesChange": others},
-        "full": {**full, "trainRows": 4800},
+        "full": {**full, "trainRows": len(everything)},
         "computeRatio": round(ratio, 4),
-        "targets": {"computeRatioMax": 0.2, "otherSliceMaxDrop": OTHERS_MAX_DROP},
-        "met": ratio <= 0.2 and targeted["reached"] and all(v >= -OTHERS_MAX_DROP for v in others.values()),
+        "met": targeted["reached"] and full["reached"] and all(v >= -OTHERS_MAX_DROP for v in others.values()),
     }
+
+
+def compute_comparisons(device: modeling.Device) -> dict[str, Any]:
+    """The comparison from every initialisation of ``INITS``, judged on the median ratio."""
+    runs = [compute_comparison(device, seed) for seed in INITS]
+    ratios = sorted(r["computeRatio"] for r in runs)
+    median = ratios[len(ratios) // 2]
+    return {
+        "task": f"synthetic support-bot intents ({len(synthetic.ALL_SCENARIOS)} scenarios, refund drifted), tiny "
+                "GPT-2 classifier",
+        "inits": runs,
+        "computeRatio": median,
+        "computeRatioRange": [ratios[0], ratios[-1]],
+        "targets": {"computeRatioMax": 0.2, "otherSliceMaxDrop": OTHERS_MAX_DROP, "judgedOn": "median of inits"},
+        "met": median <= 0.2 and all(r["met"] for r in runs),
+    }
+
+
+def targeted_rows(pre_drift: list[dict]) -> list[curate.Row]:
+    """The trainer's curation of 240 consented refund corrections mixed half and half with replay."""
+    sources = [curate.Source("feedback.jsonl", "feedback", "-", tuple(
+                   Example.model_validate(r) for r in synthetic.feedback(240, seed=7, task=TASK))),
+               curate.Source("replay.jsonl", "replay", "-", tuple(Example.model_validate(r) for r in pre_drift))]
+    return curate.curate(sources, DataSpec(targeted_ratio=0.5, min_rows=1), Targets(scenarios=["refund"]),
+                         seed=1).train
+
+
+def lora_comparison(device: modeling.Device) -> dict[str, Any]:
+    """Full fine-tuning against a LoRA adapter, same baseline, data, batch order and steps (module docstring)."""
+    tok = synthetic.tokenizer()
+    init = synthetic.model(TASK, tok, seed=0, **LORA_SIZE)
+    encoder = modeling.Encoder(TASK, init, tok, max_length=32)
+    every = synthetic.ALL_SCENARIOS
+    pre_drift = synthetic.dataset(4800, seed=1, task=TASK, scenarios=every)
+    holdout_after = rows(synthetic.dataset(600, seed=99, task=TASK, drifted=True, prefix="ho", scenarios=every))
+    hp = Hyperparameters(max_steps=BASELINE_STEPS, learning_rate=FULL_LR, batch_size=32,
+                         checkpoint_every_steps=10**6, seed=1)
+    baseline = copy.deepcopy(init)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        train.train(baseline, encoder, encoder.encode_all(rows(pre_drift)), hp, device, Path(checkpoints), "base")
+    after = per_slice(baseline, encoder, holdout_after, device)
+    data = encoder.encode_all(targeted_rows(pre_drift))
+
+    def fine_tune(side: str) -> tuple[Any, train.TrainStats]:
+        model = copy.deepcopy(baseline)
+        if side == "lora":
+            model = adapters.attach(model, TASK, LORA, "lora", seed=1)
+        if device.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        cpu = time.process_time()
+        with tempfile.TemporaryDirectory() as checkpoints:
+            stats = train.train(model, encoder, data, hp.model_copy(update={
+                "max_steps": LORA_STEPS, "learning_rate": FULL_LR if side == "full" else LORA_LR}),
+                device, Path(checkpoints), side)
+        cpus[side].append(round(time.process_time() - cpu, 2))
+        return model, stats
+
+    sides, walls, cpus = {}, {"full": [], "lora": []}, {"full": [], "lora": []}
+    # Interleaved rounds, best of each (as for throughput): other work on a shared machine slows whichever side it
+    # lands on. Every round trains the same weights; the first is also evaluated.
+    for round_ in range(ROUNDS):
+        for side in ("full", "lora"):
+            model, stats = fine_tune(side)
+            walls[side].append(round(stats.seconds, 2))
+            if round_:
+                continue
+            trainable, total = adapters.parameters(model)
+            final = per_slice(model, encoder, holdout_after, device)
+            sides[side] = {
+                "learningRate": FULL_LR if side == "full" else LORA_LR, "steps": stats.steps,
+                "optimizerAndGradientBytes": stats.optimizer_bytes, "trainableParameters": trainable,
+                "parameters": total,
+                "peakCudaBytes": torch.cuda.max_memory_allocated() if device.device.type == "cuda" else None,
+                "slice": final[synthetic.DRIFTED],
+                "otherSlicesChange": {s: round(final[s] - after[s], 4) for s in every if s != synthetic.DRIFTED},
+            }
+    for side in sides:
+        sides[side].update(wallSeconds=min(walls[side]), wallSecondsRounds=walls[side], cpuSeconds=min(cpus[side]),
+                           cpuSecondsRounds=cpus[side])
+    full, lora = sides["full"], sides["lora"]
+    result = {
+        "model": f"GPT-2 classifier, {full['parameters'] / 1e6:.1f}M parameters ({LORA_SIZE})",
+        "adapter": LORA.model_dump(by_alias=True), "baselinePostDrift": after, "full": full, "lora": lora,
+        "optimizerMemoryRatio": round(lora["optimizerAndGradientBytes"] / full["optimizerAndGradientBytes"], 4),
+        "wallTimeRatio": round(lora["wallSeconds"] / full["wallSeconds"], 3),
+        "cpuTimeRatio": round(lora["cpuSeconds"] / full["cpuSeconds"], 3),
+        "timeJudgedOn": "wallTimeRatio" if device.device.type == "cuda" else "cpuTimeRatio",
+        "sliceGapPoints": round(100 * (full["slice"] - lora["slice"]), 2),
+        "otherSlicesWorstGapPoints": round(100 * max(
+            full["otherSlicesChange"][s] - lora["otherSlicesChange"][s] for s in full["otherSlicesChange"]), 2),
+        "trainableParameterRatio": round(lora["trainableParameters"] / full["trainableParameters"], 4),
+        "targets": {"sliceGapPointsMax": 1, "optimizerMemoryRatioMax": 0.1, "wallTimeRatioMax": 0.8},
+    }
+    result["met"] = (result["sliceGapPoints"] <= 1 and result["optimizerMemoryRatio"] <= 0.1
+                     and result[result["timeJudgedOn"]] <= 0.8)
+    return result
 
 
 class GPUSampler:
@@ -251,20 +367,32 @@ def main() -> int:
     if device.device.type == "cpu" and os.cpu_count() and os.cpu_count() <= 4:
         torch.set_num_threads(1)  # tiny models on a small, shared CPU: more threads only spin against each other
     began = time.perf_counter()
-    compute = compute_comparison(device)
+    compute = compute_comparisons(device)
+    lora = lora_comparison(device)
     speed = throughput(device)
-    report = {"machine": machine(device), "compute": compute, "throughput": speed,
+    report = {"machine": machine(device), "compute": compute, "lora": lora, "throughput": speed,
               "seconds": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    t, f = compute["targeted"], compute["full"]
     print(f"Retrain benchmark on {device.name} ({report['machine']['cpu']}, {report['machine']['cores']} cores)")
-    print(f"{'':28}{'steps':>8}{'tokens':>10}  slices")
-    print(f"{'targeted (refund fixed)':28}{t['steps']:>8}{t['tokens']:>10}  others {t['otherSlicesChange']}")
-    print(f"{'full (all slices back)':28}{f['steps']:>8}{f['tokens']:>10}")
-    print(f"compute targeted/full = {compute['computeRatio']:.1%} (target <= 20%): "
+    print(f"{'init':>6}{'targeted steps':>16}{'full steps':>12}{'ratio':>8}  other slices' worst change")
+    for r in compute["inits"]:
+        print(f"{r['seed']:>6}{r['targeted']['steps']:>16}{r['full']['steps']:>12}{r['computeRatio']:>8.1%}  "
+              f"{min(r['targeted']['otherSlicesChange'].values()):+.3f}")
+    print(f"compute targeted/full, median of {len(INITS)} inits = {compute['computeRatio']:.1%} "
+          f"(range {compute['computeRatioRange'][0]:.1%}-{compute['computeRatioRange'][1]:.1%}; target <= 20%): "
           f"{'met' if compute['met'] else 'NOT met'}")
+    full, adapter = lora["full"], lora["lora"]
+    print(f"full vs LoRA ({lora['model']}, {LORA_STEPS} steps each): wall {full['wallSeconds']} / "
+          f"{adapter['wallSeconds']} s = {lora['wallTimeRatio']}, CPU {full['cpuSeconds']} / {adapter['cpuSeconds']} s "
+          f"= {lora['cpuTimeRatio']} (target <= 0.8 on {lora['timeJudgedOn']}); optimizer+gradient "
+          f"{full['optimizerAndGradientBytes']} / {adapter['optimizerAndGradientBytes']} B = "
+          f"{lora['optimizerMemoryRatio']:.1%} (target <= 10%); trainable {full['trainableParameters']} / "
+          f"{adapter['trainableParameters']}; refund {full['slice']:.3f} / {adapter['slice']:.3f}, gap "
+          f"{lora['sliceGapPoints']} points (target <= 1); other slices' worst change "
+          f"{min(full['otherSlicesChange'].values()):+.3f} / {min(adapter['otherSlicesChange'].values()):+.3f}: "
+          f"{'met' if lora['met'] else 'NOT met'}")
     print(f"throughput {speed['model']} on {speed['device']}: trainer {speed['trainerTokensPerSecond']} tok/s, "
           f"bare loop {speed['bareTokensPerSecond']} tok/s, ratio {speed['ratio']} (target >= 0.9): "
           f"{'met' if speed['met'] else 'NOT met'}; GPU utilisation {speed['gpuUtilisationPercent']}")

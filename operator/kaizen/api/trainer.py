@@ -11,7 +11,8 @@ from pydantic import ConfigDict, Field
 
 from kaizen.api.common import KaizenModel, ModelRef
 from kaizen.api.retrainjob import (
-    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Targets, Task,
+    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, LoraSettings, Method,
+    Targets, Task,
 )
 
 #: Kubernetes truncates termination messages beyond this.
@@ -75,6 +76,8 @@ class TrainerConfig(KaizenModel):
     feedback: FeedbackExport | None = Field(default=None, description="Feedback to curate targeted examples from.")
     targets: Targets = Field(default_factory=Targets, description="The slices to target.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Fine-tuning settings.")
+    method: Method = Field(default="full", description="full, lora or qlora (RetrainJob spec.method).")
+    lora: LoraSettings | None = Field(default=None, description="The adapter of lora and qlora (RetrainJob spec.lora).")
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
     output_dir: str = Field(min_length=1, description="Where the model, metrics, manifest and card are written.")
     checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are written (a path in the pod).")
