@@ -16,7 +16,7 @@ from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 from kaizen_trainer import curate as curation
-from kaizen_trainer import evaluate, load, modeling, report, train
+from kaizen_trainer import evaluate, load, modeling, objectives, report, train
 from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.mirror import Mirror
 
@@ -39,7 +39,7 @@ def run(config: TrainerConfig) -> TrainerResult:
 
     sources = load.load(config)
     log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
-    curated = curation.curate(sources, config.data, config.targets, hp.seed)
+    curated = curation.curate(sources, config.data, config.targets, hp.seed, config.objective)
     manifest = curated.manifest
     log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
 
@@ -53,9 +53,14 @@ def run(config: TrainerConfig) -> TrainerResult:
     for rows_of_set in sets.values():
         encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
     tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json())
-    log.info("Training steps=%d rows=%d device=%s", train.total_steps(len(rows), hp), len(rows), device.name)
+    objective = None
+    if config.objective != "sft":  # the baseline, frozen, is the reference the preference losses compare against
+        objective = objectives.Preference(config.objective, candidate, baseline, tokenizer, curated.train, hp, device)
+        rows = objective.items
+    log.info("Training steps=%d rows=%d objective=%s device=%s", train.total_steps(len(rows), hp), len(rows),
+             config.objective, device.name)
     mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror else None
-    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror)
+    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror, objective=objective)
     log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
              stats.resumed_from)
 
