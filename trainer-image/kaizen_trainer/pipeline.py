@@ -43,6 +43,7 @@ def run(config: TrainerConfig) -> TrainerResult:
     manifest = curated.manifest
     log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
 
+    judge_model = evaluate.load_judge(config.judge.uri) if config.judge else None
     baseline, tokenizer = modeling.load(config.task, config.baseline.uri)
     candidate = copy.deepcopy(baseline)
     encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
@@ -64,9 +65,16 @@ def run(config: TrainerConfig) -> TrainerResult:
     log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
              stats.resumed_from)
 
-    metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device)}
+    answers: dict[str, dict[str, list[str]]] = {"candidate": {}, "baseline": {}}
+    metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device, answers["candidate"])}
     candidate.cpu()  # one model on the device at a time
-    metrics["baseline"] = evaluate.evaluate(baseline, encoder, sets, device)
+    metrics["baseline"] = evaluate.evaluate(baseline, encoder, sets, device, answers["baseline"])
+    if judge_model is not None:
+        baseline.cpu()
+        wins = evaluate.win_rates(judge_model, curated.holdout, answers["candidate"]["holdout"],
+                                  answers["baseline"]["holdout"], hp.seed, device)
+        metrics["candidate"] |= wins
+        metrics["baseline"] |= {key: 1 - value for key, value in wins.items()}
     gates, verdict = judge(config.gates, metrics["candidate"], metrics["baseline"])
     log.info("Evaluated verdict=%s gates=%s", verdict, [(g.metric, g.cohort, g.passed) for g in gates])
 
