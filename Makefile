@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # This checkout's code, whatever checkout the shared cached venv's editable install points at.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
-.PHONY: help setup prerequisites binaries venv postgres crds demo test test-unit test-integration fuzz e2e e2e-kind lint clean-cluster bench-retrain
+.PHONY: help setup prerequisites binaries venv venv-trainer-s3 postgres crds demo test test-unit test-integration fuzz e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ binaries: ## Build the dev stack's upstream binaries: control plane, helm, Prome
 venv: ## Create the Python environment (cached in ~/.cache/kaizen/venvs, linked as .venv)
 	hack/setup-python.sh
 
+venv-trainer-s3: ## The trainer's own environment for the s3:// tests (moto): no operator deps (cached, linked as .venv-trainer-s3)
+	hack/setup-python.sh trainer-s3
+
 postgres: ## Install PostgreSQL's server binaries for the collector's tests (as root with apt-get; else says how)
 	hack/setup-postgres.sh
 
@@ -24,7 +27,7 @@ prerequisites:
 	@hack/build-binaries.sh --check
 	@hack/setup-python.sh --check
 
-setup: prerequisites binaries venv postgres ## Provision everything the demo and the tests need (needs Go >= 1.26.7, Python >= 3.11)
+setup: prerequisites binaries venv venv-trainer-s3 postgres ## Provision everything the demo and the tests need (needs Go >= 1.26.7, Python >= 3.11)
 
 crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic models
 	$(PY) -m kaizen.api.crd

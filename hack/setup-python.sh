@@ -9,6 +9,11 @@
 # copy of the `kaizen` package: a copy in site-packages comes before the editable install's path entry and would
 # shadow every checkout. So the dependencies are installed from pyproject.toml's lists, without the project.
 # Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer — the tests train tiny models with torch)
+#        hack/setup-python.sh trainer-s3 (the trainer's own environment, linked as .venv-trainer-s3: the trainer
+#                                         contract's dependencies, the trainer and s3 extras and moto's S3 server;
+#                                         botocore's python-dateutil < 3 cannot share an environment with kubernetes
+#                                         37's >= 3. No kaizen install: its users put the checkout on PYTHONPATH, as
+#                                         the trainer image does)
 #        hack/setup-python.sh --check    (only check that Python is there and new enough)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
@@ -27,8 +32,16 @@ command -v "$python" >/dev/null || fail "$python is missing: install Python >= 3
 pyproject() {
   "$python" - "$root/pyproject.toml" "$extras" "$1" <<'PY'
 import hashlib, json, sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-deps = [project["dependencies"]] + [project["optional-dependencies"][e] for e in sys.argv[2].split(",")]
+import re
+pyproject = tomllib.load(open(sys.argv[1], "rb"))
+project = pyproject["project"]
+if sys.argv[2] == "trainer-s3":
+    # Only the project dependencies the trainer contract needs ([tool.kaizen]), at the project's pins.
+    contract = set(pyproject["tool"]["kaizen"]["trainer-contract"])
+    deps = [[d for d in project["dependencies"] if re.split(r"[\[=<>!~; ]", d)[0] in contract]]
+    deps += [project["optional-dependencies"][e] for e in ("trainer", "s3", "s3-test")]
+else:
+    deps = [project["dependencies"]] + [project["optional-dependencies"][e] for e in sys.argv[2].split(",")]
 if sys.argv[3] == "key":
     digest = hashlib.sha256(json.dumps(deps).encode()).hexdigest()[:12]
     print("py%d.%d-%s-%s" % (*sys.version_info[:2], digest, sys.argv[2].replace(",", "-")))
@@ -51,6 +64,11 @@ if [ ! -f "$venv/.complete" ]; then
   pyproject requirements > "$venv/requirements.txt"
   "$venv/bin/pip" install --quiet --requirement "$venv/requirements.txt"
   touch "$venv/.complete"
+fi
+if [ "$extras" = trainer-s3 ]; then
+  ln -sfn "$venv" "$root/.venv-trainer-s3"
+  echo "setup-python: $root/.venv-trainer-s3 -> $venv" >&2
+  exit 0
 fi
 "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root"
 # From another folder and without make's PYTHONPATH, as `.venv/bin/kaizen` runs: the package must be this checkout's.

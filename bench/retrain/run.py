@@ -1,8 +1,8 @@
 """Retrain benchmark: targeted retraining against full retraining on a task with a drifted slice, and the
 trainer's throughput against a bare torch loop on the same model and data.
 
-The task is :mod:`kaizen_trainer.synthetic` (four scenarios; after the drift, refund answers change). A baseline is
-trained on pre-drift data. Then, evaluated every few steps on the post-drift holdout:
+The task is :mod:`kaizen_trainer.synthetic` (twelve scenarios; after the drift, refund answers change). A baseline is
+trained on pre-drift data. Then, evaluated after every step on the post-drift holdout:
 
 * **targeted**: fine-tune the baseline on the trainer's own curation of consented refund corrections mixed half and
   half with replay data (stale refund replay rows superseded), until the refund slice is back within 1 point of
@@ -10,8 +10,11 @@ trained on pre-drift data. Then, evaluated every few steps on the post-drift hol
 * **full**: retrain from the same initial weights on the whole corrected dataset, until every slice is back within 1
   point of its pre-drift accuracy.
 
-Compute is steps x tokens seen. Targets (issue 3): targeted <= 20 % of full; no other slice down more than 0.5
-point. Throughput: the trainer's loop (``kaizen_trainer.train.train``) against a bare AdamW loop over the same
+Both use the same hyperparameters (a RetrainJob has one set, whatever its data). Compute is steps x tokens seen.
+The steps a tiny model needs depend on its random initialisation (over ``INITS``, 4 to 15 targeted steps, 53 to
+71 full), so the comparison runs from ``INITS`` initialisations and is judged on the median ratio; every
+init is reported. Targets (issue 3): median targeted <= 20 % of full; no other slice down more than 0.5 point in
+any init. Throughput: the trainer's loop (``kaizen_trainer.train.train``) against a bare AdamW loop over the same
 padded batches, best of three interleaved rounds each, target >= 0.9x. On a GPU the throughput model is ~100M
 parameters in bf16, and GPU utilisation is sampled with nvidia-smi. Prints the table and writes it, with the
 machine, to ``bench/results/retrain.json``.
@@ -52,8 +55,8 @@ WITHIN = 0.01  # "within 1 point"
 OTHERS_MAX_DROP = 0.005  # "no other slice down more than 0.5 point"
 BASELINE_STEPS = 300
 ROUNDS = 3
-#: A fine-tune of a trained model takes a lower rate than training from scratch (hp.learning_rate, 2e-3).
-TARGETED_LR = 1e-3
+#: Seeds of the tiny model's initial weights (an odd number, so the median is one run's).
+INITS = (0, 1, 2, 3, 4)
 
 
 def rows(dicts: list[dict], role: str = "replay") -> list[curate.Row]:
@@ -93,9 +96,10 @@ class Goal:
         return all(accuracies[s] >= self.reference[s] - WITHIN for s in self.scenarios)
 
 
-def compute_comparison(device: modeling.Device) -> dict[str, Any]:
+def compute_comparison(device: modeling.Device, seed: int) -> dict[str, Any]:
+    """Targeted against full retraining from the initial weights of ``seed``."""
     tok = synthetic.tokenizer()
-    init = synthetic.model(TASK, tok, seed=0)
+    init = synthetic.model(TASK, tok, seed=seed)
     encoder = modeling.Encoder(TASK, init, tok, max_length=32)
     hp = Hyperparameters(max_steps=2000, learning_rate=2e-3, batch_size=32, checkpoint_every_steps=10**6, seed=1)
 
@@ -119,8 +123,7 @@ def compute_comparison(device: modeling.Device) -> dict[str, Any]:
     curated = curate.curate(sources, DataSpec(targeted_ratio=0.5, min_rows=1), Targets(scenarios=["refund"]), seed=1)
     targeted_model = copy.deepcopy(baseline)
     targeted_goal = Goal([synthetic.DRIFTED], before, lambda m: per_slice(m, encoder, holdout_after, device))
-    targeted = run_until(targeted_model, encoder, curated.train, hp.model_copy(update={"learning_rate": TARGETED_LR}),
-                         device, targeted_goal)
+    targeted = run_until(targeted_model, encoder, curated.train, hp, device, targeted_goal)
     final = per_slice(targeted_model, encoder, holdout_after, device)
     others = {s: round(final[s] - after[s], 4) for s in synthetic.ALL_SCENARIOS if s != synthetic.DRIFTED}
 
@@ -131,13 +134,28 @@ def compute_comparison(device: modeling.Device) -> dict[str, Any]:
     full = run_until(full_model, encoder, everything, hp, device, full_goal)
     ratio = targeted["tokens"] / full["tokens"]
     return {
-        "task": f"synthetic support-bot intents ({len(every)} scenarios, refund drifted), tiny GPT-2 classifier",
+        "seed": seed,
         "baseline": {"steps": base.steps, "preDriftAccuracy": before, "postDriftAccuracy": after},
         "targeted": {**targeted, "trainRows": len(curated.train), "otherSlicesChange": others},
-        "full": {**full, "trainRows": 4800},
+        "full": {**full, "trainRows": len(everything)},
         "computeRatio": round(ratio, 4),
-        "targets": {"computeRatioMax": 0.2, "otherSliceMaxDrop": OTHERS_MAX_DROP},
-        "met": ratio <= 0.2 and targeted["reached"] and all(v >= -OTHERS_MAX_DROP for v in others.values()),
+        "met": targeted["reached"] and full["reached"] and all(v >= -OTHERS_MAX_DROP for v in others.values()),
+    }
+
+
+def compute_comparisons(device: modeling.Device) -> dict[str, Any]:
+    """The comparison from every initialisation of ``INITS``, judged on the median ratio."""
+    runs = [compute_comparison(device, seed) for seed in INITS]
+    ratios = sorted(r["computeRatio"] for r in runs)
+    median = ratios[len(ratios) // 2]
+    return {
+        "task": f"synthetic support-bot intents ({len(synthetic.ALL_SCENARIOS)} scenarios, refund drifted), tiny "
+                "GPT-2 classifier",
+        "inits": runs,
+        "computeRatio": median,
+        "computeRatioRange": [ratios[0], ratios[-1]],
+        "targets": {"computeRatioMax": 0.2, "otherSliceMaxDrop": OTHERS_MAX_DROP, "judgedOn": "median of inits"},
+        "met": median <= 0.2 and all(r["met"] for r in runs),
     }
 
 
@@ -252,19 +270,20 @@ def main() -> int:
     if device.device.type == "cpu" and os.cpu_count() and os.cpu_count() <= 4:
         torch.set_num_threads(1)  # tiny models on a small, shared CPU: more threads only spin against each other
     began = time.perf_counter()
-    compute = compute_comparison(device)
+    compute = compute_comparisons(device)
     speed = throughput(device)
     report = {"machine": machine(device), "compute": compute, "throughput": speed,
               "seconds": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    t, f = compute["targeted"], compute["full"]
     print(f"Retrain benchmark on {device.name} ({report['machine']['cpu']}, {report['machine']['cores']} cores)")
-    print(f"{'':28}{'steps':>8}{'tokens':>10}  slices")
-    print(f"{'targeted (refund fixed)':28}{t['steps']:>8}{t['tokens']:>10}  others {t['otherSlicesChange']}")
-    print(f"{'full (all slices back)':28}{f['steps']:>8}{f['tokens']:>10}")
-    print(f"compute targeted/full = {compute['computeRatio']:.1%} (target <= 20%): "
+    print(f"{'init':>6}{'targeted steps':>16}{'full steps':>12}{'ratio':>8}  other slices' worst change")
+    for r in compute["inits"]:
+        print(f"{r['seed']:>6}{r['targeted']['steps']:>16}{r['full']['steps']:>12}{r['computeRatio']:>8.1%}  "
+              f"{min(r['targeted']['otherSlicesChange'].values()):+.3f}")
+    print(f"compute targeted/full, median of {len(INITS)} inits = {compute['computeRatio']:.1%} "
+          f"(range {compute['computeRatioRange'][0]:.1%}-{compute['computeRatioRange'][1]:.1%}; target <= 20%): "
           f"{'met' if compute['met'] else 'NOT met'}")
     print(f"throughput {speed['model']} on {speed['device']}: trainer {speed['trainerTokensPerSecond']} tok/s, "
           f"bare loop {speed['bareTokensPerSecond']} tok/s, ratio {speed['ratio']} (target >= 0.9): "

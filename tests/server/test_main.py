@@ -44,7 +44,8 @@ def test_an_unloadable_model_is_one_line_and_exit_code_2_after_the_port_opened(t
     assert "Listening" in result.stderr  # it was ready for probes (503) while it tried
     errors = [line for line in result.stderr.splitlines() if line.startswith("kaizen-server:")]
     assert errors == [f"kaizen-server: cannot serve MODEL_URI={tmp_path / 'nowhere'}: model {tmp_path / 'nowhere'} "
-                      "is not a saved transformers model (no config.json there)"], result.stderr
+                      "is not a saved transformers model (no config.json there) nor a LoRA adapter (no "
+                      "adapter_config.json)"], result.stderr
 
 
 @pytest.mark.parametrize("uri, message", [

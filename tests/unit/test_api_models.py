@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import Field, ValidationError
 
-from kaizen.api import IMPROVEMENT_LOOP, KINDS, ROLLOUT
+from kaizen.api import IMPROVEMENT_LOOP, KINDS, RETRAIN_JOB, ROLLOUT
 from kaizen.api.common import KaizenModel, parse_duration
 from kaizen.api.crd import SchemaError, custom_resource_definition, model_schema
 from kaizen.api.trainer import TrainerResult
@@ -118,6 +118,10 @@ def test_optional_fields_are_omittable_not_nullable():
 def test_exclusive_bounds_use_openapi_v3_form():
     alpha = model_schema(ROLLOUT.spec, "spec")["properties"]["analysis"]["properties"]["alpha"]
     assert alpha["minimum"] == 0 and alpha["exclusiveMinimum"] is True and alpha["maximum"] == 0.5
+    # The members of an optional model (spec.lora) are rewritten once, not twice: the bound stays a number.
+    lora = model_schema(RETRAIN_JOB.spec, "spec")["properties"]["lora"]["properties"]
+    assert lora["alpha"]["minimum"] == 0 and lora["alpha"]["exclusiveMinimum"] is True
+    assert lora["dropout"]["maximum"] == 1 and lora["dropout"]["exclusiveMaximum"] is True
 
 
 

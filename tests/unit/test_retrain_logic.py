@@ -262,3 +262,21 @@ def test_a_status_written_before_pods_were_remembered_is_a_floor():
     assert (stored["attempts"], stored["gpuSeconds"]) == (2, 600 + 2940 + 60)
     _, stored, _ = follow([(NOW + 2 * MINUTE, [P2])], stored=stored)
     assert (stored["attempts"], stored["gpuSeconds"]) == (2, 600 + 2940 + 120)
+
+
+def test_method_and_lora_settings_reach_the_trainer_config():
+    planned = plan(spec(method="lora", lora={"rank": 16, "alpha": 32, "targetModules": ["q_proj", "v_proj"]}),
+                   "rj", "team", "uid-1")
+    assert planned.config.method == "lora"
+    assert planned.config.lora.rank == 16 and planned.config.lora.target_modules == ["q_proj", "v_proj"]
+    assert plan(spec(), "rj", "team", "uid-1").config.method == "full"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"lora": {"rank": 4}}, "lora settings apply to method lora or qlora"),
+    ({"method": "qlora", "resources": {"gpus": 0}}, "method qlora quantises the base with bitsandbytes"),
+    ({"method": "lora", "lora": {"rank": 0}}, "greater than or equal to 1"),
+])
+def test_lora_settings_that_cannot_train_are_refused_with_what_to_change(extra, message):
+    with pytest.raises(ValueError, match=message):
+        spec(**extra)

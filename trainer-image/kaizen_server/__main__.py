@@ -51,8 +51,8 @@ async def serve(settings: Settings) -> int:
         except Exception as error:  # noqa: BLE001 - any failure to load is the same one line for the user
             await runner.cleanup()
             return fail(f"cannot serve MODEL_URI={settings.model_uri}: {error}")
-        log.info("Loaded model uri=%s task=%s device=%s positions=%d threads=%d", settings.model_uri, engine.task,
-                 engine.device.name, engine.positions, engine.threads)
+        log.info("Loaded model uri=%s base=%s task=%s device=%s positions=%d threads=%d", settings.model_uri,
+                 engine.base_uri, engine.task, engine.device.name, engine.positions, engine.threads)
         await stopping
     log.info("Stopping")
     await runner.cleanup()

@@ -170,7 +170,8 @@ class Server:
     async def load(self) -> Engine:
         """Load the model on the worker thread; raises :class:`ServeError` with one line when it cannot. Torch is
         imported there too (seconds), so the port is open, and /health answers 503, while it is."""
-        self.engine = await asyncio.get_running_loop().run_in_executor(self.worker, _load, self.settings.model_uri)
+        self.engine = await asyncio.get_running_loop().run_in_executor(self.worker, _load, self.settings.model_uri,
+                                                                     self.settings.base_model_uri)
         return self.engine
 
     def _ready(self, body: s.Request) -> Engine:
@@ -281,11 +282,11 @@ class Server:
         self.worker.shutdown(wait=False, cancel_futures=True)
 
 
-def _load(uri: str) -> Engine:
+def _load(uri: str, base_uri: str | None) -> Engine:
     from kaizen_server.engine import Engine, limit_threads
 
     limit_threads()
-    return Engine.load(uri)
+    return Engine.load(uri, base_uri=base_uri)
 
 
 def _middleware(server: Server) -> Any:

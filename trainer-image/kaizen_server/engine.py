@@ -3,9 +3,10 @@
 Greedy, deterministic decoding of the very input the trainer trains and evaluates on
 (:func:`kaizen_trainer.modeling.prompt_ids`: the prompt, the separator, then the response up to eos), so the
 trainer's holdout exactMatch predicts what the server answers; the inference itself is
-:mod:`kaizen_trainer.generation`, which the trainer's generative evaluation runs too. Used by
-:mod:`kaizen_server.app` (over HTTP) and by the benchmark (without it). Blocking and not thread-safe: callers run
-it on one worker thread.
+:mod:`kaizen_trainer.generation`, which the trainer's generative evaluation runs too. A LoRA adapter (what
+``method: lora`` writes) is loaded onto its base, the one its adapter_config.json names or ``BASE_MODEL_URI``,
+and merged into it for serving. Used by :mod:`kaizen_server.app` (over HTTP) and by the benchmark (without
+it). Blocking and not thread-safe: callers run it on one worker thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from kaizen.api.retrainjob import Task
 from kaizen.logic.retrain import mounted_path
 from kaizen_server.errors import ServeError, WrongTask
-from kaizen_trainer import generation, modeling
+from kaizen_trainer import adapters, generation, modeling
 from kaizen_trainer.errors import TrainerError
 from kaizen_trainer.generation import Completion, Label
 
@@ -66,24 +67,31 @@ class Engine:
     """One loaded model and its tokenizer; :meth:`load` builds it."""
 
     def __init__(self, task: Task, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 device: modeling.Device) -> None:
+                 device: modeling.Device, base_uri: str | None = None) -> None:
+        #: The base model an adapter was loaded onto; None for a full model.
+        self.base_uri = base_uri
+        if adapters.is_adapter(model):
+            model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
         self.task, self.model, self.tokenizer, self.device = task, model.to(device.device).eval(), tokenizer, device
         self.positions = generation.positions(model, FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.threads = torch.get_num_threads()
 
     @classmethod
-    def load(cls, uri: str, task: Task | None = None) -> Engine:
+    def load(cls, uri: str, task: Task | None = None, base_uri: str | None = None) -> Engine:
         """The model at ``uri`` as the trainer saves it (a path, file://, pvc://CLAIM/PATH where the pod mounts the
-        claim, s3:// through fsspec, hf://); ``task`` is inferred from its config when None. Raises
-        :class:`ServeError` with one clear line."""
+        claim, s3:// through fsspec, hf://); ``task`` is inferred from its config when None. An adapter is loaded
+        onto ``base_uri``, by default the base its adapter_config.json names. Raises :class:`ServeError` with one
+        clear line."""
         try:
             directory = modeling.model_dir(mounted_path(uri))
-            task = task or infer_task(directory)
-            model, tokenizer = modeling.load(task, directory)
+            base = adapters.adapter_base(directory) and (base_uri or adapters.adapter_base(directory))
+            base_dir = modeling.model_dir(mounted_path(base)) if base else None
+            task = task or infer_task(base_dir or directory)
+            model, tokenizer = modeling.load(task, directory, base_uri=base_dir)
         except TrainerError as error:
             raise ServeError(str(error).replace("baseline", "model")) from None
-        return cls(task, model, tokenizer, modeling.pick_device())
+        return cls(task, model, tokenizer, modeling.pick_device(), base)
 
     def complete(self, prompts: Sequence[str], max_tokens: int = 32) -> list[Completion]:
         """Greedy completions of ``prompts``, batched (left-padded), each until eos or ``max_tokens`` tokens."""

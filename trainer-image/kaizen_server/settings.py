@@ -18,6 +18,8 @@ class Settings:
     """How one server runs, from the environment of the serving contract (:meth:`from_env`)."""
 
     model_uri: str
+    #: The base model of a LoRA adapter at model_uri, when not the one its adapter_config.json names.
+    base_model_uri: str | None = None
     name: str = "model"
     version: str = "unknown"
     track: str = "unknown"
@@ -50,7 +52,8 @@ class Settings:
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"KAIZEN_COLLECTOR_URL={url!r} must start with http:// or https://")
         # The downward API gives an empty string for a missing label.
-        settings = cls(model_uri=uri, name=env.get("KAIZEN_MODEL_NAME") or "model",
+        settings = cls(model_uri=uri, base_model_uri=env.get("BASE_MODEL_URI", "").strip() or None,
+                       name=env.get("KAIZEN_MODEL_NAME") or "model",
                        version=env.get("KAIZEN_MODEL_VERSION") or "unknown", track=env.get("KAIZEN_TRACK") or "unknown",
                        host=env.get("HOST") or "0.0.0.0", port=port, collector_url=url, collector_token=token)
         if url is not None and settings.track not in TRACKS:

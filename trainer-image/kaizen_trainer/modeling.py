@@ -21,7 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from kaizen.api.retrainjob import Task
+from kaizen.api.retrainjob import Method, Task
+from kaizen_trainer import adapters
 from kaizen_trainer.curate import Row
 from kaizen_trainer.errors import TrainerError, invalid_config, invalid_data
 from kaizen_trainer.load import local_path, require_fsspec
@@ -50,8 +51,9 @@ def model_dir(uri: str) -> str:
     """A directory (or hub name) ``from_pretrained`` can read; s3:// models are copied to a local directory first."""
     path = local_path(uri)
     if path is not None:
-        if not (path / "config.json").is_file():
-            raise invalid_config(f"baseline {uri} is not a saved transformers model (no config.json there)")
+        if not (path / "config.json").is_file() and not (path / adapters.ADAPTER_CONFIG).is_file():
+            raise invalid_config(f"baseline {uri} is not a saved transformers model (no config.json there) nor a "
+                                 f"LoRA adapter (no {adapters.ADAPTER_CONFIG})")
         return str(path)
     if uri.startswith("hf://"):
         return uri.removeprefix("hf://")
@@ -66,12 +68,34 @@ def model_dir(uri: str) -> str:
     raise invalid_config(f"baseline uri {uri}: unsupported scheme; use a path, file://, s3:// or hf://")
 
 
-def load(task: Task, uri: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load(task: Task, uri: str, method: Method = "full",
+         base_uri: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model at ``uri`` and its tokenizer. A LoRA adapter directory (:mod:`kaizen_trainer.adapters`) is loaded
+    onto ``base_uri``, by default the base its config names, as a peft model; ``method`` qlora loads the base
+    quantised to 4 bits."""
     source = model_dir(uri)
+    base = adapters.adapter_base(source) and (base_uri or adapters.adapter_base(source))
+    if base is None:
+        return _load(task, uri, source, adapters.quantisation(method))
+    model, tokenizer = _load(task, base, model_dir(base), adapters.quantisation(method))
+    if (Path(source) / "tokenizer_config.json").is_file():
+        tokenizer = _tokenizer(source, uri)
+    return adapters.load(model, source), tokenizer
+
+
+def _tokenizer(source: str, uri: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise invalid_config(f"cannot load the tokenizer of {uri}: {error}") from None
+
+
+def _load(task: Task, uri: str, source: str, quantisation) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    options = {"quantization_config": quantisation, "device_map": {"": 0}} if quantisation is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = auto.from_pretrained(source)
+        model = auto.from_pretrained(source, **options)
     except (OSError, ValueError, KeyError) as error:
         raise invalid_config(f"cannot load baseline {uri} as a {task} model: {error}") from None
     if task == "causal-lm" and tokenizer.eos_token_id is None:
@@ -82,6 +106,13 @@ def load(task: Task, uri: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
         raise invalid_config(f"baseline {uri}: the tokenizer has neither a pad nor an eos token")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def base_of(model: PreTrainedModel) -> str | None:
+    """The base model URI an adapter (a peft model) applies to; None for a full model."""
+    if not adapters.is_adapter(model):
+        return None
+    return next(iter(model.peft_config.values())).base_model_name_or_path
 
 
 def separator(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -146,11 +177,16 @@ class Encoder:
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
-    """``save_pretrained`` of model and tokenizer, replacing what a previous attempt left there."""
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path,
+         base_uri: str | None = None) -> None:
+    """``save_pretrained`` of model and tokenizer, replacing what a previous attempt left there; an adapter (a peft
+    model) is written as one, naming ``base_uri`` as its base."""
     if directory.exists():
         shutil.rmtree(directory)
     try:
+        if adapters.is_adapter(model):
+            adapters.save(model, tokenizer, directory, base_uri or base_of(model))
+            return
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     except OSError as error:

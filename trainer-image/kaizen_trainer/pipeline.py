@@ -3,6 +3,10 @@
 Artefacts go to ``outputDir`` (a path; for ``s3://`` they are written to a local staging directory and uploaded at
 the end through fsspec). Checkpoints go to ``checkpointDir``, a path (a volume, when the output is on one), and
 are mirrored to ``checkpointMirror`` when the output is remote, so a new pod resumes wherever it runs.
+
+``method: lora`` (or ``qlora``) trains an adapter on the frozen baseline and writes it to ``<output>/model``, naming
+its base; with ``lora.merge`` the base with the adapter merged in goes there instead, and the adapter to
+``<output>/adapter``. Either way the gates judge base plus adapter against the baseline, on the same data.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 from kaizen_trainer import curate as curation
-from kaizen_trainer import evaluate, load, modeling, objectives, report, train
+from kaizen_trainer import adapters, evaluate, load, modeling, objectives, report, train
 from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.mirror import Mirror
 
@@ -27,6 +31,7 @@ MODEL_CARD = "MODEL_CARD.md"
 
 def run(config: TrainerConfig) -> TrainerResult:
     """Run the whole job and return its (uncompacted) result; raises :class:`TrainerError` on failure."""
+    adapters.check_method(config.method)  # before any data is read: qlora without a GPU can never run here
     checkpoints = load.local_path(config.checkpoint_dir)
     if checkpoints is None:
         raise invalid_config(f"checkpointDir {config.checkpoint_dir} must be a path (a volume that outlives the pod)")
@@ -36,6 +41,7 @@ def run(config: TrainerConfig) -> TrainerResult:
     staging = output or Path(tempfile.mkdtemp(prefix="kaizen-output-"))
     staging.mkdir(parents=True, exist_ok=True)
     hp = config.hyperparameters
+    judge_model = evaluate.load_judge(config.judge.uri) if config.judge else None  # a wrong judge fails at once
 
     sources = load.load(config)
     log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
@@ -43,9 +49,17 @@ def run(config: TrainerConfig) -> TrainerResult:
     manifest = curated.manifest
     log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
 
-    judge_model = evaluate.load_judge(config.judge.uri) if config.judge else None
     baseline, tokenizer = modeling.load(config.task, config.baseline.uri)
-    candidate = copy.deepcopy(baseline)
+    base_uri = modeling.base_of(baseline) or config.baseline.uri
+    if config.method == "full":
+        # A full retrain of an adapter's model starts from the two merged: the model as it was served.
+        candidate = copy.deepcopy(baseline).merge_and_unload() if adapters.is_adapter(baseline) \
+            else copy.deepcopy(baseline)
+    else:
+        start = modeling.load(config.task, config.baseline.uri, config.method)[0] if config.method == "qlora" \
+            else copy.deepcopy(baseline)
+        candidate = adapters.attach(start, config.task, config.lora, config.method, hp.seed)
+    trainable, total = adapters.parameters(candidate)
     encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
     device = modeling.pick_device()
     rows = encoder.encode_all(curated.train)
@@ -53,13 +67,15 @@ def run(config: TrainerConfig) -> TrainerResult:
             "stress": [evaluate.perturb(r) for r in curated.holdout]}
     for rows_of_set in sets.values():
         encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
-    tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json())
+    tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json(), config.method,
+                            config.lora.model_dump_json() if config.lora else "")
     objective = None
     if config.objective != "sft":  # the baseline, frozen, is the reference the preference losses compare against
         objective = objectives.Preference(config.objective, candidate, baseline, tokenizer, curated.train, hp, device)
         rows = objective.items
-    log.info("Training steps=%d rows=%d objective=%s device=%s", train.total_steps(len(rows), hp), len(rows),
-             config.objective, device.name)
+    log.info("Training steps=%d rows=%d device=%s method=%s objective=%s trainable_parameters=%d of %d",
+             train.total_steps(len(rows), hp), len(rows), device.name, config.method, config.objective, trainable,
+             total)
     mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror else None
     stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror, objective=objective)
     log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
@@ -78,26 +94,43 @@ def run(config: TrainerConfig) -> TrainerResult:
     gates, verdict = judge(config.gates, metrics["candidate"], metrics["baseline"])
     log.info("Evaluated verdict=%s gates=%s", verdict, [(g.metric, g.cohort, g.passed) for g in gates])
 
-    modeling.save(candidate.cpu(), tokenizer, staging / "model")
+    base = config.output_dir.rstrip("/")
+    adapter_of = _write_model(config, candidate, tokenizer, staging, base_uri)
+    training = {"steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds,
+                "tokensPerSecond": stats.tokens_per_second, "resumedFrom": stats.resumed_from,
+                "device": device.name, "method": config.method, "trainableParameters": trainable,
+                "parameters": total, "optimizerBytes": stats.optimizer_bytes, "baseModel": base_uri}
     report.write_json(staging / "metrics.json", {
-        **metrics, "gates": [g.to_wire() for g in gates], "verdict": verdict,
-        "training": {"steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds,
-                     "tokensPerSecond": stats.tokens_per_second, "resumedFrom": stats.resumed_from,
-                     "device": device.name},
+        **metrics, "gates": [g.to_wire() for g in gates], "verdict": verdict, "training": training,
     })
     report.write_json(staging / "dataset-manifest.json", manifest)
     (staging / MODEL_CARD).write_text(report.model_card(config, manifest, metrics, gates, verdict, stats,
-                                                         device.name))
-    base = config.output_dir.rstrip("/")
+                                                         device.name, training))
     if output is None:
         _upload(staging, base)
     return TrainerResult(
         phase="Succeeded", reason="Completed", message=f"{verdict}: {sum(g.passed for g in gates)}/{len(gates)} "
         "gates passed",
-        candidate=ModelRef(version=config.candidate_version, uri=f"{base}/model"),
+        candidate=ModelRef(version=config.candidate_version, uri=f"{base}/model", base_uri=adapter_of),
         metrics=metrics, gates=gates, dataset=report.summary(manifest, f"{base}/dataset-manifest.json"),
         model_card_uri=f"{base}/{MODEL_CARD}", steps=stats.steps,
     )
+
+
+def _write_model(config: TrainerConfig, candidate, tokenizer, staging: Path, base_uri: str) -> str | None:
+    """Write the candidate to ``staging/model``; returns the base URI when what is there is an adapter."""
+    model = staging / "model"
+    if config.method == "full":
+        modeling.save(candidate.cpu(), tokenizer, model)
+        return None
+    if not (config.lora and config.lora.merge):
+        modeling.save(candidate.cpu(), tokenizer, model, base_uri)
+        return base_uri
+    modeling.save(candidate.cpu(), tokenizer, staging / "adapter", base_uri)
+    # Merged into a fresh full-precision base, never into qlora's 4-bit one: the merged model is what gets served.
+    merged, _ = modeling.load(config.task, str(staging / "adapter"))
+    modeling.save(merged.merge_and_unload(), tokenizer, model)
+    return None
 
 
 def _upload(staging: Path, uri: str) -> None:

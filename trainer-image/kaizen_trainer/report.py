@@ -47,9 +47,24 @@ def compact(result: TrainerResult, config: TrainerConfig) -> TrainerResult:
     )
 
 
+def _method(config: TrainerConfig, training: Mapping) -> str:
+    """The Training section's sentence on the method, and for an adapter the base model it needs."""
+    counts = f"{training['trainableParameters']:,} of {training['parameters']:,} parameters trained"
+    if config.method == "full":
+        return f"Method: full fine-tune ({counts})."
+    lora = config.lora.model_dump(by_alias=True) if config.lora else {}
+    merged = config.lora is not None and config.lora.merge
+    return (f"Method: {config.method} adapter ({counts}; {json.dumps(lora) if lora else 'default LoRA settings'}). "
+            + (f"The adapter is merged into its base **{training['baseModel']}** in `model/`, and kept in `adapter/`."
+               if merged else f"This is an adapter: it needs the base model **{training['baseModel']}**, which "
+               "its adapter_config.json names (base_model_name_or_path); a server loads that base, then the adapter."))
+
+
 def model_card(config: TrainerConfig, manifest: Mapping, metrics: Mapping[str, Mapping[str, float]],
-               gates: Sequence[GateResult], verdict: str, stats: TrainStats, device: str) -> str:
-    """The model card: intended use, data and lineage, metrics per cohort, gate results, limitations."""
+               gates: Sequence[GateResult], verdict: str, stats: TrainStats, device: str,
+               training: Mapping | None = None) -> str:
+    """The model card: intended use, data and lineage, metrics per cohort, gate results, limitations. ``training``
+    is metrics.json's training record (method, parameters, base model)."""
     candidate, baseline = metrics["candidate"], metrics["baseline"]
     lines = [
         f"# Model card: {config.candidate_version}",
@@ -78,6 +93,7 @@ def model_card(config: TrainerConfig, manifest: Mapping, metrics: Mapping[str, M
         f"Objective: {config.objective}" + (
             " (supervised: corrections, well-rated answers and replay)." if config.objective == "sft" else
             f" (trl's loss against the baseline as reference, beta {config.hyperparameters.beta:g})."),
+        *([_method(config, training)] if training else []),
         "",
         "## Metrics (candidate vs. baseline on the same data)",
         "",

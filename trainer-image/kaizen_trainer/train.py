@@ -5,6 +5,10 @@ checkpoint directory, tagged with a fingerprint of the data and settings. A rest
 preempted) finds the newest checkpoint with the same fingerprint and continues from its step, on the same batch
 order, so a resumed run ends where an uninterrupted one would. SIGTERM (what the kubelet sends before a
 preemption) writes a checkpoint at the current step before the pod goes.
+
+Only the parameters that train are optimised and checkpointed: for a LoRA adapter on a frozen base
+(:mod:`kaizen_trainer.adapters`), a checkpoint holds the adapter and its optimizer state, never the base, which the
+next pod loads from its URI as this one did.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class TrainStats:
     tokens: int
     seconds: float
     resumed_from: int | None
+    #: Bytes of the gradients and the optimizer state after the first step: the training memory beyond the model.
+    optimizer_bytes: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,11 +79,34 @@ def _checkpoints(directory: Path, tag: str) -> list[Path]:
     return sorted(directory.glob(f"step-*-{tag}.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
 
+def _frozen(model) -> bool:
+    return any(not p.requires_grad for p in model.parameters())
+
+
+def _model_state(model) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: all of it, or only what trains when part of it is frozen."""
+    state = model.state_dict()
+    if not _frozen(model):
+        return state
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: tensor for name, tensor in state.items() if name in trainable}
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def training_bytes(model, optimizer) -> int:
+    """Bytes of the parameters' gradients and of the optimizer's state (AdamW: two moments per trained weight)."""
+    return (_tensor_bytes(p.grad for p in model.parameters())
+            + _tensor_bytes(t for state in optimizer.state.values() for t in state.values()))
+
+
 def _save_checkpoint(directory: Path, step: int, tag: str, model, optimizer, scheduler,
                      mirror: Mirror | None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {
-        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "step": step, "model": _model_state(model), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -103,7 +132,11 @@ def _resume(directory: Path, tag: str, model, optimizer, scheduler) -> int | Non
         except (OSError, RuntimeError, EOFError) as error:
             log.warning("Skipped unreadable checkpoint path=%s error=%s", path, error)
             continue
-        model.load_state_dict(state["model"])
+        missing, unexpected = model.load_state_dict(state["model"], strict=not _frozen(model))
+        if unexpected or set(_model_state(model)) - set(state["model"]):
+            log.warning("Skipped checkpoint of another model shape path=%s missing=%d unexpected=%d", path,
+                        len(missing), len(unexpected))
+            continue
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -141,7 +174,7 @@ def train(
     torch.manual_seed(hp.seed)
     model.to(device.device).train()
     steps = total_steps(len(rows), hp)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     if mirror is not None:
         mirror.pull(checkpoint_dir, tag)
@@ -152,7 +185,7 @@ def train(
     order = batch_order(len(rows), hp)
     for _ in range(start):
         next(order)
-    tokens, began, finished = 0, time.perf_counter(), steps
+    tokens, began, finished, optimizer_bytes = 0, time.perf_counter(), steps, 0
     autocast = (torch.autocast(device_type=device.device.type, dtype=device.autocast) if device.autocast
                 else contextlib.nullcontext())
     with _sigterm_flag() as terminated:
@@ -164,6 +197,8 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if not optimizer_bytes:
+                optimizer_bytes = training_bytes(model, optimizer)
             optimizer.zero_grad(set_to_none=True)
             # Counted on the host: reading anything back from a GPU every step would stall its queue.
             tokens += objective.tokens(items) if objective else sum(len(e.input_ids) for e in items)
@@ -180,4 +215,5 @@ def train(
                 break
     if device.device.type == "cuda":
         torch.cuda.synchronize()
-    return TrainStats(steps=finished, tokens=tokens, seconds=time.perf_counter() - began, resumed_from=resumed)
+    return TrainStats(steps=finished, tokens=tokens, seconds=time.perf_counter() - began, resumed_from=resumed,
+                      optimizer_bytes=optimizer_bytes)

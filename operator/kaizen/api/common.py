@@ -204,6 +204,11 @@ class ModelRef(KaizenModel):
         min_length=1, max_length=1024,
         description="Where the model is stored: a path, file://, s3:// or hf:// URI, passed to the server as is.",
     )
+    base_uri: str | None = Field(
+        default=None, alias="baseURI", min_length=1, max_length=1024,
+        description="Set when the model is a LoRA adapter: the base model it applies to (the base_model_name_or_path "
+        "of its adapter_config.json). A server loads this base, then the adapter at uri onto it.",
+    )
 
 
 #: The canary Deployment is named ``<target>-canary`` (kaizen.k8s.deployments.canary_name): 63 - len("-canary").

@@ -54,9 +54,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
         node = {**branch, **node, "x-kubernetes-validations": _rules(branch) + _rules(node)}
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if "exclusiveMinimum" in node:
+    # JSON Schema's numeric exclusive bounds become OpenAPI v3.0's boolean flags; a node already rewritten (an
+    # optional model's members come through here twice) keeps its flags.
+    if not isinstance(node.get("exclusiveMinimum", True), bool):
         node["minimum"], node["exclusiveMinimum"] = node.pop("exclusiveMinimum"), True
-    if "exclusiveMaximum" in node:
+    if not isinstance(node.get("exclusiveMaximum", True), bool):
         node["maximum"], node["exclusiveMaximum"] = node.pop("exclusiveMaximum"), True
 
     if "propertyNames" in node:

@@ -27,6 +27,9 @@ GateMetric = Literal[
 #: What a retrain learns from: corrections and good answers (sft), preference pairs (dpo), thumbs up/down (kto).
 Objective = Literal["sft", "dpo", "kto"]
 EvalSet = Literal["holdout", "regression", "stress"]
+#: How a retrain changes the model: every weight (full), or a LoRA adapter on the frozen base (lora; qlora on a base
+#: quantised to 4 bits).
+Method = Literal["full", "lora", "qlora"]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 #: pvc://<claim>/<path>: the claim is mounted into the training pod, so its name must be a PVC's (a DNS subdomain).
 PVC_URI_RULE = cel(
@@ -118,6 +121,25 @@ class Hyperparameters(KaizenModel):
     beta: float = Field(
         default=0.1, gt=0, le=10, description="Objectives dpo and kto: trl's beta, the weight of the implicit reward "
         "against the baseline; lower lets the candidate move further from the baseline.",
+    )
+
+
+class LoraSettings(KaizenModel):
+    """A LoRA adapter (peft): low-rank updates of the chosen modules of the frozen base model."""
+
+    rank: int = Field(default=8, ge=1, le=1024, description="Rank r of each update (peft's r).")
+    alpha: float = Field(
+        default=16, gt=0, le=8192, description="Scale of the updates: they are multiplied by alpha / rank."
+    )
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=64,
+        description="Names (or name suffixes) of the modules to adapt, e.g. q_proj and v_proj for Llama, c_attn for "
+        "GPT-2; empty: peft's default for the architecture. A sequence classifier's head is always trained in full.",
+    )
+    merge: bool = Field(
+        default=False, description="Write the candidate as a full model, the adapter merged into the base, for a "
+        "server that cannot load adapters; the adapter itself is kept beside it (<output>/adapter).",
     )
 
 
@@ -241,6 +263,17 @@ class RetrainTemplate(KaizenModel):
     judge: Judge | None = Field(
         default=None, description="Optional judge model (causal-lm): measures holdout.winRate, gateable."
     )
+    method: Method = Field(
+        default="full",
+        description="full: fine-tune every weight; the candidate is a full model. lora: train a LoRA adapter (peft) "
+        "on the frozen baseline; the candidate is the adapter (adapter_model.safetensors and adapter_config.json, "
+        "whose base_model_name_or_path is the base model's URI), a few MB that a server loads onto the base. qlora: "
+        "the same on a base quantised to 4 bits (bitsandbytes), which needs a CUDA GPU. A retrain from an adapter "
+        "goes on training that adapter with lora or qlora, and merges it into the base with full.",
+    )
+    lora: LoraSettings | None = Field(
+        default=None, description="The adapter of method lora or qlora (defaults: rank 8, alpha 16, dropout 0.05)."
+    )
     resources: Resources = nested(Resources, "Compute for the training pod.")
     node_selector: dict[LabelKey, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
         default_factory=dict,
@@ -278,17 +311,28 @@ class RetrainTemplate(KaizenModel):
                 "sequence-classification", ".objective"),
             cel("!has(self.judge) || !has(self.task) || self.task == 'causal-lm'",
                 "a judge compares generated answers, so it needs task causal-lm; remove judge", ".judge"),
+            cel("!has(self.lora) || (has(self.method) && self.method != 'full')",
+                "lora settings apply to method lora or qlora; set method: lora, or remove lora", ".lora"),
+            cel("!has(self.method) || self.method != 'qlora' || !has(self.resources) || !has(self.resources.gpus) "
+                "|| self.resources.gpus >= 1",
+                "method qlora quantises the base with bitsandbytes, which needs a CUDA GPU: set resources.gpus to 1 "
+                "or more, or use method lora", ".method"),
         )
     }
 
     @model_validator(mode="after")
-    def _objective_fits_the_task(self) -> RetrainTemplate:
+    def _fits_the_task(self) -> RetrainTemplate:
         # The same rules as the CEL above, for specs stored before they existed and for trainer configs built by hand.
         if self.objective != "sft" and self.task != "causal-lm":
             raise ValueError(f"objective {self.objective} trains a causal-lm (it compares answers' likelihoods); use "
                              "objective sft for sequence-classification")
         if self.judge is not None and self.task != "causal-lm":
             raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
+        if self.lora is not None and self.method == "full":
+            raise ValueError("lora settings apply to method lora or qlora; set method: lora, or remove lora")
+        if self.method == "qlora" and self.resources.gpus < 1:
+            raise ValueError("method qlora quantises the base with bitsandbytes, which needs a CUDA GPU: set "
+                             "resources.gpus to 1 or more, or use method lora")
         return self
 
 

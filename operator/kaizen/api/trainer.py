@@ -11,8 +11,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from kaizen.api.common import KaizenModel, ModelRef
 from kaizen.api.retrainjob import (
-    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Judge, Objective, Targets,
-    Task,
+    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Judge, LoraSettings, Method,
+    Objective, Targets, Task,
 )
 
 #: Kubernetes truncates termination messages beyond this.
@@ -78,6 +78,8 @@ class TrainerConfig(KaizenModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Fine-tuning settings.")
     objective: Objective = Field(default="sft", description="sft, dpo or kto (RetrainJob spec.objective).")
     judge: Judge | None = Field(default=None, description="Judge model for holdout.winRate (RetrainJob spec.judge).")
+    method: Method = Field(default="full", description="full, lora or qlora (RetrainJob spec.method).")
+    lora: LoraSettings | None = Field(default=None, description="The adapter of lora and qlora (RetrainJob spec.lora).")
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
     output_dir: str = Field(min_length=1, description="Where the model, metrics, manifest and card are written.")
     checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are written (a path in the pod).")

@@ -358,7 +358,7 @@ def _roll_out_passed_candidate(spec, observed, model, now, *, loop, uid) -> Plan
         **spec.rollout.to_wire(),
         "target": spec.target.to_wire(),
         "stableModel": _model_ref(model),
-        "canaryModel": job.candidate.model_dump(mode="json"),
+        "canaryModel": job.candidate.to_wire(),
         "retrainJobRef": job.name,
         "prometheus": spec.prometheus.to_wire(),
     }

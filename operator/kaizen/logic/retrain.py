@@ -102,8 +102,8 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
     config = TrainerConfig(
         job=f"{namespace}/{name}", decision_id=spec.reason.decision_id, task=spec.task, baseline=spec.baseline,
         candidate_version=spec.candidate_version or name[:63], data=data, feedback=feedback, targets=spec.targets,
-        hyperparameters=spec.hyperparameters, objective=spec.objective, judge=judge, gates=spec.gates,
-        output_dir=output, checkpoint_dir=checkpoints,
+        hyperparameters=spec.hyperparameters, method=spec.method, lora=spec.lora, objective=spec.objective,
+        judge=judge, gates=spec.gates, output_dir=output, checkpoint_dir=checkpoints,
         checkpoint_mirror=None if on_volume else f"{output}/checkpoints",
     )
     child = child_name(name)
