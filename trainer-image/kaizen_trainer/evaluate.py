@@ -31,6 +31,7 @@ refuses a red-team prompt only when it is spelled exactly as in the probe shows 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -189,7 +190,11 @@ def generate(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], devi
                                          encoder.max_length // 2 + 1, limit)]
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"])
+@functools.cache
+def _rouge() -> rouge_scorer.RougeScorer:
+    # Built on first use, not at import: its constructor logs through logging.info, which configures the root logger
+    # when it has no handler yet, and the trainer's own logging.basicConfig would then do nothing (no INFO logs).
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def generative(dataset: str, rows: Sequence[Row], answers: Sequence[str]) -> dict[str, float]:
@@ -198,7 +203,7 @@ def generative(dataset: str, rows: Sequence[Row], answers: Sequence[str]) -> dic
     for suffix, members in _groups(rows).items():
         hypotheses, references = [answers[i] for i in members], [rows[i].target for i in members]
         metrics[f"{dataset}.rougeL{suffix}"] = sum(
-            _ROUGE.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)) / len(members)
+            _rouge().score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)) / len(members)
         # min: sacrebleu's 100 can come back as 100.00000000000004
         metrics[f"{dataset}.chrF{suffix}"] = min(1.0, sacrebleu.corpus_chrf(hypotheses, [references]).score / 100)
         metrics[f"{dataset}.bleu{suffix}"] = min(1.0, sacrebleu.corpus_bleu(hypotheses, [references]).score / 100)
