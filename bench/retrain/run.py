@@ -59,6 +59,7 @@ import torch  # noqa: E402
 from kaizen.api.retrainjob import DataSpec, Hyperparameters, LoraSettings, Targets  # noqa: E402
 from kaizen.api.trainer import Example  # noqa: E402
 from kaizen_trainer import adapters, curate, evaluate, modeling, synthetic, train  # noqa: E402
+import preferences  # noqa: E402  (bench/retrain/preferences.py: SFT vs DPO vs KTO, under "preferences")
 
 RESULTS = ROOT / "bench" / "results" / "retrain.json"
 TASK = "sequence-classification"
@@ -397,6 +398,7 @@ def main() -> int:
           f"bare loop {speed['bareTokensPerSecond']} tok/s, ratio {speed['ratio']} (target >= 0.9): "
           f"{'met' if speed['met'] else 'NOT met'}; GPU utilisation {speed['gpuUtilisationPercent']}")
     print(f"wrote {args.out}")
+    preferences.report(args.out, device)
     return 0
 
 

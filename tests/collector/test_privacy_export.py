@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime
 
+from kaizen.dev.collector import TOKENS
 from tests.collector.harness import Collector, call, export
 
 
@@ -137,3 +138,57 @@ def test_audit_log_is_append_only_and_paged(collector: Collector, model: str) ->
     assert [p["id"] for p in page] == [f"{model}-d0", f"{model}-d1"] and page[0]["evidence"] == {"negative": 50}
     rest = call(collector, "GET", f"/v1/audit?loop=ns/{model}&after={page[-1]['seq']}", scope="read")[1]["items"]
     assert [p["id"] for p in rest] == [f"{model}-d2"]
+
+
+def test_export_carries_the_served_answer_and_preference_rows_keep_every_privacy_rule(collector: Collector,
+                                                                                       model: str) -> None:
+    """Each exported item carries the answer served on its trace, so the trainer can pair a correction (chosen) with
+    it (rejected) for DPO, or learn from a bare thumbs up or down for KTO; what the export leaves out for SFT (no
+    consent, opted out) no preference row holds, and the served answers are redacted like every text."""
+    from kaizen.api.retrainjob import DataSource, DataSpec, Targets
+    from kaizen.api.trainer import Example
+    from kaizen_trainer.curate import Source, curate
+    from kaizen_trainer.load import load_source
+
+    def ingest(subject: str, consent: bool, items: list[tuple[str, str | None]], output: str = "stale answer",
+               trace_consent: bool | None = None) -> None:
+        traces = [{"id": f"{model}-{subject}-{i}", "model": model, "modelVersion": "v1", "scenario": "refund",
+                   "input": f"refund question {subject} {i}", "output": f"{output} {i}", "subjectId": subject,
+                   "consent": {"training": consent if trace_consent is None else trace_consent}}
+                  for i in range(len(items))]
+        assert call(collector, "POST", "/v1/traces", {"items": traces}, scope="ingest")[0] == 201
+        feedback = [{"traceId": t["id"], "rating": rating, "subjectId": subject, "consent": {"training": consent},
+                     **({"correction": correction} if correction else {})}
+                    for t, (rating, correction) in zip(traces, items, strict=True)]
+        assert call(collector, "POST", "/v1/feedback", {"items": feedback}, scope="ingest")[0] == 201
+
+    ingest("alice", True, [("down", "new answer 0"), ("down", "new answer 1"), ("up", None), ("down", None)])
+    ingest("pii", True, [("down", "new answer 0")], output="call +44 20 7946 0958")
+    ingest("bob", False, [("down", "new answer 0"), ("down", None)])
+    ingest("dora", True, [("down", "new answer 0"), ("up", None)], trace_consent=False)  # her traces: no consent
+    ingest("carol", True, [("down", "new answer 0"), ("up", None), ("down", None)])
+    assert call(collector, "DELETE", "/v1/subjects/carol", scope="admin")[0] == 200
+
+    rows, manifest = export(collector, f"model={model}")
+    assert {r["traceId"].rsplit("-", 2)[-2] for r in rows} == {"alice", "pii"}
+    assert manifest["withOutput"] == manifest["rows"] == 5 and manifest["withTarget"] == 3
+    served = {r["traceId"]: r["output"] for r in rows}
+    redacted = served[f"{model}-pii-0"]
+    assert served[f"{model}-alice-0"] == "stale answer 0" and "[PHONE]" in redacted and "7946" not in redacted
+
+    # The trainer reads the export as it does in a job, and builds its preference rows from it.
+    feedback = load_source(DataSource(uri=f"{collector.url}/v1/export?model={model}"), "feedback",
+                           token=TOKENS["read"])
+    data = DataSpec(targeted_ratio=1, min_rows=1, holdout_fraction=0.01)
+    holdout = Source("holdout.jsonl", "holdout", "-", (Example(id="h", input="an unrelated question", output="a"),))
+    dpo = curate([feedback, holdout], data, Targets(), seed=1, objective="dpo").train
+    kto = curate([feedback, holdout], data, Targets(), seed=1, objective="kto").train
+    everyone = {r.input.split()[2] for r in dpo + kto}
+    assert everyone == {"alice", "pii"}  # never bob (no consent), dora (her traces' subject) nor carol (opted out)
+    assert {(r.input, r.target, r.rejected) for r in dpo} == {
+        ("refund question alice 0", "new answer 0", "stale answer 0"),
+        ("refund question alice 1", "new answer 1", "stale answer 1"),
+        ("refund question pii 0", "new answer 0", redacted)}
+    rated = {(r.input.split()[-1], r.target, r.desirable) for r in kto if "alice" in r.input}
+    assert rated == {("0", "new answer 0", True), ("0", "stale answer 0", False), ("1", "new answer 1", True),
+                     ("1", "stale answer 1", False), ("2", "stale answer 2", True), ("3", "stale answer 3", False)}

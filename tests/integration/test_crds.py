@@ -191,6 +191,18 @@ INVALID = [
      ["spec.data.replay[0].uri", "pvc://<claim>/<path>"]),
     ("secret-key-with-a-slash", edit(_job, lambda s: s["feedback"]["tokenSecretRef"].update(key="a/b")),
      ["spec.feedback.tokenSecretRef.key", "should match"]),
+    # Issue 11: preference objectives and a judge need generated answers.
+    ("dpo-on-a-classifier", edit(_job, lambda s: s.update(task="sequence-classification", objective="dpo")),
+     ["spec.objective", "objectives dpo and kto train a causal-lm"]),
+    ("loop-kto-on-a-classifier", edit(_loop, lambda s: s["retrain"].update(task="sequence-classification",
+                                                                         objective="kto")),
+     ["spec.retrain.objective", "objectives dpo and kto train a causal-lm"]),
+    ("judge-of-a-classifier", edit(_job, lambda s: s.update(task="sequence-classification",
+                                                            judge={"uri": "/models/judge"})),
+     ["spec.judge", "a judge compares generated answers"]),
+    ("unknown-objective", edit(_job, lambda s: s.update(objective="ppo")), ["spec.objective", "Unsupported value"]),
+    ("judge-uri-scheme", edit(_job, lambda s: s.update(judge={"uri": "http://judge"})),
+     ["spec.judge.uri", "should match"]),
 ]
 
 

@@ -218,3 +218,85 @@ def test_safety_probe_ids_shared_with_training_data_are_refused():
                                            r"remove them from the replay data or data\.safety"):
         curate([source("replay", replay(40, "billing", prefix="probe")), source("safety", probe_rows(2))],
                data, Targets(), seed=1)
+
+
+def thumbs(n, sentiment, scenario="refund", **extra):
+    """Consented ratings without a correction, each on its served answer."""
+    return [{"id": f"th-{sentiment}-{scenario}-{i}", "input": f"{scenario} rated {sentiment} {i}", "output": "old",
+             "rating": "up" if sentiment == "positive" else "down", "sentiment": sentiment, "consent": True,
+             "scenario": scenario, **extra} for i in range(n)]
+
+
+PREFERENCE_DATA = DataSpec(targeted_ratio=0.5, min_rows=1, holdout_fraction=0.1, max_slice_share=1)
+
+
+def test_dpo_pairs_a_correction_chosen_with_the_answer_served_on_its_trace_rejected():
+    rows = fb(40, sentiment="negative") + thumbs(30, "negative") + [
+        {**fb(1)[0], "id": "same", "input": "refund same", "target": "OLD!"}]  # a "correction" repeating the answer
+    curated = curate([source("feedback", rows), source("replay", replay(50, "billing"))], PREFERENCE_DATA,
+                     Targets(scenarios=["refund"]), seed=1, objective="dpo")
+    assert curated.train and all((r.target, r.rejected) == ("new", "old") for r in curated.train)
+    assert {r.id for r in curated.train} <= {f"fb-refund-{i}" for i in range(40)}
+    assert not {r.id for r in curated.train} & {r.id for r in curated.holdout}
+    assert not any(in_holdout(r.id, 0.1) for r in curated.train)
+    rows_ = curated.manifest["rows"]
+    assert rows_["pairs"] == rows_["train"] == len(curated.train) and rows_["replay"] == 0
+    assert curated.manifest["objective"] == "dpo" and curated.manifest["excluded"]["replayUnusedByDpo"] == sum(
+        not in_holdout(f"billing-{i}", 0.1) for i in range(50))
+    # The holdout is the SFT holdout: the reference answers, corrections for feedback.
+    assert all(r.rejected is None and r.desirable is None for r in curated.holdout)
+    assert all(r.target == "new" for r in curated.holdout if r.id.startswith("fb-"))
+
+
+def test_kto_learns_from_thumbs_up_and_down_and_replay_as_desirable():
+    rows = fb(10) + thumbs(60, "negative") + thumbs(30, "positive") + thumbs(5, "neutral")
+    curated = curate([source("feedback", rows), source("replay", replay(400, "billing"))], PREFERENCE_DATA,
+                     Targets(scenarios=["refund"]), seed=1, objective="kto")
+    by_id = {r.id: r for r in curated.train}
+    down = [r for i, r in by_id.items() if i.startswith("th-negative")]
+    up = [r for i, r in by_id.items() if i.startswith("th-positive")]
+    assert down and all(r.desirable is False and r.target == "old" for r in down)
+    assert up and all(r.desirable is True for r in up)
+    assert not any("neutral" in i for i in by_id)
+    corrected = [r for i, r in by_id.items() if i.startswith("fb-refund")]
+    assert {(r.target, r.desirable) for r in corrected} == {("new", True), ("old", False)}
+    replayed = [r for r in curated.train if r.origin == "replay"]
+    assert replayed and all(r.desirable is True and r.target == "old" for r in replayed)
+    targeted = len(curated.train) - len(replayed)
+    assert abs(len(replayed) - targeted) <= 1  # targetedRatio 0.5: as many replay rows as rated ones
+    m = curated.manifest["rows"]
+    assert m["desirable"] + m["undesirable"] == m["train"] and m["undesirable"] == len(down) + len(corrected) // 2
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_consent_opt_out_pii_and_targets_hold_for_every_preference_row(objective):
+    usable = fb(30, subjectId="ok") + thumbs(30, "negative", subjectId="ok")
+    withheld = (fb(5, scenario="refund", consent=False, subjectId="x")
+                + [{**r, "id": f"nc-{i}", "consent": None} for i, r in enumerate(thumbs(5, "negative"))]
+                + [{**r, "id": f"gone-{i}", "subjectId": "alice"} for i, r in enumerate(fb(5) + thumbs(5, "negative"))]
+                + [{**r, "id": f"pii-{i}", "pii": True} for i, r in enumerate(fb(5) + thumbs(5, "negative"))]
+                + fb(5, scenario="billing") + thumbs(5, "negative", scenario="billing"))
+    tombstone = {"id": "tomb", "optedOut": True, "subjectId": "alice"}
+    curated = curate([source("feedback", usable + withheld + [tombstone]), source("replay", replay(100, "shipping"))],
+                     PREFERENCE_DATA, Targets(scenarios=["refund"]), seed=1, objective=objective)
+    trained = {r.id.removesuffix(":served") for r in curated.train if r.origin == "feedback"}
+    assert trained and trained <= {r["id"] for r in usable}
+    excluded = curated.manifest["excluded"]
+    assert excluded["noConsent"] == 10 and excluded["optedOut"] == 11 and excluded["pii"] == 10
+    assert excluded["offTarget"] >= 5
+
+
+def test_preference_rows_never_repeat_a_held_out_input():
+    held = [{"id": f"h-{i}", "input": f"refund rated negative {i}", "output": "new", "scenario": "refund"}
+            for i in range(10)]
+    curated = curate([source("feedback", thumbs(40, "negative")), source("holdout", held),
+                      source("replay", replay(40, "billing"))], PREFERENCE_DATA, Targets(), seed=1, objective="kto")
+    held_inputs = {normalise(r["input"]) for r in held}
+    assert not any(normalise(r.input) in held_inputs for r in curated.train)
+    assert curated.manifest["excluded"]["preferenceInHoldout"] >= 9
+
+
+def test_a_preference_objective_without_its_rows_says_what_to_use():
+    with pytest.raises(TrainerError, match="objective dpo has no training rows.*use objective kto"):
+        curate([source("feedback", thumbs(40, "negative")), source("replay", replay(40, "billing"))],
+               PREFERENCE_DATA, Targets(), seed=1, objective="dpo")

@@ -76,3 +76,23 @@ def test_the_longest_unmeasured_gate_still_fits_its_status_field():
     [result], verdict = judge([gate], {}, {})
     assert verdict == "Failed" and not result.passed
     assert "add safety probes of this cohort" in result.threshold and "c" * 128 in result.threshold
+
+
+def test_generative_metrics_and_win_rate_gate_like_exact_match():
+    candidate = {"holdout.rougeL.refund": 0.9, "stress.chrF": 0.7, "regression.bleu": 0.4, "holdout.winRate": 0.8}
+    baseline = {"holdout.rougeL.refund": 0.5, "stress.chrF": 0.72, "regression.bleu": 0.4, "holdout.winRate": 0.2}
+    gates = [Gate(metric="rougeL", cohort="refund", min_delta=0.1), Gate(metric="chrF", dataset="stress", min_delta=0),
+             Gate(metric="bleu", dataset="regression", min_delta=0), Gate(metric="winRate", min=0.5)]
+    assert [metric_key(g) for g in gates] == ["holdout.rougeL.refund", "stress.chrF", "regression.bleu",
+                                              "holdout.winRate"]
+    results, verdict = judge(gates, candidate, baseline)
+    assert [r.passed for r in results] == [True, False, True, True] and verdict == "Failed"
+
+
+def test_unmeasured_win_rate_and_generative_metrics_say_what_to_do():
+    on_holdout, on_stress, rouge = judge([Gate(metric="winRate", min=0.5),
+                                          Gate(metric="winRate", dataset="stress", min=0.5),
+                                          Gate(metric="rougeL", min_delta=0)], {}, {})[0]
+    assert "set spec.judge to a judge model" in on_holdout.threshold and not on_holdout.passed
+    assert "the judge compares answers on the holdout only" in on_stress.threshold
+    assert "needs task causal-lm" in rouge.threshold and not rouge.passed

@@ -167,6 +167,18 @@ def test_sustained_breach_with_enough_feedback_retrains_on_the_backlog():
     assert "error-rate breached since 2026-11-28T11:48:00Z (value 0.08)" in plan.reason
 
 
+def test_the_retrain_template_carries_objective_judge_and_generative_gates_to_the_retrainjob():
+    spec = copy.deepcopy(EXAMPLE)
+    spec["retrain"].update(objective="kto", judge={"uri": "pvc://judges/pairwise"})
+    spec["retrain"]["hyperparameters"] = {**spec["retrain"].get("hyperparameters", {}), "beta": 0.2}
+    spec["gates"] = [{"metric": "winRate", "min": 0.55}, {"metric": "rougeL", "cohort": "refund", "minDelta": 0.1}]
+    plan = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK), spec=ImprovementLoopSpec.model_validate(spec))
+    assert plan.create.kind == "RetrainJob"
+    assert plan.create.spec["objective"] == "kto" and plan.create.spec["judge"] == {"uri": "pvc://judges/pairwise"}
+    assert plan.create.spec["hyperparameters"]["beta"] == 0.2
+    assert [g["metric"] for g in plan.create.spec["gates"]] == ["winRate", "rougeL"]
+
+
 def test_the_same_breach_names_the_same_child():
     first = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
     again = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))

@@ -67,6 +67,28 @@ def test_every_data_source_on_a_volume_is_mounted_safety_probes_too():
     assert claims == {"training-data", "eval", "redteam", "models"}
 
 
+def test_objective_and_judge_reach_the_trainer_and_a_judge_on_a_volume_is_mounted():
+    planned = plan(spec(objective="kto", judge={"uri": "pvc://judges/pairwise"},
+                        hyperparameters={"beta": 0.3}), "rj", "team", "uid-1")
+    assert planned.config.objective == "kto" and planned.config.hyperparameters.beta == 0.3
+    assert planned.config.judge.uri == "/mnt/kaizen/pvc/judges/pairwise"
+    written = json.loads(planned.config_map["data"]["config.json"])
+    assert written["objective"] == "kto" and written["judge"] == {"uri": "/mnt/kaizen/pvc/judges/pairwise"}
+    pod_spec = planned.job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec["volumes"] if "persistentVolumeClaim" in v}
+    assert "judges" in claims
+    assert plan(spec(), "rj", "team", "uid-1").config.objective == "sft"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"objective": "dpo"}, "objective dpo trains a causal-lm"),
+    ({"judge": {"uri": "/models/judge"}}, "a judge compares generated answers"),
+])
+def test_preference_objectives_and_judges_need_a_causal_lm(extra, message):
+    with pytest.raises(ValueError, match=message):
+        spec(task="sequence-classification", **extra)
+
+
 def test_s3_output_keeps_checkpoints_on_the_pods_disk_mirrored_next_to_the_output():
     planned = plan(spec(outputURI="s3://models/bot/"), "rj", "team", "uid-1")
     assert planned.config.output_dir == "s3://models/bot/team/rj"

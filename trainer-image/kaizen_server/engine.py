@@ -2,10 +2,11 @@
 
 Greedy, deterministic decoding of the very input the trainer trains and evaluates on
 (:func:`kaizen_trainer.modeling.prompt_ids`: the prompt, the separator, then the response up to eos), so the
-trainer's holdout exactMatch predicts what the server answers. A LoRA adapter (what ``method: lora`` writes) is
-loaded onto its base, the one its adapter_config.json names or ``BASE_MODEL_URI``, and merged into it for serving.
-Used by :mod:`kaizen_server.app` (over HTTP) and by the benchmark (without it). Blocking and not thread-safe:
-callers run it on one worker thread.
+trainer's holdout exactMatch predicts what the server answers; the inference itself is
+:mod:`kaizen_trainer.generation`, which the trainer's generative evaluation runs too. A LoRA adapter (what
+``method: lora`` writes) is loaded onto its base, the one its adapter_config.json names or ``BASE_MODEL_URI``,
+and merged into it for serving. Used by :mod:`kaizen_server.app` (over HTTP) and by the benchmark (without
+it). Blocking and not thread-safe: callers run it on one worker thread.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from kaizen.api.retrainjob import Task
 from kaizen.logic.retrain import mounted_path
-from kaizen_trainer import adapters, modeling
 from kaizen_server.errors import ServeError, WrongTask
+from kaizen_trainer import adapters, generation, modeling
 from kaizen_trainer.errors import TrainerError
+from kaizen_trainer.generation import Completion, Label
+
+__all__ = ["Completion", "Engine", "Label", "infer_task", "limit_threads"]
 
 #: The model's own limit on positions, when its config names none.
 FALLBACK_POSITIONS = 1024
@@ -35,23 +38,6 @@ def _not_the_padding_warning(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("transformers.modeling_utils").addFilter(_not_the_padding_warning)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    #: "stop" at eos, "length" when max_tokens (or the model's positions) ran out first.
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class Label:
-    label: str
-    #: The model's probability of the label.
-    score: float
-    prompt_tokens: int = 0
 
 
 def limit_threads() -> int:
@@ -87,10 +73,8 @@ class Engine:
         if adapters.is_adapter(model):
             model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
         self.task, self.model, self.tokenizer, self.device = task, model.to(device.device).eval(), tokenizer, device
-        config = model.config
-        self.positions = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-                             or FALLBACK_POSITIONS)
-        self.id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+        self.positions = generation.positions(model, FALLBACK_POSITIONS)
+        self.id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.threads = torch.get_num_threads()
 
     @classmethod
@@ -109,56 +93,14 @@ class Engine:
             raise ServeError(str(error).replace("baseline", "model")) from None
         return cls(task, model, tokenizer, modeling.pick_device(), base)
 
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.device.type, dtype=self.device.autocast,
-                              enabled=self.device.autocast is not None)
-
-    @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_tokens: int = 32) -> list[Completion]:
         """Greedy completions of ``prompts``, batched (left-padded), each until eos or ``max_tokens`` tokens."""
         if self.task != "causal-lm":
             raise WrongTask("this model is a sequence classifier: use POST /v1/classifications")
-        tok = self.tokenizer
-        # Room for the answer within the model's positions; a long prompt loses its start, as in training.
-        new = max(1, min(max_tokens, self.positions - 2))
-        inputs = [modeling.prompt_ids(tok, p, self.positions - new - 1) for p in prompts]
-        width = max(len(ids) for ids in inputs)
-        ids = torch.full((len(inputs), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for i, row in enumerate(inputs):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        with self._autocast():
-            out = self.model.generate(
-                input_ids=ids.to(self.device.device), attention_mask=mask.to(self.device.device),
-                max_new_tokens=new, do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        completions = []
-        for row, generated in zip(inputs, out[:, width:].tolist(), strict=True):
-            stop = tok.eos_token_id in generated
-            tokens = generated[: generated.index(tok.eos_token_id) + 1] if stop else generated
-            text = tok.decode(tokens, skip_special_tokens=True).strip()
-            completions.append(Completion(text, len(row), len(tokens), "stop" if stop else "length"))
-        return completions
+        return generation.complete(self.model, self.tokenizer, self.device, prompts, max_tokens, self.positions)
 
-    @torch.no_grad()
     def classify(self, texts: Sequence[str]) -> list[Label]:
         """The most likely label of each text, with its probability (right-padded, as the trainer batches)."""
         if self.task != "sequence-classification":
             raise WrongTask("this model is a causal LM: use POST /v1/completions or /v1/chat/completions")
-        tok = self.tokenizer
-        inputs = [modeling.text_ids(tok, t, self.positions) for t in texts]
-        width = max(len(ids) for ids in inputs)
-        ids = torch.full((len(inputs), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for i, row in enumerate(inputs):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        with self._autocast():
-            logits = self.model(input_ids=ids.to(self.device.device),
-                                attention_mask=mask.to(self.device.device)).logits.float()
-        probabilities = logits.softmax(-1)
-        scores, best = probabilities.max(-1)
-        return [Label(self.id2label.get(int(b), str(int(b))), float(s), len(row))
-                for b, s, row in zip(best, scores, inputs, strict=True)]
+        return generation.classify(self.model, self.tokenizer, self.device, texts, self.positions)

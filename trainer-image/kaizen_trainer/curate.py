@@ -22,6 +22,15 @@ The rules, in order:
 * duplicates (exact, and after normalising case, punctuation and whitespace) are dropped, feedback first;
 * within the targeted and the replay pool, no slice (scenario, else cohort) exceeds ``maxSliceShare``;
 * targeted and replay rows are mixed in ``targetedRatio`` by deterministic down-sampling of the larger side.
+
+The preference objectives (``spec.objective``) train on rows built from the very feedback that passed the rules above
+(consent, opt-out, PII, targets; held-out ids and inputs never trained on), so privacy holds for them alike:
+
+* ``dpo``: a pair per correction of a served answer -- the correction chosen, the answer served on that trace
+  rejected. Replay is not used: DPO's pull towards the baseline (``beta``) is what keeps the rest of its behaviour;
+* ``kto``: every rated answer -- thumbs up (or 4-5 stars) desirable, thumbs down (or 1-2) undesirable, a correction a
+  desirable answer beside its undesirable served one -- and replay rows as desirable answers, mixed in
+  ``targetedRatio`` like SFT's.
 """
 
 from __future__ import annotations
@@ -32,10 +41,10 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from kaizen.api.retrainjob import DataSpec, Targets
+from kaizen.api.retrainjob import DataSpec, Objective, Targets
 from kaizen.api.trainer import Example
 from kaizen_trainer.errors import invalid_data
 
@@ -67,6 +76,10 @@ class Row:
     scenario: str | None = None
     #: A safety probe: ``target`` is the safe answer, and answering anything else is a safety violation.
     safety: bool = False
+    #: Objective dpo: the answer ``target`` (the correction) is preferred to, the one served on the trace.
+    rejected: str | None = None
+    #: Objective kto: whether ``target`` is a desirable answer to ``input`` (thumbs up) or an undesirable one.
+    desirable: bool | None = None
 
     @property
     def slice(self) -> str:
@@ -143,8 +156,29 @@ def cap_slices(rows: Sequence[Row], max_share: float, seed: int) -> list[Row]:
     return [row for group in by_slice.values() for row in _order(group, seed)[:cap]]
 
 
-def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: int) -> Curated:
-    """Build the training mix, holdout and regression suite from the loaded sources (see the module docstring)."""
+def preference_rows(example: Example, objective: Objective) -> list[Row]:
+    """The dpo or kto rows of one usable feedback item (see the module docstring); none for sft or unrated items."""
+    correction, served = example.target, example.output
+    if correction and served and normalise(correction) == normalise(served):
+        correction = None  # a "correction" that repeats the answer says only that the answer was right
+    labels = dict(origin="feedback", cohort=example.cohort, scenario=example.scenario)
+    if objective == "dpo":
+        return [Row(example.id, example.input, correction, rejected=served, **labels)] if correction and served \
+            else []
+    if objective != "kto":
+        return []
+    rows = [Row(example.id, example.input, correction, desirable=True, **labels)] if correction else []
+    # A correction says the served answer was wrong, whatever the rating; without one the rating says it.
+    good = example.sentiment == "positive" and not correction
+    if served and (good or correction or example.sentiment == "negative"):
+        rows.append(Row(f"{example.id}:served", example.input, served, desirable=good, **labels))
+    return rows
+
+
+def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: int,
+           objective: Objective = "sft") -> Curated:
+    """Build the training mix, holdout and regression suite from the loaded sources (see the module docstring);
+    for the objectives dpo and kto, the training rows are preference rows (:func:`preference_rows`)."""
     excluded: Counter[str] = Counter()
     opted_out = {r.subject_id for s in sources for r in s.rows if r.opted_out and r.subject_id}
 
@@ -164,6 +198,7 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
     explicit_holdout: list[Row] = []
     probes: list[Row] = []
     regression: list[Row] = []
+    preferences: list[Row] = []
     for source in sources:
         for ex in source.rows:
             if not usable(ex, training=source.role in ("replay", "feedback")):
@@ -172,6 +207,10 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
                 if ex.consent is not True:
                     excluded["noConsent"] += 1
                     continue
+                # Built here, after consent, opt-out and PII, and by the feedback id's holdout membership, so a
+                # preference row is usable exactly when an SFT row would be, and never of a held-out item.
+                if objective != "sft" and _matches(ex, targets) and not in_holdout(ex.id, data.holdout_fraction):
+                    preferences += preference_rows(ex, objective)
                 target = ex.target or (ex.output if ex.sentiment == "positive" else None)
                 if not target:
                     excluded["noTarget"] += 1
@@ -235,10 +274,15 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
         capped = cap_slices(pools[pool], data.max_slice_share, seed)
         excluded["sliceCap"] += len(pools[pool]) - len(capped)
         pools[pool] = capped
-    # Checked before the mix too: mixing with an empty side empties the other, and the error would blame it.
-    _check_sides(pools["targeted"], pools["replay"], data, loaded_replay, excluded)
-    targeted, replay = _mix(pools["targeted"], pools["replay"], data.targeted_ratio, seed, excluded)
-    _check_sides(targeted, replay, data, loaded_replay, excluded)
+    if objective == "sft":
+        # Checked before the mix too: mixing with an empty side empties the other, and the error would blame it.
+        _check_sides(pools["targeted"], pools["replay"], data, loaded_replay, excluded)
+        targeted, replay = _mix(pools["targeted"], pools["replay"], data.targeted_ratio, seed, excluded)
+        _check_sides(targeted, replay, data, loaded_replay, excluded)
+    else:
+        targeted, replay = _preferences(objective, preferences, pools["replay"], held_inputs, data, seed, excluded)
+        if objective == "kto":
+            _check_sides(targeted, replay, data, loaded_replay, excluded)
 
     train = _order(targeted + replay, seed)
     _check(train, holdout, data)
@@ -254,11 +298,49 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
             int(s.export_manifest.get("subjectsOptedOut", 0)) for s in sources if s.export_manifest),
         "holdoutRule": f"sha256(id) < {fraction:g} of the hash space, plus the holdout file and the safety probes",
         "supersessionRule": _superseded_rule(targets, corrected),
+        **({"objective": objective} if objective != "sft" else {}),
         "trainIds": sorted(r.id for r in train),
         "holdoutIds": sorted(r.id for r in holdout),
     }
+    if objective != "sft":
+        manifest["rows"] |= {"pairs": sum(r.rejected is not None for r in train),
+                             "desirable": sum(r.desirable is True for r in train),
+                             "undesirable": sum(r.desirable is False for r in train)}
     manifest["sha256"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return Curated(train=train, holdout=holdout, regression=regression, manifest=manifest)
+
+
+def _preferences(objective: Objective, rows: list[Row], replay: list[Row], held_inputs: set[str], data: DataSpec,
+                 seed: int, excluded: Counter[str]) -> tuple[list[Row], list[Row]]:
+    """The targeted and replay rows of a preference objective: the preference rows, deduplicated, kept off the
+    holdout's inputs and capped per slice like SFT rows; for kto, the replay rows as desirable answers, mixed with
+    them in targetedRatio."""
+    seen: set[tuple] = set()
+    kept = []
+    for row in rows:
+        key = (normalise(row.input), normalise(row.target), row.rejected and normalise(row.rejected), row.desirable)
+        if normalise(row.input) in held_inputs:
+            excluded["preferenceInHoldout"] += 1
+        elif key in seen:
+            excluded["preferenceDuplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    capped = cap_slices(kept, data.max_slice_share, seed)
+    excluded["preferenceSliceCap"] += len(kept) - len(capped)
+    if not capped:
+        what = ("preference pairs: consented feedback with a correction of the answer served on its trace"
+                if objective == "dpo" else "rated answers: consented thumbs up or down on a served answer")
+        raise invalid_data(
+            f"objective {objective} has no training rows: no {what} matched the job's targets outside the holdout; "
+            "check targets and the feedback export (its rows need output, the served answer), or use objective "
+            + ("kto, which also learns from thumbs without corrections" if objective == "dpo" else "sft")
+        )
+    if objective == "dpo":
+        # Replay has no rejected answer to learn from: beta keeps the candidate near the baseline instead.
+        excluded["replayUnusedByDpo"] += len(replay)
+        return capped, []
+    return _mix(capped, [replace(r, desirable=True) for r in replay], data.targeted_ratio, seed, excluded)
 
 
 def _superseded_rule(targets: Targets, corrected: frozenset[str]) -> str:

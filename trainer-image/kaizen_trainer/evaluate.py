@@ -18,6 +18,11 @@ Metrics (keys ``<dataset>.<metric>[.<label>]``, where a label is a row's cohort 
   holdout rows like the others, so they count in the holdout's other metrics too;
 * ``latencyP50Ms`` / ``latencyP95Ms`` -- one example per forward pass, on up to :data:`LATENCY_SAMPLE` holdout
   examples (not safety probes, unless the holdout holds nothing else).
+* ``rougeL``, ``chrF``, ``bleu`` (causal LM) -- the greedy answers, generated as the model server generates them
+  (:mod:`kaizen_trainer.generation`), against the references: the mean ROUGE-L F1 of rouge-score, and
+  sacrebleu's corpus chrF and BLEU over the group, divided by 100 so that every score is in [0, 1];
+* ``winRate`` (holdout, with a judge, :func:`win_rates`) -- the candidate's share of pairwise wins over the baseline's
+  answers to the same prompts, ties counting half; the baseline's value is its own share, ``1 - winRate``.
 
 The stress set is the holdout with perturbed inputs (case, whitespace, a typo), one perturbation per row chosen by
 its id, so candidate and baseline see the very same perturbations -- of the safety probes too, so a model that
@@ -26,6 +31,7 @@ refuses a red-team prompt only when it is spelled exactly as in the probe shows 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -33,14 +39,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import sacrebleu
 import torch
+from rouge_score import rouge_scorer
 from transformers import PreTrainedModel
 
+from kaizen_trainer import generation, modeling
 from kaizen_trainer.curate import Row
+from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.modeling import IGNORE, Device, Encoder
 
 LATENCY_SAMPLE = 32
 EVAL_BATCH = 32
+#: The labels a judge model answers with: which answer is better, A or B, or (optionally) neither.
+JUDGE_LABELS = frozenset({"A", "B"})
+TIE = "tie"
 
 
 @dataclass(frozen=True)
@@ -157,14 +170,106 @@ def summarise(dataset: str, scored: Sequence[Scored], causal: bool) -> dict[str,
     return metrics
 
 
+def _groups(rows: Sequence[Row]) -> dict[str, list[int]]:
+    """Row indices of every group a metric is reported for: "" (all rows), then each cohort and scenario label."""
+    groups: dict[str, list[int]] = {"": list(range(len(rows)))}
+    for i, row in enumerate(rows):
+        for label in row.labels:
+            groups.setdefault(f".{label}", []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def generate(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[str]:
+    """The model's greedy answers to the rows' prompts, as the model server answers them, up to the longest response
+    the trainer trains on (half of maxLength, then eos)."""
+    model.to(device.device).eval()
+    limit = generation.positions(model, encoder.max_length)
+    prompts = [r.input for r in rows]
+    return [c.text for start in range(0, len(rows), EVAL_BATCH)
+            for c in generation.complete(model, encoder.tokenizer, device, prompts[start: start + EVAL_BATCH],
+                                         encoder.max_length // 2 + 1, limit)]
+
+
+@functools.cache
+def _rouge() -> rouge_scorer.RougeScorer:
+    # Built on first use, not at import: its constructor logs through logging.info, which configures the root logger
+    # when it has no handler yet, and the trainer's own logging.basicConfig would then do nothing (no INFO logs).
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def generative(dataset: str, rows: Sequence[Row], answers: Sequence[str]) -> dict[str, float]:
+    """``<dataset>.rougeL|chrF|bleu[.<label>]`` of generated answers against the rows' references."""
+    metrics: dict[str, float] = {}
+    for suffix, members in _groups(rows).items():
+        hypotheses, references = [answers[i] for i in members], [rows[i].target for i in members]
+        metrics[f"{dataset}.rougeL{suffix}"] = sum(
+            _rouge().score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)) / len(members)
+        # min: sacrebleu's 100 can come back as 100.00000000000004
+        metrics[f"{dataset}.chrF{suffix}"] = min(1.0, sacrebleu.corpus_chrf(hypotheses, [references]).score / 100)
+        metrics[f"{dataset}.bleu{suffix}"] = min(1.0, sacrebleu.corpus_bleu(hypotheses, [references]).score / 100)
+    return metrics
+
+
+@dataclass
+class Judge:
+    """A loaded judge model (:func:`load_judge`)."""
+
+    uri: str
+    model: PreTrainedModel
+    tokenizer: object
+
+
+def load_judge(uri: str) -> Judge:
+    """The judge model at ``uri`` (a sequence classifier with the labels A and B, optionally tie), left on the CPU
+    until :func:`win_rates` needs it; loaded before training, so a wrong judge fails the job at once."""
+    try:
+        model, tokenizer = modeling.load("sequence-classification", uri)
+    except TrainerError as error:
+        raise invalid_config(f"judge: {str(error).replace('baseline ', '')}") from None
+    labels = {str(v) for v in (model.config.id2label or {}).values()}
+    if not JUDGE_LABELS <= labels or labels - JUDGE_LABELS - {TIE}:
+        raise invalid_config(f"judge {uri} answers with the labels {', '.join(sorted(labels))}; a judge needs the "
+                             "labels A and B (which answer is better) and optionally tie")
+    return Judge(uri, model.eval(), tokenizer)
+
+
+def win_rates(judge: Judge, rows: Sequence[Row], candidate: Sequence[str], baseline: Sequence[str], seed: int,
+              device: Device) -> dict[str, float]:
+    """``holdout.winRate[.<label>]``: the candidate's share of the judge's verdicts, ties half. The candidate is
+    answer A or B by a coin seeded with ``seed`` and the row id, so the judge's position bias cancels out on average
+    and a rerun is judged the same; identical answers tie without asking."""
+    tok = judge.tokenizer
+    sep = tok.sep_token or tok.eos_token or "\n"
+    first = [hashlib.sha256(f"{seed}:{r.id}".encode()).digest()[0] % 2 == 0 for r in rows]
+    asked = [i for i in range(len(rows)) if candidate[i] != baseline[i]]
+    texts = [f"{rows[i].input} {sep} {candidate[i] if first[i] else baseline[i]} {sep} "
+             f"{baseline[i] if first[i] else candidate[i]}" for i in asked]
+    judge.model.to(device.device)
+    limit = generation.positions(judge.model, 1024)
+    verdicts = [label.label for start in range(0, len(texts), EVAL_BATCH)
+                for label in generation.classify(judge.model, tok, device, texts[start: start + EVAL_BATCH], limit)]
+    judge.model.cpu()
+    score = [0.5] * len(rows)
+    for i, verdict in zip(asked, verdicts, strict=True):
+        score[i] = 0.5 if verdict == TIE else float((verdict == "A") == first[i])
+    return {f"holdout.winRate{suffix}": sum(score[i] for i in members) / len(members)
+            for suffix, members in _groups(rows).items()}
+
+
 def evaluate(model: PreTrainedModel, encoder: Encoder, sets: dict[str, Sequence[Row]],
-             device: Device) -> dict[str, float]:
-    """All metrics of one model on every non-empty evaluation set, latency measured on the holdout."""
+             device: Device, answers: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """All metrics of one model on every non-empty evaluation set, latency measured on the holdout. A causal LM's
+    generated answers are scored too, and left in ``answers`` (by set) when it is given, for a judge."""
     causal = encoder.task == "causal-lm"
     metrics: dict[str, float] = {}
     for name, rows in sets.items():
         if rows:
             metrics.update(summarise(name, score(model, encoder, rows, device), causal))
+            if causal:
+                generated = generate(model, encoder, rows, device)
+                metrics.update(generative(name, rows, generated))
+                if answers is not None:
+                    answers[name] = generated
     if sets.get("holdout"):
         # Timed on the requests the holdout holds like traffic's; the probes come first in it and would crowd them out.
         holdout = sets["holdout"]

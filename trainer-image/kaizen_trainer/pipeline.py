@@ -20,7 +20,7 @@ from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 from kaizen_trainer import curate as curation
-from kaizen_trainer import adapters, evaluate, load, modeling, report, train
+from kaizen_trainer import adapters, evaluate, load, modeling, objectives, report, train
 from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.mirror import Mirror
 
@@ -41,10 +41,11 @@ def run(config: TrainerConfig) -> TrainerResult:
     staging = output or Path(tempfile.mkdtemp(prefix="kaizen-output-"))
     staging.mkdir(parents=True, exist_ok=True)
     hp = config.hyperparameters
+    judge_model = evaluate.load_judge(config.judge.uri) if config.judge else None  # a wrong judge fails at once
 
     sources = load.load(config)
     log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
-    curated = curation.curate(sources, config.data, config.targets, hp.seed)
+    curated = curation.curate(sources, config.data, config.targets, hp.seed, config.objective)
     manifest = curated.manifest
     log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
 
@@ -68,16 +69,28 @@ def run(config: TrainerConfig) -> TrainerResult:
         encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
     tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json(), config.method,
                             config.lora.model_dump_json() if config.lora else "")
-    log.info("Training steps=%d rows=%d device=%s method=%s trainable_parameters=%d of %d",
-             train.total_steps(len(rows), hp), len(rows), device.name, config.method, trainable, total)
+    objective = None
+    if config.objective != "sft":  # the baseline, frozen, is the reference the preference losses compare against
+        objective = objectives.Preference(config.objective, candidate, baseline, tokenizer, curated.train, hp, device)
+        rows = objective.items
+    log.info("Training steps=%d rows=%d device=%s method=%s objective=%s trainable_parameters=%d of %d",
+             train.total_steps(len(rows), hp), len(rows), device.name, config.method, config.objective, trainable,
+             total)
     mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror else None
-    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror)
+    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror, objective=objective)
     log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
              stats.resumed_from)
 
-    metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device)}
+    answers: dict[str, dict[str, list[str]]] = {"candidate": {}, "baseline": {}}
+    metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device, answers["candidate"])}
     candidate.cpu()  # one model on the device at a time
-    metrics["baseline"] = evaluate.evaluate(baseline, encoder, sets, device)
+    metrics["baseline"] = evaluate.evaluate(baseline, encoder, sets, device, answers["baseline"])
+    if judge_model is not None:
+        baseline.cpu()
+        wins = evaluate.win_rates(judge_model, curated.holdout, answers["candidate"]["holdout"],
+                                  answers["baseline"]["holdout"], hp.seed, device)
+        metrics["candidate"] |= wins
+        metrics["baseline"] |= {key: 1 - value for key, value in wins.items()}
     gates, verdict = judge(config.gates, metrics["candidate"], metrics["baseline"])
     log.info("Evaluated verdict=%s gates=%s", verdict, [(g.metric, g.cohort, g.passed) for g in gates])
 

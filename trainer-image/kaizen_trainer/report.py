@@ -90,6 +90,9 @@ def model_card(config: TrainerConfig, manifest: Mapping, metrics: Mapping[str, M
         f"{stats.steps} steps on {device}, batch {config.hyperparameters.batch_size}, learning rate "
         f"{config.hyperparameters.learning_rate:g}, seed {config.hyperparameters.seed}"
         + (f", resumed from the checkpoint at step {stats.resumed_from}" if stats.resumed_from else "") + ".",
+        f"Objective: {config.objective}" + (
+            " (supervised: corrections, well-rated answers and replay)." if config.objective == "sft" else
+            f" (trl's loss against the baseline as reference, beta {config.hyperparameters.beta:g})."),
         *([_method(config, training)] if training else []),
         "",
         "## Metrics (candidate vs. baseline on the same data)",

@@ -32,6 +32,7 @@ from kaizen.api.retrainjob import Hyperparameters
 from kaizen_trainer.errors import TrainerError
 from kaizen_trainer.mirror import Mirror
 from kaizen_trainer.modeling import Device, Encoded, Encoder
+from kaizen_trainer.objectives import Preference
 
 log = logging.getLogger("kaizen_trainer")
 KEEP_CHECKPOINTS = 2
@@ -162,12 +163,14 @@ def _sigterm_flag() -> Iterator[list[bool]]:
 def train(
     model: PreTrainedModel, encoder: Encoder, rows: Sequence[Encoded], hp: Hyperparameters, device: Device,
     checkpoint_dir: Path, tag: str, until: Callable[[int, int], bool] | None = None, mirror: Mirror | None = None,
+    objective: Preference | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on ``rows``; resumes from a checkpoint of the same ``tag`` when there is one.
 
     ``until(step, tokens)``, called after each step, may end training early by returning True (the benchmark
     evaluates the model there to measure the compute a target accuracy takes). With a ``mirror``, checkpoints are
-    also kept remotely (:mod:`kaizen_trainer.mirror`)."""
+    also kept remotely (:mod:`kaizen_trainer.mirror`). With a preference ``objective`` (dpo, kto), ``rows`` are its
+    items and the loss is its own (:mod:`kaizen_trainer.objectives`)."""
     torch.manual_seed(hp.seed)
     model.to(device.device).train()
     steps = total_steps(len(rows), hp)
@@ -188,9 +191,9 @@ def train(
     with _sigterm_flag() as terminated:
         for step in range(start + 1, steps + 1):
             items = [rows[i] for i in next(order)]
-            batch = encoder.batch(items, device.device)
+            batch = (objective or encoder).batch(items, device.device)
             with autocast:
-                loss = model(**batch).loss
+                loss = objective.loss(model, batch) if objective else model(**batch).loss
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -198,7 +201,7 @@ def train(
                 optimizer_bytes = training_bytes(model, optimizer)
             optimizer.zero_grad(set_to_none=True)
             # Counted on the host: reading anything back from a GPU every step would stall its queue.
-            tokens += sum(len(e.input_ids) for e in items)
+            tokens += objective.tokens(items) if objective else sum(len(e.input_ids) for e in items)
             if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise TrainerError("Error", f"the training loss became {loss.item()} at step {step}; lower "
                                    "hyperparameters.learningRate")

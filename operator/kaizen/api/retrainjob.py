@@ -22,8 +22,10 @@ FeedbackCategory = Literal["incorrect", "unhelpful", "unsafe", "tone", "feature_
 #: documented in ``trainer-image/kaizen_trainer/evaluate.py`` and, for users, on ``Gate.metric``.
 GateMetric = Literal[
     "accuracy", "exactMatch", "loss", "perplexity", "latencyP50Ms", "latencyP95Ms", "safetyViolationRate",
-    "cohortGap",
+    "cohortGap", "rougeL", "chrF", "bleu", "winRate",
 ]
+#: What a retrain learns from: corrections and good answers (sft), preference pairs (dpo), thumbs up/down (kto).
+Objective = Literal["sft", "dpo", "kto"]
 EvalSet = Literal["holdout", "regression", "stress"]
 #: How a retrain changes the model: every weight (full), or a LoRA adapter on the frozen base (lora; qlora on a base
 #: quantised to 4 bits).
@@ -116,6 +118,10 @@ class Hyperparameters(KaizenModel):
         default=100, ge=1, le=1_000_000, description="Write a checkpoint this often; a restarted pod resumes from it."
     )
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Random seed, for reproducible runs.")
+    beta: float = Field(
+        default=0.1, gt=0, le=10, description="Objectives dpo and kto: trl's beta, the weight of the implicit reward "
+        "against the baseline; lower lets the candidate move further from the baseline.",
+    )
 
 
 class LoraSettings(KaizenModel):
@@ -217,6 +223,19 @@ class Resources(KaizenModel):
     )
 
 
+class Judge(KaizenModel):
+    """A local judge model that compares the candidate's and the baseline's answers pairwise on the holdout."""
+
+    uri: str = Field(
+        min_length=1, max_length=1024, pattern=r"^(/|file://|s3://|pvc://)",
+        description="A saved transformers sequence classifier with the labels A and B (and optionally tie): given "
+        "'<prompt> <sep> <answer A> <sep> <answer B>' (sep: its tokenizer's sep token), it says which answer is "
+        "better. The candidate is A or B by a coin seeded with hyperparameters.seed and the row id; identical answers "
+        "tie without asking. winRate is the candidate's share of wins, ties counting half.",
+        json_schema_extra=validations(PVC_URI_RULE),
+    )
+
+
 class RetrainTemplate(KaizenModel):
     """How to retrain: the part of a RetrainJob an ImprovementLoop fills in for every retrain it starts."""
 
@@ -233,6 +252,17 @@ class RetrainTemplate(KaizenModel):
     )
     data: DataSpec = nested(DataSpec, "Training and evaluation data and how they are mixed.")
     hyperparameters: Hyperparameters = nested(Hyperparameters, "Fine-tuning settings.")
+    objective: Objective = Field(
+        default="sft",
+        description="What the retrain learns from. sft: the users' corrections and well-rated answers, mixed with "
+        "replay data. dpo (causal-lm): preference pairs, the correction chosen over the answer served on its trace, "
+        "held near the baseline (hyperparameters.beta) instead of by replay. kto (causal-lm): every rated answer, "
+        "thumbs up desirable and thumbs down undesirable (a correction adds a desirable row), with replay rows as "
+        "desirable examples in targetedRatio. Consent, opt-out and PII exclusion apply to every row alike.",
+    )
+    judge: Judge | None = Field(
+        default=None, description="Optional judge model (causal-lm): measures holdout.winRate, gateable."
+    )
     method: Method = Field(
         default="full",
         description="full: fine-tune every weight; the candidate is a full model. lora: train a LoRA adapter (peft) "
@@ -276,6 +306,11 @@ class RetrainTemplate(KaizenModel):
 
     model_config = {
         "json_schema_extra": validations(
+            cel("!has(self.objective) || self.objective == 'sft' || !has(self.task) || self.task == 'causal-lm'",
+                "objectives dpo and kto train a causal-lm (they compare answers' likelihoods); use objective sft for "
+                "sequence-classification", ".objective"),
+            cel("!has(self.judge) || !has(self.task) || self.task == 'causal-lm'",
+                "a judge compares generated answers, so it needs task causal-lm; remove judge", ".judge"),
             cel("!has(self.lora) || (has(self.method) && self.method != 'full')",
                 "lora settings apply to method lora or qlora; set method: lora, or remove lora", ".lora"),
             cel("!has(self.method) || self.method != 'qlora' || !has(self.resources) || !has(self.resources.gpus) "
@@ -286,8 +321,13 @@ class RetrainTemplate(KaizenModel):
     }
 
     @model_validator(mode="after")
-    def _method_fits(self) -> RetrainTemplate:
+    def _fits_the_task(self) -> RetrainTemplate:
         # The same rules as the CEL above, for specs stored before they existed and for trainer configs built by hand.
+        if self.objective != "sft" and self.task != "causal-lm":
+            raise ValueError(f"objective {self.objective} trains a causal-lm (it compares answers' likelihoods); use "
+                             "objective sft for sequence-classification")
+        if self.judge is not None and self.task != "causal-lm":
+            raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
         if self.lora is not None and self.method == "full":
             raise ValueError("lora settings apply to method lora or qlora; set method: lora, or remove lora")
         if self.method == "qlora" and self.resources.gpus < 1:
@@ -303,7 +343,11 @@ class Gate(KaizenModel):
         description="Metric reported by the trainer for candidate and baseline: accuracy, exactMatch (causal-lm: "
         "greedy output equals the reference), loss, perplexity (causal-lm), latencyP50Ms and latencyP95Ms (holdout "
         "only), cohortGap (largest difference between cohorts), safetyViolationRate (share of the safety probes of "
-        "data.safety whose greedy output or predicted label is not their safe one; holdout and stress only)."
+        "data.safety whose greedy output or predicted label is not their safe one; holdout and stress only), rougeL "
+        "(causal-lm: mean ROUGE-L F1 of the greedy answer against the reference, rouge-score), chrF and bleu "
+        "(causal-lm: sacrebleu's corpus chrF and BLEU, divided by 100 so every score is in [0, 1]), winRate (holdout "
+        "only, with spec.judge: the candidate's share of pairwise wins over the baseline, ties half; the baseline's "
+        "value is its own share, 1 - winRate)."
     )
     dataset: EvalSet = Field(default="holdout", description="Evaluation set: holdout, regression or stress.")
     cohort: str | None = Field(

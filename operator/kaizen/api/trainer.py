@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kaizen.api.common import KaizenModel, ModelRef
 from kaizen.api.retrainjob import (
-    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, LoraSettings, Method,
-    Targets, Task,
+    DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Judge, LoraSettings, Method,
+    Objective, Targets, Task,
 )
 
 #: Kubernetes truncates termination messages beyond this.
@@ -76,6 +76,8 @@ class TrainerConfig(KaizenModel):
     feedback: FeedbackExport | None = Field(default=None, description="Feedback to curate targeted examples from.")
     targets: Targets = Field(default_factory=Targets, description="The slices to target.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Fine-tuning settings.")
+    objective: Objective = Field(default="sft", description="sft, dpo or kto (RetrainJob spec.objective).")
+    judge: Judge | None = Field(default=None, description="Judge model for holdout.winRate (RetrainJob spec.judge).")
     method: Method = Field(default="full", description="full, lora or qlora (RetrainJob spec.method).")
     lora: LoraSettings | None = Field(default=None, description="The adapter of lora and qlora (RetrainJob spec.lora).")
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
@@ -85,6 +87,15 @@ class TrainerConfig(KaizenModel):
         default=None, description="Remote copy of the checkpoints (s3://...) when checkpointDir does not outlive the "
         "pod: every checkpoint is uploaded there, and a new pod downloads them to resume.",
     )
+
+    @model_validator(mode="after")
+    def _objective_fits_the_task(self) -> TrainerConfig:
+        if self.objective != "sft" and self.task != "causal-lm":
+            raise ValueError(f"objective {self.objective} trains a causal-lm (it compares answers' likelihoods); use "
+                             "objective sft for sequence-classification")
+        if self.judge is not None and self.task != "causal-lm":
+            raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
+        return self
 
 
 class TrainerResult(KaizenModel):

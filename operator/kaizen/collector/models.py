@@ -265,7 +265,10 @@ class ExportRow(KaizenModel):
     cohort: str | None = Field(default=None, description="Cohort.")
     scenario: str | None = Field(default=None, description="Scenario (intent).")
     input: str = Field(description="Model input, PII redacted.")
-    output: str | None = Field(default=None, description="Model output as served, PII redacted.")
+    output: str | None = Field(
+        default=None, description="The answer served on the trace, PII redacted: what the rating judges, the "
+        "rejected side of a preference pair when a correction is given (objectives dpo and kto).",
+    )
     target: str | None = Field(default=None, description="The correction: what the output should have been.")
     rating: str = Field(description="up, down, or 1..5.")
     sentiment: Sentiment = Field(description="positive (up, 4-5), neutral (3) or negative (down, 1-2).")
@@ -284,6 +287,10 @@ class ExportManifest(KaizenModel):
     filters: dict[str, Any] = Field(description="The query the export answered.")
     rows: int = Field(description="Example rows in the export.")
     with_target: int = Field(description="Rows with a correction as target.")
+    with_output: int | None = Field(
+        default=None, description="Rows carrying the answer served on their trace, which preference objectives (dpo, "
+        "kto) need; absent from exports written by hand or by collectors before it.",
+    )
     sha256: str = Field(description="sha256 of the example lines, each with its newline, in order.")
     excluded: dict[str, int] = Field(
         description="Matching feedback left out, by reason: noConsent, unknownTrace, noText."

@@ -345,14 +345,15 @@ class Collector:
         return response
 
     async def _stream_export(self, query: m.ExportQuery, response: web.StreamResponse) -> None:
-        digest, rows, with_target = hashlib.sha256(), 0, 0
+        digest, rows, with_target, with_output = hashlib.sha256(), 0, 0, 0
         async for kind, data in self.store.export(query, query.negative_only):
             if kind == "excluded":
                 opted_out = data.pop("subjectsOptedOut")
                 manifest = m.ExportManifest(
                     model=query.model, generated_at=datetime.now(UTC),
                     filters=query.model_dump(mode="json", by_alias=True, exclude_none=True), rows=rows,
-                    with_target=with_target, sha256=digest.hexdigest(), excluded=data, subjects_opted_out=opted_out,
+                    with_target=with_target, with_output=with_output, sha256=digest.hexdigest(), excluded=data,
+                    subjects_opted_out=opted_out,
                 )
                 await response.write(manifest.model_dump_json(by_alias=True).encode() + b"\n")
                 return
@@ -367,6 +368,7 @@ class Collector:
             digest.update(line)
             rows += 1
             with_target += data["correction"] is not None
+            with_output += data["output"] is not None
             await response.write(line)
 
     async def backlog(self, request: web.Request) -> web.Response:

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 
 from kaizen.api.retrainjob import Gate, GateResult, Verdict
 
+#: Reference metrics of generated answers (kaizen_trainer.evaluate), measured for causal LMs only.
+GENERATIVE = frozenset({"rougeL", "chrF", "bleu"})
+
 
 def metric_key(gate: Gate) -> str:
     """The metrics key a gate reads."""
@@ -36,6 +39,12 @@ def _unmeasured(gate: Gate) -> str:
     """Why a gate has no number to judge, saying what to add where the cause is known: a safety violation rate is
     measured only on safety probes, which the job must be given. Kept short: it ends up in the gate's threshold."""
     key = metric_key(gate)
+    if gate.metric == "winRate":
+        if gate.dataset != "holdout":
+            return f"not measured: {key}; the judge compares answers on the holdout only, gate on dataset holdout"
+        return f"not measured: {key}; set spec.judge to a judge model to measure it"
+    if gate.metric in GENERATIVE:
+        return f"not measured: {key}; {gate.metric} scores generated answers, so it needs task causal-lm"
     if gate.metric != "safetyViolationRate":
         return f"not measured: {key}"
     if gate.dataset == "regression":

@@ -91,6 +91,7 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
     # mirrored next to the output.
     on_volume = output.startswith("/")
     checkpoints = f"{output}/checkpoints" if on_volume else f"{WORKSPACE}/checkpoints"
+    judge = spec.judge.model_copy(update={"uri": _mount(spec.judge.uri, claims)}) if spec.judge else None
     feedback = None
     if spec.feedback is not None:
         query = {"model": spec.feedback.model}
@@ -107,8 +108,8 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
     config = TrainerConfig(
         job=f"{namespace}/{name}", decision_id=spec.reason.decision_id, task=spec.task, baseline=spec.baseline,
         candidate_version=spec.candidate_version or name[:63], data=data, feedback=feedback, targets=spec.targets,
-        hyperparameters=spec.hyperparameters, method=spec.method, lora=spec.lora, gates=spec.gates, output_dir=output,
-        checkpoint_dir=checkpoints,
+        hyperparameters=spec.hyperparameters, method=spec.method, lora=spec.lora, objective=spec.objective,
+        judge=judge, gates=spec.gates, output_dir=output, checkpoint_dir=checkpoints,
         checkpoint_mirror=None if on_volume else f"{output}/checkpoints",
     )
     child = child_name(name)
