@@ -291,7 +291,8 @@ class Observed:
         name, status = obj["metadata"]["name"], obj.get("status") or {}
         with self.lock:
             self.rollouts[name] = status
-            if name in self.failing and status.get("canaryWeight") == 0:
+            # Weight 0 written as 0 or left out (a status written without its zero values): the canary serves nothing.
+            if name in self.failing and not status.get("canaryWeight"):
                 self.weight0.setdefault(name, seen)
             if name in self.steps and (status.get("currentStep") or 0) > self.steps[name]:
                 self.stepped.setdefault(name, seen)
@@ -309,17 +310,24 @@ class Observed:
 
 def watch(api: kubernetes.client.ApiClient, plural: str, handle: Callable[[dict[str, Any], float], None],
           stop: threading.Event) -> None:
-    """Follow one kind in the bench namespace until ``stop``; a watch that ends or fails starts again (its first
-    events, ADDED for every object, bring the state up to date)."""
+    """Follow one kind in the bench namespace until ``stop``. A watch that ends resumes from the last version it
+    saw, so no event arrives late as a re-listed ADDED; only when that version is gone (410) does it list again."""
     custom = kubernetes.client.CustomObjectsApi(api)
+    version: str | None = None
     while not stop.is_set():
+        stream = kubernetes.watch.Watch()
         try:
-            for event in kubernetes.watch.Watch().stream(custom.list_namespaced_custom_object, GROUP, VERSION,
-                                                          NAMESPACE, plural, timeout_seconds=60):
+            for event in stream.stream(custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, plural,
+                                       timeout_seconds=60, **({"resource_version": version} if version else {})):
                 handle(event["object"], time.time())
                 if stop.is_set():
                     return
+            version = stream.resource_version
+        except kubernetes.client.ApiException as error:
+            version = None if error.status == 410 else stream.resource_version
+            time.sleep(0.5)
         except Exception:  # noqa: BLE001 -- the API server busy or gone for a moment; the bench carries on
+            version = stream.resource_version
             time.sleep(0.5)
 
 
@@ -421,10 +429,15 @@ def run_causes(n: int, samples: int, observed: Observed, exporter: Exporter, api
             if n in observed.weight0 and due is not None:
                 looks.append(observed.weight0[n] - due)
         effects = [observed.stepped[n] - approved[n] for n in paused if n in observed.stepped]
+        # What a Rollout that never acted was doing at the end, so that a miss can be told from a bench fault.
+        unacted = {n: {k: observed.rollouts.get(n, {}).get(k) for k in ("phase", "currentStep", "canaryWeight",
+                                                                        "awaitingApproval", "message")}
+                   | {"verdicts": [r.get("verdict") for r in observed.rollouts.get(n, {}).get("analysis") or []][:5]}
+                   for n in failing + paused if n not in observed.weight0 and n not in observed.stepped}
     return {"breachToRetrainJob": measure.latency_summary(breaches, len(loops) - len(breaches)),
             "failingLookToCanaryWeight0": measure.latency_summary(looks, len(failing) - len(looks)),
             "annotationToEffect": measure.latency_summary(effects, len(paused) - len(effects)),
-            "_all": breaches + looks + effects}
+            "unacted": unacted, "_all": breaches + looks + effects}
 
 
 def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -496,10 +509,12 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         steady = window(args.window, process.pid, cluster, url)
         print(f"  steady: {steady}", file=sys.stderr, flush=True)
         causes = run_causes(n, args.samples, observed, exporter, api, url, loop_interval, analysis_interval)
-        latencies = causes.pop("_all")
+        latencies, unacted = causes.pop("_all"), causes.pop("unacted")
         print(f"  causes: {causes}", file=sys.stderr, flush=True)
         if process.poll() is not None:
-            raise RuntimeError(f"the operator exited with status {process.returncode}; see {log}")
+            raise RuntimeError(f"the operator exited with status {process.returncode}:\n{log.read_text()[-4000:]}")
+    # The work directory goes with the run; what went wrong in the operator stays in the result.
+    tracebacks = log.read_text(errors="replace").count("Traceback (most recent call last)")
     summary = measure.latency_summary(latencies)
     return {"N": n, "objects": {"improvementLoops": n, "rolloutsAtRest": half, "rolloutsProgressing": n - half,
                                 "deployments": len(phase_a), "created": created + len(progressing)},
@@ -510,7 +525,8 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "apiRequestsPerSecondAtRest": rest["apiRequestsPerSecond"],
             "prometheusQueriesPerSecond": steady["prometheusQueriesPerSecond"],
             "p50CauseToActionSeconds": summary["p50"], "p99CauseToActionSeconds": summary["p99"],
-            "causes": causes, "windows": {"atRest": rest, "steady": steady}}
+            "causes": causes, "windows": {"atRest": rest, "steady": steady}, "operatorTracebacks": tracebacks,
+            "unactedRollouts": unacted}
 
 
 def measure_seconds(duration: str) -> float:
@@ -537,7 +553,8 @@ def fmt(value: Any, digits: int = 2) -> str:
 def table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"machine: {m['cores']} cores, {m['cpu']}, load average {m['loadAverage']} at start, "
-             f"{m.get('loadAverageEnd')} at end",
+             f"{m.get('loadAverageEnd')} at end, 1-minute load in the windows {m.get('loadAverage1mDuringWindows')}"
+             + (" (LOADED: more runnable processes than cores; not a final measurement)" if m.get("loaded") else ""),
              f"{'N':>6}{'CPU':>7}{'CPU rest':>9}{'RSS MiB':>9}{'API/s':>8}{'API/s rest':>11}{'PromQ/s':>9}"
              f"{'p50 s':>8}{'p99 s':>8}  per cause p50/p99 (missed): breach, failing look, annotation"]
     for r in report["results"]:
@@ -575,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"kaizen-bench-scale-{n}-") as work:
             report["results"].append(run_one(n, args, Path(work)))
         report["machine"]["loadAverageEnd"] = [round(x, 2) for x in os.getloadavg()]
+        loads = [w["loadAverage1m"] for r in report["results"] for w in r["windows"].values()]
+        report["machine"]["loadAverage1mDuringWindows"] = loads
+        # More runnable processes than cores: every process waited for a CPU, the operator included, and the
+        # numbers above are not the machine's but the queue's. A final result needs a quiet machine.
+        report["machine"]["loaded"] = max(loads) > report["machine"]["cores"]
         report["growth"] = {key: measure.growth([(r["N"], r[key]) for r in report["results"]]) for key in (
             "operatorCpuCores", "operatorRssMiB", "apiRequestsPerSecond", "apiRequestsPerSecondAtRest",
             "prometheusQueriesPerSecond", "p99CauseToActionSeconds")}
