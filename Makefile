@@ -80,3 +80,8 @@ bench-canary: venv ## Benchmark canary analysis (Kaizen vs Flagger, Argo Rollout
 .PHONY: bench-loop
 bench-loop: venv ## Benchmark the loop: static vs scheduled retrain vs Kaizen vs oracle; writes bench/results/loop.json
 	$(PY) bench/loop/run.py
+
+.PHONY: bench-scale
+SCALE_N ?= 10,100,1000
+bench-scale: venv binaries ## Benchmark one operator with N loops + N rollouts (SCALE_N=10,100,1000); writes bench/results/scale.json
+	$(PY) bench/scale/run.py --n $(SCALE_N)
