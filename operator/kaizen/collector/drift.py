@@ -8,7 +8,8 @@ embeds them (:mod:`kaizen.collector.embedding`) and exports what these functions
   is reported beside the p-value because with large windows any tiny difference becomes "significant" (the false
   alarms alibi-detect's users report): a signal may threshold either, or both (:func:`drifted`).
 - **Categorical fields** (scenario/intent, cohort): Pearson's chi-square test of homogeneity, and the population
-  stability index (PSI), the effect size the industry thresholds (0.1 moderate, 0.25 large).
+  stability index (PSI, on shares smoothed by half a count), the effect size the industry thresholds (0.1
+  moderate, 0.25 large).
 - **Where** the drift is (:func:`witness`): the MMD witness function, high where the recent inputs are denser than the
   reference; the backlog uses it to pick the example traces of a drifted cluster.
 """
@@ -162,8 +163,12 @@ def categorical_test(reference: Iterable[str], recent: Iterable[str]) -> Categor
             chi2 += (observed - expected) ** 2 / expected
     dof = len(categories) - 1
     shares = {c: (ref[c] / n_ref, cur[c] / n_cur) for c in categories}
+    # PSI on shares smoothed by half a count per category: a category one small window happens to lack is then
+    # rare, not a near-zero share whose logarithm swamps the index.
+    k = len(categories)
+    smoothed = [((ref[c] + 0.5) / (n_ref + 0.5 * k), (cur[c] + 0.5) / (n_cur + 0.5 * k)) for c in categories]
     return CategoricalResult(
-        chi2=chi2, dof=dof, p_value=chi2_sf(chi2, dof) if dof else 1.0, psi=psi(shares.values()), shares=shares,
+        chi2=chi2, dof=dof, p_value=chi2_sf(chi2, dof) if dof else 1.0, psi=psi(smoothed), shares=shares,
     )
 
 
