@@ -129,13 +129,13 @@ def _drift_settings(args: argparse.Namespace) -> Any:
                          f"({args.drift_sample})")
     if not 0 < args.drift_alpha < 1:
         raise ValueError(f"--drift-alpha must be between 0 and 1, got {args.drift_alpha}")
-    reference = None
+    reference: tuple[float, float] | None = None
     if args.drift_reference is not None:
         start, sep, end = args.drift_reference.partition("/")
         try:
             if not sep:
                 raise ValueError("no '/'")
-            reference = tuple(_epoch(t) for t in (start, end))
+            reference = (_epoch(start), _epoch(end))
         except ValueError as error:
             raise ValueError(f"--drift-reference {args.drift_reference!r} is not FROM/TO, two ISO 8601 times such as "
                              f"2026-11-01T00:00Z/2026-11-08T00:00Z ({error})") from None

@@ -160,7 +160,7 @@ def _clusters(
     recent inputs least like the reference."""
     order = list(np.argsort(-scores, kind="stable")) if scores is not None else list(range(len(windows.recent)))
     ranked = [windows.recent[i] for i in order]
-    common = {
+    common: dict[str, Any] = {
         "cohort": windows.cohort, "mmd2": None if mmd is None else mmd.mmd2,
         "p_value": None if mmd is None else mmd.p_value, "scenario_psi": None if scenario is None else scenario.psi,
         "assessed_at": datetime.fromtimestamp(now, UTC),

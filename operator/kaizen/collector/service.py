@@ -553,6 +553,8 @@ async def _drift_loop(collector: Collector, settings: monitor.Settings) -> None:
         embedder = await asyncio.to_thread(SentenceEmbedder.load)
     except EmbeddingUnavailable as error:
         log.warning("Skipped embedding drift, categorical tests only: %s", error)
+    except Exception:  # noqa: BLE001 - a model that fails to load costs the embedding test, not the pass
+        log.exception("Failed to load the sentence-embedding model; categorical drift tests only")
     while True:
         started = time.time()
         try:
