@@ -15,6 +15,12 @@ from kaizen.collector.auth import Principal, TokenFile
     (["--db", "mysql://db/x", "--no-auth"], "unsupported database URL scheme 'mysql'"),
     (["--db", "sqlite:///:memory:", "--no-auth"], "SQLite needs a file path"),
     (["--tokens-file", "/nonexistent/tokens"], "cannot read tokens file /nonexistent/tokens"),
+    (["--no-auth", "--drift-every", "0"], "--drift-every must be a positive number of seconds"),
+    (["--no-auth", "--drift-every", "60", "--drift-min-traces", "500"], "need 2 <= --drift-min-traces (500)"),
+    (["--no-auth", "--drift-every", "60", "--drift-alpha", "1.5"], "--drift-alpha must be between 0 and 1"),
+    (["--no-auth", "--drift-every", "60", "--drift-reference", "2026-11-01"], "is not FROM/TO, two ISO 8601 times"),
+    (["--no-auth", "--drift-every", "60", "--drift-reference", "2026-11-08T00:00Z/2026-11-01T00:00Z"],
+     "ends before it starts"),
 ])
 def test_bad_configuration_exits_2_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 
 DESCRIPTION = (
@@ -56,6 +58,26 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retention-days", type=float, metavar="DAYS",
         help="delete traces and feedback older than this, hourly (default: keep; the audit log is always kept)",
     )
+    drift = parser.add_argument_group(
+        "input drift", "a pass, off the ingest path, that tests each model's (and cohort's) recent inputs against a "
+        "reference window and exports kaizen_input_drift on /metrics (needs the drift extra)",
+    )
+    drift.add_argument("--drift-every", type=float, metavar="SECONDS",
+                       help="run a drift pass this often (default: no drift pass)")
+    drift.add_argument("--drift-window", type=float, default=3600, metavar="SECONDS",
+                       help="the recent window: traces of the last SECONDS (default: 3600)")
+    drift.add_argument("--drift-reference", metavar="FROM/TO",
+                       help="a pinned reference window as two ISO 8601 times, e.g. the served model's training period "
+                       "2026-11-01T00:00Z/2026-11-08T00:00Z (default: each model's first --drift-sample traces)")
+    drift.add_argument("--drift-sample", type=int, default=200, metavar="N",
+                       help="traces per window, the newest (default: 200)")
+    drift.add_argument("--drift-min-traces", type=int, default=50, metavar="N",
+                       help="test a model or cohort only with at least N traces in each window (default: 50)")
+    drift.add_argument("--drift-alpha", type=float, default=0.01, help="significance level (default: 0.01)")
+    drift.add_argument("--drift-min-mmd2", type=float, default=0.0, metavar="MMD2",
+                       help="call embedding drift only from this effect size up (default: 0)")
+    drift.add_argument("--drift-min-psi", type=float, default=0.0, metavar="PSI",
+                       help="call a scenario-mix drift only from this PSI up (default: 0)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.set_defaults(func=run)
@@ -74,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         async_url(args.db)
         tokens = None if args.no_auth else TokenFile(args.tokens_file)
+        drift = _drift_settings(args)
     except (TokenFileError, ValueError) as error:
         print(f"kaizen collector: {error}", file=sys.stderr)
         return 2
@@ -83,10 +106,51 @@ def run(args: argparse.Namespace) -> int:
         )
     config = Config(
         db=args.db, tokens=tokens, cors_origins=tuple(args.cors_origin), store_text=not args.no_raw_text,
-        max_body_bytes=args.max_body_bytes, retention_days=args.retention_days,
+        max_body_bytes=args.max_body_bytes, retention_days=args.retention_days, drift=drift,
     )
     web.run_app(create_app(config), host=args.host, port=args.port, access_log=None, print=None, loop=_event_loop())
     return 0
+
+
+def _drift_settings(args: argparse.Namespace) -> Any:
+    """The drift pass's settings from the flags, or None without --drift-every; a ValueError says what is wrong."""
+    if args.drift_every is None:
+        return None
+    try:
+        from kaizen.collector import monitor
+    except ImportError as error:
+        raise ValueError(f"--drift-every needs the drift extra ({error}): pip install 'kaizen-operator[drift]'") \
+            from None
+    for flag, value, low in (("--drift-every", args.drift_every, 0.0), ("--drift-window", args.drift_window, 0.0)):
+        if not value > low:
+            raise ValueError(f"{flag} must be a positive number of seconds, got {value}")
+    if args.drift_sample < 2 or not 2 <= args.drift_min_traces <= args.drift_sample:
+        raise ValueError(f"need 2 <= --drift-min-traces ({args.drift_min_traces}) <= --drift-sample "
+                         f"({args.drift_sample})")
+    if not 0 < args.drift_alpha < 1:
+        raise ValueError(f"--drift-alpha must be between 0 and 1, got {args.drift_alpha}")
+    reference: tuple[float, float] | None = None
+    if args.drift_reference is not None:
+        start, sep, end = args.drift_reference.partition("/")
+        try:
+            if not sep:
+                raise ValueError("no '/'")
+            reference = (_epoch(start), _epoch(end))
+        except ValueError as error:
+            raise ValueError(f"--drift-reference {args.drift_reference!r} is not FROM/TO, two ISO 8601 times such as "
+                             f"2026-11-01T00:00Z/2026-11-08T00:00Z ({error})") from None
+        if reference[0] >= reference[1]:
+            raise ValueError(f"--drift-reference {args.drift_reference!r} ends before it starts")
+    return monitor.Settings(
+        every_s=args.drift_every, window_s=args.drift_window, sample=args.drift_sample,
+        min_traces=args.drift_min_traces, alpha=args.drift_alpha, min_mmd2=args.drift_min_mmd2,
+        min_psi=args.drift_min_psi, reference=reference,
+    )
+
+
+def _epoch(value: str) -> float:
+    parsed = datetime.fromisoformat(value.strip())
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

