@@ -8,7 +8,8 @@
 # The environment holds the dependencies and one editable install of the checkout that ran this script last, never a
 # copy of the `kaizen` package: a copy in site-packages comes before the editable install's path entry and would
 # shadow every checkout. So the dependencies are installed from pyproject.toml's lists, without the project.
-# Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer — the tests train tiny models with torch)
+# Usage: hack/setup-python.sh [EXTRAS]   (default: test,trainer,report,drift — the tests train tiny models with torch,
+#                                        draw the report and embed inputs for drift)
 #        hack/setup-python.sh trainer-s3 (the trainer's own environment, linked as .venv-trainer-s3: the trainer
 #                                         contract's dependencies, the trainer and s3 extras and moto's S3 server;
 #                                         botocore's python-dateutil < 3 cannot share an environment with kubernetes
@@ -17,7 +18,7 @@
 #        hack/setup-python.sh --check    (only check that Python is there and new enough)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
-extras=${1:-test,trainer}
+extras=${1:-test,trainer,report,drift}
 cache=${KAIZEN_CACHE:-$HOME/.cache/kaizen}
 python=${PYTHON:-python3}
 
