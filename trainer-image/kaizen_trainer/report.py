@@ -42,8 +42,9 @@ def compact(result: TrainerResult, config: TrainerConfig) -> TrainerResult:
                                                         for who, m in full.items()}})
         if len(trimmed.model_dump_json(by_alias=True, exclude_none=True).encode()) <= TERMINATION_MESSAGE_LIMIT:
             return trimmed
+    # The verdict's message stays first: it is what status and the loop's decision log show.
     return trimmed.model_copy(
-        update={"metrics": {}, "message": "metrics are in metrics.json (too many for the result)"}
+        update={"metrics": {}, "message": f"{result.message} (metrics are in metrics.json: too many for the result)"}
     )
 
 
