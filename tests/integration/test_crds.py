@@ -263,6 +263,6 @@ def test_short_names_and_category_work(crds, namespace):
     table = crds.kubectl("get", "kaizen", "-n", namespace).stdout
     assert "rollout.kaizen.dev/support-bot-v4" in table
     wide = crds.kubectl("get", "kro", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "STEP", "AGE"]
+    assert wide[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "ACHIEVED", "STEP", "AGE"]
     row = wide[1].split()
     assert row[0] == "support-bot-v4" and row.index("v3") < row.index("v4")

@@ -419,7 +419,8 @@ def test_status_follows_the_job_within_a_second_and_a_finished_retrainjob_reads_
     pods = {}
 
     def start(name):
-        apply(operator, namespace, retrain_job(name))
+        # On CPU: the kwok node's 8 GPUs may still be held by the pods of earlier tests, whose namespaces terminate.
+        apply(operator, namespace, retrain_job(name, resources={"gpus": 0}))
         pods[name] = running_pods(operator, namespace, f"{name}-trainer")[0]
         wait_for(operator, "retrainjob", name, namespace, lambda o: o.get("status", {}).get("phase") == "Training")
 
