@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 .PHONY: help setup prerequisites binaries venv venv-trainer-s3 postgres test-tools crds demo test test-unit test-integration fuzz e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 binaries: ## Build the dev stack's upstream binaries: control plane, helm, Prometheus, Traefik, Gateway API CRDs (cached in ~/.cache/kaizen/bin)
 	hack/build-binaries.sh
