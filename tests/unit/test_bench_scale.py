@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).parents[2]
-sys.path.insert(0, str(ROOT / "bench" / "scale"))
-
-import measure  # noqa: E402
+# Loaded by path under its own name: bench/loop has a `measure` module too, which another test imports first.
+_spec = importlib.util.spec_from_file_location("bench_scale_measure", ROOT / "bench" / "scale" / "measure.py")
+measure = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = measure
+_spec.loader.exec_module(measure)
 
 EXPOSITION = """\
 # HELP apiserver_flowcontrol_dispatched_requests_total Number of requests executed by API Priority and Fairness
