@@ -236,6 +236,16 @@ class Judge(KaizenModel):
     )
 
 
+def require_causal_lm(task: str, objective: str, judge: object | None) -> None:
+    """The objectives and the judge that compare generated answers need a causal LM: ValueError saying what to change
+    (shared by the RetrainJob's template and the trainer's config)."""
+    if objective != "sft" and task != "causal-lm":
+        raise ValueError(f"objective {objective} trains a causal-lm (it compares answers' likelihoods); use "
+                         "objective sft for sequence-classification")
+    if judge is not None and task != "causal-lm":
+        raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
+
+
 class RetrainTemplate(KaizenModel):
     """How to retrain: the part of a RetrainJob an ImprovementLoop fills in for every retrain it starts."""
 
@@ -323,11 +333,7 @@ class RetrainTemplate(KaizenModel):
     @model_validator(mode="after")
     def _fits_the_task(self) -> RetrainTemplate:
         # The same rules as the CEL above, for specs stored before they existed and for trainer configs built by hand.
-        if self.objective != "sft" and self.task != "causal-lm":
-            raise ValueError(f"objective {self.objective} trains a causal-lm (it compares answers' likelihoods); use "
-                             "objective sft for sequence-classification")
-        if self.judge is not None and self.task != "causal-lm":
-            raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
+        require_causal_lm(self.task, self.objective, self.judge)
         if self.lora is not None and self.method == "full":
             raise ValueError("lora settings apply to method lora or qlora; set method: lora, or remove lora")
         if self.method == "qlora" and self.resources.gpus < 1:

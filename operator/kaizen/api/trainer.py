@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, model_validator
 from kaizen.api.common import KaizenModel, ModelRef
 from kaizen.api.retrainjob import (
     DataSpec, DatasetSummary, FeedbackCategory, Gate, GateResult, Hyperparameters, Judge, LoraSettings, Method,
-    Objective, Targets, Task,
+    Objective, Targets, Task, require_causal_lm,
 )
 
 #: Kubernetes truncates termination messages beyond this.
@@ -90,11 +90,7 @@ class TrainerConfig(KaizenModel):
 
     @model_validator(mode="after")
     def _objective_fits_the_task(self) -> TrainerConfig:
-        if self.objective != "sft" and self.task != "causal-lm":
-            raise ValueError(f"objective {self.objective} trains a causal-lm (it compares answers' likelihoods); use "
-                             "objective sft for sequence-classification")
-        if self.judge is not None and self.task != "causal-lm":
-            raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
+        require_causal_lm(self.task, self.objective, self.judge)
         return self
 
 
