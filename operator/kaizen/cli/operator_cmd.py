@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     parser.add_argument("--liveness", metavar="URL", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--metrics-bind-address", metavar="HOST:PORT", type=bind_address,
+                        help="serve Prometheus metrics at /metrics on this address, e.g. :8081 (every interface) or "
+                             "127.0.0.1:8081; standbys serve them too (default: no metrics)")
     parser.add_argument("--controllers", metavar="KINDS",
                         help="comma-separated controllers to run (improvementloop,retrainjob,rollout; default: all)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -67,9 +70,29 @@ def seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def bind_address(value: str) -> tuple[str, int]:
+    """The --metrics-bind-address flag as (host, port)."""
+    from kaizen.metrics.exporter import bind_address as parse
+
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
+    if args.metrics_bind_address:
+        from kaizen.metrics.exporter import serve
+
+        try:
+            serve(*args.metrics_bind_address)
+        except OSError as error:
+            host, port = args.metrics_bind_address
+            print(f"kaizen operator: error: cannot serve metrics on {host}:{port}: {error.strerror}; choose another "
+                  "--metrics-bind-address", file=sys.stderr)
+            return 2
     if args.controllers:
         os.environ["KAIZEN_CONTROLLERS"] = args.controllers
     elector = None

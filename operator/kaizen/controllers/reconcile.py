@@ -44,6 +44,7 @@ from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, u
 from kaizen.logic.effects import refused as usual_refusal
 from kaizen.logic.requests import Requested, consumable, pending
 from kaizen.logic.validation import judge
+from kaizen.metrics.exporter import EXPORTER
 
 class Clock:
     """The time the controllers act on: ``now()`` is the wall clock. Tests replace :data:`clock` with a subclass
@@ -359,6 +360,8 @@ def schedule(resource: ResourceKind, look: Look) -> Scheduler:
     target = ("kaizen.dev", "v1alpha1", resource.plural)
     scheduler = Scheduler(resource)
     _schedulers.append(scheduler)
+    # The operator's /metrics, derived from the status each look writes (kaizen.metrics.exporter): the one hook.
+    look = EXPORTER.instrumented(resource.kind, look, live=lambda ns, name: scheduler.slept(ns, name) is not None)
 
     @kopf.daemon(*target, id=f"schedule_{resource.plural}", cancellation_timeout=30)
     async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
