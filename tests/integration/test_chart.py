@@ -184,10 +184,13 @@ def test_default_render_watches_all_namespaces_with_a_cluster_role() -> None:
         "RoleBinding": 1,
         "PodDisruptionBudget": 1,
         "Deployment": 2,
-        # The collector: its Service, its SQLite volume, its tokens file and the operator's token.
-        "Service": 1,
+        # The collector: its Service, its SQLite volume, its tokens file and the operator's token; and the operator's
+        # metrics Service.
+        "Service": 2,
         "PersistentVolumeClaim": 1,
         "Secret": 2,
+        # The Grafana dashboard.
+        "ConfigMap": 1,
     }
     assert grants(only(objects, "ClusterRole")["rules"]) == CLUSTER_GRANTS | NAMESPACED_GRANTS
     binding = only(objects, "ClusterRoleBinding")
@@ -443,7 +446,7 @@ def test_collector_options_reach_its_command_line() -> None:
 
 def test_collector_service_selects_only_the_collector_pods() -> None:
     objects = render()
-    service = only(objects, "Service")
+    service = component(objects, "Service", "collector")
     assert service["spec"]["ports"] == [{"name": "http", "port": 8090, "targetPort": "http", "protocol": "TCP"}]
     collector = component(objects, "Deployment", "collector")
     operator = component(objects, "Deployment", "operator")
@@ -477,7 +480,7 @@ def test_generated_tokens_are_a_valid_tokens_file_and_the_loops_token_secret() -
         [RELEASE_NAMESPACE, "team-a", "team-b", "team-c"]
     )
     assert all(secret_data(copy) == {"token": lines["operator"]} for copy in copies)
-    service = only(objects, "Service")
+    service = component(objects, "Service", "collector")
     port = service["spec"]["ports"][0]["port"]
     spec = FeedbackSpec.model_validate({
         "collectorURL": f"http://{service['metadata']['name']}.{RELEASE_NAMESPACE}.svc:{port}",
@@ -518,8 +521,11 @@ def test_disabled_collector_renders_nothing_of_it() -> None:
         "RoleBinding": 1,
         "PodDisruptionBudget": 1,
         "Deployment": 1,
+        "Service": 1,
+        "ConfigMap": 1,
     }
-    assert not [obj for obj in objects if obj["metadata"]["labels"]["app.kubernetes.io/component"] != "operator"]
+    assert not [obj for obj in objects
+                if obj["metadata"]["labels"]["app.kubernetes.io/component"] not in ("operator", "dashboard")]
 
 
 @pytest.mark.parametrize("source", ["url", "existingSecret"])
@@ -579,13 +585,61 @@ def test_service_monitor_only_when_enabled() -> None:
     assert not [obj for obj in render("collector.serviceMonitor.enabled=false") if obj["kind"] == "ServiceMonitor"]
     objects = render("collector.serviceMonitor.enabled=true", "collector.serviceMonitor.labels.release=prometheus")
     monitor = only(objects, "ServiceMonitor")
-    service = only(objects, "Service")
+    service = component(objects, "Service", "collector")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
     assert [(endpoint["port"], endpoint["path"]) for endpoint in monitor["spec"]["endpoints"]] == [("http", "/metrics")]
     assert service["spec"]["ports"][0]["name"] == "http"
+
+
+def test_operator_metrics_service_reaches_the_port_the_operator_serves_metrics_on() -> None:
+    objects = render("metrics.port=9100", "metrics.service.port=9200", "metrics.service.annotations.team=ml")
+    service = component(objects, "Service", "operator")
+    operator = component(objects, "Deployment", "operator")
+    collector = component(objects, "Deployment", "collector")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9200, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["metadata"]["annotations"] == {"team": "ml"}
+    # Every operator replica (standbys serve metrics too), none of the collector's pods.
+    assert selects(service["spec"]["selector"], operator["spec"]["template"]["metadata"]["labels"])
+    assert not selects(service["spec"]["selector"], collector["spec"]["template"]["metadata"]["labels"])
+    container = operator_container(objects)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert parse_operator_args(container).metrics_bind_address == ("0.0.0.0", ports["metrics"]) == ("0.0.0.0", 9100)
+    assert ports["health"] != ports["metrics"]
+
+
+def test_operator_service_monitor_only_when_enabled_and_it_keeps_the_objects_namespace() -> None:
+    assert not [obj for obj in render() if obj["kind"] == "ServiceMonitor"]
+    objects = render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prometheus",
+                     "metrics.serviceMonitor.interval=15s")
+    monitor = only(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    services = [obj for obj in objects if obj["kind"] == "Service"
+                and selects(monitor["spec"]["selector"]["matchLabels"], obj["metadata"]["labels"])]
+    assert services == [component(objects, "Service", "operator")]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    # honorLabels: a series' namespace is its loop's, not overwritten by the operator pod's (exported_namespace).
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                             "scrapeTimeout": "10s", "honorLabels": True}]
+    both = render("metrics.serviceMonitor.enabled=true", "collector.serviceMonitor.enabled=true")
+    assert len({obj["metadata"]["name"] for obj in both if obj["kind"] == "ServiceMonitor"}) == 2
+
+
+def test_the_dashboard_is_a_configmap_the_grafana_sidecar_loads() -> None:
+    shipped = json.loads((CHART / "dashboards" / "kaizen.json").read_text())
+    configmap = only(render(), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert json.loads(configmap["data"]["kaizen.json"]) == shipped
+    moved = only(render("dashboards.namespace=monitoring", "dashboards.label=dashboards",
+                        "dashboards.labelValue=kaizen", "dashboards.annotations.grafana_folder=Kaizen"), "ConfigMap")
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["labels"]["dashboards"] == "kaizen" and "grafana_dashboard" not in moved["metadata"][
+        "labels"]
+    assert moved["metadata"]["annotations"] == {"grafana_folder": "Kaizen"}
+    assert not [obj for obj in render("dashboards.enabled=false") if obj["kind"] == "ConfigMap"]
 
 
 def test_upgrade_keeps_the_generated_tokens_and_notes_show_the_loops_reference(cluster, namespace: str) -> None:

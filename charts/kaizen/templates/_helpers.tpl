@@ -64,6 +64,11 @@ app.kubernetes.io/component: operator
 {{- include "kaizen.fullname" . }}
 {{- end }}
 
+{{/* The Service of the operator's /metrics, the base truncated so that the whole stays a DNS label. */}}
+{{- define "kaizen.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "kaizen.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{/* The operator image, tagged with the chart's appVersion unless image.tag is set. */}}
 {{- define "kaizen.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
