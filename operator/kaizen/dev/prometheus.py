@@ -207,6 +207,12 @@ class LocalPrometheus:
                                     timeout=5) as response:
             return json.load(response)["data"]["result"]
 
+    def query_range(self, promql: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
+        """A range query from ``start`` to ``end`` (Unix seconds), as a dashboard's time series panel runs it."""
+        params = urllib.parse.urlencode({"query": promql, "start": start, "end": end, "step": step})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{params}", timeout=10) as response:
+            return json.load(response)["data"]["result"]
+
     def wait_for_data(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until ``promql`` returns something (targets discovered and scraped) and return it."""
         deadline = time.monotonic() + timeout
