@@ -6,7 +6,8 @@ pod's kubelet, as test_retrainjob does), a canary analysed and paused for approv
 the loop paused.
 
 Each query runs as Grafana runs it (over the run's time range, or instant for tables and stats), with the
-template variables set to the test's namespace, loop and model, and must return at least one series.
+template variables set to the test's namespace, loop and model, and must return at least one series. Then the
+Rollout is deleted, and its series leave with it.
 """
 
 from __future__ import annotations
@@ -147,3 +148,8 @@ def test_every_dashboard_query_returns_data_from_a_real_loop(crds, namespace, pr
             failed.append(f"{query.panel}: {expr}: {error.read().decode()}")
     assert not failed, "queries Prometheus refused:\n" + "\n".join(failed)
     assert not empty, "queries that returned nothing:\n" + "\n".join(empty)
+
+    # A deleted object's series go with it (once its scheduler let it go); the loop's counters stay.
+    crds.kubectl("delete", "rollout.kaizen.dev", name, "-n", namespace, "--wait=true", "--timeout=60s")
+    eventually(lambda: not prometheus.query(f'kaizen_rollout_phase{{{ids}, rollout="{name}"}}'), timeout=30)
+    assert prometheus.query(f'kaizen_rollouts_total{{{ids}, outcome="Promoted"}}')

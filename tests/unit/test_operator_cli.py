@@ -1,5 +1,5 @@
-"""``kaizen operator``'s leader election flags: durations that cannot work are refused with what to change, before
-the operator touches the cluster."""
+"""``kaizen operator``'s leader election and metrics flags: values that cannot work are refused with what to change,
+before the operator touches the cluster."""
 
 import pytest
 
@@ -20,3 +20,25 @@ def test_a_duration_without_a_unit_is_refused_by_the_parser(capsys):
     assert exited.value.code == 2
     assert ("argument --leader-elect-retry-period: invalid duration '2': expected a number with a unit, e.g. 30s"
             in capsys.readouterr().err)
+
+
+def test_a_metrics_address_without_a_port_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["operator", "--metrics-bind-address=8081"])
+    assert exited.value.code == 2
+    assert ("argument --metrics-bind-address: '8081' is not HOST:PORT (e.g. :8081, or 127.0.0.1:8081) with a port "
+            "from 1 to 65535" in capsys.readouterr().err)
+
+
+def test_a_metrics_port_in_use_is_refused_with_what_to_change(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["operator", f"--metrics-bind-address=127.0.0.1:{port}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kaizen operator: error: cannot serve metrics on 127.0.0.1:{port}: ")
+    assert err.endswith("choose another --metrics-bind-address\n")

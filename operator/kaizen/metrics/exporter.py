@@ -113,7 +113,11 @@ class Exporter(Collector):
                 self.reconciles.labels(kind, result).inc()
                 self.duration.labels(kind, result).observe(time.perf_counter() - started)
                 # Written even when the look raised: the scheduler writes whatever status the look patched.
-                self.wrote(kind, obj, dict((patch.get("status") if patch else None) or {}), live)
+                try:
+                    self.wrote(kind, obj, dict((patch.get("status") if patch else None) or {}), live)
+                except Exception:  # noqa: BLE001  (a bug of the metrics must never stop a look)
+                    if logger is not None:
+                        logger.exception(f"Failed to derive metrics kind={kind}; the look went on")
 
         return observed
 
