@@ -125,11 +125,11 @@ class Exporter(Collector):
         """An object's look is done and ``fields`` of its status are written: update its samples and counters."""
         meta = obj.get("metadata") or {}
         status = dict(obj.get("status") or {})
-        for key, value in fields.items():
+        for field, value in fields.items():
             if value is None:
-                status.pop(key, None)
+                status.pop(field, None)
             else:
-                status[key] = value
+                status[field] = value
         key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         with self._lock:
             seen = self._objects.get(key)
