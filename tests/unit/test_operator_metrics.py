@@ -249,3 +249,13 @@ def test_bind_address(value, parsed):
 def test_bad_bind_address_says_what_is_expected(value):
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         bind_address(value)
+
+
+def test_objects_gone_are_forgotten_by_looks_too_when_nobody_scrapes(monkeypatch):
+    exporter = Exporter(CollectorRegistry())
+    monkeypatch.setattr(exporter_module, "GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(exporter_module, "PRUNE_SECONDS", 0.0)
+    for index in range(3):
+        body = {"metadata": meta("RetrainJob", f"j{index}", uid=f"u{index}"), "spec": {}, "status": {}}
+        exporter.wrote("RetrainJob", body, {"phase": "Training"}, live=lambda ns, name: False)
+    assert len(exporter._objects) == 1  # each look forgot the job before it (deleted), none was scraped

@@ -34,6 +34,8 @@ Live = Callable[[str, str], bool]
 #: How long an object is kept after a look although its scheduler does not know it (yet): the scheduler records
 #: an object only once its first look has returned.
 GRACE_SECONDS = 5.0
+#: How often looks also forget the objects gone, for a process whose metrics nobody scrapes.
+PRUNE_SECONDS = 60.0
 
 HELP = {
     "kaizen_loop_phase": "1 for the ImprovementLoop's current phase, 0 for the others.",
@@ -83,6 +85,7 @@ class Exporter(Collector):
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str, str], Seen] = {}
         self._counters: dict[tuple[str, om.Labels], float] = {}
+        self._pruned = time.monotonic()
         self.reconciles = Counter("kaizen_reconcile", "Looks taken, by kind and result (success, error).",
                                   ["kind", "result"], registry=registry)
         self.errors = Counter("kaizen_reconcile_errors", "Looks that failed, by kind and error (the failure's "
@@ -145,17 +148,23 @@ class Exporter(Collector):
                 self._counters[series] = self._counters.get(series, 0.0) + increment.value
             seen.meta = {k: meta.get(k) for k in ("namespace", "name", "labels")}
             seen.spec, seen.status, seen.at = dict(obj.get("spec") or {}), status, time.monotonic()
+            if seen.at - self._pruned > PRUNE_SECONDS:
+                self._forget_the_gone(seen.at)
+
+    def _forget_the_gone(self, now: float) -> None:
+        """Drop the objects no scheduler runs any more, and the counters of loops none of whose objects is left.
+        (At each scrape, and every :data:`PRUNE_SECONDS` of looks, so that memory stays bounded unscraped too.)"""
+        self._pruned = now
+        for key, seen in list(self._objects.items()):
+            if now - seen.at > GRACE_SECONDS and not seen.live(key[1], key[2]):
+                del self._objects[key]
+        loops = {(seen.meta["namespace"] or "", om.loop_of(key[0], seen.meta)) for key, seen in self._objects.items()}
+        for series in [s for s in self._counters if _loop_key(s[1]) not in loops]:
+            del self._counters[series]
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            now = time.monotonic()
-            for key, seen in list(self._objects.items()):
-                if now - seen.at > GRACE_SECONDS and not seen.live(key[1], key[2]):
-                    del self._objects[key]
-            loops = {(seen.meta["namespace"] or "", om.loop_of(key[0], seen.meta))
-                     for key, seen in self._objects.items()}
-            for series in [s for s in self._counters if _loop_key(s[1]) not in loops]:
-                del self._counters[series]
+            self._forget_the_gone(time.monotonic())
             samples = [s for key, seen in self._objects.items()
                        for s in om.gauges(key[0], seen.meta, seen.spec, seen.status)]
             counters = dict(self._counters)
