@@ -79,6 +79,16 @@ def test_new_decisions_are_counted_once_by_action_and_history_never():
     assert [dict(s.labels)["action"] for s in added] == ["RollOut"]
 
 
+def test_a_look_on_a_cached_status_older_than_the_last_write_counts_nothing_twice():
+    loop = meta("ImprovementLoop", "bot")
+    older = {"decisions": LOOP_STATUS["decisions"][1:]}
+    counted = om.progress("ImprovementLoop", older)
+    added, counted = om.increments("ImprovementLoop", loop, counted, LOOP_STATUS)  # the look that wrote Retrain
+    assert len(added) == 1
+    _, counted = om.increments("ImprovementLoop", loop, counted, older)  # the cache has not seen that write yet
+    assert om.increments("ImprovementLoop", loop, counted, LOOP_STATUS)[0] == []  # now it has: nothing new
+
+
 def test_a_retrain_counts_its_gpu_seconds_as_they_grow_and_its_outcome_once():
     job = meta("RetrainJob", "bot-retrain-abc")
     counted = om.progress("RetrainJob", {"phase": "Pending"})

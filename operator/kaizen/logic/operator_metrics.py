@@ -149,10 +149,10 @@ def _rollout_gauges(ids: dict[str, str], spec: dict[str, Any], status: dict[str,
 
 @dataclass(frozen=True)
 class Progress:
-    """What of one object has been counted: the decisions by id, the GPU-seconds, whether its end was counted
-    (a RetrainJob's outcome, a Rollout's end), and the time of the newest analysis record counted."""
+    """What of one object has been counted: the decisions (id and time), the GPU-seconds, whether its end was
+    counted (a RetrainJob's outcome, a Rollout's end), and the time of the newest analysis record counted."""
 
-    decisions: frozenset[str] = frozenset()
+    decisions: frozenset[tuple[str, datetime | None]] = frozenset()
     gpu_seconds: float = 0.0
     ended: bool = False
     analysed: datetime | None = None
@@ -162,7 +162,7 @@ def progress(kind: str, status: dict[str, Any]) -> Progress:
     """All that ``status`` holds, as counted: the starting point for an object seen for the first time."""
     records = status.get("analysis") or []
     return Progress(
-        decisions=frozenset(str(d.get("id")) for d in status.get("decisions") or []),
+        decisions=_decisions(status),
         gpu_seconds=float(status.get("gpuSeconds") or 0),
         ended=_end(kind, status) is not None,
         analysed=max((t for t in (_time(r.get("time")) for r in records) if t), default=None),
@@ -176,11 +176,10 @@ def increments(kind: str, meta: dict[str, Any], counted: Progress,
     added: list[Sample] = []
     now = counted
     if kind == "ImprovementLoop":
-        decisions = status.get("decisions") or []
-        new = [d for d in decisions if str(d.get("id")) not in counted.decisions]
+        known = {decision_id for decision_id, _ in counted.decisions}
+        new = [d for d in status.get("decisions") or [] if str(d.get("id")) not in known]
         added += [sample("kaizen_loop_decisions", 1, **ids, action=str(d.get("action"))) for d in reversed(new)]
-        # The log is bounded: only ids still in it need remembering.
-        now = replace(now, decisions=frozenset(str(d.get("id")) for d in decisions))
+        now = replace(now, decisions=_remembered(counted.decisions, _decisions(status)))
     gpu = float(status.get("gpuSeconds") or 0)
     if kind == "RetrainJob" and gpu > counted.gpu_seconds:
         added.append(sample("kaizen_retrain_gpu_seconds", gpu - counted.gpu_seconds, **ids))
@@ -216,6 +215,20 @@ def zeros(kind: str, meta: dict[str, Any], spec: dict[str, Any]) -> list[Sample]
                 *(sample("kaizen_rollout_analysis_verdicts", 0, **ids, metric=metric, verdict=verdict)
                   for metric in metrics for verdict in VERDICTS)]
     return []
+
+
+def _decisions(status: dict[str, Any]) -> frozenset[tuple[str, datetime | None]]:
+    return frozenset((str(d.get("id")), _time(d.get("time"))) for d in status.get("decisions") or [])
+
+
+def _remembered(counted: frozenset[tuple[str, datetime | None]],
+                seen: frozenset[tuple[str, datetime | None]]) -> frozenset[tuple[str, datetime | None]]:
+    """The decisions to remember as counted: those seen now and those counted before, down to the oldest seen now.
+    The log is bounded, so older ones cannot come back; a look on a cached status older than the last one written
+    (which lacks the newest decisions) must not make them count again."""
+    times = [t for _, t in seen if t is not None]
+    oldest = min(times) if times else None
+    return frozenset(d for d in counted | seen if oldest is None or d[1] is None or d[1] >= oldest)
 
 
 def _end(kind: str, status: dict[str, Any]) -> str | None:
