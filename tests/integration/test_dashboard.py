@@ -105,7 +105,12 @@ def test_every_dashboard_query_returns_data_from_a_real_loop(crds, namespace, pr
     start = time.time()
     serve(crds, namespace, emit)
     ingest(collector, namespace)
-    apply(crds, namespace, loop(prometheus.url))
+    manifest = loop(prometheus.url)
+    # The canary's judgement is not what this test is about: a starved emitter on a loaded machine must not roll
+    # it back (the analysis, its verdicts and its numbers are exported all the same).
+    analysis = manifest["spec"]["rollout"]["analysis"]
+    analysis["metrics"] = [{**metric, "maxRegression": 0.5} for metric in analysis["metrics"]]  # copies: shared
+    apply(crds, namespace, manifest)
     train(crds, namespace)
     rollout = wait_for(crds, "rollout", eventually(lambda: next(
         (d["child"].split("/")[1] for d in get(crds, "improvementloop", "bot", namespace)["status"]["decisions"]
