@@ -108,7 +108,7 @@ class Exporter(Collector):
                 due = look(obj, patch, logger, retry)
                 result = "success"
                 return due
-            except BaseException as error:
+            except Exception as error:
                 cause = error.__cause__ if error.__cause__ is not None else error
                 self.errors.labels(kind, type(cause).__name__).inc()
                 raise
