@@ -207,3 +207,12 @@ def test_a_trainjob_is_looked_at_again_soon_its_pods_being_unwatched():
     effects = decide(spec({"nodes": 2}), {"phase": "Pending"}, {**pending, "kind": "Job"}, [], NOW, name="rj",
                      namespace="team", uid="u", generation=1, kind="Job")
     assert (effects.next_due - NOW).total_seconds() == 60
+
+
+def test_a_name_with_a_dot_cannot_name_the_pods_of_several_nodes_and_fails_saying_so():
+    effects = decide(spec({"nodes": 2}), {}, None, [], NOW, name="fix.v2", namespace="team", uid="u", generation=1,
+                     kind="Job")
+    assert effects.create == () and effects.status["phase"] == "Failed"
+    assert "recreate the RetrainJob under a name without '.'" in effects.status["message"]
+    assert decide(spec({"nodes": 1}), {}, None, [], NOW, name="fix.v2", namespace="team", uid="u", generation=1,
+                  kind="Job").create

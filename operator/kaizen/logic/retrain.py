@@ -636,6 +636,12 @@ def decide(spec: RetrainJobSpec, stored: dict[str, Any], job: dict[str, Any] | N
     if stored.get("phase") in FINISHED:
         return Effects()
     conditions = list(stored.get("conditions") or [])
+    if job is None and kind == "Job" and spec.resources.nodes > 1 and "." in name:
+        # The Job controller names each pod's host <job>-<index>, a DNS label: the API server would refuse every pod.
+        return refused(stored, Failure("InvalidName", f"resources.nodes is {spec.resources.nodes}: each training pod "
+                                       f"is named <job>-<index> in DNS, which the '.' in the name {name} does not "
+                                       "allow; recreate the RetrainJob under a name without '.'", final=True),
+                       now, generation)
     if job is None:
         planned = plan(spec, name, namespace, uid, kind=kind)
         child = planned.job["metadata"]["name"]
