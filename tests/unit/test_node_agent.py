@@ -97,6 +97,9 @@ def test_a_torchrun_command_runs_torchs_launcher_on_the_images_entry_point():
     argv = torchrun_argv(["torchrun", "--standalone", "--nproc-per-node=2", "-m", "kaizen_trainer"], TRAINER_ENTRY)
     assert argv == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                     "-m", "kaizen_trainer", "--result", "/w/pod/termination-log"]
+    # A launcher module with torchrun's options runs the same way.
+    assert torchrun_argv(["python", "-m", "kaizen_trainer.launch", "--standalone", "-m", "kaizen_trainer"],
+                         TRAINER_ENTRY)[:4] == [sys.executable, "-m", "kaizen_trainer.launch", "--standalone"]
     # The operator's command for a RetrainJob of several GPUs is one the agent runs.
     planned = retrain.plan(retrain_spec(gpus=2), "rj", "team", "uid")
     command = planned.job["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -104,9 +107,11 @@ def test_a_torchrun_command_runs_torchs_launcher_on_the_images_entry_point():
 
 
 @pytest.mark.parametrize("command, error", [
-    (["python", "train.py"], "only as torchrun ... -m kaizen_trainer, not python train.py"),
-    (["torchrun", "train.py"], "only as torchrun ... -m kaizen_trainer"),
+    (["python", "train.py"], "only as torchrun ... -m kaizen_trainer (or python -m torch.distributed.run or "
+                                "kaizen_trainer.launch), not python train.py"),
+    (["torchrun", "train.py"], "torchrun must run the image's module kaizen_trainer as its last argument"),
     (["torchrun", "-m", "other"], "torchrun must run the image's module kaizen_trainer"),
+    (["python", "-m", "other.launcher", "-m", "kaizen_trainer"], "only as torchrun ... -m kaizen_trainer"),
 ])
 def test_a_command_the_agent_cannot_run_is_a_config_error_saying_so(command, error):
     with pytest.raises(ConfigError, match=re.escape(error)):

@@ -47,6 +47,11 @@ def test_several_gpus_run_torchrun_standalone_with_a_process_per_gpu_in_one_pod(
     assert container(planned)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert planned.service is None and "completionMode" not in planned.job["spec"]
     assert planned.config.strategy == "fsdp"
+    pod_spec = planned.job["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod_spec["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container(planned)["volumeMounts"]
+    assert "dshm" not in {v["name"] for v in plan(spec({"gpus": 1}), "rj", "team", "u").job["spec"]["template"][
+        "spec"]["volumes"]}
     assert '"strategy": "fsdp"' in planned.config_map["data"]["config.json"]
 
 

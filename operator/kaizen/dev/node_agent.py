@@ -85,6 +85,8 @@ POLL_SECONDS = 0.5
 MASTER_ADDR, MASTER_PORT, LOCAL_ADDR = "--master-addr", "--master-port", "--local-addr"
 ENV_MASTER_ADDR, ENV_MASTER_PORT = "PET_MASTER_ADDR", "PET_MASTER_PORT"
 LOOPBACK = "127.0.0.1"
+#: Modules that launch processes as torchrun does, with its options: torch's own, and the trainer's wrapper of it.
+LAUNCHERS = ("torch.distributed.run", "kaizen_trainer.launch")
 
 
 def _now() -> str:
@@ -127,17 +129,23 @@ def _set_option(argv: list[str], name: str, value: str) -> list[str]:
 
 
 def torchrun_argv(command: list[str], entry: list[str]) -> list[str]:
-    """A ``torchrun ... -m MODULE`` command as this machine runs it: torch's launcher with this interpreter, MODULE
-    with the arguments of the image's entry point ``entry`` (``[python, -m, MODULE, ARGS...]``). ConfigError for any
-    other command, which the agent cannot run."""
-    if Path(command[0]).name != "torchrun" or "-m" not in command[1:] or len(entry) < 3 or entry[1] != "-m":
-        raise ConfigError(f"the dev node agent runs a training container's command only as torchrun ... -m "
-                          f"{entry[2] if len(entry) > 2 else 'MODULE'}, not {' '.join(command)}")
-    at = command.index("-m", 1)
-    if command[at + 1:] != [entry[2]]:
-        raise ConfigError(f"torchrun must run the image's module {entry[2]} as its last argument (-m {entry[2]}), "
-                          f"not {' '.join(command[at:])}")
-    return [sys.executable, "-m", "torch.distributed.run", *command[1:at], *entry[1:]]
+    """A ``torchrun ... -m MODULE`` command (or ``python -m LAUNCHER ... -m MODULE``, a launcher of
+    :data:`LAUNCHERS`) as this machine runs it: the launcher with this interpreter, MODULE with the arguments of the
+    image's entry point ``entry`` (``[python, -m, MODULE, ARGS...]``). ConfigError for any other command, which the
+    agent cannot run."""
+    module = entry[2] if len(entry) > 2 and entry[1] == "-m" else "MODULE"
+    if Path(command[0]).name == "torchrun":
+        launcher, options = "torch.distributed.run", command[1:]
+    elif Path(command[0]).name.startswith("python") and command[1:2] == ["-m"] and command[2:3] \
+            and command[2] in LAUNCHERS:
+        launcher, options = command[2], command[3:]
+    else:
+        raise ConfigError(f"the dev node agent runs a training container's command only as torchrun ... -m {module}"
+                          f" (or python -m {' or '.join(LAUNCHERS)}), not {' '.join(command)}")
+    if module == "MODULE" or "-m" not in options or options[options.index("-m") + 1:] != [module]:
+        raise ConfigError(f"torchrun must run the image's module {module} as its last argument (-m {module}), "
+                          f"not {' '.join(command)}")
+    return [sys.executable, "-m", launcher, *options[:options.index("-m")], *entry[1:]]
 
 
 def local_rendezvous(ports: dict[tuple[str, str, str], str], namespace: str, argv: list[str],
@@ -147,7 +155,7 @@ def local_rendezvous(ports: dict[tuple[str, str, str], str], namespace: str, arg
     ((namespace, address, port) -> local port)."""
     option, port_option = _option(argv, MASTER_ADDR), _option(argv, MASTER_PORT)
     address = option[1] if option else env.get(ENV_MASTER_ADDR)
-    if argv[1:3] != ["-m", "torch.distributed.run"] or not address or address in (LOOPBACK, "localhost"):
+    if argv[1] != "-m" or argv[2] not in LAUNCHERS or not address or address in (LOOPBACK, "localhost"):
         return argv, env
     port = port_option[1] if port_option else env.get(ENV_MASTER_PORT, "29500")
     key = (namespace, address, port)

@@ -236,6 +236,10 @@ def _pod(spec: RetrainJobSpec, child: str, claims: dict[str, str]) -> _PodParts:
         {"name": "workspace", "mountPath": WORKSPACE},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if processes_per_node(spec) > 1:
+        # NCCL shares memory between the processes of a node through /dev/shm, which a container gets 64 MiB of.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     for i, (claim, path) in enumerate(sorted(claims.items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": path})
