@@ -23,7 +23,7 @@ from kaizen.dev import node_agent, processes
 from kaizen.dev.binaries import kubeflow_trainer_crds
 from kaizen.dev.cluster import GPU_NODE
 from kaizen.logic import retrain
-from tests.integration.kube import apply, get, wait_for
+from tests.integration.kube import apply, condition, get, wait_for
 from tests.integration.rollouts import running_operator
 from tests.integration.test_retrainjob import kubectl_json, wait_json
 
@@ -114,6 +114,19 @@ def test_two_nodes_train_as_an_indexed_job_with_a_headless_service(operator, age
     log = (agent / "node-agent.log").read_text()
     moved = [line for line in log.splitlines() if "Moved rendezvous" in line and f"namespace={namespace}" in line]
     assert len(moved) == 1 and "endpoint=two-nodes-trainer-0.two-nodes-trainer:29500" in moved[0]
+
+
+def test_a_service_name_taken_by_a_foreign_object_is_a_condition_and_no_job_is_made(operator, namespace):
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken-svc-trainer"},
+               "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}
+    operator.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(foreign))
+    apply(operator, namespace, retrain_job("taken-svc", nodes=2, gpus=0))
+    obj = wait_for(operator, "retrainjob", "taken-svc", namespace,
+                   lambda o: (condition(o, "Progressing") or {}).get("reason") == "NameConflict")
+    assert condition(obj, "Progressing")["message"] == (
+        f"Service {namespace}/taken-svc-trainer exists and is not owned by RetrainJob taken-svc; Kaizen will not "
+        "take it over: delete or rename it")
+    assert operator.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
 
 
 # --- Kubeflow Trainer ----------------------------------------------------------------------------------------------
