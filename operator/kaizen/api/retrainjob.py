@@ -219,7 +219,8 @@ class Resources(KaizenModel):
         default=1, ge=1, le=MAX_NODES,
         description="Pods (nodes) to train on, each with these resources; more than 1 runs torchrun on every pod, "
         "through a Kubeflow Trainer TrainJob (runtime torch-distributed) when its CRD is installed, otherwise "
-        "through an Indexed Job and a headless Service. GPU-seconds count every GPU of every pod.",
+        "through an Indexed Job and a headless Service. GPU-seconds count every GPU of every pod. A TrainJob's "
+        "retries and deadline are its runtime's, not backoffLimit and activeDeadline.",
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu", max_length=253, pattern=RESOURCE_NAME_PATTERN,
@@ -330,7 +331,10 @@ class RetrainTemplate(KaizenModel):
         "under <outputURI>/<namespace>/<job name>/.",
         json_schema_extra=validations(PVC_URI_RULE),
     )
-    backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed training pod.")
+    backoff_limit: int = Field(
+        default=2, ge=0, le=20, description="Retries of a failed training pod (with resources.nodes above 1, of a "
+        "failed attempt: the Job's limit is this times the nodes, as a failed rank ends every node's pod).",
+    )
     active_deadline: bounded_duration("1s", "720h") = Field(
         default="6h", description="Hard time limit of the training Job (its activeDeadlineSeconds): from 1s to 720h."
     )
