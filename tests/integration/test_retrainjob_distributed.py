@@ -160,6 +160,9 @@ def jobset_pod(name, index):
 
 def test_with_kubeflow_trainer_installed_a_trainjob_is_written_accepted_and_followed(kubeflow_trainer, namespace):
     cluster = kubeflow_trainer
+    # Generated here by the pinned controller-gen from the module's Go types (upstream's YAML says v0.17.2).
+    crd = kubectl_json(cluster, "get", "crd", "trainjobs.trainer.kubeflow.org")
+    assert crd["metadata"]["annotations"]["controller-gen.kubebuilder.io/version"] == "v0.21.0"
     apply(cluster, namespace, retrain_job("via-kubeflow", nodes=2, gpus=2))
     written = wait_json(cluster, lambda o: True, "get", "trainjobs.trainer.kubeflow.org", "via-kubeflow-trainer",
                         "-n", namespace)
