@@ -83,11 +83,12 @@ def test_two_gpus_train_as_two_torchrun_processes_in_one_pod(operator, agent, na
     assert status["dataset"]["rows"]["train"] > 0 and status["attempts"] == 1
     job = kubectl_json(operator, "get", "job", "two-gpus-trainer", "-n", namespace)
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
-        "torchrun", "--standalone", "--nproc-per-node=2", "-m", "kaizen_trainer"]
+        "python", "-m", "kaizen_trainer.launch", "--standalone", "--nproc-per-node=2", "-m",
+        "kaizen_trainer"]
     # The agent ran it as torchrun does: torch's launcher, two workers of the trainer's module.
     log = (agent / "node-agent.log").read_text()
     started = [line for line in log.splitlines() if f"pod={namespace}/two-gpus-trainer" in line and "argv=" in line]
-    assert len(started) == 1 and "-m torch.distributed.run --standalone --nproc-per-node=2 -m kaizen_trainer" \
+    assert len(started) == 1 and "-m kaizen_trainer.launch --standalone --nproc-per-node=2 -m kaizen_trainer" \
         in started[0]
 
 

@@ -103,7 +103,7 @@ def test_a_torchrun_command_runs_torchs_launcher_on_the_images_entry_point():
     # The operator's command for a RetrainJob of several GPUs is one the agent runs.
     planned = retrain.plan(retrain_spec(gpus=2), "rj", "team", "uid")
     command = planned.job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert torchrun_argv(command, TRAINER_ENTRY)[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert torchrun_argv(command, TRAINER_ENTRY)[:3] == [sys.executable, "-m", "kaizen_trainer.launch"]
 
 
 @pytest.mark.parametrize("command, error", [

@@ -12,7 +12,7 @@ from kaizen.api.improvementloop import ImprovementLoopSpec
 from kaizen.api.retrainjob import RetrainJobSpec
 from kaizen.api.trainer import TrainerResult
 from kaizen.logic.retrain import (
-    COMPLETION_INDEX, JOBSET_LABEL, decide, job_kind, observe, plan, pod_selector, service_name,
+    COMPLETION_INDEX, JOBSET_LABEL, TORCHRUN, decide, job_kind, observe, plan, pod_selector, service_name,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -41,8 +41,8 @@ def test_one_gpu_runs_the_image_entry_point_as_today():
 
 def test_several_gpus_run_torchrun_standalone_with_a_process_per_gpu_in_one_pod():
     planned = plan(spec({"gpus": 4}, strategy="fsdp"), "rj", "team", "uid-1")
-    assert container(planned)["command"] == ["torchrun", "--standalone", "--nproc-per-node=4", "-m",
-                                             "kaizen_trainer"]
+    assert container(planned)["command"] == [*TORCHRUN, "--standalone", "--nproc-per-node=4", "-m", "kaizen_trainer"]
+    assert TORCHRUN == ["python", "-m", "kaizen_trainer.launch"]  # torchrun with the trainer's exit codes
     assert container(planned)["args"] == CONFIG
     assert container(planned)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert planned.service is None and "completionMode" not in planned.job["spec"]
@@ -63,7 +63,7 @@ def test_several_nodes_make_an_indexed_job_and_a_headless_service_rank_0_hosting
     pod_spec = job["template"]["spec"]
     assert pod_spec["subdomain"] == "rj-trainer" == planned.service["metadata"]["name"]
     assert container(planned)["command"] == [
-        "torchrun", "--nnodes=3", "--master-addr=rj-trainer-0.rj-trainer", "--master-port=29500",
+        *TORCHRUN, "--nnodes=3", "--master-addr=rj-trainer-0.rj-trainer", "--master-port=29500",
         "--nproc-per-node=2", "-m", "kaizen_trainer"]
     assert container(planned)["env"] == [{"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
         "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
@@ -91,7 +91,7 @@ def test_a_trainjob_on_the_torch_distributed_runtime_carries_nodes_processes_res
     assert trainjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and trainjob["spec"]["suspend"]
     assert trainjob["spec"]["runtimeRef"]["name"] == "torch-distributed"
     trainer = trainjob["spec"]["trainer"]
-    assert trainer["command"] == ["torchrun", "-m", "kaizen_trainer"] and trainer["args"] == CONFIG
+    assert trainer["command"] == [*TORCHRUN, "-m", "kaizen_trainer"] and trainer["args"] == CONFIG
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 2)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
                                            "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}

@@ -14,14 +14,17 @@ once, and holds two kinds of pod for this agent (see ``kwok-stages.yaml``):
 
 A pod deleted while it runs has its process stopped. The agent polls the pods bound to its node.
 
-A training pod whose container command is ``torchrun ... -m MODULE`` (a RetrainJob of more than one process) runs
-as ``python -m torch.distributed.run ... -m MODULE`` with this interpreter, MODULE being its image's entry point
-(with the entry point's own arguments after it). The pods of a multi-node RetrainJob meet at the rendezvous
-``<job>-0.<service>:29500``, a name only a cluster's DNS resolves. Here every pod is a process on this machine, so the
-agent rewrites the rendezvous of the pods that name the same one (``--master-addr``/``--master-port``, or
-``PET_MASTER_ADDR``/``PET_MASTER_PORT`` as Kubeflow Trainer sets them) to ``127.0.0.1`` and one free port, picked
-when the first of them starts; the node rank stays the pod's completion index, from its environment. ``$(VAR)``
-references in the command and arguments are expanded from the container's environment, as a kubelet does.
+A training pod whose container command is ``torchrun ... -m MODULE`` or ``python -m LAUNCHER ... -m MODULE`` (a
+RetrainJob of more than one process; LAUNCHER one of :data:`LAUNCHERS`, the trainer's ``kaizen_trainer.launch`` being
+torchrun with its exit codes) runs as ``python -m torch.distributed.run|LAUNCHER ... -m MODULE`` with this
+interpreter, MODULE being its image's entry point (with the entry point's own arguments after it). The pods of a
+multi-node RetrainJob meet at the rendezvous ``<job>-0.<service>:29500``, a name only a cluster's DNS resolves. Here
+every pod is a process on this machine, so the agent rewrites the rendezvous of the pods that name the same one
+(``--master-addr``/``--master-port``, or ``PET_MASTER_ADDR``/``PET_MASTER_PORT`` as Kubeflow Trainer sets them) to
+``127.0.0.1`` and one free port, picked when the first of them starts (and ``--local-addr=127.0.0.1``, so that rank 0
+tells the others a loopback address to meet its workers on); the node rank stays the pod's completion index, from its
+environment. ``$(VAR)`` references in the command and arguments are expanded from the container's environment, as a
+kubelet does.
 
 The pod's filesystem is mapped onto folders under ``--dir``: each volume (ConfigMap, Secret, emptyDir,
 PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets; every other absolute

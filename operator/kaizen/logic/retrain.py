@@ -6,15 +6,15 @@ observed. No I/O; the controller gathers and applies.
 status, the Events (each pod failure once, the outcome once) and when to look again; :func:`refused` says what a
 child the API server refuses means (a RetrainJob is one run: unless a person can unblock it, it has failed).
 
-More than one process: ``resources.gpus > 1`` runs the trainer under torchrun in its one pod (``--standalone``, a
-process per GPU). ``resources.nodes > 1`` runs a pod per node, each under torchrun: as a Kubeflow Trainer TrainJob
-(runtime ``torch-distributed``) when the cluster serves its API, whose torch plugin sets torchrun's rendezvous
-(``PET_*``); otherwise as an Indexed Job (a pod per completion index) with a headless Service that names its pods,
-where pod ``<job>-0.<service>`` hosts the rendezvous on port :data:`RENDEZVOUS_PORT`. Either way a pod's node rank
-is its completion index (torchrun's static rendezvous: ``--node-rank`` from the index, as Kubeflow's plugin does;
-torch's c10d rendezvous would assign ranks by sorted host address and pid instead, so the pod that holds the result
-would not be known). Only global rank 0 writes outputs and the result, so the result is read from the pod of
-completion index 0.
+More than one process: ``resources.gpus > 1`` runs the trainer under torchrun (:data:`TORCHRUN`) in its one pod
+(``--standalone``, a process per GPU). ``resources.nodes > 1`` runs a pod per node, each under torchrun: as a
+Kubeflow Trainer TrainJob (runtime ``torch-distributed``) when the cluster serves its API, whose torch plugin sets
+torchrun's rendezvous (``PET_*``); otherwise as an Indexed Job (a pod per completion index) with a headless Service
+that names its pods, where pod ``<job>-0.<service>`` hosts the rendezvous on port :data:`RENDEZVOUS_PORT`. Either
+way a pod's node rank is its completion index (torchrun's static rendezvous: ``--node-rank`` from the index, as
+Kubeflow's plugin does; torch's c10d rendezvous would assign ranks by sorted host address and pid instead, so the pod
+that holds the result would not be known). Only global rank 0 writes outputs and the result, so the result is read
+from the pod of completion index 0.
 
 Retries are the Job's own: ``backoffLimit`` counts failed pods, and a ``podFailurePolicy`` fails the Job at once
 when the trainer exits with :data:`EXIT_PERMANENT` (a bad config or bad data) and does not count pods disrupted by
@@ -65,6 +65,10 @@ TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1a
 #: The ClusterTrainingRuntime Kubeflow Trainer installs for torchrun, its replicated job and its trainer container.
 TRAINJOB_RUNTIME, TRAINJOB_NODE = "torch-distributed", "node"
 JOBSET_LABEL, REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"
+#: torchrun as the trainer image runs it: the same launcher and options (kaizen_trainer.launch), exiting with the
+#: trainer's own codes, so the podFailurePolicy still fails the Job at once on a permanent failure (plain torchrun
+#: exits 1 whenever a worker fails).
+TORCHRUN = ["python", "-m", "kaizen_trainer.launch"]
 #: The trainer's container in the pods of each kind of job.
 CONTAINERS = {"Job": CONTAINER, "TrainJob": TRAINJOB_NODE}
 _PVC = re.compile(r"^pvc://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)(/.*)?$")
@@ -131,7 +135,7 @@ def torchrun(spec: RetrainJobSpec, child: str) -> list[str] | None:
         # The node rank comes from PET_NODE_RANK (the completion index: see the module docstring).
         rendezvous = [f"--nnodes={nodes}", f"--master-addr={child}-0.{service_name(child)}",
                       f"--master-port={RENDEZVOUS_PORT}"]
-    return ["torchrun", *rendezvous, f"--nproc-per-node={procs}", "-m", "kaizen_trainer"]
+    return [*TORCHRUN, *rendezvous, f"--nproc-per-node={procs}", "-m", "kaizen_trainer"]
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,7 @@ def _trainjob(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str
             "suspend": bool(spec.queue_name),
             "labels": labels,  # on its JobSet and Jobs
             "trainer": {
-                "image": spec.image, "command": ["torchrun", "-m", "kaizen_trainer"], "args": pod.args,
+                "image": spec.image, "command": [*TORCHRUN, "-m", "kaizen_trainer"], "args": pod.args,
                 "numNodes": spec.resources.nodes, "numProcPerNode": processes_per_node(spec),
                 "resourcesPerNode": pod.resources,
             },
