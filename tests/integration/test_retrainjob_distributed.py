@@ -90,6 +90,9 @@ def test_two_gpus_train_as_two_torchrun_processes_in_one_pod(operator, agent, na
     started = [line for line in log.splitlines() if f"pod={namespace}/two-gpus-trainer" in line and "argv=" in line]
     assert len(started) == 1 and "-m kaizen_trainer.launch --standalone --nproc-per-node=2 -m kaizen_trainer" \
         in started[0]
+    (pod,) = (agent / "pods").glob(f"{namespace}_two-gpus-trainer-*")
+    joined = (pod / "container.log").read_text()
+    assert "Joined process group rank=0 world_size=2" in joined and "rank=1 world_size=2" in joined
 
 
 def test_two_nodes_train_as_an_indexed_job_with_a_headless_service(operator, agent, namespace):
@@ -115,6 +118,10 @@ def test_two_nodes_train_as_an_indexed_job_with_a_headless_service(operator, age
     log = (agent / "node-agent.log").read_text()
     moved = [line for line in log.splitlines() if "Moved rendezvous" in line and f"namespace={namespace}" in line]
     assert len(moved) == 1 and "endpoint=two-nodes-trainer-0.two-nodes-trainer:29500" in moved[0]
+    for pod in pods:
+        index = pod["metadata"]["labels"][retrain.COMPLETION_INDEX]
+        joined = (agent / "pods" / f"{namespace}_{pod['metadata']['name']}" / "container.log").read_text()
+        assert f"Joined process group rank={index} world_size=2" in joined, joined[-2000:]
 
 
 def test_a_service_name_taken_by_a_foreign_object_is_a_condition_and_no_job_is_made(operator, namespace):
