@@ -5,6 +5,9 @@
 #
 # 1. a real trainer run (python -m kaizen_trainer) of a tiny model on cuda: it must pick cuda+bf16, train, evaluate
 #    candidate and baseline, and report Succeeded;
+#    With two GPUs or more (nvidia-smi -L), the same run on two of them under torchrun (DDP over NCCL, through
+#    python -m kaizen_trainer.launch, as a RetrainJob with resources.gpus 2 runs it): it must report Succeeded from 2
+#    processes; with fewer it says it skipped that step;
 # 2. LoRA on a ~1B-parameter model built from a config (TinyLlama's shape) in bf16, through the trainer's loop
 #    (bench/retrain/lora_gpu.py): tokens/s and model FLOPs utilisation, written to /tmp/kaizen-lora-gpu.json;
 # 3. the retrain benchmark (bench/retrain/run.py), which on a GPU measures a ~100M-parameter GPT-2 in bf16: trainer
@@ -63,6 +66,30 @@ print(f"trainer run: {result['phase']} ({result['message']}), device {training['
       f"holdout exactMatch {result['metrics']['candidate']['holdout.exactMatch']:.3f}")
 assert result["phase"] == "Succeeded" and training["device"].startswith("cuda"), result
 PYTHON
+
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [ "${GPUS:-0}" -ge 2 ]; then
+  "$PY" - "$WORK" <<'PYTHON'
+import json, sys
+work = sys.argv[1]
+config = json.load(open(f"{work}/config.json"))
+config.update(outputDir=f"{work}/out-ddp", checkpointDir=f"{work}/ckpt-ddp")
+json.dump(config, open(f"{work}/config-ddp.json", "w"))
+PYTHON
+  "$PY" -m kaizen_trainer.launch --standalone --nproc-per-node=2 -m kaizen_trainer --config "$WORK/config-ddp.json" \
+    --result "$WORK/result-ddp.json"
+  "$PY" - "$WORK" <<'PYTHON'
+import json, sys
+work = sys.argv[1]
+result = json.load(open(f"{work}/result-ddp.json"))
+training = json.load(open(f"{work}/out-ddp/metrics.json"))["training"]
+print(f"2-GPU DDP run: {result['phase']} ({result['message']}), {training['processes']} processes on "
+      f"{training['device']}, {training['tokensPerSecond']:.0f} tokens/s")
+assert result["phase"] == "Succeeded" and training["processes"] == 2 and training["device"].startswith("cuda"), result
+PYTHON
+else
+  echo "gpu_check: 2-GPU DDP step skipped: nvidia-smi -L lists ${GPUS:-0} GPU(s), it needs 2"
+fi
 
 "$PY" "$ROOT/bench/retrain/lora_gpu.py" --out /tmp/kaizen-lora-gpu.json
 "$PY" "$ROOT/bench/retrain/run.py" --out /tmp/kaizen-retrain-gpu.json

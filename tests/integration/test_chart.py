@@ -41,6 +41,8 @@ NAMESPACED_GRANTS = {
     **{("kaizen.dev", f"{plural}/status"): {"get", "update", "patch"} for plural in KAIZEN_PLURALS},
     ("batch", "jobs"): READ | {"create", "delete", "patch"},
     ("", "configmaps"): READ_WRITE,
+    ("", "services"): {"get", "create"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "create"},
     ("", "pods"): READ,
     ("", "pods/log"): {"get"},
     ("apps", "deployments"): READ_WRITE,

@@ -145,6 +145,9 @@ def test_job_shape(operator, namespace):
     assert container["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "2"}
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
+    # Two GPUs: torchrun (the trainer's launcher of it), a process per GPU, today's arguments after the module.
+    assert container["command"] == ["python", "-m", "kaizen_trainer.launch", "--standalone", "--nproc-per-node=2",
+                                    "-m", "kaizen_trainer"]
     assert container["args"] == ["--config", "/etc/kaizen/trainer/config.json"]
     assert {"name": "config", "configMap": {"name": "shape-trainer", "defaultMode": 420}} in pod["volumes"]
 

@@ -65,6 +65,18 @@ def test_missing_gateway_parts_say_to_run_make_setup_in_one_line(empty_cache: Pa
     assert binaries.gateway_api_crds() == [generated]
 
 
+def test_missing_kubeflow_trainer_crds_say_to_run_make_setup_in_one_line(empty_cache: Path) -> None:
+    with pytest.raises(BinaryNotFoundError) as raised:
+        binaries.kubeflow_trainer_crds()
+    message = str(raised.value)
+    assert "\n" not in message and "run `make setup` first" in message
+    assert f"the Kubeflow Trainer {versions()['kubeflow_trainer']} CRDs were not found" in message
+    generated = empty_cache / "bin" / f"kubeflow-trainer-{versions()['kubeflow_trainer']}" / "x_trainjobs.yaml"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("kind: CustomResourceDefinition\n")
+    assert binaries.kubeflow_trainer_crds() == [generated]
+
+
 def test_kaizen_prometheus_overrides_the_pinned_build(empty_cache: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     executable(empty_cache / "bin" / f"prometheus-{versions()['prometheus']}" / "prometheus")

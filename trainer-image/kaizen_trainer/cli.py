@@ -1,4 +1,7 @@
-"""Command line of the trainer: read and validate the config, run, and report the result for the operator."""
+"""Command line of the trainer: read and validate the config, run, and report the result for the operator.
+
+Under torchrun (more than one process, :mod:`kaizen_trainer.distributed`) it joins the process group first; rank 0
+alone writes the result, and every rank exits with the same code (0, or the failure's, permanent or retryable)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kaizen.api.trainer import TrainerConfig, TrainerResult
-from kaizen_trainer import pipeline
-from kaizen_trainer.errors import TrainerError
+from kaizen_trainer import distributed, pipeline
+from kaizen_trainer.distributed import SINGLE
+from kaizen_trainer.errors import EXIT_PERMANENT, EXIT_RETRY, TrainerError, invalid_config
 from kaizen_trainer.report import compact
 
 DEFAULT_CONFIG = "/etc/kaizen/trainer/config.json"
@@ -38,11 +42,6 @@ def report(result: TrainerResult, path: Path) -> None:
     path.write_text(result.to_termination_message())
 
 
-#: Exit codes the RetrainJob's Job podFailurePolicy reads: a permanent failure fails the Job at once.
-EXIT_PERMANENT = 2
-EXIT_RETRY = 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kaizen-trainer", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="trainer config (JSON)")
@@ -50,24 +49,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the result for the operator (the pod's termination message)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    world = SINGLE
     try:
-        config = load_config(args.config)
-    except ValueError as error:
-        report(TrainerResult(phase="Failed", reason="InvalidConfig", message=str(error)[:1024]), args.result)
-        print(f"kaizen-trainer: {error}", file=sys.stderr)
-        return EXIT_PERMANENT
-    try:
-        result = pipeline.run(config)
+        world = distributed.from_environment()
+        distributed.start(world)
+        try:
+            config = load_config(args.config)
+        except ValueError as error:
+            distributed.agree(world, invalid_config(str(error)))  # the other ranks learn of it before they train
+            raise
+        result = pipeline.run(config, world)
     except TrainerError as error:
         failed = TrainerResult(phase="Failed", reason=error.reason, message=str(error)[:1024])
-        report(failed, args.result)
+        if world.main:  # rank 0 reports for all: every rank raises the same failure (distributed.agree)
+            report(failed, args.result)
         print(f"kaizen-trainer: {error}", file=sys.stderr)
         return EXIT_PERMANENT if failed.permanent else EXIT_RETRY
     except Exception as error:  # an unforeseen crash (CUDA out of memory, a bug): retryable, with its traceback
         logging.exception("Training failed")
-        report(TrainerResult(phase="Failed", reason="Error", message=f"{type(error).__name__}: {error}"[:1024]),
-               args.result)
+        if world.main:
+            report(TrainerResult(phase="Failed", reason="Error", message=f"{type(error).__name__}: {error}"[:1024]),
+                   args.result)
         return EXIT_RETRY
+    finally:
+        distributed.stop(world)
+    if result is None:  # a rank other than 0: it trained its share, rank 0 evaluates and reports
+        return 0
     report(compact(result, config), args.result)
     print(f"kaizen-trainer: {result.message}", file=sys.stderr)
     return 0

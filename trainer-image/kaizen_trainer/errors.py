@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+#: Exit codes the RetrainJob's Job podFailurePolicy reads: a permanent failure fails the Job at once.
+EXIT_PERMANENT = 2
+EXIT_RETRY = 1
+
 
 class TrainerError(Exception):
     """A failure with its reason for the operator; the message says what was wrong and what to do."""

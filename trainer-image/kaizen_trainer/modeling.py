@@ -159,6 +159,13 @@ class Encoder:
     def encode_all(self, rows: Sequence[Row]) -> list[Encoded]:
         return [self.encode(row) for row in rows]
 
+    def loss_terms(self, items: Sequence[Encoded]) -> int:
+        """How many terms the model's mean loss over ``items`` averages: the predicted label tokens of a causal LM
+        (each predicts the next token, so the first label counts for nothing), one label per row otherwise."""
+        if self.task == "sequence-classification":
+            return len(items)
+        return sum(sum(label != IGNORE for label in e.labels[1:]) for e in items)
+
     def batch(self, items: Sequence[Encoded], device: torch.device) -> dict[str, torch.Tensor]:
         """Right-padded tensors: ``input_ids``, ``attention_mask`` and ``labels``."""
         width = max(len(e.input_ids) for e in items)

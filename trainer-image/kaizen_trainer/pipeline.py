@@ -7,6 +7,10 @@ are mirrored to ``checkpointMirror`` when the output is remote, so a new pod res
 ``method: lora`` (or ``qlora``) trains an adapter on the frozen baseline and writes it to ``<output>/model``, naming
 its base; with ``lora.merge`` the base with the adapter merged in goes there instead, and the adapter to
 ``<output>/adapter``. Either way the gates judge base plus adapter against the baseline, on the same data.
+
+Under torchrun (:mod:`kaizen_trainer.distributed`) every rank prepares and trains; the ranks agree once, before
+training, on whether any of them failed; rank 0 alone evaluates, on the whole evaluation sets, and writes, so its
+gate verdict is the one a single process reaches with the same weights.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 from kaizen_trainer import curate as curation
-from kaizen_trainer import adapters, evaluate, load, modeling, objectives, report, train
+from kaizen_trainer import adapters, distributed, evaluate, load, modeling, objectives, report, train
+from kaizen_trainer.distributed import SINGLE, World
 from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.mirror import Mirror
 
@@ -29,57 +34,76 @@ log = logging.getLogger("kaizen_trainer")
 MODEL_CARD = "MODEL_CARD.md"
 
 
-def run(config: TrainerConfig) -> TrainerResult:
-    """Run the whole job and return its (uncompacted) result; raises :class:`TrainerError` on failure."""
-    adapters.check_method(config.method)  # before any data is read: qlora without a GPU can never run here
-    checkpoints = load.local_path(config.checkpoint_dir)
-    if checkpoints is None:
-        raise invalid_config(f"checkpointDir {config.checkpoint_dir} must be a path (a volume that outlives the pod)")
-    output = load.local_path(config.output_dir)
-    if output is None:
-        load.require_fsspec(config.output_dir)  # found missing now, not after hours of training
-    staging = output or Path(tempfile.mkdtemp(prefix="kaizen-output-"))
-    staging.mkdir(parents=True, exist_ok=True)
-    hp = config.hyperparameters
-    judge_model = evaluate.load_judge(config.judge.uri) if config.judge else None  # a wrong judge fails at once
+def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
+    """Run the whole job and return its (uncompacted) result; raises :class:`TrainerError` on failure. Under
+    torchrun, ranks other than 0 return None once trained."""
+    try:
+        distributed.check(config, world)
+        adapters.check_method(config.method)  # before any data is read: qlora without a GPU can never run here
+        checkpoints = load.local_path(config.checkpoint_dir)
+        if checkpoints is None:
+            raise invalid_config(f"checkpointDir {config.checkpoint_dir} must be a path (a volume that outlives the "
+                                 "pod)")
+        output = load.local_path(config.output_dir)
+        if output is None:
+            load.require_fsspec(config.output_dir)  # found missing now, not after hours of training
+        staging = output or Path(tempfile.mkdtemp(prefix="kaizen-output-"))
+        if world.main:
+            staging.mkdir(parents=True, exist_ok=True)
+        hp = config.hyperparameters
+        # A wrong judge fails at once; only rank 0 evaluates, so only it needs one.
+        judge_model = evaluate.load_judge(config.judge.uri) if config.judge and world.main else None
 
-    sources = load.load(config)
-    log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
-    curated = curation.curate(sources, config.data, config.targets, hp.seed, config.objective)
-    manifest = curated.manifest
-    log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
+        sources = load.load(config)
+        log.info("Loaded sources=%s", {s.uri: len(s.rows) for s in sources})
+        curated = curation.curate(sources, config.data, config.targets, hp.seed, config.objective)
+        manifest = curated.manifest
+        log.info("Curated rows=%s excluded=%s", manifest["rows"], manifest["excluded"])
 
-    baseline, tokenizer = modeling.load(config.task, config.baseline.uri)
-    base_uri = modeling.base_of(baseline) or config.baseline.uri
-    if config.method == "full":
-        # A full retrain of an adapter's model starts from the two merged: the model as it was served.
-        candidate = copy.deepcopy(baseline).merge_and_unload() if adapters.is_adapter(baseline) \
-            else copy.deepcopy(baseline)
-    else:
-        start = modeling.load(config.task, config.baseline.uri, config.method)[0] if config.method == "qlora" \
-            else copy.deepcopy(baseline)
-        candidate = adapters.attach(start, config.task, config.lora, config.method, hp.seed)
-    trainable, total = adapters.parameters(candidate)
-    encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
-    device = modeling.pick_device()
-    rows = encoder.encode_all(curated.train)
-    sets = {"holdout": curated.holdout, "regression": curated.regression,
-            "stress": [evaluate.perturb(r) for r in curated.holdout]}
-    for rows_of_set in sets.values():
-        encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
-    tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json(), config.method,
-                            config.lora.model_dump_json() if config.lora else "")
-    objective = None
-    if config.objective != "sft":  # the baseline, frozen, is the reference the preference losses compare against
-        objective = objectives.Preference(config.objective, candidate, baseline, tokenizer, curated.train, hp, device)
-        rows = objective.items
-    log.info("Training steps=%d rows=%d device=%s method=%s objective=%s trainable_parameters=%d of %d",
-             train.total_steps(len(rows), hp), len(rows), device.name, config.method, config.objective, trainable,
-             total)
-    mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror else None
-    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror, objective=objective)
+        baseline, tokenizer = modeling.load(config.task, config.baseline.uri)
+        base_uri = modeling.base_of(baseline) or config.baseline.uri
+        if config.method == "full":
+            # A full retrain of an adapter's model starts from the two merged: the model as it was served.
+            candidate = copy.deepcopy(baseline).merge_and_unload() if adapters.is_adapter(baseline) \
+                else copy.deepcopy(baseline)
+        else:
+            start = modeling.load(config.task, config.baseline.uri, config.method)[0] if config.method == "qlora" \
+                else copy.deepcopy(baseline)
+            candidate = adapters.attach(start, config.task, config.lora, config.method, hp.seed)
+        trainable, total = adapters.parameters(candidate)
+        encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
+        device = modeling.pick_device()
+        rows = encoder.encode_all(curated.train)
+        sets = {"holdout": curated.holdout, "regression": curated.regression,
+                "stress": [evaluate.perturb(r) for r in curated.holdout]}
+        for rows_of_set in sets.values():
+            encoder.encode_all(rows_of_set)  # a label the baseline lacks fails here, before hours of training
+        # Checkpoints of several processes hold full state dicts, another layout than one process's: another tag.
+        tag = train.fingerprint(manifest["sha256"], config.task, config.baseline.uri, hp.model_dump_json(),
+                                config.method, config.lora.model_dump_json() if config.lora else "",
+                                *(["distributed"] if world.distributed else []))
+        objective = None
+        if config.objective != "sft":  # the baseline, frozen, is the reference the preference losses compare against
+            objective = objectives.Preference(config.objective, candidate, baseline, tokenizer, curated.train, hp,
+                                              device)
+            rows = objective.items
+    except Exception as error:  # every rank reaches the agreement, a failed one too, so none waits for it in vain
+        if world.distributed and not isinstance(error, TrainerError):
+            log.exception("Preparing failed rank=%d", world.rank)
+        distributed.agree(world, error)
+        raise
+    distributed.agree(world, None)
+
+    log.info("Training steps=%d rows=%d device=%s method=%s objective=%s trainable_parameters=%d of %d processes=%d "
+             "rank=%d", train.total_steps(len(rows), hp), len(rows), device.name, config.method, config.objective,
+             trainable, total, world.size, world.rank)
+    mirror = Mirror(config.checkpoint_mirror) if config.checkpoint_mirror and world.main else None
+    stats = train.train(candidate, encoder, rows, hp, device, checkpoints, tag, mirror=mirror, objective=objective,
+                        world=world, strategy=config.strategy)
     log.info("Trained steps=%d tokens_per_second=%.0f resumed_from=%s", stats.steps, stats.tokens_per_second,
              stats.resumed_from)
+    if not world.main:
+        return None
 
     answers: dict[str, dict[str, list[str]]] = {"candidate": {}, "baseline": {}}
     metrics = {"candidate": evaluate.evaluate(candidate, encoder, sets, device, answers["candidate"])}
@@ -99,7 +123,8 @@ def run(config: TrainerConfig) -> TrainerResult:
     training = {"steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds,
                 "tokensPerSecond": stats.tokens_per_second, "resumedFrom": stats.resumed_from,
                 "device": device.name, "method": config.method, "trainableParameters": trainable,
-                "parameters": total, "optimizerBytes": stats.optimizer_bytes, "baseModel": base_uri}
+                "parameters": total, "optimizerBytes": stats.optimizer_bytes, "baseModel": base_uri,
+                "processes": world.size, **({"strategy": config.strategy} if world.distributed else {})}
     report.write_json(staging / "metrics.json", {
         **metrics, "gates": [g.to_wire() for g in gates], "verdict": verdict, "training": training,
     })

@@ -9,6 +9,10 @@ preemption) writes a checkpoint at the current step before the pod goes.
 Only the parameters that train are optimised and checkpointed: for a LoRA adapter on a frozen base
 (:mod:`kaizen_trainer.adapters`), a checkpoint holds the adapter and its optimizer state, never the base, which the
 next pod loads from its URI as this one did.
+
+Under torchrun (:mod:`kaizen_trainer.distributed`) each rank trains on its share of every step's batch, weighted so
+the averaged gradients are the whole batch's; the ranks agree at every step on whether to stop (SIGTERM, a loss that
+is not finite), so they checkpoint and stop at the same step; rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import torch
 from transformers import PreTrainedModel
 
 from kaizen.api.retrainjob import Hyperparameters
+from kaizen_trainer import distributed
+from kaizen_trainer.distributed import SINGLE, World
 from kaizen_trainer.errors import TrainerError
 from kaizen_trainer.mirror import Mirror
 from kaizen_trainer.modeling import Device, Encoded, Encoder
@@ -43,7 +49,7 @@ FINITE_CHECK_EVERY = 25
 @dataclass(frozen=True)
 class TrainStats:
     steps: int
-    #: Tokens the model was trained on in this process (padding excluded).
+    #: Tokens the model was trained on, by all processes (padding excluded).
     tokens: int
     seconds: float
     resumed_from: int | None
@@ -102,14 +108,27 @@ def training_bytes(model, optimizer) -> int:
             + _tensor_bytes(t for state in optimizer.state.values() for t in state.values()))
 
 
+def _rng() -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's random state: dropout draws from it."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
 def _save_checkpoint(directory: Path, step: int, tag: str, model, optimizer, scheduler,
-                     mirror: Mirror | None) -> None:
+                     mirror: Mirror | None, trained=None, world: World = SINGLE) -> None:
+    if world.distributed:  # every rank takes part in gathering the state; rank 0 alone writes it
+        model_state, optimizer_state = distributed.full_state(trained, optimizer, _frozen(model))
+        ranks = distributed.gather(world, _rng())
+        if not world.main:
+            return
+        state = {"step": step, "model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                 "rng": ranks[0][0], "cuda_rng": None, "ranks": ranks}
+    else:
+        state = {
+            "step": step, "model": _model_state(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
     directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "step": step, "model": _model_state(model), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
     partial = directory / f".step-{step}-{tag}.pt.partial"
     torch.save(state, partial)
     # A pod killed while writing leaves only a .partial file, never a truncated checkpoint that resume would trust.
@@ -120,9 +139,12 @@ def _save_checkpoint(directory: Path, step: int, tag: str, model, optimizer, sch
         mirror.push(directory / f"step-{step}-{tag}.pt", tag, {p.name for p in _checkpoints(directory, tag)})
 
 
-def _resume(directory: Path, tag: str, model, optimizer, scheduler) -> int | None:
+def _resume(directory: Path, tag: str, model, optimizer, scheduler, trained=None, world: World = SINGLE) -> int | None:
     """Load the newest readable checkpoint of this run; checkpoints of another run (other data or settings, say
-    after the RetrainJob was edited) are removed, since they can never be resumed."""
+    after the RetrainJob was edited) are removed, since they can never be resumed. Under torchrun rank 0 reads it and
+    every rank gets its state."""
+    if world.distributed:
+        return _resume_distributed(directory, tag, model, optimizer, scheduler, trained, world)
     for stale in set(directory.glob("*step-*.pt*")) - set(_checkpoints(directory, tag)):
         log.info("Removed checkpoint of another run path=%s", stale)
         stale.unlink(missing_ok=True)
@@ -146,6 +168,38 @@ def _resume(directory: Path, tag: str, model, optimizer, scheduler) -> int | Non
     return None
 
 
+def _resume_distributed(directory: Path, tag: str, model, optimizer, scheduler, trained, world: World) -> int | None:
+    found = None
+    if world.main:
+        for stale in set(directory.glob("*step-*.pt*")) - set(_checkpoints(directory, tag)):
+            log.info("Removed checkpoint of another run path=%s", stale)
+            stale.unlink(missing_ok=True)
+        for path in reversed(_checkpoints(directory, tag)):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except (OSError, RuntimeError, EOFError) as error:
+                log.warning("Skipped unreadable checkpoint path=%s error=%s", path, error)
+                continue
+            if set(state["model"]) != set(_model_state(model)) or "ranks" not in state:
+                log.warning("Skipped checkpoint of another model shape or process layout path=%s", path)
+                continue
+            found = state
+            break
+    meta = distributed.broadcast(world, found and {k: found[k] for k in ("step", "scheduler", "ranks")})
+    if meta is None:
+        return None
+    frozen = _frozen(model)
+    distributed.load_full_state(trained, optimizer, found["model"] if found else {},
+                                found["optimizer"] if found else {}, frozen)
+    scheduler.load_state_dict(meta["scheduler"])
+    if len(meta["ranks"]) == world.size:  # a checkpoint of as many processes: each goes on with its own dropout
+        cpu, cuda = meta["ranks"][world.rank]
+        torch.set_rng_state(cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
+    return int(meta["step"])
+
+
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[list[bool]]:
     flag = [False]
@@ -163,22 +217,24 @@ def _sigterm_flag() -> Iterator[list[bool]]:
 def train(
     model: PreTrainedModel, encoder: Encoder, rows: Sequence[Encoded], hp: Hyperparameters, device: Device,
     checkpoint_dir: Path, tag: str, until: Callable[[int, int], bool] | None = None, mirror: Mirror | None = None,
-    objective: Preference | None = None,
+    objective: Preference | None = None, world: World = SINGLE, strategy: str = "ddp",
 ) -> TrainStats:
     """Fine-tune ``model`` in place on ``rows``; resumes from a checkpoint of the same ``tag`` when there is one.
 
     ``until(step, tokens)``, called after each step, may end training early by returning True (the benchmark
-    evaluates the model there to measure the compute a target accuracy takes). With a ``mirror``, checkpoints are
-    also kept remotely (:mod:`kaizen_trainer.mirror`). With a preference ``objective`` (dpo, kto), ``rows`` are its
-    items and the loss is its own (:mod:`kaizen_trainer.objectives`)."""
-    torch.manual_seed(hp.seed)
-    model.to(device.device).train()
+    evaluates the model there to measure the compute a target accuracy takes; one process only). With a ``mirror``,
+    checkpoints are also kept remotely (:mod:`kaizen_trainer.mirror`). With a preference ``objective`` (dpo, kto),
+    ``rows`` are its items and the loss is its own (:mod:`kaizen_trainer.objectives`). Under torchrun (``world``)
+    every rank calls this with the same rows and trains its share of each batch with ``strategy`` (ddp or fsdp);
+    afterwards rank 0's ``model`` holds the trained weights."""
+    torch.manual_seed(hp.seed + world.rank)  # one process as ever; under torchrun each rank draws its own dropout
+    trained = distributed.wrap(model.train(), strategy, world, device.device)
     steps = total_steps(len(rows), hp)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=hp.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
-    if mirror is not None:
+    if mirror is not None and world.main:
         mirror.pull(checkpoint_dir, tag)
-    resumed = _resume(checkpoint_dir, tag, model, optimizer, scheduler)
+    resumed = _resume(checkpoint_dir, tag, model, optimizer, scheduler, trained, world)
     start = resumed or 0
     if resumed is not None:
         log.info("Resumed from checkpoint step=%d of %d dir=%s", resumed, steps, checkpoint_dir)
@@ -190,30 +246,41 @@ def train(
                 else contextlib.nullcontext())
     with _sigterm_flag() as terminated:
         for step in range(start + 1, steps + 1):
-            items = [rows[i] for i in next(order)]
+            batch_items = [rows[i] for i in next(order)]
+            items, weight, some = batch_items, 1.0, True
+            if world.distributed:
+                # This rank's loss, a mean over its own share, weighted by that share of the whole batch's loss
+                # terms (times the processes, since DDP and FSDP average the gradients): their average is then the
+                # gradient of the whole batch's mean loss, as one process computes it.
+                items, some = distributed.share(batch_items, world)
+                weight = world.size * encoder.loss_terms(items) / encoder.loss_terms(batch_items) if some else 0.0
             batch = (objective or encoder).batch(items, device.device)
             with autocast:
-                loss = objective.loss(model, batch) if objective else model(**batch).loss
-            loss.backward()
+                loss = objective.loss(trained, batch) if objective else trained(**batch).loss
+            (loss * weight if world.distributed else loss).backward()
             optimizer.step()
             scheduler.step()
             if not optimizer_bytes:
-                optimizer_bytes = training_bytes(model, optimizer)
+                optimizer_bytes = training_bytes(trained, optimizer)
             optimizer.zero_grad(set_to_none=True)
             # Counted on the host: reading anything back from a GPU every step would stall its queue.
-            tokens += objective.tokens(items) if objective else sum(len(e.input_ids) for e in items)
-            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
+            if some:
+                tokens += objective.tokens(items) if objective else sum(len(e.input_ids) for e in items)
+            diverged = step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss).item()
+            stop, diverged = distributed.any_rank(world, terminated[0], diverged)
+            if diverged:
                 raise TrainerError("Error", f"the training loss became {loss.item()} at step {step}; lower "
                                    "hyperparameters.learningRate")
-            if step % hp.checkpoint_every_steps == 0 or terminated[0]:
-                _save_checkpoint(checkpoint_dir, step, tag, model, optimizer, scheduler, mirror)
-            if terminated[0]:
+            if step % hp.checkpoint_every_steps == 0 or stop:
+                _save_checkpoint(checkpoint_dir, step, tag, model, optimizer, scheduler, mirror, trained, world)
+            if stop:
                 raise TrainerError("Error", f"terminated (SIGTERM) at step {step}; the checkpoint there is "
                                    "resumed by the next pod")
             if until is not None and until(step, tokens):
                 finished = step
                 break
+    distributed.unshard_into(model, trained, world, _frozen(model))
     if device.device.type == "cuda":
         torch.cuda.synchronize()
-    return TrainStats(steps=finished, tokens=tokens, seconds=time.perf_counter() - began, resumed_from=resumed,
-                      optimizer_bytes=optimizer_bytes)
+    return TrainStats(steps=finished, tokens=distributed.total(world, tokens), seconds=time.perf_counter() - began,
+                      resumed_from=resumed, optimizer_bytes=optimizer_bytes)

@@ -90,6 +90,14 @@ watchNamespaces is empty, otherwise by a Role in each watched namespace. Least p
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# A RetrainJob of several nodes: the headless Service that names the pods of its Indexed Job.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create"]
+# ... or, where Kubeflow Trainer is installed, a TrainJob (its pods are read as above).
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "create"]
 # The trainer's JSON config is handed to its pod in a ConfigMap.
 - apiGroups: [""]
   resources: ["configmaps"]

@@ -30,6 +30,11 @@ EvalSet = Literal["holdout", "regression", "stress"]
 #: How a retrain changes the model: every weight (full), or a LoRA adapter on the frozen base (lora; qlora on a base
 #: quantised to 4 bits).
 Method = Literal["full", "lora", "qlora"]
+#: How the trainer's processes share the work when more than one trains (torch.distributed): ddp replicates the model
+#: on every GPU and averages gradients; fsdp shards parameters, gradients and optimizer state across them.
+Strategy = Literal["ddp", "fsdp"]
+#: Pods (nodes) one retrain may span.
+MAX_NODES = 64
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 #: pvc://<claim>/<path>: the claim is mounted into the training pod, so its name must be a PVC's (a DNS subdomain).
 PVC_URI_RULE = cel(
@@ -206,7 +211,17 @@ RESOURCE_NAME_PATTERN = (
 class Resources(KaizenModel):
     """Compute for the training pod."""
 
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs to request; 0 trains on CPU.")
+    gpus: int = Field(
+        default=1, ge=0, le=64, description="GPUs to request per pod; 0 trains on CPU. More than 1 runs the trainer "
+        "under torchrun, one process per GPU.",
+    )
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_NODES,
+        description="Pods (nodes) to train on, each with these resources; more than 1 runs torchrun on every pod, "
+        "through a Kubeflow Trainer TrainJob (runtime torch-distributed) when its CRD is installed, otherwise "
+        "through an Indexed Job and a headless Service. GPU-seconds count every GPU of every pod. A TrainJob's "
+        "retries and deadline are its runtime's, not backoffLimit and activeDeadline.",
+    )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu", max_length=253, pattern=RESOURCE_NAME_PATTERN,
         description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, ...): <domain>/<name>, the "
@@ -284,7 +299,14 @@ class RetrainTemplate(KaizenModel):
     lora: LoraSettings | None = Field(
         default=None, description="The adapter of method lora or qlora (defaults: rank 8, alpha 16, dropout 0.05)."
     )
-    resources: Resources = nested(Resources, "Compute for the training pod.")
+    strategy: Strategy = Field(
+        default="ddp",
+        description="How the processes share the work when more than one trains (resources.gpus > 1 or "
+        "resources.nodes > 1): ddp (DistributedDataParallel) keeps a whole copy of the model on each; fsdp "
+        "(FullyShardedDataParallel) shards parameters, gradients and optimizer state across them, for a model that "
+        "does not fit one GPU. Ignored by a single process.",
+    )
+    resources: Resources = nested(Resources, "Compute for each training pod.")
     node_selector: dict[LabelKey, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
         default_factory=dict,
         description="Node labels the training pod must match: label keys and label values (at most 63 characters "
@@ -309,7 +331,10 @@ class RetrainTemplate(KaizenModel):
         "under <outputURI>/<namespace>/<job name>/.",
         json_schema_extra=validations(PVC_URI_RULE),
     )
-    backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed training pod.")
+    backoff_limit: int = Field(
+        default=2, ge=0, le=20, description="Retries of a failed training pod (with resources.nodes above 1, of a "
+        "failed attempt: the Job's limit is this times the nodes, as a failed rank ends every node's pod).",
+    )
     active_deadline: bounded_duration("1s", "720h") = Field(
         default="6h", description="Hard time limit of the training Job (its activeDeadlineSeconds): from 1s to 720h."
     )
@@ -490,7 +515,12 @@ class RetrainJobStatus(CommonStatus):
     """Observed state of a RetrainJob."""
 
     phase: RetrainPhase | None = Field(default=None, description="Pending, Training, Evaluating, Succeeded or Failed.")
-    job_name: str | None = Field(default=None, max_length=63, description="The batch/v1 Job running the trainer.")
+    job_name: str | None = Field(
+        default=None, max_length=63, description="The batch/v1 Job or the Kubeflow TrainJob running the trainer."
+    )
+    job_kind: Literal["Job", "TrainJob"] | None = Field(
+        default=None, description="Job (batch/v1) or TrainJob (trainer.kubeflow.org/v1alpha1): the kind of jobName.",
+    )
     attempts: int | None = Field(
         default=None, ge=0, description="Training pods created so far, including those deleted since."
     )

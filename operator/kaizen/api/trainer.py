@@ -80,6 +80,11 @@ class TrainerConfig(KaizenModel):
     judge: Judge | None = Field(default=None, description="Judge model for holdout.winRate (RetrainJob spec.judge).")
     method: Method = Field(default="full", description="full, lora or qlora (RetrainJob spec.method).")
     lora: LoraSettings | None = Field(default=None, description="The adapter of lora and qlora (RetrainJob spec.lora).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="How training is spread when the pod runs the trainer under torchrun (more than "
+        "one process): ddp replicates the model on every process, fsdp shards parameters, gradients and optimizer "
+        "state across them (RetrainJob spec.strategy). One process ignores it.",
+    )
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
     output_dir: str = Field(min_length=1, description="Where the model, metrics, manifest and card are written.")
     checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are written (a path in the pod).")

@@ -243,7 +243,7 @@ def apply(obj: dict[str, Any], effects: Effects, patch: kopf.Patch, logger: kopf
 
 def _create(namespace: str, body: dict[str, Any], owner_uid: str) -> None:
     body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
-    if body["kind"] in ("ConfigMap", "Job"):
+    if body["kind"] in jobs.KINDS:
         jobs.create_or_adopt(body, owner_uid)
     else:
         resources.create_or_adopt(body["kind"], namespace, body, owner_uid)

@@ -1,13 +1,15 @@
-"""RetrainJob controller: create the trainer's ConfigMap and batch/v1 Job (deterministic names, owner references,
-create-or-adopt), then follow the Job and its pods until it ends: phase, attempts and their classified failures,
+"""RetrainJob controller: create the trainer's ConfigMap and batch/v1 Job (or, for several nodes, a Kubeflow TrainJob
+where its API is served, else an Indexed Job and its headless Service: deterministic names, owner references,
+create-or-adopt), then follow the job and its pods until it ends: phase, attempts and their classified failures,
 GPU-seconds, and on success the candidate, the metrics, the dataset summary and the gate verdict.
 
 The shared skeleton of :mod:`kaizen.controllers.reconcile`: spec validation (Ready / InvalidSpec), then a look when
 due — gather (the RetrainJob fresh, its Job, the Job's pods) → :func:`kaizen.logic.retrain.decide`, pure →
 :func:`kaizen.controllers.reconcile.apply`. Looks are driven by watches, not a timer: any change of the Job or of
 a trainer pod (watched by the ``kaizen.dev/retrainjob`` label, server-side) wakes its RetrainJob, and the due time
-the decision returns covers the rest (a running pod's GPU time). A finished RetrainJob reads nothing: its status is
-the record of the run, and the pods it was read from may be gone later.
+the decision returns covers the rest (a running pod's GPU time; a TrainJob and its pods, which JobSet labels, are
+not watched). A finished RetrainJob reads nothing: its status is the record of the run, and the pods it was read
+from may be gone later.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ def follow(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Log
     if stored.get("observedGeneration") != generation:
         return None  # the spec handler has not judged this generation yet; its status write wakes us
     child = retrain.child_name(name)
-    job = jobs.read_job(namespace, child)
-    pods = jobs.list_pods(namespace, child) if job is not None else []
+    # Discovery only when it decides something: a multi-node RetrainJob whose job is not made yet.
+    kind = retrain.job_kind(spec, stored.get("jobKind"),
+                            spec.resources.nodes > 1 and not stored.get("jobKind") and jobs.trainjobs_served())
+    job = jobs.read_job(namespace, child, kind)
+    pods = jobs.list_pods(namespace, retrain.pod_selector(kind, child)) if job is not None else []
     effects = retrain.decide(spec, stored, job, pods, reconcile.clock.now(), name=name, namespace=namespace,
-                             uid=fresh["metadata"]["uid"], generation=generation)
+                             uid=fresh["metadata"]["uid"], generation=generation, kind=kind)
     return apply(fresh, effects, patch, logger, refused=retrain.refused)
 
 

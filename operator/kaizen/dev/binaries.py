@@ -1,5 +1,5 @@
 """Locates the upstream binaries of the dev stack (the local control plane, helm, Prometheus, Traefik) and the
-generated Gateway API CRDs at the versions pinned in ``hack/versions.env``.
+generated Gateway API and Kubeflow Trainer CRDs at the versions pinned in ``hack/versions.env``.
 
 ``hack/build-binaries.sh`` (run by ``make setup``) builds them into
 ``${KAIZEN_CACHE:-~/.cache/kaizen}/bin/<tool>-<version>/``; users with ``setup-envtest`` can point
@@ -69,6 +69,20 @@ def gateway_api_crds() -> list[Path]:
         raise BinaryNotFoundError(
             f"the Gateway API {versions()['gateway_api']} CRDs were not found in {folder}; run `make setup` first "
             "(it generates them with controller-gen)"
+        )
+    return found
+
+
+def kubeflow_trainer_crds() -> list[Path]:
+    """Kubeflow Trainer's CRDs (TrainJob, TrainingRuntime, ClusterTrainingRuntime) that ``hack/build-binaries.sh
+    kubeflow-trainer`` generated from its Go API types for the pinned release."""
+    version = versions()["kubeflow_trainer"]
+    folder = cache_dir() / "bin" / f"kubeflow-trainer-{version}"
+    found = sorted(folder.glob("*.yaml"))
+    if not found:
+        raise BinaryNotFoundError(
+            f"the Kubeflow Trainer {version} CRDs were not found in {folder}; run `make setup` first (it generates "
+            "them with controller-gen)"
         )
     return found
 

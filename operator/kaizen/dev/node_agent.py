@@ -14,6 +14,18 @@ once, and holds two kinds of pod for this agent (see ``kwok-stages.yaml``):
 
 A pod deleted while it runs has its process stopped. The agent polls the pods bound to its node.
 
+A training pod whose container command is ``torchrun ... -m MODULE`` or ``python -m LAUNCHER ... -m MODULE`` (a
+RetrainJob of more than one process; LAUNCHER one of :data:`LAUNCHERS`, the trainer's ``kaizen_trainer.launch`` being
+torchrun with its exit codes) runs as ``python -m torch.distributed.run|LAUNCHER ... -m MODULE`` with this
+interpreter, MODULE being its image's entry point (with the entry point's own arguments after it). The pods of a
+multi-node RetrainJob meet at the rendezvous ``<job>-0.<service>:29500``, a name only a cluster's DNS resolves. Here
+every pod is a process on this machine, so the agent rewrites the rendezvous of the pods that name the same one
+(``--master-addr``/``--master-port``, or ``PET_MASTER_ADDR``/``PET_MASTER_PORT`` as Kubeflow Trainer sets them) to
+``127.0.0.1`` and one free port, picked when the first of them starts (and ``--local-addr=127.0.0.1``, so that rank 0
+tells the others a loopback address to meet its workers on); the node rank stays the pod's completion index, from its
+environment. ``$(VAR)`` references in the command and arguments are expanded from the container's environment, as a
+kubelet does.
+
 The pod's filesystem is mapped onto folders under ``--dir``: each volume (ConfigMap, Secret, emptyDir,
 PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets; every other absolute
 path is under ``--root``, the node's shared storage (where the demo puts its data and models). Pod paths in the
@@ -49,8 +61,8 @@ import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import GPU_NODE
-from kaizen.dev.serving import Lookup, ServingPods, threads
+from kaizen.dev.cluster import GPU_NODE, free_ports
+from kaizen.dev.serving import ConfigError, Lookup, ServingPods, container_env, expand, threads
 
 log = logging.getLogger("kaizen.dev.node_agent")
 
@@ -71,6 +83,15 @@ LOG_TAIL_BYTES, LOG_TAIL_LINES = 2048, 80
 POLL_SECONDS = 0.5
 
 
+#: torchrun's options that name the rendezvous, and the environment variables that do the same (torchrun reads
+#: ``PET_<OPTION>``).
+MASTER_ADDR, MASTER_PORT, LOCAL_ADDR = "--master-addr", "--master-port", "--local-addr"
+ENV_MASTER_ADDR, ENV_MASTER_PORT = "PET_MASTER_ADDR", "PET_MASTER_PORT"
+LOOPBACK = "127.0.0.1"
+#: Modules that launch processes as torchrun does, with its options: torch's own, and the trainer's wrapper of it.
+LAUNCHERS = ("torch.distributed.run", "kaizen_trainer.launch")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -87,6 +108,76 @@ def is_serving_pod(pod: dict[str, Any]) -> bool:
     containers = pod.get("spec", {}).get("containers") or [{}]
     owners = pod["metadata"].get("ownerReferences") or []
     return image_name(containers[0].get("image", "")) in IMAGES and not any(o.get("kind") == "Job" for o in owners)
+
+
+def _option(argv: list[str], name: str) -> tuple[int, str] | None:
+    """Where ``--name=value`` or ``--name value`` is in ``argv`` (torchrun also spells it with underscores), and its
+    value."""
+    spellings = {name, name.replace("-", "_").replace("__", "--")}
+    for i, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if key in spellings:
+            return (i, value) if sep else (i, argv[i + 1] if i + 1 < len(argv) else "")
+    return None
+
+
+def _set_option(argv: list[str], name: str, value: str) -> list[str]:
+    found = _option(argv, name)
+    if found is None:
+        return argv
+    i, _ = found
+    if "=" in argv[i]:
+        return [*argv[:i], f"{argv[i].partition('=')[0]}={value}", *argv[i + 1:]]
+    return [*argv[:i + 1], value, *argv[i + 2:]]
+
+
+def torchrun_argv(command: list[str], entry: list[str]) -> list[str]:
+    """A ``torchrun ... -m MODULE`` command (or ``python -m LAUNCHER ... -m MODULE``, a launcher of
+    :data:`LAUNCHERS`) as this machine runs it: the launcher with this interpreter, MODULE with the arguments of the
+    image's entry point ``entry`` (``[python, -m, MODULE, ARGS...]``). ConfigError for any other command, which the
+    agent cannot run."""
+    module = entry[2] if len(entry) > 2 and entry[1] == "-m" else "MODULE"
+    if Path(command[0]).name == "torchrun":
+        launcher, options = "torch.distributed.run", command[1:]
+    elif Path(command[0]).name.startswith("python") and command[1:2] == ["-m"] and command[2:3] \
+            and command[2] in LAUNCHERS:
+        launcher, options = command[2], command[3:]
+    else:
+        raise ConfigError(f"the dev node agent runs a training container's command only as torchrun ... -m {module}"
+                          f" (or python -m {' or '.join(LAUNCHERS)}), not {' '.join(command)}")
+    if module == "MODULE" or "-m" not in options or options[options.index("-m") + 1:] != [module]:
+        raise ConfigError(f"torchrun must run the image's module {module} as its last argument (-m {module}), "
+                          f"not {' '.join(command)}")
+    return [sys.executable, "-m", launcher, *options[:options.index("-m")], *entry[1:]]
+
+
+def local_rendezvous(ports: dict[tuple[str, str, str], str], namespace: str, argv: list[str],
+                     env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The torchrun rendezvous a pod names (by option or by ``PET_`` variable), moved onto loopback: every pod of
+    the namespace that names the same address and port meets on the same free local port, remembered in ``ports``
+    ((namespace, address, port) -> local port)."""
+    option, port_option = _option(argv, MASTER_ADDR), _option(argv, MASTER_PORT)
+    address = option[1] if option else env.get(ENV_MASTER_ADDR)
+    if argv[1] != "-m" or argv[2] not in LAUNCHERS or not address or address in (LOOPBACK, "localhost"):
+        return argv, env
+    port = port_option[1] if port_option else env.get(ENV_MASTER_PORT, "29500")
+    key = (namespace, address, port)
+    if key not in ports:
+        ports[key] = str(free_ports(1)[0])
+        log.info(f"Moved rendezvous onto loopback namespace={namespace} endpoint={address}:{port} "
+                 f"local={LOOPBACK}:{ports[key]}")
+    local = ports[key]
+    if _option(argv, LOCAL_ADDR) is None:
+        # Rank 0 tells the others where its workers meet: this address, not the machine's name.
+        argv = [*argv[:3], f"{LOCAL_ADDR}={LOOPBACK}", *argv[3:]]
+    if option:
+        argv = _set_option(argv, MASTER_ADDR, LOOPBACK)
+        # Without the option torchrun takes its default port, which two jobs' rendezvous would share.
+        argv = _set_option(argv, MASTER_PORT, local) if port_option else [*argv[:3], f"{MASTER_PORT}={local}",
+                                                                           *argv[3:]]
+    if ENV_MASTER_ADDR in env:
+        env = {**env, ENV_MASTER_ADDR: LOOPBACK, ENV_MASTER_PORT: local}
+    return argv, env
 
 
 @dataclass(frozen=True)
@@ -139,6 +230,8 @@ class NodeAgent:
         self.workdir, self.root, self.node = workdir, root, node
         self.running: dict[str, Running] = {}  # by pod uid
         self.finished: set[str] = set()
+        #: Rendezvous named by training pods (namespace, address, port) -> the local port they meet on instead.
+        self.rendezvous: dict[tuple[str, str, str], str] = {}
         self.serving = ServingPods(
             workdir, host_ip=self.host_ip(), base_env={**os.environ, "PYTHONPATH": IMAGE_PYTHONPATH,
                                                        "PYTHONUNBUFFERED": "1"},
@@ -200,15 +293,26 @@ class NodeAgent:
         termination_log = directory / "termination-log"
         termination_log.unlink(missing_ok=True)
         filesystem = Filesystem(((message_path, termination_log), *filesystem.mounts), filesystem.root)
-        argv = [a.format(terminationMessagePath=termination_log) for a in entry]
-        argv += [filesystem.host(a) if a.startswith("/") else a for a in container.get("args") or []]
+        entry = [a.format(terminationMessagePath=termination_log) for a in entry]
+        try:
+            declared = container_env(pod, container, self.lookup(pod["metadata"]["namespace"]))
+            command = [expand(a, declared) for a in container.get("command") or []]
+            argv = torchrun_argv(command, entry) if command else entry
+            argv, declared = local_rendezvous(self.rendezvous, pod["metadata"]["namespace"], argv, declared)
+        except ConfigError as error:
+            self.terminate(pod, container, exit_code=128, reason="ContainerCannotRun", started_at=_now(),
+                           message=str(error))
+            self.finished.add(pod["metadata"]["uid"])
+            return
+        argv += [filesystem.host(a) if a.startswith("/") else a
+                 for a in (expand(a, declared) for a in container.get("args") or [])]
         env = {
             **os.environ, "PYTHONPATH": IMAGE_PYTHONPATH, "PYTHONUNBUFFERED": "1",
             # The image's HOME is its writable workspace, so caches land there.
             "HOME": filesystem.host("/workspace"), "HF_HOME": filesystem.host("/workspace/.cache/huggingface"),
             # As a CPU limit would: the trainer's threads fit the pod's CPU request.
             "OMP_NUM_THREADS": str(threads(container)),
-            **{e["name"]: e.get("value", "") for e in container.get("env") or [] if "value" in e},
+            **declared,
         }
         started_at = _now()
         workspace = Path(filesystem.host("/workspace"))
@@ -217,7 +321,7 @@ class NodeAgent:
                                   detach=False, env=env, cwd=workspace)
         self.running[pod["metadata"]["uid"]] = Running(process, pod, container, filesystem, started_at)
         log.info(f"Started container pod={_key(pod)} container={container['name']} image={container['image']} "
-                 f"log={directory / 'container.log'}")
+                 f"log={directory / 'container.log'} argv={' '.join(argv)}")
 
     def volumes(self, pod: dict[str, Any], container: dict[str, Any], directory: Path) -> Filesystem:
         """Make a folder for each of the container's volume mounts, filled as the kubelet fills the volume."""

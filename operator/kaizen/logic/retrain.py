@@ -1,9 +1,20 @@
-"""RetrainJob logic, pure: what to create for a RetrainJob (the trainer config, its ConfigMap and the batch/v1 Job)
-and what its status is, given the Job and its pods as observed. No I/O; the controller gathers and applies.
+"""RetrainJob logic, pure: what to create for a RetrainJob (the trainer config, its ConfigMap, the batch/v1 Job or
+Kubeflow TrainJob, and a multi-node Job's headless Service) and what its status is, given the Job and its pods as
+observed. No I/O; the controller gathers and applies.
 
 :func:`decide` is one look's every effect (:class:`kaizen.logic.effects.Effects`): the children to create, the
 status, the Events (each pod failure once, the outcome once) and when to look again; :func:`refused` says what a
 child the API server refuses means (a RetrainJob is one run: unless a person can unblock it, it has failed).
+
+More than one process: ``resources.gpus > 1`` runs the trainer under torchrun (:data:`TORCHRUN`) in its one pod
+(``--standalone``, a process per GPU). ``resources.nodes > 1`` runs a pod per node, each under torchrun: as a
+Kubeflow Trainer TrainJob (runtime ``torch-distributed``) when the cluster serves its API, whose torch plugin sets
+torchrun's rendezvous (``PET_*``); otherwise as an Indexed Job (a pod per completion index) with a headless Service
+that names its pods, where pod ``<job>-0.<service>`` hosts the rendezvous on port :data:`RENDEZVOUS_PORT`. Either
+way a pod's node rank is its completion index (torchrun's static rendezvous: ``--node-rank`` from the index, as
+Kubeflow's plugin does; torch's c10d rendezvous would assign ranks by sorted host address and pid instead, so the pod
+that holds the result would not be known). Only global rank 0 writes outputs and the result, so the result is read
+from the pod of completion index 0.
 
 Retries are the Job's own: ``backoffLimit`` counts failed pods, and a ``podFailurePolicy`` fails the Job at once
 when the trainer exits with :data:`EXIT_PERMANENT` (a bad config or bad data) and does not count pods disrupted by
@@ -45,6 +56,21 @@ PVC_ROOT = "/mnt/kaizen/pvc"
 WORKSPACE = "/workspace"
 #: The trainer image's unprivileged user (trainer-image/Dockerfile).
 TRAINER_UID = 10001
+#: Where pod ``<job>-0`` hosts torchrun's rendezvous: torchrun's default port, and Kubeflow Trainer's.
+RENDEZVOUS_PORT = 29500
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+#: Kubeflow Trainer v2's API, which a RetrainJob of more than one node writes a TrainJob to where it is served.
+TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+#: The ClusterTrainingRuntime Kubeflow Trainer installs for torchrun, its replicated job and its trainer container.
+TRAINJOB_RUNTIME, TRAINJOB_NODE = "torch-distributed", "node"
+JOBSET_LABEL, REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"
+#: torchrun as the trainer image runs it: the same launcher and options (kaizen_trainer.launch), exiting with the
+#: trainer's own codes, so the podFailurePolicy still fails the Job at once on a permanent failure (plain torchrun
+#: exits 1 whenever a worker fails).
+TORCHRUN = ["python", "-m", "kaizen_trainer.launch"]
+#: The trainer's container in the pods of each kind of job.
+CONTAINERS = {"Job": CONTAINER, "TrainJob": TRAINJOB_NODE}
 _PVC = re.compile(r"^pvc://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)(/.*)?$")
 
 
@@ -71,16 +97,64 @@ def mounted_path(uri: str) -> str:
     return _mount(uri, {})
 
 
+def service_name(child: str) -> str:
+    """The headless Service of a multi-node Job: its name is the pods' DNS subdomain, so a DNS label (RFC 1035)."""
+    label = re.sub(r"[^a-z0-9-]", "-", child)
+    return label if label[:1].isalpha() else f"t-{label}"[:63].rstrip("-")
+
+
+def job_kind(spec: RetrainJobSpec, stored_kind: str | None, trainjobs_served: bool) -> str:
+    """Job or TrainJob: what the RetrainJob's training runs as (once chosen, it stays, as stored in the status)."""
+    if stored_kind:
+        return stored_kind
+    return "TrainJob" if spec.resources.nodes > 1 and trainjobs_served else "Job"
+
+
+def pod_selector(kind: str, child: str) -> str:
+    """The label selector of the training pods of the Job (the Job controller's label) or of the TrainJob (JobSet's,
+    which names the JobSet after the TrainJob, for its trainer's replicated job)."""
+    if kind == "TrainJob":
+        return f"{JOBSET_LABEL}={child},{REPLICATED_JOB_LABEL}={TRAINJOB_NODE}"
+    return f"{JOB_NAME_LABEL}={child}"
+
+
+def processes_per_node(spec: RetrainJobSpec) -> int:
+    """One trainer process per GPU; one on CPU."""
+    return max(1, spec.resources.gpus)
+
+
+def torchrun(spec: RetrainJobSpec, child: str) -> list[str] | None:
+    """The container's command when more than one process trains (None: the image's own entry point, one process).
+    Today's arguments follow it."""
+    nodes, procs = spec.resources.nodes, processes_per_node(spec)
+    if nodes == 1 and procs == 1:
+        return None
+    if nodes == 1:
+        rendezvous = ["--standalone"]
+    else:
+        # The node rank comes from PET_NODE_RANK (the completion index: see the module docstring).
+        rendezvous = [f"--nnodes={nodes}", f"--master-addr={child}-0.{service_name(child)}",
+                      f"--master-port={RENDEZVOUS_PORT}"]
+    return [*TORCHRUN, *rendezvous, f"--nproc-per-node={procs}", "-m", "kaizen_trainer"]
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What the controller creates for one RetrainJob."""
+    """What the controller creates for one RetrainJob: the trainer config in its ConfigMap, the Job (a batch/v1 Job,
+    or a Kubeflow TrainJob) and, for an Indexed Job of several pods, its headless Service."""
 
     config: TrainerConfig
     config_map: dict[str, Any]
     job: dict[str, Any]
+    service: dict[str, Any] | None = None
+
+    @property
+    def children(self) -> tuple[dict[str, Any], ...]:
+        """In the order to create them: the pods need the ConfigMap, and the Service before they rendezvous."""
+        return (self.config_map, *([self.service] if self.service else []), self.job)
 
 
-def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
+def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str, *, kind: str = "Job") -> Plan:
     claims: dict[str, str] = {}
     data = spec.data.model_copy(deep=True)
     for source in [*data.replay, data.holdout, data.regression, data.safety]:
@@ -110,7 +184,7 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
         candidate_version=spec.candidate_version or name[:63], data=data, feedback=feedback, targets=spec.targets,
         hyperparameters=spec.hyperparameters, method=spec.method, lora=spec.lora, objective=spec.objective,
         judge=judge, gates=spec.gates, output_dir=output, checkpoint_dir=checkpoints,
-        checkpoint_mirror=None if on_volume else f"{output}/checkpoints",
+        checkpoint_mirror=None if on_volume else f"{output}/checkpoints", strategy=spec.strategy,
     )
     child = child_name(name)
     owner = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "RetrainJob", "name": name, "uid": uid,
@@ -121,11 +195,36 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str) -> Plan:
         "metadata": {"name": child, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
         "data": {"config.json": config.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
     }
-    return Plan(config, config_map, _job(spec, child, namespace, labels, owner, claims))
+    pod = _pod(spec, child, claims)
+    if kind == "TrainJob":
+        return Plan(config, config_map, _trainjob(spec, child, namespace, labels, owner, pod))
+    job = _job(spec, child, namespace, labels, owner, pod)
+    if spec.resources.nodes == 1:
+        return Plan(config, config_map, job)
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": service_name(child), "namespace": namespace, "labels": labels,
+                     "ownerReferences": [owner]},
+        # Headless: a DNS record per pod, <job>-<index>.<service>, published before the pod is ready, since the
+        # pods rendezvous while they start.
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {JOB_NAME_LABEL: child},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]},
+    }
+    return Plan(config, config_map, job, service)
 
 
-def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str], owner: dict[str, Any],
-         claims: dict[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _PodParts:
+    """The parts of the training pod that a batch Job and a TrainJob both carry."""
+
+    command: list[str] | None
+    args: list[str]
+    resources: dict[str, dict[str, str]]
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def _pod(spec: RetrainJobSpec, child: str, claims: dict[str, str]) -> _PodParts:
     res = spec.resources
     requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, str] = {"memory": res.memory}
@@ -141,6 +240,10 @@ def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str
         {"name": "workspace", "mountPath": WORKSPACE},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if processes_per_node(spec) > 1:
+        # NCCL shares memory between the processes of a node through /dev/shm, which a container gets 64 MiB of.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     for i, (claim, path) in enumerate(sorted(claims.items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": path})
@@ -149,6 +252,59 @@ def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str
         volumes.append({"name": "collector-token",
                         "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "token"}]}})
         mounts.append({"name": "collector-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    return _PodParts(torchrun(spec, child), ["--config", f"{CONFIG_DIR}/config.json"],
+                     {"requests": requests, "limits": limits}, volumes, mounts)
+
+
+def _trainjob(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str], owner: dict[str, Any],
+              pod: _PodParts) -> dict[str, Any]:
+    """A Kubeflow Trainer TrainJob on the torch-distributed runtime: the runtime's pod, with Kaizen's image, command,
+    resources, volumes and placement. Its torch plugin sets torchrun's nodes, processes, node rank and master
+    (``PET_*``), so the command is plain torchrun. Retries and deadlines are the runtime's (its JobSet's)."""
+    override: dict[str, Any] = {
+        "targetJobs": [{"name": TRAINJOB_NODE}], "volumes": pod.volumes,
+        "containers": [{"name": TRAINJOB_NODE, "volumeMounts": pod.mounts}],
+    }
+    if spec.node_selector:
+        override["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        override["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[QUEUE_LABEL] = spec.queue_name
+    return {
+        "apiVersion": f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}", "kind": "TrainJob",
+        "metadata": {"name": child, "namespace": namespace, "labels": job_labels, "ownerReferences": [owner]},
+        "spec": {
+            "runtimeRef": {"name": TRAINJOB_RUNTIME, "apiGroup": TRAINJOB_GROUP, "kind": "ClusterTrainingRuntime"},
+            "suspend": bool(spec.queue_name),
+            "labels": labels,  # on its JobSet and Jobs
+            "trainer": {
+                "image": spec.image, "command": [*TORCHRUN, "-m", "kaizen_trainer"], "args": pod.args,
+                "numNodes": spec.resources.nodes, "numProcPerNode": processes_per_node(spec),
+                "resourcesPerNode": pod.resources,
+            },
+            "podSpecOverrides": [override],
+        },
+    }
+
+
+def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str], owner: dict[str, Any],
+         pod: _PodParts) -> dict[str, Any]:
+    nodes = spec.resources.nodes
+    container: dict[str, Any] = {
+        "name": CONTAINER, "image": spec.image, **({"command": pod.command} if pod.command else {}),
+        "args": pod.args, "resources": pod.resources,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePath": "/dev/termination-log",
+        # A trainer that dies before writing its result still leaves the end of its log as the message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": pod.mounts,
+    }
+    if nodes > 1:
+        container["env"] = [{"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}}]
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[QUEUE_LABEL] = spec.queue_name
@@ -158,28 +314,26 @@ def _job(spec: RetrainJobSpec, child: str, namespace: str, labels: dict[str, str
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
                             "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": CONTAINER, "image": spec.image, "args": ["--config", f"{CONFIG_DIR}/config.json"],
-            "resources": {"requests": requests, "limits": limits},
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-            "terminationMessagePath": "/dev/termination-log",
-            # A trainer that dies before writing its result still leaves the end of its log as the message.
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": mounts,
-        }],
-        "volumes": volumes,
+        "containers": [container],
+        "volumes": pod.volumes,
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    indexed: dict[str, Any] = {}
+    if nodes > 1:
+        # A pod per node, named <job>-<index>.<service> in DNS; all of them fail when one does (their rendezvous
+        # breaks), so an attempt costs ``nodes`` failed pods of the backoff limit.
+        pod_spec["subdomain"] = service_name(child)
+        indexed = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": child, "namespace": namespace, "labels": job_labels, "ownerReferences": [owner]},
         "spec": {
             "suspend": bool(spec.queue_name),  # Kueue admits (unsuspends) it when the queue has room
-            "backoffLimit": spec.backoff_limit,
+            **indexed,
+            "backoffLimit": spec.backoff_limit * nodes,
             "activeDeadlineSeconds": int(parse_duration(spec.active_deadline).total_seconds()),
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob",
@@ -198,19 +352,25 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The trainer container's status: ``trainer`` in a Job's pod, ``node`` in a TrainJob's."""
+    wanted = CONTAINERS["TrainJob"] if JOBSET_LABEL in (pod["metadata"].get("labels") or {}) else CONTAINER
+    return next((s for s in pod.get("status", {}).get("containerStatuses") or [] if s.get("name") == wanted), None)
+
+
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return (status.get("state") or {}).get("terminated")
-    return None
+    return ((_trainer_status(pod) or {}).get("state") or {}).get("terminated")
 
 
 def _started(pod: dict[str, Any]) -> datetime | None:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            state = status.get("state") or {}
-            return _time((state.get("running") or state.get("terminated") or {}).get("startedAt"))
-    return None
+    state = (_trainer_status(pod) or {}).get("state") or {}
+    return _time((state.get("running") or state.get("terminated") or {}).get("startedAt"))
+
+
+def completion_index(pod: dict[str, Any]) -> str | None:
+    """The pod's completion index in an Indexed Job (a TrainJob's pods are those of its JobSet's Indexed Jobs)."""
+    meta = pod["metadata"]
+    return (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX)
 
 
 def trainer_result(pod: dict[str, Any]) -> TrainerResult | None:
@@ -260,12 +420,23 @@ def _job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
                  if c.get("type") == type and c.get("status") == "True"), None)
 
 
+def pod_gpus(spec: RetrainJobSpec, pod: dict[str, Any]) -> int:
+    """The GPUs a training pod holds: its containers' limits of the GPU resource (the spec's, for a pod that does not
+    say, as in a hand-written test)."""
+    name, containers = spec.resources.gpu_resource_name, pod.get("spec", {}).get("containers")
+    if not containers:
+        return spec.resources.gpus
+    return sum(int(((c.get("resources") or {}).get("limits") or {}).get(name, 0) or 0) for c in containers)
+
+
 def _gpu_seconds(spec: RetrainJobSpec, pod: dict[str, Any], now: datetime) -> float:
+    """One pod's GPU time: every GPU it holds, for as long as its trainer ran. :func:`tally` sums it over every pod,
+    of every node and every attempt."""
     started = _started(pod)
     if started is None:
         return 0.0
     ended = _time((_terminated(pod) or {}).get("finishedAt")) or now
-    return max(0.0, (ended - started).total_seconds()) * spec.resources.gpus
+    return max(0.0, (ended - started).total_seconds()) * pod_gpus(spec, pod)
 
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -360,6 +531,7 @@ def observe(spec: RetrainJobSpec, job: dict[str, Any] | None, pods: list[dict[st
     failures = seen.failures
     fields: dict[str, Any] = {
         "jobName": job["metadata"]["name"],
+        "jobKind": job.get("kind") or "Job",
         "attempts": seen.attempts,
         "gpuSeconds": seen.gpu_seconds,
         "failures": [f.to_wire() for f in failures],
@@ -377,6 +549,9 @@ def _phase(spec: RetrainJobSpec, job: dict[str, Any], pods: list[dict[str, Any]]
     if complete:
         fields["completionTime"] = _iso(_time(job["status"].get("completionTime")) or now)
         succeeded = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+        if any(completion_index(p) is not None for p in pods):
+            # Several nodes: only rank 0, in the pod of completion index 0, reports the result.
+            succeeded = [p for p in succeeded if completion_index(p) == "0"]
         result = trainer_result(succeeded[-1]) if succeeded else None
         if result is None or result.phase != "Succeeded":
             return Observation("Failed", "The trainer finished without reporting a result in its termination "
@@ -399,9 +574,12 @@ def _phase(spec: RetrainJobSpec, job: dict[str, Any], pods: list[dict[str, Any]]
     running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
     retrying = f" after {failed_count} failed attempt(s), last {failures[-1].reason}: resuming from the last " \
                "checkpoint" if failures else ""
-    if running:
+    if len(running) == 1:
         return Observation("Training", f"Training in pod {running[-1]['metadata']['name']}{retrying}.", fields,
                            failures)
+    if running:
+        names = ", ".join(p["metadata"]["name"] for p in sorted(running, key=lambda p: completion_index(p) or ""))
+        return Observation("Training", f"Training in {len(running)} pods ({names}){retrying}.", fields, failures)
     return Observation("Pending", f"Waiting for a training pod to be scheduled{retrying}.", fields, failures)
 
 
@@ -458,25 +636,34 @@ def previous_status(stored: dict[str, Any]) -> RetrainJobStatus:
 
 
 def decide(spec: RetrainJobSpec, stored: dict[str, Any], job: dict[str, Any] | None, pods: list[dict[str, Any]],
-           now: datetime, *, name: str, namespace: str, uid: str, generation: int | None) -> Effects:
-    """One look at a RetrainJob: from its stored status (wire form), its Job (None: not there) and the Job's pods,
-    every effect. A finished RetrainJob has none: its status is the record of the run, and the pods it was read
-    from may be gone by now."""
+           now: datetime, *, name: str, namespace: str, uid: str, generation: int | None,
+           kind: str = "Job") -> Effects:
+    """One look at a RetrainJob: from its stored status (wire form), its Job of ``kind`` (:func:`job_kind`; None:
+    not there) and the Job's pods, every effect. A finished RetrainJob has none: its status is the record of the
+    run, and the pods it was read from may be gone by now."""
     if stored.get("phase") in FINISHED:
         return Effects()
     conditions = list(stored.get("conditions") or [])
+    if job is None and kind == "Job" and spec.resources.nodes > 1 and "." in name:
+        # The Job controller names each pod's host <job>-<index>, a DNS label: the API server would refuse every pod.
+        return refused(stored, Failure("InvalidName", f"resources.nodes is {spec.resources.nodes}: each training pod "
+                                       f"is named <job>-<index> in DNS, which the '.' in the name {name} does not "
+                                       "allow; recreate the RetrainJob under a name without '.'", final=True),
+                       now, generation)
     if job is None:
-        planned = plan(spec, name, namespace, uid)
+        planned = plan(spec, name, namespace, uid, kind=kind)
         child = planned.job["metadata"]["name"]
-        message = "Creating the training Job."
+        message = f"Creating the training {kind}."
+        res = spec.resources
         return Effects(
-            create=(planned.config_map, planned.job),
-            status={"phase": "Pending", "message": message, "conditions": set_condition(
+            create=planned.children,
+            status={"phase": "Pending", "message": message, "jobKind": kind, "conditions": set_condition(
                 conditions, type="Progressing", status="True", reason="Pending", message=message, now=now,
                 generation=generation)},
-            events=(Event("Normal", "JobCreated", f"Created training Job {child}."),),
-            log=(f"Created training Job job={child} image={spec.image} gpus={spec.resources.gpus}",),
-            next_due=now + FOLLOW_IDLE,  # the Job's own watch event brings the next look sooner
+            events=(Event("Normal", "JobCreated", f"Created training {kind} {child}."),),
+            log=(f"Created training {kind} job={child} image={spec.image} gpus={res.gpus} nodes={res.nodes}",),
+            # The Job's own watch event brings the next look sooner; a TrainJob's pods are not watched.
+            next_due=now + (FOLLOW_RUNNING if kind == "TrainJob" else FOLLOW_IDLE),
         )
     observed = observe(spec, job, pods, now, previous=previous_status(stored))
     events: list[Event] = []
@@ -493,7 +680,9 @@ def decide(spec: RetrainJobSpec, stored: dict[str, Any], job: dict[str, Any] | N
         log.append(f"Finished retrain phase={observed.phase} verdict={verdict}")
     conditions = set_condition(conditions, type="Progressing", status="False" if finished else "True",
                                reason=observed.phase, message=observed.message, now=now, generation=generation)
-    due = None if finished else now + (FOLLOW_RUNNING if observed.phase == "Training" else FOLLOW_IDLE)
+    # A TrainJob's pods are labelled by its JobSet, not by Kaizen: no watch wakes the RetrainJob for them.
+    followed = observed.phase == "Training" or kind == "TrainJob"
+    due = None if finished else now + (FOLLOW_RUNNING if followed else FOLLOW_IDLE)
     return Effects(status={"phase": observed.phase, "message": observed.message, **observed.fields,
                            "conditions": conditions},
                    events=tuple(events), log=tuple(log), next_due=due)
