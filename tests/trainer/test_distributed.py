@@ -200,3 +200,23 @@ def test_each_rank_takes_its_share_of_the_batch_and_a_rank_left_without_one_weig
     second = distributed.World(rank=1, local_rank=1, size=2)
     assert distributed.share(list("abcde"), second) == (["b", "d"], True)
     assert distributed.share(["a"], second) == (["a"], False)  # it still runs the step's collectives
+
+
+def test_a_lora_adapter_sharded_by_fsdp_over_two_processes_ends_where_one_process_ends(tmp_path, baseline):
+    """FSDP2 (fully_shard) runs on CPU with gloo; with a frozen base only the adapter trains and is written."""
+    replay = write_jsonl(tmp_path / "replay.jsonl", synthetic.dataset(400, seed=3, task=TASK, prefix="rp"))
+    lora = {"method": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}}
+    one = tmp_path / "one"
+    code, alone = run_trainer(one, _config(one, baseline, replay) | lora)
+    assert code == 0, alone.message
+    two = tmp_path / "two"
+    code, log = _finish(_torchrun(two, _config(two, baseline, replay) | lora | {"strategy": "fsdp"}))
+    assert code == 0, log
+    both = TrainerResult.model_validate_json((two / "termination-log").read_text())
+    assert both.candidate.base_uri == str(baseline)
+    a, b = (load_file(d / "out" / "model" / "adapter_model.safetensors") for d in (one, two))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < WEIGHT_TOLERANCE
+    assert [g.passed for g in both.gates] == [g.passed for g in alone.gates]
+    training = json.loads((two / "out" / "metrics.json").read_text())["training"]
+    assert (training["processes"], training["strategy"], training["method"]) == (2, "fsdp", "lora")
+    assert training["trainableParameters"] < training["parameters"] / 10
