@@ -81,9 +81,9 @@ def _torchrun(work: Path, cfg: dict, *launcher: str, pod: str = "") -> subproces
 
 
 def _two_pods(work: Path, configs: list[dict]) -> list[subprocess.Popen]:
-    """Two pods of one process each, meeting by c10d rendezvous on loopback as an indexed Job's pods do."""
-    rendezvous = ("--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-                  f"--rdzv-endpoint=127.0.0.1:{_free_port()}", f"--rdzv-id={work.name}")
+    """Two pods of one process each, meeting on loopback. The static rendezvous makes the first one rank 0 for sure
+    (c10d ranks nodes by host name, then process id: here both on one host, only likely)."""
+    rendezvous = ("--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={_free_port()}")
     return [_torchrun(work, cfg, *rendezvous, f"--node-rank={i}", pod="" if i == 0 else f"-{i}")
             for i, cfg in enumerate(configs)]
 
@@ -162,7 +162,7 @@ def test_two_processes_killed_and_resumed_end_where_one_process_ends(tmp_path, b
 
 
 def test_a_permanent_failure_on_rank_1_fails_every_rank_permanently(tmp_path, baseline):
-    """Two pods (two torchrun agents, one process each, c10d rendezvous on loopback as the indexed Job's pods meet):
+    """Two pods (two torchrun agents, one process each, as an indexed Job's pods):
     the second pod's node lacks the baseline. Every rank exits with the permanent code, and rank 0 reports what rank
     1 found, so the operator fails the Job at once with the reason."""
     replay = write_jsonl(tmp_path / "replay.jsonl", synthetic.dataset(100, seed=4, task=TASK, prefix="rp"))
@@ -200,3 +200,23 @@ def test_each_rank_takes_its_share_of_the_batch_and_a_rank_left_without_one_weig
     second = distributed.World(rank=1, local_rank=1, size=2)
     assert distributed.share(list("abcde"), second) == (["b", "d"], True)
     assert distributed.share(["a"], second) == (["a"], False)  # it still runs the step's collectives
+
+
+def test_a_lora_adapter_sharded_by_fsdp_over_two_processes_ends_where_one_process_ends(tmp_path, baseline):
+    """FSDP2 (fully_shard) runs on CPU with gloo; with a frozen base only the adapter trains and is written."""
+    replay = write_jsonl(tmp_path / "replay.jsonl", synthetic.dataset(400, seed=3, task=TASK, prefix="rp"))
+    lora = {"method": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}}
+    one = tmp_path / "one"
+    code, alone = run_trainer(one, _config(one, baseline, replay) | lora)
+    assert code == 0, alone.message
+    two = tmp_path / "two"
+    code, log = _finish(_torchrun(two, _config(two, baseline, replay) | lora | {"strategy": "fsdp"}))
+    assert code == 0, log
+    both = TrainerResult.model_validate_json((two / "termination-log").read_text())
+    assert both.candidate.base_uri == str(baseline)
+    a, b = (load_file(d / "out" / "model" / "adapter_model.safetensors") for d in (one, two))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < WEIGHT_TOLERANCE
+    assert [g.passed for g in both.gates] == [g.passed for g in alone.gates]
+    training = json.loads((two / "out" / "metrics.json").read_text())["training"]
+    assert (training["processes"], training["strategy"], training["method"]) == (2, "fsdp", "lora")
+    assert training["trainableParameters"] < training["parameters"] / 10

@@ -7,7 +7,9 @@ for CUDA tensors and gloo for CPU ones when there are GPUs, gloo alone otherwise
 
 * every rank prepares alike -- config, data, curation, model -- so each knows every step's whole batch. One
   :func:`agree` before training turns a failure on any rank into the same classified failure on every rank, a
-  permanent one first, so no rank waits for a dead one and the Job fails fast (a node without the baseline's volume);
+  permanent one first, so no rank waits for a dead one and the Job fails fast (a node without the baseline's volume).
+  A rank that crashes while training (a lost GPU) ends the run: torchrun stops the others and the Job's next pod
+  resumes from the last checkpoint;
 * each step's batch (``hyperparameters.batchSize``, the global batch as in one process) is split across the ranks,
   and each rank's loss is weighted by its share of the batch's loss terms (label tokens for a causal LM, rows
   otherwise), so the gradients that DDP or FSDP averages are those of the whole batch: N processes take the steps one
