@@ -107,7 +107,8 @@ def test_the_canary_is_the_adapter_on_the_stables_pods_split_by_the_servers_alia
     (promotion,) = promoting.apply
     assert promotion["kind"] == "Deployment" and promoting.status["currentStep"] == 3
     env = promotion["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env[0] == {"name": "MODEL_URI", "value": "s3://m/v2-adapter"} and env[1]["name"] == "KAIZEN_ADAPTERS_FILE"
+    assert env == [{"name": "MODEL_URI", "value": "s3://m/v2-adapter"}, {"name": "BASE_MODEL_URI", "value": "s3://m/v1"},
+                   {"name": "KAIZEN_ADAPTERS_FILE", "value": "/etc/kaizen/adapters/adapters.json"}]
     assert promotion["spec"]["template"]["spec"]["volumes"]  # the same apply keeps the mount
 
     # Promoted once the stable's pods serve the adapter as their own model: the ConfigMap holds nothing more.

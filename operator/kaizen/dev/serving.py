@@ -59,6 +59,9 @@ MAX_GRACE_SECONDS = 5.0
 BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
 #: How often a container whose configuration failed (a missing Secret, say) is tried again.
 CONFIG_RETRY_SECONDS = 2.0
+#: How often a running pod's ConfigMap and Secret volumes are written again from the API (a kubelet's sync period
+#: is a minute; a dev stack need not wait that long).
+VOLUME_REFRESH_SECONDS = 1.0
 #: Fields of the downward API an environment variable can name (besides metadata.labels['...'] and annotations).
 _FIELDS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
            "status.podIP", "status.podIPs", "status.hostIP", "status.hostIPs")
@@ -400,6 +403,7 @@ class _Pod:
     retry_at: float = 0.0  # when to (re)start the container
     reported: dict[str, Any] | None = None
     stop_deadline: float | None = None
+    refresh_at: float = 0.0  # when to write its ConfigMap and Secret volumes again
 
     @property
     def uid(self) -> str:
@@ -489,6 +493,12 @@ class ServingPods:
         if served.process is None or served.readiness is None:
             container.ready = False
             return
+        if now >= served.refresh_at:
+            served.refresh_at = now + VOLUME_REFRESH_SECONDS
+            try:  # as the kubelet updates mounted ConfigMaps and Secrets of a running pod in place
+                self.volumes(served.pod, served.pod["spec"]["containers"][0], served.directory)
+            except ConfigError as error:
+                log.warning(f"Failed to refresh volumes pod={served.key} error={error}")
         readiness = served.readiness
         if served.probing is not None and served.probing.done():
             readiness.record(served.probing.result(), self.clock())
@@ -534,6 +544,7 @@ class ServingPods:
                                          served.directory / "container.log", detach=False, env=process_env,
                                          cwd=served.directory)
         served.started = now
+        served.refresh_at = now + VOLUME_REFRESH_SECONDS
         served.readiness = Readiness(probe, started=now)
         container.running_since, container.waiting = now_rfc3339(), None
         container.container_id = f"local://{served.process.pid}"

@@ -167,6 +167,8 @@ def stable_patch(stable: dict[str, Any], *, container: str, model_env: str, mode
     pod["volumes"] = [{"name": VOLUME, "configMap": {"name": configmap_name(stable["metadata"]["name"]),
                                                      "optional": True}}]
     entry = pod["containers"][0]
+    if model.base_uri is not None:  # the model is itself an adapter (a promotion): its base, as its ModelRef says
+        entry["env"].append({"name": "BASE_MODEL_URI", "value": model.base_uri})
     entry["env"].append({"name": FILE_ENV, "value": _file(adapter)})
     entry["volumeMounts"] = [{"name": VOLUME, "mountPath": adapter.mount_path, "readOnly": True}]
     return patch
