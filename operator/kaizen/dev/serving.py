@@ -103,6 +103,13 @@ def allocate_ip(taken: Collection[str], after: str | None = None) -> str:
     raise RuntimeError(f"every address of {POD_CIDR} is taken by a serving pod")
 
 
+def listening(address: str, port: int) -> bool:
+    """Whether some process on this machine already listens on ``address:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((address, port)) == 0
+
+
 # --- environment -----------------------------------------------------------------------------------------------
 
 #: ``lookup(kind, name)``: the data of the ConfigMap or Secret (decoded) of the pod's namespace, None if missing.
@@ -475,7 +482,14 @@ class ServingPods:
         # A pod this agent ran before it restarted keeps its address and counts the lost container as a restart.
         ip = status.get("podIP") if local_address(status.get("podIP") or "") else None
         if ip is None or ip in self.taken():
+            port = (container_port(container) or {}).get("containerPort", 8080)
+            skipped: set[str] = set()
             ip = self._last_ip = allocate_ip(self.taken(), self._last_ip)
+            # Other dev stacks on this machine (other clusters' agents) hand out the same addresses: one a process
+            # already listens on would answer this pod's probes and requests, so it is skipped.
+            while listening(local_address(ip) or ip, port) and len(skipped) < 1024:
+                skipped.add(ip)
+                ip = self._last_ip = allocate_ip(self.taken() | skipped, ip)
         before = (status.get("containerStatuses") or [{}])[0]
         restarts = before.get("restartCount", 0) + (1 if before.get("state", {}).get("running") else 0)
         directory = self.workdir / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
