@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from kaizen.api.adapters import Adapter, AdapterSet, Alias
+from kaizen.api.adapters import Adapter, AdapterSet, Alias, AliasTarget
 
 #: Where an adapter came from: the watched file owns its own, the runtime endpoints theirs.
 FILE, RUNTIME = "file", "runtime"
@@ -105,14 +105,14 @@ class Registry:
                       else ("Set-Cookie", f"{affinity.cookie}={chosen.version}; Path=/; HttpOnly"))
         return Resolved(chosen, marker)
 
-    def _split(self, targets: list[tuple[object, Served]]) -> Served:
-        total = sum(t.weight for t, _ in targets)  # type: ignore[attr-defined]
-        point = self.choose() * total
+    def _split(self, targets: list[tuple[AliasTarget, Served]]) -> Served:
+        """A target drawn by weight (``choose`` draws in [0, 1))."""
+        point = self.choose() * sum(t.weight for t, _ in targets)
         for target, served in targets:
-            point -= target.weight  # type: ignore[attr-defined]
+            point -= target.weight
             if point < 0:
                 return served
-        return next(s for t, s in reversed(targets) if t.weight > 0)  # type: ignore[attr-defined]
+        return next(s for t, s in reversed(targets) if t.weight > 0)
 
     def _unknown(self, name: str) -> str:
         names = [self.own.name, *self.adapters, *(a for a in self.aliases if a != self.own.name)]

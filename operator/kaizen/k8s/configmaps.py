@@ -3,7 +3,6 @@ list of the adapters the stable's pods hold, built in :mod:`kaizen.logic.adapter
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import kubernetes.client
@@ -21,12 +20,12 @@ def _core() -> kubernetes.client.CoreV1Api:
 def read(namespace: str, name: str) -> dict[str, Any] | None:
     """The ConfigMap as the API returns it (camelCase dict), or None if there is none."""
     try:
-        found = _core().read_namespaced_config_map(name, namespace, _preload_content=False)
+        found = _core().read_namespaced_config_map(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return json.loads(found.data)
+    return api_client().sanitize_for_serialization(found)
 
 
 @typed
