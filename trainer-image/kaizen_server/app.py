@@ -195,6 +195,8 @@ class Server:
         self._seen: str | None = None  # the watched file's content last applied (its digest)
         self._said: str | None = None  # the last problem with the file, said once
         self._syncing: asyncio.Lock | None = None
+        #: Set once the model and the adapters the file names at start are loaded: /health answers 200 from then.
+        self.ready = False
 
     async def load(self) -> Engine:
         """Load the model on the worker thread, then the adapters the watched file names; raises
@@ -204,7 +206,8 @@ class Server:
             self.worker, _load, self.settings.model_uri, self.settings.base_model_uri, self.settings.holds_adapters)
         self.engine = engine
         if self.settings.adapters_file is not None:
-            await self.sync_adapters()
+            await self.sync_adapters()  # before the pod is ready: a route may already name these adapters
+        self.ready = True
         return engine
 
     async def watch(self) -> None:
@@ -451,7 +454,7 @@ class Server:
             raise ApiError(503, "the model is still loading; retry when GET /health answers 200")
 
     async def health(self, request: web.Request) -> web.Response:
-        if self.engine is None:
+        if not self.ready:
             return web.json_response({"status": "loading"}, status=503)
         return web.json_response({"status": "ok"})
 
