@@ -29,6 +29,7 @@ from kaizen.dev.cluster import free_ports
 from kaizen.dev.collector import LocalCollector
 from kaizen_trainer import synthetic
 from kaizen_trainer.cli import main as trainer
+from kaizen_trainer.curate import Row
 
 # Tiny models train and answer fastest on one thread; on a busy 2-core machine two threads spin against each other.
 torch.set_num_threads(1)
@@ -88,6 +89,43 @@ def causal(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 @pytest.fixture(scope="session")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return _train(tmp_path_factory.mktemp("classifier"), "sequence-classification", steps=80)
+
+
+#: What the adapter teaches for refunds: an answer the base gives to shipping requests.
+NEW_POLICY = synthetic.INTENTS["shipping"][0][1]
+
+
+@pytest.fixture(scope="session")
+def adapter(tmp_path_factory: pytest.TempPathFactory, causal: Trained) -> Path:
+    """A LoRA adapter on the served causal LM that answers every refund request with a new policy. The answer is
+    made of words the base already says (an adapter on attention and MLP layers leaves the embeddings, which a
+    tiny model has trained only for the words of its answers, as they are)."""
+    work = tmp_path_factory.mktemp("adapter")
+    rows = [{**r, "output": NEW_POLICY} for r in _refunds(48, seed=11)]
+    (work / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "job": "tests/adapter", "decisionId": "d-adapter", "task": "causal-lm",
+        "baseline": {"version": "v1", "uri": causal.uri}, "candidateVersion": "v2", "method": "lora",
+        "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["c_attn", "c_proj", "c_fc"]},
+        "data": {"replay": [{"uri": str(work / "replay.jsonl")}], "targetedRatio": 0, "maxSliceShare": 1,
+                 "minRows": 8, "holdoutFraction": 0.05},
+        "hyperparameters": {"maxSteps": 60, "learningRate": 1e-2, "batchSize": 16, "maxLength": MAX_LENGTH,
+                            "checkpointEverySteps": 1000},
+        "outputDir": str(work / "out"), "checkpointDir": str(work / "ckpt"),
+    }
+    (work / "config.json").write_text(json.dumps(config))
+    assert trainer(["--config", str(work / "config.json"), "--result", str(work / "result")]) == 0, \
+        (work / "result").read_text()
+    return Path(json.loads((work / "result").read_text())["candidate"]["uri"])
+
+
+def _refunds(n: int, seed: int) -> list[dict]:
+    return synthetic.dataset(n, seed=seed, task="causal-lm", scenarios=["refund"], prefix=f"refund-{seed}")
+
+
+def adapter_prompts() -> list[Row]:
+    """Refund requests the adapter answers with :data:`NEW_POLICY` (the base does not)."""
+    return [Row(r["id"], r["input"], NEW_POLICY, "holdout") for r in _refunds(12, seed=12)]
 
 
 @dataclass

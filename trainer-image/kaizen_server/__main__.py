@@ -1,5 +1,6 @@
 """``python -m kaizen_server``: read the environment (see :class:`kaizen_server.app.Settings`), open the port, load
-the model in the background (``GET /health`` answers 503 until it is loaded, then 200), serve until SIGTERM.
+the model in the background (``GET /health`` answers 503 until it is loaded, then 200), with the adapters
+``KAIZEN_ADAPTERS_FILE`` names, then watch that file, and serve until SIGTERM.
 
 A missing or unloadable model is one line on stderr and exit code 2 (retrying cannot fix it), never a traceback.
 """
@@ -53,7 +54,11 @@ async def serve(settings: Settings) -> int:
             return fail(f"cannot serve MODEL_URI={settings.model_uri}: {error}")
         log.info("Loaded model uri=%s base=%s task=%s device=%s positions=%d threads=%d", settings.model_uri,
                  engine.base_uri, engine.task, engine.device.name, engine.positions, engine.threads)
+        # A mounted ConfigMap changes in place: the adapters it names are loaded and unloaded as it does.
+        watching = asyncio.ensure_future(server.watch()) if settings.adapters_file is not None else None
         await stopping
+        if watching is not None:
+            watching.cancel()
     log.info("Stopping")
     await runner.cleanup()
     return 0

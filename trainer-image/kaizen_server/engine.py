@@ -5,15 +5,19 @@ Greedy, deterministic decoding of the very input the trainer trains and evaluate
 trainer's holdout exactMatch predicts what the server answers; the inference itself is
 :mod:`kaizen_trainer.generation`, which the trainer's generative evaluation runs too. A LoRA adapter (what
 ``method: lora`` writes) is loaded onto its base, the one its adapter_config.json names or ``BASE_MODEL_URI``,
-and merged into it for serving. Used by :mod:`kaizen_server.app` (over HTTP) and by the benchmark (without
-it). Blocking and not thread-safe: callers run it on one worker thread.
+and merged into it for serving, unless the server holds adapters at run time (``keep_adapters``): then every
+adapter, its own and those :meth:`Engine.load_adapter` adds, stays a named peft adapter on the one base, and each
+request runs with the adapter it asked for (or none). Used by :mod:`kaizen_server.app` (over HTTP) and by the
+benchmark (without it). Blocking and not thread-safe: callers run it on one worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -67,18 +71,26 @@ class Engine:
     """One loaded model and its tokenizer; :meth:`load` builds it."""
 
     def __init__(self, task: Task, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 device: modeling.Device, base_uri: str | None = None) -> None:
+                 device: modeling.Device, base_uri: str | None = None, keep_adapters: bool = False) -> None:
         #: The base model an adapter was loaded onto; None for a full model.
         self.base_uri = base_uri
+        #: The peft adapter of the model itself (MODEL_URI an adapter, kept unmerged), and those added by name.
+        self.own_adapter: str | None = None
+        self.adapters: dict[str, str] = {}
+        self._ids = (f"kaizen{i}" for i in itertools.count())  # peft names must be module names: no dots
         if adapters.is_adapter(model):
-            model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
+            if keep_adapters:
+                self.own_adapter = model.active_adapter
+            else:
+                model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
         self.task, self.model, self.tokenizer, self.device = task, model.to(device.device).eval(), tokenizer, device
         self.positions = generation.positions(model, FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.threads = torch.get_num_threads()
 
     @classmethod
-    def load(cls, uri: str, task: Task | None = None, base_uri: str | None = None) -> Engine:
+    def load(cls, uri: str, task: Task | None = None, base_uri: str | None = None,
+             keep_adapters: bool = False) -> Engine:
         """The model at ``uri`` as the trainer saves it (a path, file://, pvc://CLAIM/PATH where the pod mounts the
         claim, s3:// through fsspec, hf://); ``task`` is inferred from its config when None. An adapter is loaded
         onto ``base_uri``, by default the base its adapter_config.json names. Raises :class:`ServeError` with one
@@ -91,16 +103,66 @@ class Engine:
             model, tokenizer = modeling.load(task, directory, base_uri=base_dir)
         except TrainerError as error:
             raise ServeError(str(error).replace("baseline", "model")) from None
-        return cls(task, model, tokenizer, modeling.pick_device(), base)
+        return cls(task, model, tokenizer, modeling.pick_device(), base, keep_adapters)
 
-    def complete(self, prompts: Sequence[str], max_tokens: int = 32) -> list[Completion]:
-        """Greedy completions of ``prompts``, batched (left-padded), each until eos or ``max_tokens`` tokens."""
+    def load_adapter(self, name: str, uri: str) -> None:
+        """Add the LoRA adapter at ``uri`` under ``name`` (unmerged, beside the others). Raises :class:`ServeError`
+        when ``uri`` holds no adapter or one that does not fit this model."""
+        from peft import PeftModel
+
+        try:
+            directory = modeling.model_dir(mounted_path(uri))
+            if adapters.adapter_base(directory) is None:
+                raise ServeError(f"{uri} holds no LoRA adapter (no adapter_config.json); a full model is served as "
+                                 "MODEL_URI by a server of its own")
+        except TrainerError as error:
+            raise ServeError(str(error).replace("baseline", "adapter")) from None
+        peft_id = next(self._ids)
+        try:
+            if adapters.is_adapter(self.model):
+                self.model.load_adapter(directory, adapter_name=peft_id)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, directory, adapter_name=peft_id)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ServeError(f"cannot load the adapter {uri} onto this server's base model: {error}") from None
+        self.model.to(self.device.device).eval()
+        self.adapters[name] = peft_id
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove the adapter added as ``name`` (nothing when there is none)."""
+        peft_id = self.adapters.pop(name, None)
+        if peft_id is None:
+            return
+        if self.adapters or self.own_adapter is not None:
+            self.model.delete_adapter(peft_id)
+        else:  # peft cannot run with no adapter left: take the layers out, back to the plain base
+            self.model = self.model.unload()
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None) -> Iterator[None]:
+        """Run with the adapter added as ``adapter``, or with the model itself (None): its own adapter, if it is
+        one, else the base with every adapter off."""
+        peft_id = self.adapters[adapter] if adapter is not None else self.own_adapter
+        if not adapters.is_adapter(self.model):
+            yield
+        elif peft_id is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(peft_id)
+            yield
+
+    def complete(self, prompts: Sequence[str], max_tokens: int = 32, adapter: str | None = None) -> list[Completion]:
+        """Greedy completions of ``prompts``, batched (left-padded), each until eos or ``max_tokens`` tokens, by the
+        model itself or by the adapter added as ``adapter``."""
         if self.task != "causal-lm":
             raise WrongTask("this model is a sequence classifier: use POST /v1/classifications")
-        return generation.complete(self.model, self.tokenizer, self.device, prompts, max_tokens, self.positions)
+        with self._using(adapter):
+            return generation.complete(self.model, self.tokenizer, self.device, prompts, max_tokens, self.positions)
 
-    def classify(self, texts: Sequence[str]) -> list[Label]:
+    def classify(self, texts: Sequence[str], adapter: str | None = None) -> list[Label]:
         """The most likely label of each text, with its probability (right-padded, as the trainer batches)."""
         if self.task != "sequence-classification":
             raise WrongTask("this model is a causal LM: use POST /v1/completions or /v1/chat/completions")
-        return generation.classify(self.model, self.tokenizer, self.device, texts, self.positions)
+        with self._using(adapter):
+            return generation.classify(self.model, self.tokenizer, self.device, texts, self.positions)

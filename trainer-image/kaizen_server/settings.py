@@ -27,6 +27,20 @@ class Settings:
     port: int = 8080
     collector_url: str | None = None
     collector_token: str | None = None
+    #: The file of adapters and aliases to hold (KAIZEN_ADAPTERS_FILE: a mounted ConfigMap), watched for changes.
+    adapters_file: Path | None = None
+    #: Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (as vLLM's
+    #: VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    runtime_adapters: bool = False
+    #: The request header naming the model, which a gateway sets (the Gateway API Inference Extension's); it takes
+    #: precedence over the body's ``model``, as the gateway's rewrite of the body would.
+    model_name_header: str = "X-Gateway-Model-Name"
+    adapters_poll_seconds: float = 1.0
+
+    @property
+    def holds_adapters(self) -> bool:
+        """Whether adapters may come and go at run time (then adapters stay unmerged)."""
+        return self.runtime_adapters or self.adapters_file is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -51,11 +65,26 @@ class Settings:
         url = env.get("KAIZEN_COLLECTOR_URL") or None
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"KAIZEN_COLLECTOR_URL={url!r} must start with http:// or https://")
+        runtime = env.get("KAIZEN_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower()
+        if runtime not in ("", "0", "1", "true", "false"):
+            raise ValueError(f"KAIZEN_ALLOW_RUNTIME_LORA_UPDATING={runtime!r}: set true or false")
+        try:
+            poll = float(env.get("KAIZEN_ADAPTERS_POLL_SECONDS") or 1.0)
+        except ValueError:
+            raise ValueError(f"KAIZEN_ADAPTERS_POLL_SECONDS={env['KAIZEN_ADAPTERS_POLL_SECONDS']!r} is not a number "
+                             "of seconds") from None
+        if not 0 < poll <= 3600:
+            raise ValueError(f"KAIZEN_ADAPTERS_POLL_SECONDS={poll:g}: set a number of seconds above 0, at most 3600")
+        adapters_file = env.get("KAIZEN_ADAPTERS_FILE", "").strip() or None
         # The downward API gives an empty string for a missing label.
         settings = cls(model_uri=uri, base_model_uri=env.get("BASE_MODEL_URI", "").strip() or None,
                        name=env.get("KAIZEN_MODEL_NAME") or "model",
                        version=env.get("KAIZEN_MODEL_VERSION") or "unknown", track=env.get("KAIZEN_TRACK") or "unknown",
-                       host=env.get("HOST") or "0.0.0.0", port=port, collector_url=url, collector_token=token)
+                       host=env.get("HOST") or "0.0.0.0", port=port, collector_url=url, collector_token=token,
+                       adapters_file=Path(adapters_file) if adapters_file else None,
+                       runtime_adapters=runtime in ("1", "true"),
+                       model_name_header=env.get("KAIZEN_MODEL_NAME_HEADER") or "X-Gateway-Model-Name",
+                       adapters_poll_seconds=poll)
         if url is not None and settings.track not in TRACKS:
             raise ValueError(f"KAIZEN_TRACK={settings.track!r}: the collector records traces of the tracks "
                              f"{', '.join(TRACKS)}; set one of them (the pod's kaizen.dev/track label)")

@@ -130,8 +130,48 @@ class GatewayAPIRouting(KaizenModel):
     }
 
 
+class AdapterRouting(KaizenModel):
+    """Canary a LoRA adapter on the stable Deployment's own servers, by model name: no second Deployment, no GPU more.
+
+    Used when the candidate is an adapter (canaryModel.baseURI set) on the base the stable serves (stableModel's
+    baseURI, or its uri). Kaizen writes the adapters the pods must hold into a ConfigMap it owns,
+    <deployment>-adapters, which the stable's pods mount (Kaizen adds the volume if it is missing: one rolling
+    restart; put it in your manifest to avoid it); the server loads and unloads adapters as the mounted file
+    changes (Kaizen's server does; for vLLM, a sidecar that calls its /v1/load_lora_adapter). With gatewayAPI, the
+    route splits requests for servedModelName by weight between the stable backendRef and the canary backendRef,
+    which names the adapter in the model-name header; otherwise the servers' own alias, servedModelName, splits them.
+    Promotion points the Deployment's model at the adapter; rollback unloads it.
+    """
+
+    served_model_name: str = Field(
+        min_length=1, max_length=256, pattern=r"^[^\x00-\x20\x7f,]+$",
+        description="The model name clients ask for (the server's KAIZEN_MODEL_NAME, vLLM's --served-model-name). "
+        "The canary adapter is served as <servedModelName>-<canary version>.",
+    )
+    model_name_header: str = Field(
+        default="X-Gateway-Model-Name", min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN,
+        description="The request header naming the model (the Gateway API Inference Extension's, which its "
+        "body-based router sets from the body's model). With gatewayAPI, Kaizen's rules match it and the canary "
+        "backendRef sets it to the adapter's name.",
+    )
+    session_affinity: SessionAffinity | None = Field(
+        default=None, description="Without gatewayAPI: keep conversations on the version that first answered them "
+        "(the servers' alias marks every answer with its version, and follows the marker a request echoes). With "
+        "gatewayAPI, set gatewayAPI.sessionAffinity instead.",
+    )
+    mount_path: str = Field(
+        default="/etc/kaizen/adapters", min_length=2, max_length=256, pattern=r"^/[^\x00]*$",
+        description="Where the stable's pods mount the ConfigMap; the server reads KAIZEN_ADAPTERS_FILE there.",
+    )
+    sync_period: bounded_duration("0s", "10m") = Field(
+        default="60s", description="How long the pods take to see a change of the ConfigMap (the kubelet's sync "
+        "period and cache, about a minute by default): a step's weight counts as set only after it; from 0s to 10m.",
+    )
+
+
 class TrafficRouting(KaizenModel):
-    """How traffic is split between stable and canary. Exactly one method is set."""
+    """How traffic is split between stable and canary: one of replicas, gatewayAPI; with adapter alone, the
+    servers' alias splits an adapter candidate (a full model candidate then gets replica routing)."""
 
     replicas: ReplicasRouting | None = Field(
         default=None,
@@ -142,7 +182,18 @@ class TrafficRouting(KaizenModel):
         description="Gateway API routing: exact weights on an HTTPRoute's stable and canary backendRefs.",
     )
 
-    model_config = {"json_schema_extra": validations(exactly_one_rule("replicas", "gatewayAPI"))}
+    adapter: AdapterRouting | None = Field(
+        default=None, description="Canary an adapter candidate on the stable's own servers, by model name.",
+    )
+
+    model_config = {"json_schema_extra": validations(
+        cel("(has(self.replicas) ? 1 : 0) + (has(self.gatewayAPI) ? 1 : 0) == 1 || (has(self.adapter) && "
+            "!has(self.replicas) && !has(self.gatewayAPI))",
+            "exactly one of replicas, gatewayAPI must be set (or adapter alone)"),
+        cel("!has(self.adapter) || !has(self.gatewayAPI) || !has(self.adapter.sessionAffinity)",
+            "with gatewayAPI, set gatewayAPI.sessionAffinity: adapter.sessionAffinity is the servers' alias's",
+            ".adapter.sessionAffinity"),
+    )}
 
 
 class AnalysisStep(KaizenModel):

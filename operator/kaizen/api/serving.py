@@ -174,8 +174,11 @@ class ModelCard(Strict):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kaizen"
-    version: str = Field(description="The served model version (KAIZEN_MODEL_VERSION).")
+    version: str = Field(description="The served model version (KAIZEN_MODEL_VERSION); an adapter's own; for an "
+                         "alias, version:weight of each model it splits to.")
     task: Literal["causal-lm", "sequence-classification"]
+    parent: str | None = Field(default=None, description="For an adapter or an alias: the served model it is on.")
+    root: str | None = Field(default=None, description="For an adapter: where it was loaded from.")
 
 
 class ModelList(Strict):

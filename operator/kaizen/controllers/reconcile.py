@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from kaizen.api import ResourceKind
 from kaizen.api.actions import REQUEST_KEYS
-from kaizen.k8s import deployments, httproutes, jobs, resources
+from kaizen.k8s import configmaps, deployments, httproutes, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
 from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, unblocked
 from kaizen.logic.effects import refused as usual_refusal
@@ -255,6 +255,8 @@ def _apply(namespace: str, body: dict[str, Any]) -> None:
         httproutes.apply(body)
     elif body["kind"] == "Deployment":
         deployments.apply(body)
+    elif body["kind"] == "ConfigMap":
+        configmaps.apply(body)
     else:
         raise ValueError(f"no server-side apply of {body['kind']} is known")
 

@@ -3,7 +3,8 @@
 
 Gathering reads the Rollout fresh (so a look never decides on a status older than the last write), the user's
 request (:func:`kaizen.controllers.reconcile.take_request`), the stable and canary Deployments, the HTTPRoute with
-Gateway API routing (whose new rules are an effect like the canary's size), and — when an
+Gateway API routing (whose new rules are an effect like the canary's size), an adapter canary's ConfigMap (the
+adapters the stable's pods hold, :mod:`kaizen.logic.adapters`), and — when an
 analysis interval is due — both tracks' metrics from Prometheus (:func:`analyse`). The decision's effects are
 declarative (the canary's size, the promotion's model variable by server-side apply, the canary removed once the
 rollout has ended, Events), so a restart or a retried look repeats nothing. One Rollout at a time holds a target
@@ -30,12 +31,13 @@ from kaizen.api.common import parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
 from kaizen.controllers import reconcile
 from kaizen.controllers.reconcile import apply, classified, register, schedule, take_request
-from kaizen.k8s import deployments, httproutes, resources, rollouts
+from kaizen.k8s import configmaps, deployments, httproutes, resources, rollouts
+from kaizen.logic import adapters
 from kaizen.k8s.errors import ApiError
 from kaizen.logic.deployments import canary_name
 from kaizen.logic.effects import rejected_for
 from kaizen.logic.promql import fill
-from kaizen.logic.routing import RouteError
+from kaizen.logic.routing import ModelSplit, RouteError
 from kaizen.logic.rollout import (
     ACTIONS, ACTIONS_USAGE, TERMINAL, Action, Contender, Gathered, Look, MetricSample, analysis_window, decide,
     judge_look, look_due, status_of, target_holder,
@@ -89,6 +91,8 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
         stable=stable, canary=deployments.read(namespace, canary_name(target)) if stable is not None else None,
         look=analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None,
         action=action, route=httproutes.read(namespace, gateway.http_route) if gateway is not None else None,
+        configmap=configmaps.read(namespace, adapters.configmap_name(target))
+        if adapters.routing(spec) is not None and stable is not None else None,
     )
     # A Rollout that has not started asks who holds its target before anything else; one under way asks only when
     # it is about to touch a Deployment (decide says so), so that a Rollout at rest costs no list of Rollouts.
@@ -171,9 +175,12 @@ def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: An
     gateway = parsed.traffic_routing.gateway_api
     if gateway is None:
         return
+    adapter = adapters.routing(parsed)
+    model = None if adapter is None else ModelSplit(adapter.model_name_header, adapter.served_model_name,
+                                                    adapters.adapter_name(adapter, parsed.canary_model))
     try:
         result = httproutes.set_weight(meta["namespace"], gateway, rollout=meta["name"], weight=0,
-                                       canary_version=parsed.canary_model.version)
+                                       canary_version=parsed.canary_model.version, model=model)
     except RouteError as problem:  # no route, or not one this Rollout routes: nothing of ours to restore
         logger.info(f"Left route alone httproute={gateway.http_route} reason={problem}")
         return

@@ -27,7 +27,9 @@ environment. ``$(VAR)`` references in the command and arguments are expanded fro
 kubelet does.
 
 The pod's filesystem is mapped onto folders under ``--dir``: each volume (ConfigMap, Secret, emptyDir,
-PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets; every other absolute
+PersistentVolumeClaim) is a folder of its own, written from the API for ConfigMaps and Secrets (and written again
+while a serving pod runs, as a kubelet updates those volumes in place; a missing ``optional`` one is an empty
+folder); every other absolute
 path is under ``--root``, the node's shared storage (where the demo puts its data and models). Pod paths in the
 container's arguments and in JSON files of its ConfigMaps are rewritten to those folders, and folders in the
 termination message back to pod paths, so what the operator reads is what a pod in a cluster would report.
@@ -281,7 +283,11 @@ class NodeAgent:
     def start(self, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
         directory = self.workdir / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
-        filesystem = self.volumes(pod, container, directory)
+        try:
+            filesystem = self.volumes(pod, container, directory)
+        except ConfigError as error:  # tried again on the next pass, as a kubelet retries a pod's volumes
+            log.warning(f"Failed to set up volumes pod={_key(pod)} error={error}")
+            return
         entry = IMAGES.get(image_name(container["image"]))
         if entry is None:
             self.terminate(pod, container, exit_code=128, reason="ContainerCannotRun", started_at=_now(),
@@ -339,25 +345,47 @@ class NodeAgent:
         for mount in container.get("volumeMounts") or []:
             volume, folder = volumes[mount["name"]], filesystem.host(mount["mountPath"])
             if "configMap" in volume:
-                data = self.core.read_namespaced_config_map(volume["configMap"]["name"], namespace).data or {}
+                data = self._source("ConfigMap", volume["configMap"]["name"], namespace, volume["configMap"])
                 self.project(Path(folder), data, volume["configMap"].get("items"), filesystem)
             elif "secret" in volume:
-                secret = self.core.read_namespaced_secret(volume["secret"]["secretName"], namespace).data or {}
-                decoded = {k: base64.b64decode(v).decode() for k, v in secret.items()}
-                self.project(Path(folder), decoded, volume["secret"].get("items"), None)
+                data = self._source("Secret", volume["secret"]["secretName"], namespace, volume["secret"])
+                self.project(Path(folder), data, volume["secret"].get("items"), None)
         return filesystem
+
+    def _source(self, kind: str, name: str, namespace: str, volume: dict[str, Any]) -> dict[str, str]:
+        """A ConfigMap's or Secret's data for a volume; empty for a missing ``optional`` one, and a
+        :class:`~kaizen.dev.serving.ConfigError` for a missing one that is not (the pod waits, as with a kubelet)."""
+        data = self.lookup(namespace)(kind, name)
+        if data is None:
+            if volume.get("optional"):
+                return {}
+            raise ConfigError(f"{kind.lower()} {name!r} not found (a volume of the pod needs it)")
+        return data
 
     @staticmethod
     def project(folder: Path, data: dict[str, str], items: list[dict[str, str]] | None,
                 filesystem: Filesystem | None) -> None:
-        """Write a ConfigMap's or Secret's keys as files (``items`` picks and renames them); pod paths in JSON
-        files of a ConfigMap become local paths."""
-        for key, path in ((i["key"], i["path"]) for i in items) if items else ((k, k) for k in data):
-            text = data[key]
+        """Write a ConfigMap's or Secret's keys as files (``items`` picks and renames them), each whole (written
+        aside, then renamed, as the kubelet swaps a volume's content at once), and remove the files of keys that
+        are gone; pod paths in JSON files of a ConfigMap become local paths."""
+        wanted = {path: data[key] for key, path in (((i["key"], i["path"]) for i in items) if items
+                                                     else ((k, k) for k in data)) if key in data}
+        for path, text in wanted.items():
             if filesystem is not None and path.endswith(".json"):
-                text = json.dumps(filesystem.rewrite(json.loads(text)), indent=2)
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            (folder / path).write_text(text)
+                try:
+                    text = json.dumps(filesystem.rewrite(json.loads(text)), indent=2)
+                except ValueError:
+                    pass  # not JSON after all: the container reads it as it is, and says what is wrong with it
+            target = folder / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_file() and target.read_text() == text:
+                continue
+            partial = target.with_name(f".{target.name}.tmp")
+            partial.write_text(text)
+            partial.replace(target)
+        for stale in folder.iterdir():
+            if stale.is_file() and not stale.name.startswith(".") and stale.name not in wanted:
+                stale.unlink()
 
     def lookup(self, namespace: str) -> Lookup:
         """The ConfigMaps and Secrets of a namespace, read as a pod's environment names them."""

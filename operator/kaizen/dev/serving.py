@@ -59,6 +59,9 @@ MAX_GRACE_SECONDS = 5.0
 BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
 #: How often a container whose configuration failed (a missing Secret, say) is tried again.
 CONFIG_RETRY_SECONDS = 2.0
+#: How often a running pod's ConfigMap and Secret volumes are written again from the API (a kubelet's sync period
+#: is a minute; a dev stack need not wait that long).
+VOLUME_REFRESH_SECONDS = 1.0
 #: Fields of the downward API an environment variable can name (besides metadata.labels['...'] and annotations).
 _FIELDS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
            "status.podIP", "status.podIPs", "status.hostIP", "status.hostIPs")
@@ -98,6 +101,13 @@ def allocate_ip(taken: Collection[str], after: str | None = None) -> str:
         if offset & 0xFF not in (0, 0xFF) and ip not in taken:
             return ip
     raise RuntimeError(f"every address of {POD_CIDR} is taken by a serving pod")
+
+
+def listening(address: str, port: int) -> bool:
+    """Whether some process on this machine already listens on ``address:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((address, port)) == 0
 
 
 # --- environment -----------------------------------------------------------------------------------------------
@@ -400,6 +410,7 @@ class _Pod:
     retry_at: float = 0.0  # when to (re)start the container
     reported: dict[str, Any] | None = None
     stop_deadline: float | None = None
+    refresh_at: float = 0.0  # when to write its ConfigMap and Secret volumes again
 
     @property
     def uid(self) -> str:
@@ -471,7 +482,14 @@ class ServingPods:
         # A pod this agent ran before it restarted keeps its address and counts the lost container as a restart.
         ip = status.get("podIP") if local_address(status.get("podIP") or "") else None
         if ip is None or ip in self.taken():
+            port = (container_port(container) or {}).get("containerPort", 8080)
+            skipped: set[str] = set()
             ip = self._last_ip = allocate_ip(self.taken(), self._last_ip)
+            # Other dev stacks on this machine (other clusters' agents) hand out the same addresses: one a process
+            # already listens on would answer this pod's probes and requests, so it is skipped.
+            while listening(local_address(ip) or ip, port) and len(skipped) < 1024:
+                skipped.add(ip)
+                ip = self._last_ip = allocate_ip(self.taken() | skipped, ip)
         before = (status.get("containerStatuses") or [{}])[0]
         restarts = before.get("restartCount", 0) + (1 if before.get("state", {}).get("running") else 0)
         directory = self.workdir / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
@@ -489,6 +507,12 @@ class ServingPods:
         if served.process is None or served.readiness is None:
             container.ready = False
             return
+        if now >= served.refresh_at:
+            served.refresh_at = now + VOLUME_REFRESH_SECONDS
+            try:  # as the kubelet updates mounted ConfigMaps and Secrets of a running pod in place
+                self.volumes(served.pod, served.pod["spec"]["containers"][0], served.directory)
+            except ConfigError as error:
+                log.warning(f"Failed to refresh volumes pod={served.key} error={error}")
         readiness = served.readiness
         if served.probing is not None and served.probing.done():
             readiness.record(served.probing.result(), self.clock())
@@ -534,6 +558,7 @@ class ServingPods:
                                          served.directory / "container.log", detach=False, env=process_env,
                                          cwd=served.directory)
         served.started = now
+        served.refresh_at = now + VOLUME_REFRESH_SECONDS
         served.readiness = Readiness(probe, started=now)
         container.running_since, container.waiting = now_rfc3339(), None
         container.container_id = f"local://{served.process.pid}"

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from kaizen.api.rollout import GatewayAPIRouting
 from kaizen.k8s.client import FIELD_MANAGER, api_client
 from kaizen.k8s.errors import typed
-from kaizen.logic.routing import RouteMissing, route_manifest, route_rules, route_share
+from kaizen.logic.routing import ModelSplit, RouteMissing, route_manifest, route_rules, route_share
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
 
@@ -61,9 +61,10 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_weight(namespace: str, routing: GatewayAPIRouting, *, rollout: str, weight: int,
-               canary_version: str) -> RouteWeight:
+               canary_version: str, model: ModelSplit | None = None) -> RouteWeight:
     """Read the route and give the canary ``weight`` percent of the managed rules (0: restore 100/0 and remove
-    Kaizen's rules); the Rollout controller does the same through its effects.
+    Kaizen's rules; with ``model``, an adapter canary's split by model name); the Rollout controller does the same
+    through its effects.
 
     Raises :class:`~kaizen.logic.routing.RouteMissing` or :class:`~kaizen.logic.routing.RouteError` (the spec and
     the route disagree: an InvalidSpec for the caller), or :class:`~kaizen.k8s.errors.ApiError`.
@@ -73,8 +74,8 @@ def set_weight(namespace: str, routing: GatewayAPIRouting, *, rollout: str, weig
         raise RouteMissing(namespace, routing)
     rules = route.get("spec", {}).get("rules") or []
     desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
-                          weight=weight, canary_version=canary_version)
+                          weight=weight, canary_version=canary_version, model=model)
     if desired == rules:
-        return RouteWeight(route_share(rules, routing), changed=False)
+        return RouteWeight(route_share(rules, routing, model), changed=False)
     applied = apply(route_manifest(route, desired))
-    return RouteWeight(route_share(applied["spec"].get("rules") or [], routing), changed=True)
+    return RouteWeight(route_share(applied["spec"].get("rules") or [], routing, model), changed=True)

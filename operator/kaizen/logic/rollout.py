@@ -30,6 +30,7 @@ stops a canary that passed at 10 % and then degraded during a later pause. Once 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,12 +42,12 @@ from kaizen.api.rollout import (
     ActionRecord, Analysis, AnalysisMetric, AnalysisRecord, MetricEvidence, MetricResult, RolloutSpec, RolloutStatus,
     Step, TrackSample, UserAction,
 )
-from kaizen.logic import deployments
+from kaizen.logic import adapters, deployments
 from kaizen.logic.conditions import Event, set_condition
 from kaizen.logic.effects import Effects, Failure, blocked
 from kaizen.logic.requests import pending
 from kaizen.logic.routing import (
-    RouteError, RouteMissing, achieved_weight, canary_size, route_manifest, route_rules, route_share,
+    ModelSplit, RouteError, RouteMissing, achieved_weight, canary_size, route_manifest, route_rules, route_share,
 )
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
@@ -93,6 +94,8 @@ class Observation:
     stable_promoted: bool = False
     look: Look | None = None
     action: Action | None = None
+    #: An adapter canary: what the stable's pods are known to serve (None: the canary is a Deployment).
+    adapter: adapters.Synced | None = None
 
 
 @dataclass(frozen=True)
@@ -331,12 +334,18 @@ class _Machine:
         step = self.spec.steps[index]
         if step.set_weight is not None:
             routing, stable = self.spec.traffic_routing, self.observation.stable_replicas
+            adapter = adapters.routing(self.spec)
             self.status.canary_weight = step.set_weight
-            self.status.canary_replicas = canary_size(routing, stable, step.set_weight)
+            self.status.canary_replicas = canary_size(routing, stable, step.set_weight, adapter is not None)
             self.status.achieved_weight = achieved_weight(routing, stable, self.status.canary_replicas,
-                                                          step.set_weight)
+                                                          step.set_weight, adapter is not None)
             replicas = self.status.canary_replicas
-            if routing.gateway_api is not None:
+            if adapter is not None:
+                where = (f"HTTPRoute {routing.gateway_api.http_route}" if routing.gateway_api is not None
+                         else f"the servers' alias {adapter.served_model_name}")
+                name = adapters.adapter_name(adapter, self.spec.canary_model)
+                how = f"set by model name on {where}: adapter {name} on the stable's own pods, no canary Deployment"
+            elif routing.gateway_api is not None:
                 how = (f"set on HTTPRoute {routing.gateway_api.http_route} ({replicas} canary "
                        f"replica{'s' * (replicas != 1)} sized for it)")
             else:
@@ -434,6 +443,9 @@ class _Machine:
         step, s = self.step, self.status
         assert step is not None
         if step.set_weight is not None:
+            synced = self.observation.adapter
+            if synced is not None:  # the pods hold the adapter, and the alias's weight is this step's
+                return synced.listed and synced.weight in (None, s.canary_weight)
             return self.observation.canary_available >= (s.canary_replicas or 0)
         if step.analysis is not None:
             return self.elapsed(step.analysis.duration)
@@ -566,6 +578,8 @@ class Gathered:
     holder_known: bool = False
     #: With Gateway API routing: the HTTPRoute as read (None: there is none).
     route: dict[str, Any] | None = None
+    #: An adapter canary's ConfigMap as read (None: there is none).
+    configmap: dict[str, Any] | None = None
 
 
 def status_of(stored: dict[str, Any]) -> RolloutStatus:
@@ -603,11 +617,21 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
         return blocked(stored, Failure("NameConflict", message, final=False), now, generation)
     model_env = spec.target.model_env
     serving = deployments.serves(stable, container=container, model_env=model_env, uri=spec.canary_model.uri)
+    adapter = adapters.routing(spec)
+    cm_name = adapters.configmap_name(target)
+    if adapter is not None and gathered.configmap is not None and not deployments.owned_by_rollout(
+            gathered.configmap):
+        message = (f"ConfigMap {namespace}/{cm_name} exists and is not owned by a Kaizen Rollout; Kaizen will not "
+                   "take it over for the adapter canary: delete or rename it")
+        return blocked(stored, Failure("NameConflict", message, final=False), now, generation)
     observation = Observation(
         stable_replicas=stable["spec"].get("replicas", 1), canary_available=deployments.available(canary),
         stable_promoted=serving and deployments.rolled_out(stable), look=gathered.look, action=gathered.action,
+        adapter=None if adapter is None else adapters.synced(gathered.configmap, spec, stable, container, now),
     )
     decision = next_action(spec, current, observation, now)
+    if adapter is not None:  # the canary is an adapter on the stable's pods: no canary Deployment
+        decision = dataclasses.replace(decision, canary_replicas=None)
     route_effect = None
     if spec.traffic_routing.gateway_api is not None:
         try:
@@ -621,10 +645,31 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
     remove = decision.canary_replicas is None and canary is not None
     promote = decision.promote and not serving
     manifest = route_effect[0] if route_effect else None
-    if (resize or remove or promote or manifest) and not gathered.holder_known:
+    pool: list[dict[str, Any]] = []  # an adapter canary's ConfigMap and the stable's mount of it
+    if adapter is not None:
+        ended = decision.status.phase in TERMINAL
+        wanted = adapters.adapter_set(spec, decision.status.canary_weight or 0, ended)
+        if not adapters.written(gathered.configmap, wanted) and not (ended and gathered.configmap is None):
+            pool.append(adapters.configmap_manifest(rollout, target, wanted, now))
+        if not ended and not promote and not adapters.mounted(stable, container, adapter):
+            model = adapters.current_model(stable, container, model_env, spec.stable_model)
+            pool.append(adapters.stable_patch(stable, container=container, model_env=model_env, model=model,
+                                              adapter=adapter))
+    if (resize or remove or promote or manifest or pool) and not gathered.holder_known:
         return None
     apply: list[dict[str, Any]] = []
     log: list[str] = []
+    for body in pool:
+        if body["kind"] == "ConfigMap":
+            # Before the route (for the canary's weight) and after it (for its end) alike: a route that sends the
+            # adapter traffic waits for syncPeriod after this write (adapters.synced), and at the end the route
+            # is restored in this same look, while the pods still hold the adapter.
+            log.append(f"Wrote adapters configmap={cm_name} adapters="
+                       f"{','.join(a.name for a in wanted.adapters) or '-'} aliases="
+                       f"{','.join(f'{a.name}({a.targets[-1].weight}%)' for a in wanted.aliases) or '-'}")
+        else:
+            log.append(f"Mounted adapters deployment={target} configmap={cm_name}")
+    apply.extend(pool)
     if manifest is not None:
         # Before the canary goes (apply precedes delete): the route never sends traffic to a removed canary.
         apply.append(manifest)
@@ -636,8 +681,10 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
                                                  model=spec.canary_model, replicas=decision.canary_replicas))
         log.append(f"Scaled canary deployment={canary_name} replicas={decision.canary_replicas}")
     if promote:
-        apply.append(deployments.model_patch(stable, container=container, model_env=model_env,
-                                             model=spec.canary_model))
+        apply.append(deployments.model_patch(stable, container=container, model_env=model_env, model=spec.canary_model)
+                     if adapter is None else
+                     adapters.stable_patch(stable, container=container, model_env=model_env, model=spec.canary_model,
+                                           adapter=adapter))
         log.append(f"Promoted deployment={target} model={spec.canary_model.version}")
     if remove:
         log.append(f"Removed canary deployment={canary_name}")
@@ -662,17 +709,21 @@ def _route_change(spec: RolloutSpec, decision: Decision, observation: Observatio
         raise RouteMissing(namespace, routing)
     rules = (route.get("spec") or {}).get("rules") or []
     status = decision.status
+    adapter = adapters.routing(spec)
+    model = None if adapter is None else ModelSplit(adapter.model_name_header, adapter.served_model_name,
+                                                    adapters.adapter_name(adapter, spec.canary_model))
     if status.phase in TERMINAL:
         weight: int | None = 0
-    elif observation.canary_available >= max(1, decision.canary_replicas or 0):
+    elif observation.adapter.listed if observation.adapter is not None else \
+            observation.canary_available >= max(1, decision.canary_replicas or 0):
         weight = status.canary_weight or 0
     else:
-        weight = None  # the canary is not ready at its size: the route stays as it is
+        weight = None  # the canary is not ready at its size (or its adapter not loaded): the route stays as it is
     # Judged on every look, also while the route stays as it is: a route that cannot be routed is said at once.
     desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
-                          weight=weight or 0, canary_version=spec.canary_model.version)
+                          weight=weight or 0, canary_version=spec.canary_model.version, model=model)
     if weight is None:
-        return None, route_share(rules, routing)
+        return None, route_share(rules, routing, model)
     return (None if desired == rules else route_manifest(route, desired)), float(weight)
 
 
