@@ -113,11 +113,7 @@ def test_failures_back_off_then_are_given_up_with_a_warning():
     assert box.send == () and settled.cursor.pending == [] and settled.next_due is None
 
 
-def test_the_events_filter_and_a_delivery_remembered_by_this_process():
+def test_the_events_filter_sends_only_the_events_asked_for():
     only = NotificationsSpec.model_validate({"webhooks": [{"url": "http://x/"}], "events": ["LoopDegraded"]})
     assert [d.notice.type for d in n.outbox(only, LOG, [], None, NOW, namespace="t", loop="bot").send] == [
         "LoopDegraded"]
-    box = n.outbox(SPEC, LOG[:1], [], None, NOW, namespace="t", loop="bot")
-    stale = n.settle(box, {}, NOW).cursor  # what a cached status still shows
-    assert n.outbox(SPEC, LOG[:1], [], n.remembered(stale, [box.send[0].key]), NOW, namespace="t",
-                    loop="bot").send == ()

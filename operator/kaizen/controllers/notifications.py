@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from datetime import datetime
 from typing import Any
 
@@ -31,10 +30,11 @@ from kaizen.notify import webhook
 
 #: The environment variable holding the cluster default (JSON), as the chart sets it.
 DEFAULT_ENV = "KAIZEN_NOTIFICATIONS"
-#: The keys this process delivered, by loop uid, and when: a look that reads a cached status older than this
-#: process's last write must not send them again (kept for a minute: by then the cache has caught up).
-_sent: dict[str, dict[str, float]] = {}
-REMEMBER_SECONDS = 60.0
+#: The cursor this process last wrote, by loop uid. Only the leader writes status.notifications, so while this
+#: process leads, its own last cursor is newer than any cached status: a look that reads a status older than the
+#: last write neither sends a delivered event again nor retries a pending one early. A new process (a restart, a
+#: new leader) starts from the stored cursor.
+_cursors: dict[str, NotificationsStatus] = {}
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,39 +78,42 @@ def deliver(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, due: da
     status_patch = patch.get("status") or {}
     after = [Decision.model_validate(d) for d in status_patch.get("decisions", stored.get("decisions")) or []]
     before = [Decision.model_validate(d) for d in stored.get("decisions") or []]
-    cursor = NotificationsStatus.model_validate(stored["notifications"]) if stored.get("notifications") else None
-    mine = {k: t for k, t in _sent.get(meta["uid"], {}).items() if time.monotonic() - t < REMEMBER_SECONDS}
-    _sent[meta["uid"]] = mine
-    if cursor is not None and mine:
-        cursor = logic.remembered(cursor, list(mine))
+    cursor = _cursors.get(meta["uid"])
+    if cursor is None and stored.get("notifications"):
+        cursor = NotificationsStatus.model_validate(stored["notifications"])
     box = logic.outbox(spec, after, before, cursor, now, namespace=meta["namespace"], loop=meta["name"])
     results: dict[str, str | None] = {}
     down: set[str] = set()
+    secrets: dict[tuple[str, str], str | Exception] = {}  # each Secret read once per look
     for delivery in box.send:
         if delivery.target.url in down:
             continue  # one failure per webhook and look: a receiver that hangs costs one timeout, not ten
-        results[delivery.key] = error = _post(delivery, meta["namespace"])
-        if error is None:
-            mine[delivery.key] = time.monotonic()
-        else:
+        results[delivery.key] = error = _post(delivery, meta["namespace"], secrets)
+        if error is not None:
             down.add(delivery.target.url)
-    settled = logic.settle(box, results, now)
+    # Backoff counts from when the attempts ended: on a loaded machine a look's sends may take seconds.
+    settled = logic.settle(box, results, reconcile.clock.now())
     for event in settled.events:
         kopf.event(obj, type=event.type, reason=event.reason, message=event.message)
     for line in settled.log:
         (logger.info if line.startswith("Notified") else logger.warning)(line)
     write_status(stored, patch, {"notifications": settled.cursor.to_wire()})
+    _cursors[meta["uid"]] = settled.cursor
     return min((d for d in (due, settled.next_due) if d is not None), default=None)
 
 
-def _post(delivery: logic.Delivery, namespace: str) -> str | None:
+def _post(delivery: logic.Delivery, namespace: str, secrets: dict[tuple[str, str], str | Exception]) -> str | None:
     secret = None
     ref = delivery.target.secret_ref
     if ref is not None:
-        try:
-            secret = resources.read_secret_key(namespace, ref.name, ref.key)
-        except (ApiError, KeyError) as error:
-            what = "not found" if isinstance(error, ApiError) and error.not_found else str(error)
+        if (ref.name, ref.key) not in secrets:
+            try:
+                secrets[(ref.name, ref.key)] = resources.read_secret_key(namespace, ref.name, ref.key)
+            except (ApiError, KeyError) as error:
+                secrets[(ref.name, ref.key)] = error
+        secret = secrets[(ref.name, ref.key)]
+        if isinstance(secret, Exception):
+            what = "not found" if isinstance(secret, ApiError) and secret.not_found else str(secret)
             return f"cannot read the signing secret from Secret {ref.name} key {ref.key}: {what}"
     return webhook.post(delivery.target.url, delivery.notice.id, logic.payload(delivery.notice, delivery.target),
                         secret)

@@ -103,13 +103,6 @@ def key(notice_id: str, target: WebhookTarget) -> str:
     return f"{notice_id}@{hashlib.sha256(target.url.encode()).hexdigest()[:8]}"
 
 
-def remembered(cursor: NotificationsStatus, keys: list[str]) -> NotificationsStatus:
-    """``cursor`` with ``keys`` (delivered by this process, perhaps not yet in a cached status) delivered too."""
-    new = [k for k in keys if k not in set(cursor.delivered)]
-    return cursor.model_copy(update={"delivered": [*new, *cursor.delivered][:REMEMBERED],
-                                     "pending": [p for p in cursor.pending if p.id not in set(keys)]})
-
-
 # ------------------------------------------------------------------------------------------------------ payloads
 
 

@@ -1,0 +1,161 @@
+"""Notifications on real parts: a real API server, a real Prometheus scraping an emitter whose error rate the test
+sets, the operator as a process (SIGKILLed and restarted mid-way), and a real HTTP receiver on 127.0.0.1 that
+verifies every request with standardwebhooks' own Webhook.verify. The test plays the RetrainJob and Rollout
+controllers by writing their status, as test_improvementloop does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks import Webhook
+
+from tests.integration.test_improvementloop import (
+    Telemetry, apply, children, eventually, loop_manifest, loop_status, set_status, signal_state,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(b"kaizen-notifications-test-secret").decode()
+
+
+class Receiver:
+    """Records every POST: path, webhook-id, body, whether the signature verified, and the status answered. The
+    first ``fail`` requests to /standard are answered 500."""
+
+    def __init__(self, fail: int) -> None:
+        self.requests: list[dict] = []
+        self.fail = fail
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"])).decode()
+                try:
+                    Webhook(SECRET).verify(body, dict(self.headers))
+                    verified = True
+                except Exception:  # noqa: BLE001 (recorded, and asserted on)
+                    verified = False
+                code = 200
+                if self.path == "/standard" and receiver.fail > 0:
+                    receiver.fail, code = receiver.fail - 1, 500
+                receiver.requests.append({"path": self.path, "id": self.headers["webhook-id"], "body": json.loads(body),
+                                          "verified": verified, "code": code, "at": time.monotonic()})
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def delivered(self, path: str) -> list[dict]:
+        return [r for r in self.requests if r["path"] == path and r["code"] == 200]
+
+    def types(self, path: str) -> set[str]:
+        return {r["id"].rsplit(".", 1)[1] for r in self.delivered(path)}
+
+
+class Operator:
+    def __init__(self, kubeconfig, log) -> None:
+        self.kubeconfig, self.log, self.process = kubeconfig, log, None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kaizen", "operator", "--all-namespaces", "--controllers", "improvementloop"],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def telemetry(tmp_path):
+    telemetry = Telemetry(tmp_path / "telemetry")
+    yield telemetry
+    telemetry.stop()
+
+
+@pytest.fixture
+def operator(crds, tmp_path):
+    operator = Operator(crds.kubeconfig, tmp_path / "operator.log")
+    operator.start()
+    yield operator
+    operator.stop()
+
+
+def test_each_event_is_delivered_once_signed_retried_and_survives_a_sigkill(crds, operator, telemetry, namespace):
+    receiver = Receiver(fail=2)
+    crds.kubectl("create", "secret", "generic", "hook", "-n", namespace, f"--from-literal=secret={SECRET}")
+    manifest = loop_manifest(telemetry.prometheus.url)
+    manifest["spec"]["notifications"] = {"webhooks": [
+        {"url": f"{receiver.url}/standard", "secretRef": {"name": "hook", "key": "secret"}},
+        {"url": f"{receiver.url}/slack", "format": "slack", "secretRef": {"name": "hook", "key": "secret"}},
+    ]}
+    emitter = telemetry.emitter(namespace, error_rate=0.3)
+    apply(crds, namespace, manifest)
+
+    # A breach starts a retrain: told to both webhooks; /standard answered 500 twice first, then delivered once.
+    [job] = eventually(lambda: children(crds, namespace, "retrainjob"), what="a RetrainJob")
+    eventually(lambda: receiver.types("/standard") == {"RetrainStarted"} == receiver.types("/slack"),
+               what="RetrainStarted at both webhooks")
+    started = [r for r in receiver.requests if r["path"] == "/standard"]
+    assert [r["code"] for r in started] == [500, 500, 200], started  # retried with backoff, then one delivery
+    assert len({r["id"] for r in started}) == 1  # every retry carried the same webhook-id
+    gaps = [b["at"] - a["at"] for a, b in zip(started, started[1:])]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps  # the backoff: 1s, then 2s
+    decision = next(d for d in loop_status(crds, namespace)["decisions"] if d["action"] == "Retrain")
+    body = receiver.delivered("/standard")[0]["body"]
+    assert body["type"] == "RetrainStarted" and body["data"]["id"] == f"{decision['id']}.RetrainStarted"
+    assert body["data"]["decision"]["reason"] == decision["reason"]
+    assert body["data"]["decision"]["evidence"]["signals"][0]["name"] == "error-rate"
+    assert decision["id"] in receiver.delivered("/slack")[0]["body"]["blocks"][2]["elements"][0]["text"]
+    eventually(lambda: len(loop_status(crds, namespace).get("notifications", {}).get("delivered", [])) == 2
+               and not loop_status(crds, namespace)["notifications"].get("pending"), what="the cursor to record both")
+
+    # The operator dies; the candidate passes meanwhile; a new operator picks up from the cursor.
+    operator.kill()
+    emitter.set(error_rate=0.0)
+    set_status(crds, namespace, "retrainjob", job["metadata"]["name"], {
+        "phase": "Succeeded", "verdict": "Passed", "candidate": {"version": "v2", "uri": "/models/v2"},
+        "completionTime": "2026-11-28T00:00:00Z"})
+    operator.start()
+    [rollout] = eventually(lambda: children(crds, namespace, "rollout"), what="a Rollout", timeout=60)
+    eventually(lambda: signal_state(crds, namespace) == "Healthy", what="the signal to clear")
+    set_status(crds, namespace, "rollout", rollout["metadata"]["name"], {"phase": "Promoted"})
+    eventually(lambda: "CanaryPromoted" in receiver.types("/standard") and "CanaryPromoted" in receiver.types("/slack"),
+               what="CanaryPromoted at both webhooks")
+    eventually(lambda: len(loop_status(crds, namespace)["notifications"]["delivered"]) == 4, what="4 recorded")
+    eventually(lambda: loop_status(crds, namespace).get("model", {}).get("version") == "v2", what="v2 served")
+
+    # Exactly one delivery per event and webhook, duplicates counted explicitly: the SIGKILL came after the cursor
+    # recorded RetrainStarted, so it caused none; every request verified.
+    assert all(r["verified"] for r in receiver.requests), [r for r in receiver.requests if not r["verified"]]
+    for path in ("/standard", "/slack"):
+        counts = Counter(r["id"] for r in receiver.delivered(path))
+        assert {i.rsplit(".", 1)[1] for i in counts} == {"RetrainStarted", "CanaryPromoted"}, counts
+        duplicates = sum(c - 1 for c in counts.values())
+        assert duplicates == 0, counts
+    promoted = next(r for r in receiver.delivered("/standard") if r["id"].endswith(".CanaryPromoted"))["body"]
+    roll_out = next(d for d in loop_status(crds, namespace)["decisions"] if d["action"] == "RollOut")
+    assert promoted["data"]["decision"]["id"] == roll_out["id"]
+    assert promoted["data"]["decision"]["outcome"].startswith(f"Rollout {rollout['metadata']['name']} promoted")
+    receiver.server.shutdown()
