@@ -32,9 +32,12 @@ class Receiver:
     """Records every POST: path, webhook-id, body, whether the signature verified, and the status answered. The
     first ``fail`` requests to /standard are answered 500."""
 
-    def __init__(self, fail: int) -> None:
+    def __init__(self, fail: int, hold: str) -> None:
         self.requests: list[dict] = []
         self.fail = fail
+        # The first request to /standard for an event of type ``hold`` is kept unanswered until ``release``: the
+        # test kills the operator while it waits, between sending and recording.
+        self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,10 +51,17 @@ class Receiver:
                 code = 200
                 if self.path == "/standard" and receiver.fail > 0:
                     receiver.fail, code = receiver.fail - 1, 500
+                if self.path == "/standard" and self.headers["webhook-id"].endswith(receiver.hold) \
+                        and not receiver.held.is_set():
+                    receiver.held.set()
+                    receiver.release.wait(30)
                 receiver.requests.append({"path": self.path, "id": self.headers["webhook-id"], "body": json.loads(body),
                                           "verified": verified, "code": code, "at": time.monotonic()})
-                self.send_response(code)
-                self.end_headers()
+                try:
+                    self.send_response(code)
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender was killed while its request was held
 
             def log_message(self, *_: object) -> None:
                 pass
@@ -103,7 +113,7 @@ def operator(crds, tmp_path):
 
 
 def test_each_event_is_delivered_once_signed_retried_and_survives_a_sigkill(crds, operator, telemetry, namespace):
-    receiver = Receiver(fail=2)
+    receiver = Receiver(fail=2, hold=".CanaryPromoted")
     crds.kubectl("create", "secret", "generic", "hook", "-n", namespace, f"--from-literal=secret={SECRET}")
     manifest = loop_manifest(telemetry.prometheus.url)
     manifest["spec"]["notifications"] = {"webhooks": [
@@ -141,19 +151,33 @@ def test_each_event_is_delivered_once_signed_retried_and_survives_a_sigkill(crds
     [rollout] = eventually(lambda: children(crds, namespace, "rollout"), what="a Rollout", timeout=60)
     eventually(lambda: signal_state(crds, namespace) == "Healthy", what="the signal to clear")
     set_status(crds, namespace, "rollout", rollout["metadata"]["name"], {"phase": "Promoted"})
-    eventually(lambda: "CanaryPromoted" in receiver.types("/standard") and "CanaryPromoted" in receiver.types("/slack"),
-               what="CanaryPromoted at both webhooks")
+
+    # The operator dies again, this time between sending CanaryPromoted and recording it: the receiver holds the
+    # request while the test SIGKILLs the sender, then answers. The new operator sends it again, same webhook-id.
+    assert receiver.held.wait(60), "CanaryPromoted was never sent"
+    operator.kill()
+    receiver.release.set()
+    recorded = loop_status(crds, namespace)["notifications"]["delivered"]
+    assert not [k for k in recorded if ".CanaryPromoted@" in k], recorded  # sent, never recorded
+    operator.start()
+    eventually(lambda: "CanaryPromoted" in receiver.types("/slack"), what="CanaryPromoted at /slack", timeout=60)
     eventually(lambda: len(loop_status(crds, namespace)["notifications"]["delivered"]) == 4, what="4 recorded")
     eventually(lambda: loop_status(crds, namespace).get("model", {}).get("version") == "v2", what="v2 served")
 
-    # Exactly one delivery per event and webhook, duplicates counted explicitly: the SIGKILL came after the cursor
-    # recorded RetrainStarted, so it caused none; every request verified.
+    # Distinct deliveries and duplicates, counted explicitly. Every request verified. The first SIGKILL (after the
+    # cursor recorded RetrainStarted) caused no duplicate; the second (between sending and recording) caused exactly
+    # one, with the same webhook-id and the same body: at least once on the wire, and exactly one per event once the
+    # receiver drops a webhook-id it has seen.
     assert all(r["verified"] for r in receiver.requests), [r for r in receiver.requests if not r["verified"]]
-    for path in ("/standard", "/slack"):
-        counts = Counter(r["id"] for r in receiver.delivered(path))
-        assert {i.rsplit(".", 1)[1] for i in counts} == {"RetrainStarted", "CanaryPromoted"}, counts
-        duplicates = sum(c - 1 for c in counts.values())
-        assert duplicates == 0, counts
+    expected = {"RetrainStarted", "CanaryPromoted"}
+    standard = Counter(r["id"] for r in receiver.delivered("/standard"))
+    slack = Counter(r["id"] for r in receiver.delivered("/slack"))
+    assert {i.rsplit(".", 1)[1] for i in standard} == expected == {i.rsplit(".", 1)[1] for i in slack}
+    assert sum(c - 1 for c in slack.values()) == 0, slack
+    assert {i.rsplit(".", 1)[1]: c - 1 for i, c in standard.items()} == {"RetrainStarted": 0, "CanaryPromoted": 1}
+    again = [r for r in receiver.delivered("/standard") if r["id"].endswith(".CanaryPromoted")]
+    assert again[0]["body"] == again[1]["body"]
+    assert len({r["id"] for r in receiver.delivered("/standard")}) == 2  # after dedupe: one per event
     promoted = next(r for r in receiver.delivered("/standard") if r["id"].endswith(".CanaryPromoted"))["body"]
     roll_out = next(d for d in loop_status(crds, namespace)["decisions"] if d["action"] == "RollOut")
     assert promoted["data"]["decision"]["id"] == roll_out["id"]
