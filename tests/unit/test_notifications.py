@@ -117,3 +117,15 @@ def test_the_events_filter_sends_only_the_events_asked_for():
     only = NotificationsSpec.model_validate({"webhooks": [{"url": "http://x/"}], "events": ["LoopDegraded"]})
     assert [d.notice.type for d in n.outbox(only, LOG, [], None, NOW, namespace="t", loop="bot").send] == [
         "LoopDegraded"]
+
+
+def test_a_webhook_added_later_gets_only_what_happens_after_it_was_added():
+    log = [decision(1, "Retrain")]
+    box = n.outbox(SPEC, log, [], None, NOW, namespace="t", loop="bot")
+    cursor = n.settle(box, {d.key: None for d in box.send}, NOW).cursor
+    both = NotificationsSpec.model_validate({"webhooks": [{"url": "http://127.0.0.1:9/hook"}, {"url": "http://y/"}]})
+    assert n.outbox(both, log, log, cursor, NOW, namespace="t", loop="bot").send == ()
+    later = [decision(2, "Degraded"), *log]
+    assert [(d.notice.type, d.target.url) for d in n.outbox(both, later, log, cursor, NOW, namespace="t",
+                                                            loop="bot").send] == [
+        ("LoopDegraded", "http://127.0.0.1:9/hook"), ("LoopDegraded", "http://y/")]

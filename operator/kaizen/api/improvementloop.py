@@ -256,6 +256,10 @@ class NotificationsStatus(KaizenModel):
     pending: list[PendingNotification] = Field(
         default_factory=list, max_length=100, description="Events whose delivery failed and will be retried."
     )
+    webhooks: list[str] = Field(
+        default_factory=list, max_length=8, description="Digests of the webhook URLs this cursor covers: a webhook "
+        "added later is told only what happens after it was added.",
+    )
 
 
 class ImprovementLoopStatus(CommonStatus):

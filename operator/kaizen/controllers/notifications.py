@@ -73,6 +73,9 @@ def deliver(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, due: da
     meta, stored = obj["metadata"], dict(obj.get("status") or {})
     spec = spec_of(obj)
     if spec is None or not spec.webhooks:
+        if spec is not None and stored.get("notifications"):  # turned off: enabled again, it starts afresh
+            _cursors.pop(meta["uid"], None)
+            write_status(stored, patch, {"notifications": None})
         return due
     now = reconcile.clock.now()
     status_patch = patch.get("status") or {}

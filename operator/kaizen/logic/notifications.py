@@ -97,10 +97,14 @@ def derive(decisions: list[Decision], namespace: str, loop: str) -> list[Notice]
     return notices
 
 
+def webhook_key(target: WebhookTarget) -> str:
+    """A webhook's name in the cursor: a digest of its URL (which may hold a token), so reordering resends nothing."""
+    return hashlib.sha256(target.url.encode()).hexdigest()[:8]
+
+
 def key(notice_id: str, target: WebhookTarget) -> str:
-    """A delivery's key in the cursor: the event at one webhook (by its URL, so reordering targets resends
-    nothing)."""
-    return f"{notice_id}@{hashlib.sha256(target.url.encode()).hexdigest()[:8]}"
+    """A delivery's key in the cursor: the event at one webhook."""
+    return f"{notice_id}@{webhook_key(target)}"
 
 
 # ------------------------------------------------------------------------------------------------------ payloads
@@ -154,16 +158,20 @@ def outbox(spec: NotificationsSpec | None, decisions: list[Decision], stored: li
            cursor: NotificationsStatus | None, now: datetime, *, namespace: str, loop: str) -> Outbox:
     """What to send now. ``decisions`` is the log after this look, ``stored`` the log before it.
 
-    With no cursor yet (notifications just enabled, or an older loop), the events of the stored log are history,
-    not news: they become the baseline, and only what this look and later ones decide is sent.
+    For a webhook the cursor does not know yet (notifications just enabled, a webhook added, an older loop), the
+    events of the stored log are history, not news: they become its baseline, and only what this look and later
+    ones decide is sent to it.
     """
     targets = spec.webhooks if spec else []
     wanted = set(spec.events) if spec and spec.events else None
     notices = [n for n in derive(decisions, namespace, loop) if wanted is None or n.type in wanted]
-    if cursor is None:
+    cursor = cursor or NotificationsStatus()
+    new = [t for t in targets if webhook_key(t) not in cursor.webhooks]
+    if new:
         old = {n.id for n in derive(stored, namespace, loop)}
-        cursor = NotificationsStatus(delivered=[key(n.id, t) for n in reversed(notices) if n.id in old
-                                                for t in targets][:REMEMBERED])
+        history = [key(n.id, t) for n in reversed(notices) if n.id in old for t in new]
+        cursor = cursor.model_copy(update={"delivered": [*history, *cursor.delivered][:REMEMBERED]})
+    cursor = cursor.model_copy(update={"webhooks": [webhook_key(t) for t in targets]})
     pending = {p.id: p for p in cursor.pending}
     done = set(cursor.delivered)
     send, later = [], []
@@ -230,7 +238,8 @@ def settle(box: Outbox, results: dict[str, str | None], now: datetime) -> Settle
         log.append(f"Failed to notify {where} attempts={attempts}: {error}")
         pending[delivery.key] = PendingNotification(id=delivery.key, attempts=attempts,
                                                     next_attempt=now + backoff(attempts), error=error[:1024])
-    cursor = NotificationsStatus(delivered=delivered[:REMEMBERED], pending=list(pending.values())[:100])
+    cursor = NotificationsStatus(delivered=delivered[:REMEMBERED], pending=list(pending.values())[:100],
+                                 webhooks=box.cursor.webhooks)
     retries = [p.next_attempt for p in cursor.pending if p.next_attempt]
     return Settled(cursor, tuple(events), tuple(log), min([*retries, *([box.next_due] if box.next_due else [])],
                                                           default=None))
