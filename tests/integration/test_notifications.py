@@ -1,7 +1,8 @@
 """Notifications on real parts: a real API server, a real Prometheus scraping an emitter whose error rate the test
-sets, the operator as a process (SIGKILLed and restarted mid-way), and a real HTTP receiver on 127.0.0.1 that
-verifies every request with standardwebhooks' own Webhook.verify. The test plays the RetrainJob and Rollout
-controllers by writing their status, as test_improvementloop does."""
+sets, two operator replicas that elect a leader (`kaizen operator --leader-elect`, as the chart runs them) and whose
+leader is SIGKILLed twice, and a real HTTP receiver on 127.0.0.1 that verifies every request with standardwebhooks'
+own Webhook.verify. The test plays the RetrainJob and Rollout controllers by writing their status, as
+test_improvementloop does."""
 
 from __future__ import annotations
 
@@ -77,24 +78,35 @@ class Receiver:
         return {r["id"].rsplit(".", 1)[1] for r in self.delivered(path)}
 
 
-class Operator:
-    def __init__(self, kubeconfig, log) -> None:
-        self.kubeconfig, self.log, self.process = kubeconfig, log, None
+class Replicas:
+    """`kaizen operator --leader-elect` replicas, as the chart runs two: only the leader acts (and notifies)."""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kaizen", "operator", "--all-namespaces", "--controllers", "improvementloop"],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT)
+    def __init__(self, kubeconfig, namespace, workdir) -> None:
+        self.kubeconfig, self.namespace, self.workdir = kubeconfig, namespace, workdir
+        self.processes: dict[str, subprocess.Popen] = {}
 
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
+    def start(self, identity: str) -> None:
+        self.processes[identity] = subprocess.Popen(
+            [sys.executable, "-m", "kaizen", "operator", "--namespace", self.namespace, "--controllers",
+             "improvementloop", "--leader-elect", f"--leader-elect-resource-namespace={self.namespace}",
+             f"--leader-elect-identity={identity}"],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            stdout=(self.workdir / f"operator-{identity}.log").open("ab"), stderr=subprocess.STDOUT)
+
+    def leader(self, cluster) -> str:
+        lease = json.loads(cluster.kubectl("get", "lease", "kaizen-operator", "-n", self.namespace, "-o",
+                                           "json", check=False).stdout or "{}")
+        return lease.get("spec", {}).get("holderIdentity", "")
+
+    def kill(self, identity: str) -> None:
+        self.processes[identity].send_signal(signal.SIGKILL)
+        self.processes[identity].wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -105,14 +117,16 @@ def telemetry(tmp_path):
 
 
 @pytest.fixture
-def operator(crds, tmp_path):
-    operator = Operator(crds.kubeconfig, tmp_path / "operator.log")
-    operator.start()
-    yield operator
-    operator.stop()
+def replicas(crds, namespace, tmp_path):
+    replicas = Replicas(crds.kubeconfig, namespace, tmp_path)
+    replicas.start("a")
+    replicas.start("b")
+    yield replicas
+    replicas.stop()
 
 
-def test_each_event_is_delivered_once_signed_retried_and_survives_a_sigkill(crds, operator, telemetry, namespace):
+def test_each_event_is_delivered_once_signed_retried_and_survives_sigkills_of_the_leader(crds, replicas, telemetry,
+                                                                                       namespace):
     receiver = Receiver(fail=2, hold=".CanaryPromoted")
     crds.kubectl("create", "secret", "generic", "hook", "-n", namespace, f"--from-literal=secret={SECRET}")
     manifest = loop_manifest(telemetry.prometheus.url)
@@ -141,25 +155,29 @@ def test_each_event_is_delivered_once_signed_retried_and_survives_a_sigkill(crds
     eventually(lambda: len(loop_status(crds, namespace).get("notifications", {}).get("delivered", [])) == 2
                and not loop_status(crds, namespace)["notifications"].get("pending"), what="the cursor to record both")
 
-    # The operator dies; the candidate passes meanwhile; a new operator picks up from the cursor.
-    operator.kill()
+    # The leader dies; the candidate passes meanwhile; the standby takes over from the cursor, and the killed
+    # replica comes back as the new standby.
+    first = replicas.leader(crds)
+    replicas.kill(first)
     emitter.set(error_rate=0.0)
     set_status(crds, namespace, "retrainjob", job["metadata"]["name"], {
         "phase": "Succeeded", "verdict": "Passed", "candidate": {"version": "v2", "uri": "/models/v2"},
         "completionTime": "2026-11-28T00:00:00Z"})
-    operator.start()
+    replicas.start(f"{first}2")
     [rollout] = eventually(lambda: children(crds, namespace, "rollout"), what="a Rollout", timeout=60)
     eventually(lambda: signal_state(crds, namespace) == "Healthy", what="the signal to clear")
     set_status(crds, namespace, "rollout", rollout["metadata"]["name"], {"phase": "Promoted"})
 
-    # The operator dies again, this time between sending CanaryPromoted and recording it: the receiver holds the
-    # request while the test SIGKILLs the sender, then answers. The new operator sends it again, same webhook-id.
+    # The leader dies again, this time between sending CanaryPromoted and recording it: the receiver holds the
+    # request while the test SIGKILLs the sender, then answers. The standby, leading now, sends it again with the
+    # same webhook-id.
     assert receiver.held.wait(60), "CanaryPromoted was never sent"
-    operator.kill()
+    second = replicas.leader(crds)
+    assert second != first
+    replicas.kill(second)
     receiver.release.set()
     recorded = loop_status(crds, namespace)["notifications"]["delivered"]
     assert not [k for k in recorded if ".CanaryPromoted@" in k], recorded  # sent, never recorded
-    operator.start()
     eventually(lambda: "CanaryPromoted" in receiver.types("/slack"), what="CanaryPromoted at /slack", timeout=60)
     eventually(lambda: len(loop_status(crds, namespace)["notifications"]["delivered"]) == 4, what="4 recorded")
     eventually(lambda: loop_status(crds, namespace).get("model", {}).get("version") == "v2", what="v2 served")
