@@ -725,3 +725,24 @@ def test_rendered_chart_passes_a_server_side_dry_run(cluster, namespace: str, va
 def as_list(objects: list[dict]) -> str:
     """Objects as one kubectl input: a v1 List, in JSON, so nothing is lost converting YAML back to text."""
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+
+
+def test_the_notifications_default_reaches_the_operator_as_a_spec_it_accepts(monkeypatch) -> None:
+    from kaizen.controllers.notifications import DEFAULT_ENV, check_default, spec_of
+
+    assert DEFAULT_ENV not in {e["name"] for e in operator_container(render()).get("env", [])}  # off by default
+    objects = render("notifications.webhooks[0].url=https://hooks.example/kaizen",
+                     "notifications.webhooks[0].format=slack", "notifications.webhooks[0].secretRef.name=hook",
+                     "notifications.webhooks[0].secretRef.key=secret", "notifications.events[0]=LoopDegraded")
+    env = {e["name"]: e.get("value") for e in operator_container(objects)["env"]}
+    monkeypatch.setenv(DEFAULT_ENV, env[DEFAULT_ENV])
+    assert check_default() is None
+    default = spec_of({"spec": {}})
+    assert default.webhooks[0].format == "slack" and default.webhooks[0].secret_ref.name == "hook"
+    assert default.events == ["LoopDegraded"]
+    assert spec_of({"spec": {"notifications": {"webhooks": []}}}).webhooks == []  # a loop's own spec wins
+    assert "value must be one of" in helm_error("template", str(CHART), kube_version_flag(),
+                                                "--set=notifications.webhooks[0].url=http://x/",
+                                                "--set=notifications.webhooks[0].format=teams")
+    monkeypatch.setenv(DEFAULT_ENV, '{"webhooks": [{"url": "ftp://x"}]}')
+    assert "webhooks.0.url" in check_default()

@@ -108,6 +108,46 @@ class Policy(KaizenModel):
     )
 
 
+NotificationFormat = Literal["standard", "slack"]
+#: The events a loop notifies about (:mod:`kaizen.logic.notifications` derives them from the decision log).
+NotificationEventType = Literal[
+    "RetrainStarted", "GateFailed", "ApprovalAwaited", "CanaryPromoted", "CanaryRolledBack", "RollbackStarted",
+    "LoopDegraded",
+]
+
+
+class WebhookTarget(KaizenModel):
+    """A receiver of the loop's notifications: signed per the Standard Webhooks spec (webhook-id,
+    webhook-timestamp, webhook-signature headers), the webhook-id stable per event so receivers can drop repeats."""
+
+    url: str = Field(
+        max_length=2048, pattern=r"^https?://[^\s]+$", description="Where each event is POSTed (http or https)."
+    )
+    format: NotificationFormat = Field(
+        default="standard",
+        description="standard: Kaizen's JSON event (type, loop, decision id, reason, evidence); slack: a Slack "
+        "incoming-webhook message ({text, blocks}) with the same facts.",
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the signing secret (Standard Webhooks form: whsec_ and base64); unsigned "
+        "when absent.",
+    )
+
+
+class NotificationsSpec(KaizenModel):
+    """Who is told when the loop starts a retrain, a candidate fails its gates, a promotion awaits approval, a
+    canary is promoted or rolled back, or the loop degrades. Absent: the operator's cluster default (the chart's
+    notifications value) applies."""
+
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list, max_length=8, description="Webhook receivers; none: notifications are off."
+    )
+    events: list[NotificationEventType] = Field(
+        default_factory=list, max_length=7, description="The events to send; all when empty."
+    )
+
+
 class ImprovementLoopSpec(KaizenModel):
     """The desired improvement loop of one served model."""
 
@@ -131,6 +171,10 @@ class ImprovementLoopSpec(KaizenModel):
     retrain: RetrainTemplate = Field(description="How to retrain; every RetrainJob the loop creates starts from it.")
     gates: list[Gate] = GATES_FIELD
     rollout: RolloutTemplate = nested(RolloutTemplate, "How to roll out a candidate that passed its gates.")
+    notifications: NotificationsSpec | None = Field(
+        default=None, description="Webhooks told about retrains, failed gates, approvals, promotions, rollbacks and "
+        "degradation; absent: the operator's cluster default.",
+    )
 
 
 LoopPhase = Literal["Observing", "Retraining", "RollingOut", "CoolingDown", "AwaitingApproval", "Paused", "Degraded"]
@@ -193,6 +237,31 @@ class RequestRecord(KaizenModel):
     outcome: str = Field(max_length=1024, description="What the operator did about it.")
 
 
+class PendingNotification(KaizenModel):
+    """An event not yet delivered to every webhook: retried with backoff until ``attempts`` reaches the limit."""
+
+    id: str = Field(max_length=200, description="The event's webhook-id: the decision id and the event type.")
+    attempts: int = Field(ge=0, description="Failed attempts so far.")
+    next_attempt: datetime | None = Field(default=None, description="When the next attempt is due.")
+    error: str | None = Field(default=None, max_length=1024, description="What the last attempt got.")
+
+
+class NotificationsStatus(KaizenModel):
+    """The durable cursor of the loop's notifications: what was delivered (or given up), what is pending."""
+
+    delivered: list[str] = Field(
+        default_factory=list, max_length=200, description="Ids of the events delivered or given up, newest first "
+        "(bounded: the decision log they derive from is bounded too).",
+    )
+    pending: list[PendingNotification] = Field(
+        default_factory=list, max_length=100, description="Events whose delivery failed and will be retried."
+    )
+    webhooks: list[str] = Field(
+        default_factory=list, max_length=8, description="Digests of the webhook URLs this cursor covers: a webhook "
+        "added later is told only what happens after it was added.",
+    )
+
+
 class ImprovementLoopStatus(CommonStatus):
     """Observed state of an ImprovementLoop."""
 
@@ -213,3 +282,6 @@ class ImprovementLoopStatus(CommonStatus):
         "audit log keeps all)."
     )
     last_action: RequestRecord | None = Field(default=None, description="The last user request and its outcome.")
+    notifications: NotificationsStatus | None = Field(
+        default=None, description="Which events were sent to the loop's webhooks, and which are retried."
+    )

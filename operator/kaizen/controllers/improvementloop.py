@@ -20,7 +20,7 @@ from kaizen.api import IMPROVEMENT_LOOP
 from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, parse_time
 from kaizen.api.common import API_GROUP, ModelRef
 from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus
-from kaizen.controllers import reconcile
+from kaizen.controllers import notifications, reconcile
 from kaizen.controllers.reconcile import apply, classified, register, schedule, take_request
 from kaizen.k8s import resources
 from kaizen.k8s.errors import ApiError
@@ -50,11 +50,12 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
     if written > str(status.get("lastObserved") or "") and time.monotonic() - at < STALE_FOR_AT_MOST:
         return reconcile.clock.now() + timedelta(seconds=STALE_RETRY_SECONDS)  # our last write is not seen yet
     try:
-        return observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
-                                  logger=logger, retry=retry)
+        due = observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
+                                 logger=logger, retry=retry)
     finally:
         if (patch.get("status") or {}).get("lastObserved"):
             _written[meta["uid"]] = (patch["status"]["lastObserved"], time.monotonic())
+    return notifications.deliver(obj, patch, logger, due)  # the events this look's decision log holds
 
 
 scheduler = schedule(IMPROVEMENT_LOOP, look_now)
