@@ -229,11 +229,13 @@ def operator_identity(cluster: LocalCluster) -> Path:
     return kubeconfig
 
 
-def api_requests(cluster: LocalCluster) -> tuple[float, float]:
-    """(requests the operator has made, requests every client has made) so far, from the API server's /metrics."""
+def api_requests(cluster: LocalCluster) -> tuple[float, float, dict[str, float]]:
+    """(requests the operator has made, requests every client has made, every client's by verb, resource and
+    subresource) so far, from the API server's /metrics."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
     return (measure.counter_sum(text, "apiserver_flowcontrol_dispatched_requests_total", {"flow_schema": FLOW_SCHEMA}),
-            measure.counter_sum(text, "apiserver_request_total"))
+            measure.counter_sum(text, "apiserver_request_total"),
+            measure.counters_by(text, "apiserver_request_total", ("verb", "resource", "subresource")))
 
 
 def client_for(kubeconfig: Path, pool: int = 64) -> kubernetes.client.ApiClient:
@@ -338,22 +340,26 @@ def window(seconds: float, pid: int, cluster: LocalCluster, prometheus_url: str)
     ticks = os.sysconf("SC_CLK_TCK")
     stat = Path(f"/proc/{pid}/stat")
     status = Path(f"/proc/{pid}/status")
+    load0 = os.getloadavg()[0]
     start, cpu0 = time.monotonic(), measure.cpu_seconds(stat.read_text(), ticks)
-    (operator0, all0), queries0 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator0, all0, by0), queries0 = api_requests(cluster), prometheus_queries(prometheus_url)
     rss = []
     while time.monotonic() - start < seconds:
         rss.append(measure.rss_mib(status.read_text()))
         time.sleep(1.0)
     elapsed = time.monotonic() - start
     cpu = measure.cpu_seconds(stat.read_text(), ticks) - cpu0
-    (operator1, all1), queries1 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator1, all1, by1), queries1 = api_requests(cluster), prometheus_queries(prometheus_url)
     return {"seconds": round(elapsed, 1), "operatorCpuCores": round(cpu / elapsed, 3),
             "operatorRssMiB": round(max(rss), 1),
             "apiRequestsPerSecond": round((operator1 - operator0) / elapsed, 2),
             # Everyone's: kube-controller-manager, the scheduler, kwok, the bench's watches and these reads too.
             "apiRequestsPerSecondAllClients": round((all1 - all0) / elapsed, 2),
+            # Where they come from (every client's: the kaizen.dev kinds are the operator's alone, but for the
+            # bench's own watches, one WATCH a minute per kind).
+            "apiRequestsPerSecondByVerbResource": measure.rates(by0, by1, elapsed),
             "prometheusQueriesPerSecond": round((queries1 - queries0) / elapsed, 2),
-            "loadAverage1m": round(os.getloadavg()[0], 2)}
+            "loadAverage1mAtStart": round(load0, 2), "loadAverage1m": round(os.getloadavg()[0], 2)}
 
 
 def settle(what: str, ready: Callable[[], int], total: int, timeout: float) -> dict[str, Any]:
