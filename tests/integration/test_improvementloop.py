@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -132,10 +133,15 @@ def signal_state(cluster, namespace):
 
 
 def observed_ticks(cluster, namespace, ticks):
-    """Wait until the loop has observed ``ticks`` more times (its spec.interval is 1s)."""
-    start = loop_status(cluster, namespace).get("lastObserved")
-    seen = {start}
-    eventually(lambda: (seen.add(loop_status(cluster, namespace).get("lastObserved")) or len(seen) > ticks),
+    """Wait until the loop has looked ``ticks`` more times (its spec.interval is 1s): until the look it recorded
+    (status.lastObserved) is ``ticks`` intervals past the one recorded now. A look that changes nothing is recorded
+    only every fifth interval; the looks in between keep to the grid of the recorded one."""
+    def recorded():
+        value = loop_status(cluster, namespace).get("lastObserved")
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+    start = recorded()
+    eventually(lambda: (now := recorded()) is not None and (start is None or now >= start + timedelta(seconds=ticks)),
                what=f"{ticks} observations")
 
 
