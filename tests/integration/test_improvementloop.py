@@ -224,10 +224,14 @@ def test_manual_approval_waits_and_records_the_approver(crds, operator, telemetr
 
 
 def test_paused_loop_does_nothing_until_resumed(crds, operator, telemetry, namespace):
-    telemetry.emitter(namespace, error_rate=0.4)
+    # Healthy until paused: a breach from the start races `kaizen pause` (a loaded machine once took 6 s to start
+    # it, and the loop retrained after its 3 s `for`).
+    emitter = telemetry.emitter(namespace, error_rate=0.0)
     apply(crds, namespace, loop_manifest(telemetry.prometheus.url))
     kaizen(crds, "pause", "support-bot", "-n", namespace)
     eventually(lambda: loop_status(crds, namespace).get("phase") == "Paused", what="Paused")
+    emitter.set(error_rate=0.4)
+    eventually(lambda: signal_state(crds, namespace) == "Breached", what="the breach to be seen while paused")
     observed_ticks(crds, namespace, 5)
     assert children(crds, namespace, "retrainjob") == []
     kaizen(crds, "resume", "support-bot", "-n", namespace)
