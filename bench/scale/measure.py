@@ -47,6 +47,26 @@ def counter_sum(text: str, name: str, match: Mapping[str, str | Iterable[str]] |
     return total
 
 
+def counters_by(text: str, name: str, labels: Sequence[str]) -> dict[str, float]:
+    """The samples named ``name`` summed by the values of ``labels``, keyed ``"v1 v2 ..."`` (a missing or empty
+    label reads ``-``): e.g. the API server's ``apiserver_request_total`` by verb, resource and subresource."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                key = " ".join(sample.labels.get(label) or "-" for label in labels)
+                sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def rates(before: Mapping[str, float], after: Mapping[str, float], seconds: float,
+          at_least: float = 0.05) -> dict[str, float]:
+    """Per-second rates of the counters that grew between two readings (:func:`counters_by`), largest first; those
+    under ``at_least`` per second are left out."""
+    grown = {key: (value - before.get(key, 0.0)) / seconds for key, value in after.items()}
+    return {key: round(rate, 2) for key, rate in sorted(grown.items(), key=lambda kv: -kv[1]) if rate >= at_least}
+
+
 def cpu_seconds(stat: str, ticks_per_second: float) -> float:
     """User + system CPU time of a process from its ``/proc/PID/stat`` line. The command name (field 2) may hold
     spaces and parentheses, so fields are counted after its last ``)``."""
@@ -65,10 +85,14 @@ def rss_mib(status: str) -> float:
 
 def breach_due(looks: Iterable[float], visible_at: float, interval: float) -> float:
     """When the loop was due to see a breach that became visible in Prometheus at ``visible_at``: its first
-    scheduled look after that, i.e. the last look before it plus the interval (never before it became visible).
-    ``looks`` are the times of the loop's observations (status.lastObserved) as the bench saw them."""
+    scheduled look at or after that. ``looks`` are the loop's recorded looks (status.lastObserved, as the bench saw
+    them); a loop looks on the grid of its last recorded look (that time plus whole intervals), recording only a
+    look that changes something, or every fifth (:data:`kaizen.logic.loop.RECORD_EVERY_LOOKS`)."""
     before = [t for t in looks if t < visible_at]
-    return max(visible_at, max(before) + interval) if before else visible_at
+    if not before:
+        return visible_at
+    last = max(before)
+    return last + math.ceil((visible_at - last) / interval) * interval
 
 
 def failing_look(looks: Sequence[tuple[float, str]]) -> float | None:

@@ -26,6 +26,7 @@ an administrator, exempt, so never counted) and by every client, and Prometheus 
 machine (its load included: a loaded machine slows every number) and writes ``bench/results/scale.json``.
 
     PYTHONPATH=operator .venv/bin/python bench/scale/run.py [--n 10,100] [--window 60] [--samples 10] [--out FILE]
+        [--baseline REF [--baseline-n 10,100]]   # also the operator of commit REF, in the same run
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -229,11 +231,13 @@ def operator_identity(cluster: LocalCluster) -> Path:
     return kubeconfig
 
 
-def api_requests(cluster: LocalCluster) -> tuple[float, float]:
-    """(requests the operator has made, requests every client has made) so far, from the API server's /metrics."""
+def api_requests(cluster: LocalCluster) -> tuple[float, float, dict[str, float]]:
+    """(requests the operator has made, requests every client has made, every client's by verb, resource and
+    subresource) so far, from the API server's /metrics."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
     return (measure.counter_sum(text, "apiserver_flowcontrol_dispatched_requests_total", {"flow_schema": FLOW_SCHEMA}),
-            measure.counter_sum(text, "apiserver_request_total"))
+            measure.counter_sum(text, "apiserver_request_total"),
+            measure.counters_by(text, "apiserver_request_total", ("verb", "resource", "subresource")))
 
 
 def client_for(kubeconfig: Path, pool: int = 64) -> kubernetes.client.ApiClient:
@@ -338,22 +342,26 @@ def window(seconds: float, pid: int, cluster: LocalCluster, prometheus_url: str)
     ticks = os.sysconf("SC_CLK_TCK")
     stat = Path(f"/proc/{pid}/stat")
     status = Path(f"/proc/{pid}/status")
+    load0 = os.getloadavg()[0]
     start, cpu0 = time.monotonic(), measure.cpu_seconds(stat.read_text(), ticks)
-    (operator0, all0), queries0 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator0, all0, by0), queries0 = api_requests(cluster), prometheus_queries(prometheus_url)
     rss = []
     while time.monotonic() - start < seconds:
         rss.append(measure.rss_mib(status.read_text()))
         time.sleep(1.0)
     elapsed = time.monotonic() - start
     cpu = measure.cpu_seconds(stat.read_text(), ticks) - cpu0
-    (operator1, all1), queries1 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator1, all1, by1), queries1 = api_requests(cluster), prometheus_queries(prometheus_url)
     return {"seconds": round(elapsed, 1), "operatorCpuCores": round(cpu / elapsed, 3),
             "operatorRssMiB": round(max(rss), 1),
             "apiRequestsPerSecond": round((operator1 - operator0) / elapsed, 2),
             # Everyone's: kube-controller-manager, the scheduler, kwok, the bench's watches and these reads too.
             "apiRequestsPerSecondAllClients": round((all1 - all0) / elapsed, 2),
+            # Where they come from (every client's: the kaizen.dev kinds are the operator's alone, but for the
+            # bench's own watches, one WATCH a minute per kind).
+            "apiRequestsPerSecondByVerbResource": measure.rates(by0, by1, elapsed),
             "prometheusQueriesPerSecond": round((queries1 - queries0) / elapsed, 2),
-            "loadAverage1m": round(os.getloadavg()[0], 2)}
+            "loadAverage1mAtStart": round(load0, 2), "loadAverage1m": round(os.getloadavg()[0], 2)}
 
 
 def settle(what: str, ready: Callable[[], int], total: int, timeout: float) -> dict[str, Any]:
@@ -440,7 +448,26 @@ def run_causes(n: int, samples: int, observed: Observed, exporter: Exporter, api
             "unacted": unacted, "_all": breaches + looks + effects}
 
 
-def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def checkout(ref: str, into: Path) -> tuple[str, Path]:
+    """The operator package of ``ref`` (a commit of this repository) extracted under ``into``: (its commit, the
+    directory to put first on the operator's PYTHONPATH)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "operator"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit, into / "operator"
+
+
+def this_commit() -> str:
+    """HEAD of this checkout, marked ``-dirty`` when the operator's files differ from it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "operator", "crds"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+def run_one(n: int, args: argparse.Namespace, work: Path, operator_path: Path = ROOT / "operator") -> dict[str, Any]:
     loop_interval = measure_seconds(args.loop_interval)
     analysis_interval = measure_seconds(args.analysis_interval)
     half = n // 2
@@ -489,6 +516,9 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"  created {created} objects in {create_seconds:.1f}s", file=sys.stderr, flush=True)
 
         log = work / "operator.log"
+        # The operator's own package first (the baseline's, when measuring one); the child copies the environment.
+        rest = os.environ["PYTHONPATH"].split(os.pathsep)[1:]
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(operator_path), *rest])
         process = stack.enter_context(operator_process(ClusterAccess(operator_kubeconfig), log))
         timeout = 120 + n * 0.5
         settled = {
@@ -550,19 +580,33 @@ def fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def window_loads(result: dict[str, Any]) -> list[float]:
+    """The 1-minute load averages at the start and end of a result's windows."""
+    return [w[key] for w in result["windows"].values() for key in ("loadAverage1mAtStart", "loadAverage1m")
+            if key in w]
+
+
 def table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"machine: {m['cores']} cores, {m['cpu']}, load average {m['loadAverage']} at start, "
              f"{m.get('loadAverageEnd')} at end, 1-minute load in the windows {m.get('loadAverage1mDuringWindows')}"
              + (" (LOADED: more runnable processes than cores; not a final measurement)" if m.get("loaded") else ""),
-             f"{'N':>6}{'CPU':>7}{'CPU rest':>9}{'RSS MiB':>9}{'API/s':>8}{'API/s rest':>11}{'PromQ/s':>9}"
-             f"{'p50 s':>8}{'p99 s':>8}  per cause p50/p99 (missed): breach, failing look, annotation"]
-    for r in report["results"]:
+             f"operator: {report['operator']['commit']}"
+             + (f"; baseline: {report['baseline']['commit']} ({report['baseline']['ref']})"
+                if report.get("baseline") else ""),
+             f"{'run':>9}{'N':>6}{'CPU':>7}{'CPU rest':>9}{'RSS MiB':>9}{'API/s':>8}{'API/s rest':>11}{'PromQ/s':>9}"
+             f"{'p50 s':>8}{'p99 s':>8}{'load 1m':>12}  per cause p50/p99 (missed): breach, failing look, annotation"]
+    rows = [("operator", r) for r in report["results"]]
+    rows += [("baseline", r) for r in (report.get("baseline") or {}).get("results", [])]
+    for run, r in rows:
         causes = "  ".join(f"{fmt(c['p50'])}/{fmt(c['p99'])} ({c['missed']})" for c in r["causes"].values())
-        lines.append(f"{r['N']:>6}{fmt(r['operatorCpuCores']):>7}{fmt(r['operatorCpuCoresAtRest']):>9}"
+        loads = window_loads(r)
+        load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+        lines.append(f"{run:>9}{r['N']:>6}{fmt(r['operatorCpuCores']):>7}{fmt(r['operatorCpuCoresAtRest']):>9}"
                      f"{fmt(r['operatorRssMiB'], 0):>9}{fmt(r['apiRequestsPerSecond'], 1):>8}"
                      f"{fmt(r['apiRequestsPerSecondAtRest'], 1):>11}{fmt(r['prometheusQueriesPerSecond'], 1):>9}"
-                     f"{fmt(r['p50CauseToActionSeconds']):>8}{fmt(r['p99CauseToActionSeconds']):>8}  {causes}")
+                     f"{fmt(r['p50CauseToActionSeconds']):>8}{fmt(r['p99CauseToActionSeconds']):>8}{load:>12}"
+                     f"  {causes}")
     lines.append(f"growth with N (cost ~ N^exponent): {json.dumps(report['growth'])}")
     lines.append(f"targets at N={measure.TARGET_N}: {report['targets']}; met: {report['met']}")
     return "\n".join(lines)
@@ -577,22 +621,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analysis-interval", default="10s", help="the progressing Rollouts' (default 10s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     parser.add_argument("--note", default="", help="a note stored in the machine block (e.g. what else ran)")
+    parser.add_argument("--baseline", metavar="REF", help="also measure the operator of this commit (e.g. main), in "
+                        "the same run, on the same machine, right after this checkout's at each --baseline-n")
+    parser.add_argument("--baseline-n", default="10,100", help="the Ns of the baseline (default 10,100)")
     args = parser.parse_args(argv)
     try:
         ns = [int(n) for n in args.n.split(",")]
-        if any(n < 2 for n in ns):
+        baseline_ns = [int(n) for n in args.baseline_n.split(",")] if args.baseline else []
+        if any(n < 2 for n in ns + baseline_ns):
             raise ValueError
         measure_seconds(args.loop_interval), measure_seconds(args.analysis_interval)
     except ValueError:
         parser.error("--n takes numbers of at least 2 separated by commas, e.g. --n 10,100; the intervals take "
                      "durations such as 30s")
-    report: dict[str, Any] = {"machine": {**machine(), "note": args.note}, "results": [],
-                              "targets": {**measure.TARGETS, "atN": measure.TARGET_N}}
-    for n in ns:
-        with tempfile.TemporaryDirectory(prefix=f"kaizen-bench-scale-{n}-") as work:
-            report["results"].append(run_one(n, args, Path(work)))
+    report: dict[str, Any] = {"machine": {**machine(), "note": args.note}, "operator": {"commit": this_commit()},
+                              "results": [], "targets": {**measure.TARGETS, "atN": measure.TARGET_N}}
+    stack = ExitStack()
+    baseline_path = None
+    if args.baseline:
+        commit, baseline_path = checkout(args.baseline, Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="kaizen-bench-scale-baseline-"))))
+        report["baseline"] = {"ref": args.baseline, "commit": commit, "results": []}
+    for n in [*ns, *(n for n in baseline_ns if n not in ns)]:
+        runs = ([("results", ROOT / "operator")] if n in ns else []) + (
+            [("baseline", baseline_path)] if n in baseline_ns and baseline_path else [])
+        for key, operator_path in runs:
+            with tempfile.TemporaryDirectory(prefix=f"kaizen-bench-scale-{n}-") as work:
+                result = run_one(n, args, Path(work), operator_path)
+            (report["results"] if key == "results" else report["baseline"]["results"]).append(result)
         report["machine"]["loadAverageEnd"] = [round(x, 2) for x in os.getloadavg()]
-        loads = [w["loadAverage1m"] for r in report["results"] for w in r["windows"].values()]
+        loads = [w["loadAverage1m"] for r in report["results"] + (report.get("baseline") or {}).get("results", [])
+                 for w in r["windows"].values()]
         report["machine"]["loadAverage1mDuringWindows"] = loads
         # More runnable processes than cores: every process waited for a CPU, the operator included, and the
         # numbers above are not the machine's but the queue's. A final result needs a quiet machine.
@@ -603,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         report["met"] = measure.judge(report["results"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")  # after every N, so a long run keeps what it has
+    stack.close()
     print(table(report))
     print(f"Wrote {args.out}", file=sys.stderr)
     return 0

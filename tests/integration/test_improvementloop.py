@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -132,10 +133,15 @@ def signal_state(cluster, namespace):
 
 
 def observed_ticks(cluster, namespace, ticks):
-    """Wait until the loop has observed ``ticks`` more times (its spec.interval is 1s)."""
-    start = loop_status(cluster, namespace).get("lastObserved")
-    seen = {start}
-    eventually(lambda: (seen.add(loop_status(cluster, namespace).get("lastObserved")) or len(seen) > ticks),
+    """Wait until the loop has looked ``ticks`` more times (its spec.interval is 1s): until the look it recorded
+    (status.lastObserved) is ``ticks`` intervals past the one recorded now. A look that changes nothing is recorded
+    only every fifth interval; the looks in between keep to the grid of the recorded one."""
+    def recorded():
+        value = loop_status(cluster, namespace).get("lastObserved")
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+    start = recorded()
+    eventually(lambda: (now := recorded()) is not None and (start is None or now >= start + timedelta(seconds=ticks)),
                what=f"{ticks} observations")
 
 
@@ -218,10 +224,14 @@ def test_manual_approval_waits_and_records_the_approver(crds, operator, telemetr
 
 
 def test_paused_loop_does_nothing_until_resumed(crds, operator, telemetry, namespace):
-    telemetry.emitter(namespace, error_rate=0.4)
+    # Healthy until paused: a breach from the start races `kaizen pause` (a loaded machine once took 6 s to start
+    # it, and the loop retrained after its 3 s `for`).
+    emitter = telemetry.emitter(namespace, error_rate=0.0)
     apply(crds, namespace, loop_manifest(telemetry.prometheus.url))
     kaizen(crds, "pause", "support-bot", "-n", namespace)
     eventually(lambda: loop_status(crds, namespace).get("phase") == "Paused", what="Paused")
+    emitter.set(error_rate=0.4)
+    eventually(lambda: signal_state(crds, namespace) == "Breached", what="the breach to be seen while paused")
     observed_ticks(crds, namespace, 5)
     assert children(crds, namespace, "retrainjob") == []
     kaizen(crds, "resume", "support-bot", "-n", namespace)

@@ -58,6 +58,23 @@ def test_counter_sum_selects_by_name_and_labels():
     assert measure.counter_sum(EXPOSITION, "go_goroutines") == 12
 
 
+def test_requests_are_broken_down_by_verb_and_resource_and_turned_into_rates():
+    before = """\
+# TYPE apiserver_request_total counter
+apiserver_request_total{verb="LIST",resource="rollouts",subresource="",code="200"} 10
+apiserver_request_total{verb="PATCH",resource="rollouts",subresource="status",code="200"} 4
+apiserver_request_total{verb="PATCH",resource="rollouts",subresource="status",code="409"} 1
+"""
+    after = before.replace("} 10", "} 70").replace("} 4", "} 34") + (
+        'apiserver_request_total{verb="GET",resource="secrets",subresource="",code="200"} 1\n')
+    by = ("verb", "resource", "subresource")
+    assert measure.counters_by(before, "apiserver_request_total", by) == {"LIST rollouts -": 10,
+                                                                         "PATCH rollouts status": 5}
+    assert measure.rates(measure.counters_by(before, "apiserver_request_total", by),
+                         measure.counters_by(after, "apiserver_request_total", by), 30.0) == {
+        "LIST rollouts -": 2.0, "PATCH rollouts status": 1.0}  # the Secret's 1 in 30 s is under 0.05/s
+
+
 def test_cpu_seconds_counts_fields_after_the_command_name_even_with_spaces_and_parentheses():
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
     stat = "4242 (python (kaizen) x) S 1 4242 4242 0 -1 4194560 2000 0 3 0 250 50 0 0 20 0 9 0 100 0 0\n"
@@ -77,8 +94,9 @@ def test_a_breach_is_due_at_the_first_scheduled_look_after_it_became_visible():
     assert measure.breach_due(looks, 140.0, 30.0) == 160.0
     # A look that ran late does not move the due time: due at 160 even if the bench only saw a look at 175.
     assert measure.breach_due([100.0, 130.0, 175.0], 140.0, 30.0) == 160.0
-    # Visible after a look was already overdue: due at once.
-    assert measure.breach_due([100.0], 140.0, 30.0) == 140.0
+    # Looks that change nothing are not recorded, but keep to the grid of the last recorded one: due at 160.
+    assert measure.breach_due([100.0], 140.0, 30.0) == 160.0
+    assert measure.breach_due([100.0], 250.0, 30.0) == 250.0  # on a grid point
     assert measure.breach_due([], 140.0, 30.0) == 140.0
 
 

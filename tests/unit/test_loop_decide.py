@@ -499,3 +499,32 @@ def test_one_look_returns_every_effect_and_when_to_look_next():
     same = look(spec, wait.status, fold_outcomes(wait.status, spec, later.children, None), later,
                 at + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
     assert same.decision is None and same.events == () and same.status.decisions == wait.status.decisions
+
+
+def test_a_look_that_changes_nothing_records_no_time_and_keeps_to_the_grid_until_the_fifth():
+    from kaizen.logic.loop import RECORD_EVERY_LOOKS, Gathered, look, next_look
+
+    spec = loop_spec()  # interval 1m
+    readings = {"error-rate": Reading("error-rate", 0.01), "satisfaction": Reading("satisfaction", 0.9)}
+    gathered = Gathered(readings=readings, feedback=ENOUGH_FEEDBACK)
+
+    def look_at(current, when):
+        return look(spec, current, fold_outcomes(current, spec, (), None), gathered, when, loop="support-bot",
+                    uid="uid-1", generation=1)
+
+    first = look_at(ImprovementLoopStatus(signals=list(HEALTHY)), NOW)
+    assert first.status.last_observed == NOW and first.next_look == NOW + timedelta(minutes=1)
+    # Seven seconds late and nothing new: the stored time stays (so the controller's patch is empty), and the next
+    # look is due on the grid of the recorded one, not seven seconds later.
+    quiet = look_at(first.status, NOW + timedelta(minutes=1, seconds=7))
+    assert quiet.status == first.status and quiet.changes.status["lastObserved"] == "2026-11-28T12:00:00Z"
+    assert quiet.next_look == NOW + timedelta(minutes=2) and next_look(spec, quiet.status) == NOW + timedelta(minutes=1)
+    # Every fifth interval the time is recorded anyway (a loop that looks is seen to), and the grid moves with it.
+    at = NOW + timedelta(minutes=RECORD_EVERY_LOOKS, seconds=1)
+    recorded = look_at(quiet.status, at)
+    assert recorded.status.last_observed == at and recorded.next_look == at + timedelta(minutes=1)
+    # A change is written at once, with its time.
+    changed = look(spec, first.status, fold_outcomes(first.status, spec, (), None),
+                   Gathered(readings={**readings, "error-rate": Reading("error-rate", 0.02)}, feedback=ENOUGH_FEEDBACK),
+                   NOW + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
+    assert changed.status.last_observed == NOW + timedelta(minutes=1)

@@ -273,7 +273,10 @@ class ImprovementLoopStatus(CommonStatus):
     candidate: Candidate | None = Field(default=None, description="The candidate in training or rollout, if any.")
     signals: list[SignalStatus] = Field(default_factory=list, max_length=32, description="Signals as last observed.")
     budget: Budget | None = Field(default=None, description="Use of the weekly budgets.")
-    last_observed: datetime | None = Field(default=None, description="When signals were last observed.")
+    last_observed: datetime | None = Field(
+        default=None, description="When signals were last observed, recorded with every change of the status and "
+        "otherwise every fifth look (a look that changes nothing writes nothing); looks keep to this time plus whole "
+        "intervals.")
     consecutive_failures: int | None = Field(
         default=None, ge=0, description="Failed retrains and rolled-back rollouts in a row."
     )

@@ -1,11 +1,13 @@
 """ImprovementLoop controller: when a loop is due (one ``spec.interval`` after its last look), gather → look → apply.
 
-Gathering reads the loop's children, the signals from Prometheus, feedback from the collector and a user's request
-(:class:`kaizen.logic.loop.Gathered`); :func:`kaizen.logic.loop.look`, pure, returns every effect of the look
-(:class:`kaizen.logic.loop.Effects`); :func:`apply` carries them out — the child with the decision in its
-``spec.reason``, the pruned children, the Events, the audit log entry — and writes the status once. A request's
-annotations are removed only once a status records it (:mod:`kaizen.logic.requests`). Spec validation
-(Ready / InvalidSpec) and error classification are the shared skeleton of :mod:`kaizen.controllers.reconcile`.
+Gathering reads the loop's children (from kopf's in-memory indices of RetrainJobs and Rollouts, fed by the watch
+streams kopf keeps for their controllers: :func:`gather_children`), the signals from Prometheus, feedback from the
+collector and a user's request (:class:`kaizen.logic.loop.Gathered`); :func:`kaizen.logic.loop.look`, pure,
+returns every effect of the look (:class:`kaizen.logic.loop.Effects`); :func:`apply` carries them out — the child
+with the decision in its ``spec.reason``, the pruned children, the Events, the audit log entry — and writes the
+status once (a look that changes nothing writes nothing). A request's annotations are removed only once a status
+records it (:mod:`kaizen.logic.requests`). Spec validation (Ready / InvalidSpec) and error classification are the
+shared skeleton of :mod:`kaizen.controllers.reconcile`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ STALE_RETRY_SECONDS = 0.2
 #: The lastObserved each loop's last look wrote, and when, by uid: a cached body older than it is not looked at
 #: (for a few seconds at most: a write that failed must not hold the loop).
 _written: dict[str, tuple[str, float]] = {}
+#: The children each loop's last look created, and when, by uid: a look waits until the indices have them (for a
+#: few seconds at most: a child deleted at once may never be seen).
+_created: dict[str, tuple[frozenset[tuple[str, str]], float]] = {}
 STALE_FOR_AT_MOST = 5.0
+LOOP_LABEL = resources.LOOP_LABEL
 
 
 def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry: int) -> datetime | None:
@@ -49,6 +55,10 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
     written, at = _written.get(meta["uid"], ("", 0.0))
     if written > str(status.get("lastObserved") or "") and time.monotonic() - at < STALE_FOR_AT_MOST:
         return reconcile.clock.now() + timedelta(seconds=STALE_RETRY_SECONDS)  # our last write is not seen yet
+    created, at = _created.get(meta["uid"], (frozenset(), 0.0))
+    if time.monotonic() - at < STALE_FOR_AT_MOST and not created <= {
+            (c.kind, c.name) for c in gather_children(meta["namespace"], meta["name"])}:
+        return reconcile.clock.now() + timedelta(seconds=STALE_RETRY_SECONDS)  # our last child is not indexed yet
     try:
         due = observe_and_decide(body=obj, spec=obj.get("spec") or {}, status=status, meta=meta, patch=patch,
                                  logger=logger, retry=retry)
@@ -116,8 +126,11 @@ def apply_look(effects: Effects, loop: ImprovementLoopSpec, obj: dict[str, Any],
         return refused(stored, failure, now, generation)
 
     due = apply(obj, effects.changes, patch, logger, refused=refusal)
+    meta = obj["metadata"]
+    if effects.changes.create and not failures:
+        _created[meta["uid"]] = (frozenset((c["kind"], c["metadata"]["name"]) for c in effects.changes.create),
+                                 time.monotonic())
     if effects.decision is not None and not failures:
-        meta = obj["metadata"]
         audit(loop, meta["namespace"], meta["name"],
               effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True), logger)
     return due
@@ -180,11 +193,45 @@ def read_feedback(loop: ImprovementLoopSpec, namespace: str, children: tuple[Chi
     ))
 
 
+#: kopf's indices of the loops' children (RetrainJobs, Rollouts) by (namespace, loop), the same objects kopf
+#: gives the indexing functions below; set at startup (:func:`keep_indices`), filled by kopf's watch streams, and
+#: complete before any look runs (kopf starts no handler until every index has had its first listing).
+_indices: dict[str, Any] = {}
+
+
+@kopf.index("kaizen.dev", "v1alpha1", "retrainjobs", labels={LOOP_LABEL: kopf.PRESENT}, id="loop_retrainjobs")
+def loop_retrainjobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
+    return {(namespace, labels[LOOP_LABEL]): to_child("RetrainJob", dict(body))}
+
+
+@kopf.index("kaizen.dev", "v1alpha1", "rollouts", labels={LOOP_LABEL: kopf.PRESENT}, id="loop_rollouts")
+def loop_rollouts(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
+    return {(namespace, labels[LOOP_LABEL]): to_child("Rollout", dict(body))}
+
+
+@kopf.on.startup(id="keep_loop_indices")
+def keep_indices(loop_retrainjobs: kopf.Index, loop_rollouts: kopf.Index, **_: Any) -> None:
+    _indices.update(retrainjobs=loop_retrainjobs, rollouts=loop_rollouts)
+
+
 def gather_children(namespace: str, loop: str) -> list[Child]:
-    children = []
-    for kind in ("RetrainJob", "Rollout"):
-        for obj in resources.list_owned(kind, namespace, loop):
-            children.append(to_child(kind, obj))
+    """The loop's children as kopf's watches last saw them, not listed from the API server: a look at rest costs the
+    API server nothing.
+
+    Why a cached read is safe here: a child this operator has just created is waited for (:func:`look_now`), and one
+    it would create again from a stale view gets the same deterministic name (:func:`kaizen.logic.loop.child_name`),
+    which create-or-adopt answers with the existing child (409); a child's status (a RetrainJob's phase, a Rollout's
+    outcome) seen a watch event late is seen at the next look, as it would be had it changed just after a listing.
+    """
+    children: list[Child] = []
+    for kind in ("retrainjobs", "rollouts"):
+        index = _indices[kind]
+        try:
+            # list() of the store runs in C under the GIL: a consistent copy although kopf's event loop thread
+            # updates the store (this runs in a worker thread).
+            children += list(index[(namespace, loop)])
+        except KeyError:  # no child of this kind
+            pass
     return children
 
 

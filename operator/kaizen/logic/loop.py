@@ -31,6 +31,10 @@ from kaizen.logic.conditions import Event
 Action = Literal["Nothing", "Wait", "Retrain", "Rollback", "RollOut", "AwaitApproval", "Paused", "Degraded"]
 WEEK = timedelta(days=7)
 RETRAIN_FINISHED = ("Succeeded", "Failed")
+#: A look that changes nothing else records its time (status.lastObserved) only every this many intervals: a status
+#: write per look would be the whole cost of a loop at rest (1,000 loops every 30s: 33 writes/s), the heartbeat
+#: anti-pattern Kubernetes moved Node status off (kubelet: unchanged status reported every 5 minutes).
+RECORD_EVERY_LOOKS = 5
 ROLLOUT_FINISHED = ("Promoted", "RolledBack", "Aborted")
 
 
@@ -697,9 +701,16 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
         consecutive_failures=outcomes.consecutive_failures,
         decisions=decisions, last_action=last_action,
     ))
+    interval = parse_duration(spec.interval)
+    if current.last_observed is not None and now - current.last_observed < RECORD_EVERY_LOOKS * interval and \
+            status.model_copy(update={"last_observed": current.last_observed}) == current:
+        status = current  # nothing changed but the time: nothing to write
     create = plan.create if decision is not None else None
     delete = tuple(beyond_history_limits(children, spec.policy, now))
-    due = now + parse_duration(spec.interval)
+    # Looks keep to the grid of the last recorded look (lastObserved + k intervals), so that an unrecorded look's
+    # lateness does not carry over to the next, and anyone can tell from the status when the loop looks next.
+    assert status.last_observed is not None
+    due = status.last_observed + ((now - status.last_observed) // interval + 1) * interval
     wire = status.to_wire()
     changes = applied.Effects(
         status={key: wire.get(key) for key in LOOK_FIELDS},
