@@ -1,4 +1,4 @@
-"""Reference metrics of generated text: ROUGE-L F1 (rouge-score) and chrF (sacrebleu), each in [0, 1].
+"""Reference metrics of generated text: ROUGE-L F1 (rouge-score), chrF and BLEU (sacrebleu), each in [0, 1].
 
 One implementation for every place that scores an answer against a reference: the collector's sampled evaluation of
 live answers (:mod:`kaizen.collector.evaluation`) against a user's or a reviewer's correction, and the trainer's
@@ -33,3 +33,10 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
     # min: sacrebleu's 100 can come back as 100.00000000000004
     return min(1.0, sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score / 100)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU of the hypotheses against their references, divided by 100."""
+    import sacrebleu
+
+    return min(1.0, sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score / 100)
