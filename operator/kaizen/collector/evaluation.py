@@ -222,6 +222,8 @@ class Evaluators:
         self.settings = settings
         self.judges = [Classifier(name, uri) for name, uri in settings.judges]
         self.safety = Classifier("safety", settings.safety) if settings.safety else None
+        # rouge-score and sacrebleu import (and build) their parts on first use: here, not in the first evaluation.
+        reference_result("warm up", "warm up", settings.min_rouge)
         log.info("Loaded evaluators judges=%s safety=%s", [j.name for j in self.judges], bool(self.safety))
 
     def evaluate(self, sample: Sample) -> list[Result]:
