@@ -184,7 +184,7 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
     # The rows differ only in their ids, which are cheap to make: the loop measures the database, not Python.
     row = {"trace_id": "bench-0", "model": None, "rating": "down", "negative": True, "category": "incorrect",
            "comment": "the total is wrong", "correction": None, "subject_id": "user-0", "consent_training": True,
-           "redactions": "{}", "created_at": time.time()}
+           "redactions": "{}", "created_at": time.time(), "reviewer": None}
     rest = tuple(row[c] for c in columns[1:])
     assert columns[0] == "id"
     rows, started = 0, time.perf_counter()

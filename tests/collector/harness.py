@@ -9,7 +9,7 @@ from typing import Any
 
 from pathlib import Path
 
-from kaizen.dev.collector import LocalCollector
+from kaizen.dev.collector import TOKENS, LocalCollector  # noqa: F401 - TOKENS: the tests import it from here
 
 #: The review queue's scope is not among the local collector's tokens (no demo part reviews): the tests add one.
 REVIEW_TOKEN = "review-token-00000000000"

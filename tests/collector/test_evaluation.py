@@ -210,3 +210,21 @@ def test_a_model_of_no_known_contract_is_refused_with_what_it_needs(evaluator_mo
         evaluation.check(evaluation.Settings(default_share=1, judges=(("j", str(evaluator_models["safety"])),)))
     with pytest.raises(evaluation.EvaluatorError, match="no config.json there"):
         evaluation.check(evaluation.Settings(default_share=1, judges=(("j", "/nonexistent/judge"),)))
+
+
+def test_a_pairwise_judge_compares_the_served_answer_with_the_correction_whatever_its_place(tmp_path: Path) -> None:
+    # The trainer's judge contract (labels A, B, tie): this one prefers the answer that ends in "thanks", A or B.
+    judge = evaluation.Classifier("pairwise", str(keyword_classifier(
+        tmp_path / "pairwise", ["A", "B", "tie"], {"thanks": ("B", 0.9)}, ("A", 0.9))))
+    polite, curt = "you will get your refund thanks", "you will get your refund maybe"
+    for n in range(4):  # trace ids whose coin puts the served answer first and second
+        trace = {"id": f"trace-{n}", "input": "how do i get a refund"}
+        won = evaluation.judge_result(judge, evaluation.Sample({**trace, "output": polite}, curt))
+        lost = evaluation.judge_result(judge, evaluation.Sample({**trace, "output": curt}, polite))
+        assert won is not None and lost is not None
+        assert (won.verdict, lost.verdict) == ("good", "bad") and won.confidence == pytest.approx(0.9, abs=1e-4)
+    assert {evaluation._answer_is_a(f"trace-{n}") for n in range(4)} == {True, False}
+    # Nothing to compare: no correction, or the correction is the answer served.
+    served = {"id": "t", "input": "q", "output": polite}
+    assert evaluation.judge_result(judge, evaluation.Sample(served)) is None
+    assert evaluation.judge_result(judge, evaluation.Sample(served, polite)) is None

@@ -154,7 +154,7 @@ class Metrics:
             "kaizen_eval_samples", "Samples of the evaluation, by outcome: queued, dropped (the queue was full), "
             "evaluated, skipped (no text to judge), failed.", ["outcome"], registry=self.registry,
         )
-        self.eval_queue = Gauge("kaizen_eval_queue_depth", "Samples waiting for the evaluators.",
+        self.eval_queue_depth = Gauge("kaizen_eval_queue_depth", "Samples waiting for the evaluators.",
                                 registry=self.registry)
         self.eval_cpu = Histogram(
             "kaizen_eval_cpu_seconds", "CPU seconds of one evaluation, by evaluator.", ["evaluator"],
@@ -292,6 +292,7 @@ class Collector:
             from kaizen.collector import evaluation
 
             self.eval_queue = evaluation.Queue(config.evaluation)
+            self.prom.eval_queue_depth.set_function(self.eval_queue.items.qsize)  # read at each scrape
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
@@ -722,7 +723,6 @@ async def _evaluation_loop(collector: Collector, settings: evaluation.Settings) 
     bucket = evaluation.TokenBucket(settings.max_rate)
     try:
         while True:
-            prom.eval_queue.set(queue.qsize())
             sample = await queue.get()
             delay = bucket.delay()
             if delay:
