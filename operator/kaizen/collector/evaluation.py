@@ -18,9 +18,11 @@ Configured with ``kaizen collector --eval-*`` (:class:`Settings`):
   and chrF against it (:mod:`kaizen.logic.textmetrics`, as the trainer scores); good from ``--eval-min-rouge`` up.
 * ``--eval-min-confidence P``: a judge's verdict with a probability below P sends the trace to review, as do an
   unsafe verdict and quality evaluators (judges, reference) of one trace that disagree.
-* ``--eval-queue N`` and ``--eval-rate PER_S``: at most N samples wait, and at most PER_S are evaluated a second;
-  a sample that finds the queue full is dropped and counted. Ingestion only hashes the id and puts the sample in the
-  queue: the models run in a thread of their own, one torch thread.
+* ``--eval-queue N`` and ``--eval-rate PER_S`` (defaults 1000 and 5): at most N samples wait, and at most PER_S are
+  evaluated a second; a sample that finds the queue full is dropped and counted. Ingestion only hashes the id and
+  puts the sample in the queue; the models run in a thread of their own, one torch thread, but in the collector's
+  process, so the rate bounds what they take from ingestion: in bench/collector on 2 cores, 5 a second left the
+  ingest rate within the noise of the runs, 20 a second cost it about a fifth.
 
 Metrics: ``kaizen_eval_total{model,model_version,track,evaluator,verdict}`` (verdict good or bad), the cost
 ``kaizen_eval_cpu_seconds{evaluator}`` and latency ``kaizen_eval_duration_seconds{evaluator}`` (histograms, per
@@ -67,7 +69,7 @@ class Settings:
     min_rouge: float = 0.5
     min_confidence: float = 0.7
     max_queue: int = 1000
-    max_rate: float = 20.0
+    max_rate: float = 5.0
 
     def share(self, track: str) -> float:
         return dict(self.shares).get(track, self.default_share)
