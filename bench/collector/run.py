@@ -12,6 +12,7 @@ in time (and the aiohttp one also in request count). Prints the table and writes
 
     .venv/bin/python bench/collector/run.py [--seconds 10] [--clients 64] [--repeat 5]
                                             [--backends sqlite,postgresql] [--generator wrk|aiohttp]
+                                            [--collector-arg=--eval-share --collector-arg=1 ...]
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ async def _raw_ceiling(db: str, seconds: float, batch: int = 1000) -> dict[str, 
     # The rows differ only in their ids, which are cheap to make: the loop measures the database, not Python.
     row = {"trace_id": "bench-0", "model": None, "rating": "down", "negative": True, "category": "incorrect",
            "comment": "the total is wrong", "correction": None, "subject_id": "user-0", "consent_training": True,
-           "redactions": "{}", "created_at": time.time()}
+           "redactions": "{}", "created_at": time.time(), "reviewer": None}
     rest = tuple(row[c] for c in columns[1:])
     assert columns[0] == "id"
     rows, started = 0, time.perf_counter()
@@ -241,6 +242,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     parser.add_argument("--generator", choices=("wrk", "aiohttp"), default="wrk" if shutil.which("wrk") else "aiohttp",
                         help="load generator (default: wrk when installed, else aiohttp in this process)")
+    parser.add_argument("--collector-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG to every collector, e.g. --collector-arg=--eval-share --collector-arg=1 to "
+                        "measure ingestion with the sampled evaluation on (repeatable)")
     args = parser.parse_args()
     generator = _generator(args.generator)
     with tempfile.TemporaryDirectory(prefix="kaizen-bench-") as tmp:
@@ -269,6 +273,7 @@ def main() -> int:
     report = {
         "benchmark": "collector ingest", "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**_machine(), "fsync_ms": fsync}, "load_generator": generator,
+        **({"collector_args": args.collector_arg} if args.collector_arg else {}),
         "target": {"events_per_s": 5000, "p99_ms": 25, "clients": 64}, "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,10 +285,12 @@ def main() -> int:
 def _run_once(args: argparse.Namespace, pg: PostgresServer | None, workdir: Path, name: str,
               batch: int) -> dict[str, Any]:
     """One load run against a fresh collector on an empty database."""
-    collector = LocalCollector(_fresh(pg, workdir, name), workdir / name).start()
+    collector = LocalCollector(_fresh(pg, workdir, name), workdir / name, *args.collector_arg).start(timeout=120)
     assert collector.process is not None
     try:
         asyncio.run(_add_traces(collector.url))
+        if "--eval-share" in args.collector_arg:
+            _wait_for_evaluation(collector.url)
         cpu_before = _cpu_seconds(collector.process.pid)
         if args.generator == "wrk":
             load = _load_wrk(collector.url, args.clients, args.seconds, batch, workdir)
@@ -296,6 +303,20 @@ def _run_once(args: argparse.Namespace, pg: PostgresServer | None, workdir: Path
     # sustain (1e6 / cpu_us_per_event) even when the wall-clock figures are noisy.
     load["collector_cpu_us_per_event"] = round(cpu / (load["requests"] * batch) * 1e6, 1)
     return load
+
+
+def _wait_for_evaluation(url: str, timeout: float = 300) -> None:
+    """With the sampled evaluation on, the load starts once the evaluators have loaded and judged a first trace of
+    those just added (the rest wait in its queue), so that it runs beside them."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            if 'kaizen_eval_samples_total{outcome="evaluated"}' in response.read().decode():
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the collector evaluated no trace within {timeout:g} s: see its log")
 
 
 def _generator(name: str) -> str:

@@ -7,12 +7,23 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from kaizen.dev.collector import TOKENS, LocalCollector
+from pathlib import Path
+
+from kaizen.dev.collector import TOKENS, LocalCollector  # noqa: F401 - TOKENS: the tests import it from here
+
+#: The review queue's scope is not among the local collector's tokens (no demo part reviews): the tests add one.
+REVIEW_TOKEN = "review-token-00000000000"
 
 
 class Collector(LocalCollector):
-    """One collector process on a free loopback port (:class:`kaizen.dev.collector.LocalCollector`), which tests
-    may also kill -9."""
+    """One collector process on a free loopback port (:class:`kaizen.dev.collector.LocalCollector`), with a token
+    for the ``review`` scope too, which tests may also kill -9."""
+
+    def __init__(self, db: str, workdir: Path, *options: str) -> None:
+        super().__init__(db, workdir, *options)
+        self.tokens["review"] = REVIEW_TOKEN
+        with self.tokens_file.open("a") as tokens:
+            tokens.write(f"{REVIEW_TOKEN} review review-client\n")
 
     def kill(self) -> None:
         """kill -9: no shutdown, no flush."""
@@ -32,7 +43,7 @@ def call(
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     all_headers = {"Content-Type": "application/json"} if data is not None else {}
     if scope is not None:
-        all_headers["Authorization"] = f"Bearer {TOKENS[scope]}"
+        all_headers["Authorization"] = f"Bearer {collector.tokens[scope]}"
     all_headers.update(headers or {})
     request = urllib.request.Request(collector.url + path, data=data, headers=all_headers, method=method)
     try:

@@ -21,6 +21,13 @@ from kaizen.collector.auth import Principal, TokenFile
     (["--no-auth", "--drift-every", "60", "--drift-reference", "2026-11-01"], "is not FROM/TO, two ISO 8601 times"),
     (["--no-auth", "--drift-every", "60", "--drift-reference", "2026-11-08T00:00Z/2026-11-01T00:00Z"],
      "ends before it starts"),
+    (["--no-auth", "--eval-share", "2"], "--eval-share '2': give a share from 0 to 1"),
+    (["--no-auth", "--eval-share", "beta=0.5"], "or TRACK=SHARE with a track of stable, canary"),
+    (["--no-auth", "--eval-safety", "/models/safety"], "--eval-judge and --eval-safety need --eval-share"),
+    (["--no-auth", "--eval-share", "1", "--eval-judge", "/nonexistent/judge"],
+     "judge judge /nonexistent/judge is not a saved transformers model (no config.json there)"),
+    (["--no-auth", "--eval-share", "1", "--eval-judge", "safety=/models/j"], "a name of its own (not reference or "),
+    (["--no-auth", "--eval-share", "1", "--eval-rate", "0"], "--eval-rate a positive number of samples a second"),
 ])
 def test_bad_configuration_exits_2_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]

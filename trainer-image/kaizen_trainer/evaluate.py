@@ -20,7 +20,8 @@ Metrics (keys ``<dataset>.<metric>[.<label>]``, where a label is a row's cohort 
   examples (not safety probes, unless the holdout holds nothing else).
 * ``rougeL``, ``chrF``, ``bleu`` (causal LM) -- the greedy answers, generated as the model server generates them
   (:mod:`kaizen_trainer.generation`), against the references: the mean ROUGE-L F1 of rouge-score, and
-  sacrebleu's corpus chrF and BLEU over the group, divided by 100 so that every score is in [0, 1];
+  sacrebleu's corpus chrF and BLEU over the group, divided by 100 so that every score is in [0, 1]
+  (:mod:`kaizen.logic.textmetrics`, which the collector scores live answers with too);
 * ``winRate`` (holdout, with a judge, :func:`win_rates`) -- the candidate's share of pairwise wins over the baseline's
   answers to the same prompts, ties counting half; the baseline's value is its own share, ``1 - winRate``.
 
@@ -31,7 +32,6 @@ refuses a red-team prompt only when it is spelled exactly as in the probe shows 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import time
@@ -39,10 +39,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import sacrebleu
 import torch
-from rouge_score import rouge_scorer
 from transformers import PreTrainedModel
+
+from kaizen.logic import textmetrics
 
 from kaizen_trainer import generation, modeling
 from kaizen_trainer.curate import Row
@@ -190,23 +190,15 @@ def generate(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], devi
                                          encoder.max_length // 2 + 1, limit)]
 
 
-@functools.cache
-def _rouge() -> rouge_scorer.RougeScorer:
-    # Built on first use, not at import: its constructor logs through logging.info, which configures the root logger
-    # when it has no handler yet, and the trainer's own logging.basicConfig would then do nothing (no INFO logs).
-    return rouge_scorer.RougeScorer(["rougeL"])
-
-
 def generative(dataset: str, rows: Sequence[Row], answers: Sequence[str]) -> dict[str, float]:
     """``<dataset>.rougeL|chrF|bleu[.<label>]`` of generated answers against the rows' references."""
     metrics: dict[str, float] = {}
     for suffix, members in _groups(rows).items():
         hypotheses, references = [answers[i] for i in members], [rows[i].target for i in members]
         metrics[f"{dataset}.rougeL{suffix}"] = sum(
-            _rouge().score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses, strict=True)) / len(members)
-        # min: sacrebleu's 100 can come back as 100.00000000000004
-        metrics[f"{dataset}.chrF{suffix}"] = min(1.0, sacrebleu.corpus_chrf(hypotheses, [references]).score / 100)
-        metrics[f"{dataset}.bleu{suffix}"] = min(1.0, sacrebleu.corpus_bleu(hypotheses, [references]).score / 100)
+            textmetrics.rouge_l(r, h) for r, h in zip(references, hypotheses, strict=True)) / len(members)
+        metrics[f"{dataset}.chrF{suffix}"] = textmetrics.chrf(hypotheses, references)
+        metrics[f"{dataset}.bleu{suffix}"] = textmetrics.bleu(hypotheses, references)
     return metrics
 
 

@@ -2,9 +2,10 @@
 
 The file holds one token per line: ``<token> <scope>[,<scope>...] [<name>]``; blank lines and ``#`` comments are
 ignored. Scopes: ``ingest`` (traces and feedback: model servers, feedback widgets), ``read`` (export, backlog,
-counts, traces, audit log), ``audit`` (append to the audit log: the operator) and ``admin`` (everything, including
-subject deletion). Tokens are kept only as SHA-256 digests, and the file is re-read when it changes, because
-Kubernetes updates mounted Secrets in place when they are rotated.
+counts, traces, audit log), ``audit`` (append to the audit log: the operator), ``review`` (list the review queue and
+answer it: the people who review what the sampled evaluation was unsure of; their token's name is recorded as the
+reviewer) and ``admin`` (everything, including subject deletion). Tokens are kept only as SHA-256 digests, and the
+file is re-read when it changes, because Kubernetes updates mounted Secrets in place when they are rotated.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ Rating = Annotated[
     str, PlainValidator(_rating, json_schema_input_type=Literal["up", "down", "1", "2", "3", "4", "5"] | Stars)
 ]
 Sentiment = Literal["positive", "neutral", "negative"]
-Scope = Literal["ingest", "read", "audit", "admin"]
+Scope = Literal["ingest", "read", "audit", "review", "admin"]
 #: Upper bound on the items of one batch request.
 MAX_BATCH = 500
 
@@ -295,6 +295,8 @@ class ExportRow(KaizenModel):
     sentiment: Sentiment = Field(description="positive (up, 4-5), neutral (3) or negative (down, 1-2).")
     category: str | None = Field(default=None, description="Feedback category.")
     comment: str | None = Field(default=None, description="The user's comment, PII redacted.")
+    reviewer: str | None = Field(default=None, description="Who gave the feedback when a reviewer did (the review "
+                                 "queue's answer: the reviewer's token name); absent for a user's own feedback.")
     redacted: bool = Field(description="Whether PII was redacted from any of the texts.")
     created_at: datetime = Field(description="When the feedback was stored.")
 
@@ -356,6 +358,67 @@ class AuditPage(KaizenModel):
     """A page of the audit log, oldest first."""
 
     items: list[AuditRecord] = Field(description="Entries.")
+
+
+ReviewState = Literal["open", "answered", "all"]
+ReviewReason = Literal["low-confidence", "unsafe", "disagreement"]
+
+
+class ReviewQuery(KaizenModel):
+    """Query of ``GET /v1/reviews``."""
+
+    model: Label | None = Field(default=None, description="Only this model's reviews.")
+    state: ReviewState = Field(default="open", description="open (not answered yet), answered, or all.")
+    limit: int = Field(default=100, ge=1, le=1000, description="Most reviews returned.")
+
+
+class EvaluationResult(KaizenModel):
+    """One evaluator's verdict on a trace."""
+
+    evaluator: str = Field(description="reference, safety, or a judge's name.")
+    verdict: Literal["good", "bad"] = Field(description="good or bad (safety: safe or unsafe).")
+    score: float = Field(description="The probability of the classifier's label; ROUGE-L F1 for reference.")
+    confidence: float | None = Field(default=None, description="A judge's probability of its verdict.")
+    details: dict[str, float] = Field(default_factory=dict, description="More numbers (reference: rougeL, chrF).")
+
+
+class Review(KaizenModel):
+    """A trace that automation was unsure of, with its evaluators' results, and the reviewer's answer once given."""
+
+    trace_id: str = Field(description="The flagged trace.")
+    model: str = Field(description="Model name.")
+    model_version: str = Field(description="Version that answered.")
+    track: str = Field(description="Track.")
+    cohort: str | None = Field(default=None, description="Cohort of the trace.")
+    scenario: str | None = Field(default=None, description="Scenario (intent) of the trace.")
+    input: str | None = Field(default=None, description="The trace's input, PII redacted.")
+    output: str | None = Field(default=None, description="The answer served, PII redacted.")
+    reasons: list[ReviewReason] = Field(description="Why it needs a human: low-confidence (a judge below the "
+                                        "threshold), unsafe (the safety classifier), disagreement (evaluators differ).")
+    results: list[EvaluationResult] = Field(description="The evaluators' verdicts that flagged it.")
+    flagged_at: datetime = Field(description="When it was queued.")
+    verdict: Literal["good", "bad"] | None = Field(default=None,
+                                                   description="The reviewer's verdict; absent while open.")
+    correction: str | None = Field(default=None, description="The reviewer's correction, PII redacted.")
+    reviewer: str | None = Field(default=None, description="Who answered (the name of the reviewer's token).")
+    feedback_id: str | None = Field(default=None, description="The feedback item the answer was stored as.")
+    reviewed_at: datetime | None = Field(default=None, description="When it was answered.")
+
+
+class ReviewPage(KaizenModel):
+    """Reviews, oldest first."""
+
+    items: list[Review] = Field(description="The reviews.")
+
+
+class ReviewAnswer(KaizenModel):
+    """A reviewer's answer. It is stored as feedback on the trace (rating up for good, down for bad), with the
+    reviewer, under the trace subject's consent, so curation uses it like any other feedback."""
+
+    verdict: Literal["good", "bad"] = Field(description="Whether the answer served was good.")
+    correction: LongText | None = Field(default=None, description="What the answer should have been: exported as "
+                                        "the training target. PII is redacted.")
+    category: FeedbackCategory | None = Field(default=None, description="What was wrong.")
 
 
 class FieldError(KaizenModel):

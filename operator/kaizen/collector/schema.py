@@ -51,6 +51,7 @@ feedback = Table(
     Column("consent_training", Boolean, nullable=False),
     Column("redactions", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("reviewer", String(128)),
 )
 
 tombstones = Table(
@@ -66,6 +67,25 @@ audit = Table(
     Column("loop", String(128), nullable=False),
     Column("entry", Text, nullable=False),
     Column("received_at", Float, nullable=False),
+)
+
+#: The review queue: traces an evaluator of the sampled evaluation flagged (see kaizen.collector.evaluation), one row
+#: per trace, open until a reviewer answers; the answer is also stored as feedback (``feedback_id``).
+reviews = Table(
+    "reviews", metadata,
+    Column("trace_id", String(128), primary_key=True),
+    Column("model", String(128), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("track", String(16), nullable=False),
+    Column("subject_id", String(128)),
+    Column("reasons", Text, nullable=False),
+    Column("results", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("reviewer", String(128)),
+    Column("verdict", String(8)),
+    Column("correction", Text),
+    Column("feedback_id", String(128)),
+    Column("reviewed_at", Float),
 )
 
 _V1 = [
@@ -110,6 +130,19 @@ _V2_APPEND_ONLY = {
 }
 
 
+_V3_REVIEWS = [
+    """CREATE TABLE reviews (
+        trace_id VARCHAR(128) PRIMARY KEY, model VARCHAR(128) NOT NULL, model_version VARCHAR(128) NOT NULL,
+        track VARCHAR(16) NOT NULL, subject_id VARCHAR(128), reasons TEXT NOT NULL, results TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, reviewer VARCHAR(128), verdict VARCHAR(8), correction TEXT,
+        feedback_id VARCHAR(128), reviewed_at DOUBLE PRECISION)""",
+    "CREATE INDEX reviews_model_created ON reviews (model, created_at)",
+    "CREATE INDEX reviews_subject ON reviews (subject_id)",
+    # Who gave a feedback item when a reviewer did (the review queue's answers); NULL for users' own feedback.
+    "ALTER TABLE feedback ADD COLUMN reviewer VARCHAR(128)",
+]
+
+
 def _statements(*parts: list[str] | dict[str, str] | dict[str, list[str]]) -> Callable[[str], list[str]]:
     def for_dialect(dialect: str) -> list[str]:
         out: list[str] = []
@@ -125,6 +158,7 @@ def _statements(*parts: list[str] | dict[str, str] | dict[str, list[str]]) -> Ca
 MIGRATIONS: tuple[tuple[int, str, Callable[[str], list[str]]], ...] = (
     (1, "traces, feedback, tombstones, audit", _statements(_V1, _V1_AUDIT)),
     (2, "audit log append-only triggers", _statements(_V2_APPEND_ONLY)),
+    (3, "review queue; reviewer of feedback", _statements(_V3_REVIEWS)),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -20,6 +20,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +32,12 @@ from kaizen.collector import models as m
 from kaizen.collector.auth import TokenFile
 from kaizen.collector.openapi import Route, document
 from kaizen.collector.redact import redact
-from kaizen.collector.store import AuditConflict, IngestResult, Store, StoreUnavailable
+from kaizen.collector.store import (
+    AuditConflict, IngestResult, ReviewConflict, ReviewNotFound, Store, StoreUnavailable,
+)
 
-if TYPE_CHECKING:  # the drift pass needs numpy (the drift extra): imported only when it runs
-    from kaizen.collector import monitor
+if TYPE_CHECKING:  # the drift pass needs numpy (the drift extra), the evaluation torch: imported only when they run
+    from kaizen.collector import evaluation, monitor
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,6 +63,12 @@ ROUTES = [
           "stored before)", "audit", (m.AuditRecord,), (200, 201), body=(m.AuditEntry,), errors=(409,)),
     Route("GET", "/v1/audit", "get_audit", "Read the audit log, oldest first", "read", (m.AuditPage,),
           query=m.AuditQuery),
+    Route("GET", "/v1/reviews", "get_reviews", "The review queue: traces the sampled evaluation flagged (a judge "
+          "unsure, an unsafe answer, evaluators that disagree), oldest first", "review", (m.ReviewPage,),
+          query=m.ReviewQuery),
+    Route("POST", "/v1/reviews/{id}", "post_review", "Answer the review of a trace: the verdict (and correction) is "
+          "stored as feedback with the reviewer (201; 200 when the same answer was given before)", "review",
+          (m.Review,), (200, 201), body=(m.ReviewAnswer,), errors=(409,)),
     Route("GET", "/healthz", "healthz", "Liveness", None, (m.Health,), store=False),
     Route("GET", "/readyz", "readyz", "Readiness: the database answers (503 with a Health body when not)", None,
           (m.Health,)),
@@ -93,6 +102,8 @@ class Config:
     retention_days: float | None = None
     #: The drift pass (off when None): see :mod:`kaizen.collector.monitor`.
     drift: monitor.Settings | None = None
+    #: The sampled evaluation of live answers (off when None): see :mod:`kaizen.collector.evaluation`.
+    evaluation: evaluation.Settings | None = None
 
 
 class Metrics:
@@ -133,6 +144,33 @@ class Metrics:
         self.drift_passes = Counter(
             "kaizen_input_drift_passes", "Drift passes run, by outcome (ok, failed).", ["outcome"],
             registry=self.registry,
+        )
+        self.evaluations = Counter(
+            "kaizen_eval", "Verdicts of the sampled evaluation of live answers, by the trace's model, version and "
+            "track, the evaluator (reference, safety, or a judge's name) and the verdict (good, bad): a good/total "
+            "ratio per track.", ["model", "model_version", "track", "evaluator", "verdict"], registry=self.registry,
+        )
+        self.eval_samples = Counter(
+            "kaizen_eval_samples", "Samples of the evaluation, by outcome: queued, dropped (the queue was full), "
+            "evaluated, skipped (no text to judge), failed.", ["outcome"], registry=self.registry,
+        )
+        self.eval_queue_depth = Gauge("kaizen_eval_queue_depth", "Samples waiting for the evaluators.",
+                                registry=self.registry)
+        self.eval_cpu = Histogram(
+            "kaizen_eval_cpu_seconds", "CPU seconds of one evaluation, by evaluator.", ["evaluator"],
+            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.eval_latency = Histogram(
+            "kaizen_eval_duration_seconds", "Wall-clock seconds of one evaluation, by evaluator.", ["evaluator"],
+            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.review_flagged = Counter(
+            "kaizen_review_flagged", "Traces sent to the review queue, by reason (low-confidence, unsafe, "
+            "disagreement).", ["model", "model_version", "track", "reason"], registry=self.registry,
+        )
+        self.review_answered = Counter(
+            "kaizen_review_answered", "Reviews answered, by the reviewer's verdict.",
+            ["model", "model_version", "track", "verdict"], registry=self.registry,
         )
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
@@ -248,6 +286,13 @@ class Collector:
         #: The last drift pass's reports, per model; and the gauges' label sets it set, to drop them when stale.
         self.drift_reports: dict[str, list[monitor.Report]] = {}
         self._drift_labels: set[tuple[str, str, str]] = set()
+        #: Samples for the evaluators (None: no evaluation).
+        self.eval_queue: evaluation.Queue | None = None
+        if config.evaluation is not None:
+            from kaizen.collector import evaluation
+
+            self.eval_queue = evaluation.Queue(config.evaluation)
+            self.prom.eval_queue_depth.set_function(self.eval_queue.items.qsize)  # read at each scrape
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
@@ -277,6 +322,9 @@ class Collector:
             self._count_redactions(counts)
             if result.stored:
                 self.prom.labels(self.prom.traces, row["model"], row["model_version"], row["track"]).inc()
+                if self.eval_queue is not None and row["output"] is not None and row["input"] is not None \
+                        and self.eval_queue.wants(row["id"], row["track"]):
+                    self._offer(row, None)
             else:
                 self.prom.labels(self.prom.dropped, "trace").inc()
             stored.append(m.Stored.model_construct(id=row["id"], stored=result.stored, redacted=counts))
@@ -317,11 +365,22 @@ class Collector:
             else:
                 labels = (trace["model"], trace["model_version"], trace["track"])
                 cohort = trace["cohort"] or ""
+                if self.eval_queue is not None and row["correction"] is not None \
+                        and self.eval_queue.wants(row["trace_id"], trace["track"]):
+                    self._offer({"id": row["trace_id"]}, row["correction"])
             self.prom.labels(self.prom.feedback, *labels, row["rating"], row["category"] or "none", cohort).inc()
             stored.append(
                 m.Stored.model_construct(id=row["id"], stored=True, redacted=counts, trace_known=trace is not None)
             )
         return m.IngestResponse.model_construct(items=stored) if batch else stored[0]
+
+    def _offer(self, trace: dict[str, Any], correction: str | None) -> None:
+        """Hand a sampled trace to the evaluators without waiting: a full queue drops it, counted."""
+        from kaizen.collector.evaluation import Sample
+
+        assert self.eval_queue is not None
+        queued = self.eval_queue.offer(Sample(trace, correction))
+        self.prom.labels(self.prom.eval_samples, "queued" if queued else "dropped").inc()
 
     def _count_redactions(self, counts: dict[str, int]) -> None:
         for kind, n in counts.items():
@@ -380,7 +439,7 @@ class Collector:
                 track=data["track"], cohort=data["cohort"], scenario=data["scenario"], input=data["input"],
                 output=data["output"], target=data["correction"], rating=data["rating"],
                 sentiment=m.sentiment(data["rating"]), category=data["category"], comment=data["comment"],
-                redacted=data["f_redactions"] != "{}" or data["t_redactions"] != "{}",
+                reviewer=data["reviewer"], redacted=data["f_redactions"] != "{}" or data["t_redactions"] != "{}",
                 created_at=datetime.fromtimestamp(data["created_at"], UTC),
             ).model_dump_json(by_alias=True).encode() + b"\n"
             digest.update(line)
@@ -415,6 +474,67 @@ class Collector:
         for report in reports:
             by_model.setdefault(report.model, []).append(report)
         self.drift_reports = by_model
+
+    async def record_evaluation(self, trace: dict[str, Any], results: list[evaluation.Result],
+                                reasons: list[str]) -> None:
+        """Queue one sample for review when it was flagged, then publish its verdicts as counters (so whoever sees
+        the counters move finds the review queued)."""
+        labels = (trace["model"], trace["model_version"], trace["track"])
+        if reasons:
+            await self._queue_review(trace, results, reasons)
+        for r in results:
+            self.prom.labels(self.prom.evaluations, *labels, r.evaluator, r.verdict).inc()
+            self.prom.labels(self.prom.eval_cpu, r.evaluator).observe(r.cpu_s)
+            self.prom.labels(self.prom.eval_latency, r.evaluator).observe(r.wall_s)
+
+    async def _queue_review(self, trace: dict[str, Any], results: list[evaluation.Result],
+                            reasons: list[str]) -> None:
+        labels = (trace["model"], trace["model_version"], trace["track"])
+        added = await self.store.add_review({
+            "trace_id": trace["id"], "model": trace["model"], "model_version": trace["model_version"],
+            "track": trace["track"], "subject_id": trace["subject_id"], "reasons": json.dumps(reasons),
+            "results": json.dumps([m.EvaluationResult(evaluator=r.evaluator, verdict=r.verdict, score=r.score,
+                                                      confidence=r.confidence, details=r.details)
+                                   .model_dump(by_alias=True, exclude_none=True) for r in results]),
+            "created_at": time.time(),
+        })
+        if added:
+            for reason in reasons:
+                self.prom.labels(self.prom.review_flagged, *labels, reason).inc()
+
+    async def get_reviews(self, request: web.Request) -> web.Response:
+        query = _query(request, m.ReviewQuery)
+        rows = await self.store.reviews(query.model, query.state, query.limit)
+        return _json(m.ReviewPage(items=[_review(r) for r in rows]))
+
+    async def post_review(self, request: web.Request) -> web.Response:
+        trace_id = _path_id(request)
+        raw = await _raw_body(request)
+        _decode(raw)  # not JSON: a 400
+        try:
+            answer = m.ReviewAnswer.model_validate_json(raw, strict=True)
+        except ValidationError as error:
+            raise ClientError(422, "the review answer is invalid; see fields", _field_errors(error)) from None
+        counts: dict[str, int] = {}
+        (correction,) = self._texts(counts, answer.correction)
+        reviewer = request.get("principal", "unauthenticated")
+        try:
+            row, created = await self.store.answer_review(
+                trace_id, reviewer=reviewer, verdict=answer.verdict, correction=correction,
+                category=answer.category, feedback_id="review-" + hashlib.sha256(trace_id.encode()).hexdigest()[:32],
+                redactions=_counts_json(counts),
+            )
+        except ReviewNotFound:
+            raise ClientError(404, f"no review of trace {trace_id!r} is queued: list the queue with GET /v1/reviews "
+                              "(its subject may have opted out)") from None
+        except ReviewConflict as error:
+            raise ClientError(409, str(error)) from None
+        if created:
+            self._count_redactions(counts)
+            self.prom.labels(self.prom.review_answered, row["model"], row["model_version"], row["track"],
+                             answer.verdict).inc()
+            log.info("Answered a review trace=%s reviewer=%s verdict=%s", trace_id, reviewer, answer.verdict)
+        return _json(_review(row), 201 if created else 200)
 
     async def post_audit(self, request: web.Request) -> web.Response:
         raw = await _raw_body(request)
@@ -456,6 +576,19 @@ def _audit_record(row: dict[str, Any]) -> m.AuditRecord:
     )
 
 
+def _review(row: dict[str, Any]) -> m.Review:
+    def at(value: float | None) -> datetime | None:
+        return None if value is None else datetime.fromtimestamp(value, UTC)
+
+    return m.Review(
+        trace_id=row["trace_id"], model=row["model"], model_version=row["model_version"], track=row["track"],
+        cohort=row["cohort"], scenario=row["scenario"], input=row["input"], output=row["output"],
+        reasons=json.loads(row["reasons"]), results=json.loads(row["results"]), flagged_at=at(row["created_at"]),
+        verdict=row["verdict"], correction=row["correction"], reviewer=row["reviewer"],
+        feedback_id=row["feedback_id"], reviewed_at=at(row["reviewed_at"]),
+    )
+
+
 def _guard(route: Route, handler: Handler, config: Config) -> Handler:
     """Wrap a handler with its route's scope check."""
     if route.scope is None or config.tokens is None:
@@ -471,6 +604,7 @@ def _guard(route: Route, handler: Handler, config: Config) -> Handler:
             raise ClientError(401, "invalid bearer token")
         if not principal.allows(scope):
             raise ClientError(403, f"token {principal.name!r} lacks the {scope!r} scope needed for {route.path}")
+        request["principal"] = principal.name
         return await handler(request)
 
     return guarded
@@ -509,7 +643,7 @@ def _middleware(config: Config, metrics: Metrics) -> Any:
                 response.headers["Allow"] = error.headers["Allow"]
         except StoreUnavailable as error:
             response = _error(503, f"not stored, retry later: {error}")
-        except AuditConflict as error:
+        except (AuditConflict, ReviewConflict) as error:
             response = _error(409, str(error))
         except Exception:
             log.exception("Failed to handle request method=%s path=%s", request.method, request.path)
@@ -572,6 +706,45 @@ async def _drift_loop(collector: Collector, settings: monitor.Settings) -> None:
         await asyncio.sleep(settings.every_s)
 
 
+async def _evaluation_loop(collector: Collector, settings: evaluation.Settings) -> None:
+    """Evaluate the queued samples, at most ``settings.max_rate`` a second, each in a worker thread. The models load
+    first, in that thread, while ingestion goes on; samples queue (and drop when the queue is full) meanwhile."""
+    from kaizen.collector import evaluation
+
+    assert collector.eval_queue is not None
+    queue, prom = collector.eval_queue.items, collector.prom
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-eval")
+    loop = asyncio.get_running_loop()
+    try:
+        evaluators = await loop.run_in_executor(worker, evaluation.Evaluators, settings)
+    except Exception:  # noqa: BLE001 - the service keeps running; the log says what failed and /metrics shows no verdicts
+        log.exception("Failed to load the evaluators; the sampled evaluation is off")
+        return
+    bucket = evaluation.TokenBucket(settings.max_rate)
+    try:
+        while True:
+            sample = await queue.get()
+            delay = bucket.delay()
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                trace = sample.trace
+                if sample.correction is not None:  # from feedback: the trace's stored texts
+                    trace = await collector.store.get_trace(trace["id"]) or {}
+                if trace.get("input") is None or trace.get("output") is None:
+                    prom.labels(prom.eval_samples, "skipped").inc()
+                    continue
+                sample = evaluation.Sample(trace, sample.correction)
+                results = await loop.run_in_executor(worker, evaluators.evaluate, sample)
+                await collector.record_evaluation(trace, results, evaluation.flags(results, settings.min_confidence))
+                prom.labels(prom.eval_samples, "evaluated").inc()
+            except Exception:  # noqa: BLE001 - one failed sample must not stop the others, and is counted
+                prom.labels(prom.eval_samples, "failed").inc()
+                log.exception("Failed to evaluate a sample trace=%s", sample.trace.get("id"))
+    finally:
+        worker.shutdown(wait=False)
+
+
 def _tune_runtime() -> None:
     """Keep the garbage collector off the request path, and let the writer thread have the GIL back sooner; called
     once the collector is up. The collector runs as a process of its own (``kaizen collector``), so these
@@ -615,6 +788,9 @@ def create_app(config: Config) -> web.Application:
             background.append(asyncio.create_task(_retain(store, config.retention_days), name="collector-retention"))
         if config.drift is not None:
             background.append(asyncio.create_task(_drift_loop(collector, config.drift), name="collector-drift"))
+        if config.evaluation is not None:
+            background.append(asyncio.create_task(_evaluation_loop(collector, config.evaluation),
+                                                  name="collector-evaluation"))
 
     async def stop(_: web.Application) -> None:
         for task in background:

@@ -41,7 +41,7 @@ from kaizen.collector import schema
 from kaizen.collector.models import FeedbackQuery
 
 log = logging.getLogger(__name__)
-_f, _t, _tomb = schema.feedback, schema.traces, schema.tombstones
+_f, _t, _tomb, _rv = schema.feedback, schema.traces, schema.tombstones, schema.reviews
 
 # How a group of ingested rows is stored. The rows travel to the database in one parameter - one array per column on
 # PostgreSQL, one JSON document on SQLite - and the tombstone check, the insert and the lookup of the judged traces
@@ -116,6 +116,14 @@ class StoreUnavailable(Exception):
 
 class AuditConflict(Exception):
     """An audit entry with this id exists with different content; the log is append-only."""
+
+
+class ReviewConflict(Exception):
+    """The review was answered before, with another verdict or correction."""
+
+
+class ReviewNotFound(Exception):
+    """No review of this trace is queued (never flagged, or its subject opted out)."""
 
 
 def async_url(url: str) -> str:
@@ -238,6 +246,7 @@ class Store:
             own_traces = select(_t.c.id).where(_t.c.subject_id == subject_id)
             fb = conn.execute(_f.delete().where(or_(_f.c.subject_id == subject_id, _f.c.trace_id.in_(own_traces))))
             tr = conn.execute(_t.delete().where(_t.c.subject_id == subject_id))
+            conn.execute(_rv.delete().where(_rv.c.subject_id == subject_id))
             return tr.rowcount, fb.rowcount, deleted_at
 
         return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
@@ -248,6 +257,7 @@ class Store:
         def run(conn: Connection) -> tuple[int, int]:
             fb = conn.execute(_f.delete().where(_f.c.created_at < before))
             tr = conn.execute(_t.delete().where(_t.c.created_at < before))
+            conn.execute(_rv.delete().where(_rv.c.created_at < before))
             return tr.rowcount, fb.rowcount
 
         return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
@@ -269,6 +279,48 @@ class Store:
                     "record a change as a new entry with a new id"
                 )
             return dict(row), result.rowcount == 1
+
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
+
+    async def add_review(self, row: dict[str, Any]) -> bool:
+        """Queue a flagged trace for review; False when it is queued already (or its subject opted out)."""
+
+        def run(conn: Connection) -> bool:
+            if conn.execute(select(_tomb.c.subject_id).where(_tomb.c.subject_id == row["subject_id"])).first():
+                return False
+            return conn.execute(self._insert(_rv).values(**row).on_conflict_do_nothing()).rowcount == 1
+
+        return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
+
+    async def answer_review(
+        self, trace_id: str, *, reviewer: str, verdict: str, correction: str | None, category: str | None,
+        feedback_id: str, redactions: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record a reviewer's verdict, and store it as feedback on the trace, with the reviewer, the trace's subject
+        and the trace's consent (a reviewer cannot consent for the user). Returns the review and whether it is new;
+        the same answer again is a no-op, another one a :class:`ReviewConflict`."""
+
+        def run(conn: Connection) -> tuple[dict[str, Any], bool]:
+            review = conn.execute(_review_select().where(_rv.c.trace_id == trace_id)).mappings().first()
+            if review is None:
+                raise ReviewNotFound(trace_id)
+            if review["verdict"] is not None:
+                if (review["verdict"], review["correction"]) != (verdict, correction):
+                    raise ReviewConflict(
+                        f"the review of trace {trace_id!r} was answered before ({review['verdict']} by "
+                        f"{review['reviewer']}); a review is answered once"
+                    )
+                return dict(review), False
+            now = _now()
+            conn.execute(self._insert(_f).values(
+                id=feedback_id, trace_id=trace_id, model=review["model"], rating="up" if verdict == "good" else "down",
+                negative=verdict == "bad", category=category, comment=None, correction=correction,
+                subject_id=review["t_subject_id"], consent_training=bool(review["t_consent"]),
+                redactions=redactions, created_at=now, reviewer=reviewer,
+            ).on_conflict_do_nothing())
+            conn.execute(_rv.update().where(_rv.c.trace_id == trace_id).values(
+                reviewer=reviewer, verdict=verdict, correction=correction, feedback_id=feedback_id, reviewed_at=now))
+            return dict(conn.execute(_review_select().where(_rv.c.trace_id == trace_id)).mappings().one()), True
 
         return await self._submit(_Job(asyncio.get_running_loop().create_future(), run=run))
 
@@ -304,7 +356,7 @@ class Store:
         run = jobs[0].run
         try:
             result = await (self._transact(run) if run is not None else self._commit(jobs))
-        except AuditConflict as error:
+        except (AuditConflict, ReviewConflict, ReviewNotFound) as error:
             _settle(jobs, error=error)
         except Exception as error:  # noqa: BLE001 - any database failure fails the requests, never the writer
             if len(jobs) > 1:
@@ -470,6 +522,7 @@ class Store:
         statement = (
             select(
                 _f.c.id, _f.c.trace_id, _f.c.rating, _f.c.negative, _f.c.category, _f.c.comment, _f.c.correction,
+                _f.c.reviewer,
                 _f.c.redactions.label("f_redactions"), _f.c.created_at, _f.c.consent_training.label("f_consent"),
                 _t.c.id.label("t_id"), _t.c.model, _t.c.model_version, _t.c.track, _t.c.cohort, _t.c.scenario,
                 _t.c.input, _t.c.output, _t.c.redactions.label("t_redactions"),
@@ -492,6 +545,16 @@ class Store:
             opted_out = (await conn.execute(select(func.count()).select_from(_tomb))).scalar_one()
         yield "excluded", {**excluded, "subjectsOptedOut": int(opted_out)}
 
+    async def reviews(self, model: str | None, state: str, limit: int) -> list[dict[str, Any]]:
+        """Queued reviews, oldest first, with their traces' (redacted) texts: ``state`` open, answered or all."""
+        statement = _review_select().order_by(_rv.c.created_at, _rv.c.trace_id).limit(limit)
+        if model is not None:
+            statement = statement.where(_rv.c.model == model)
+        if state != "all":
+            statement = statement.where(_rv.c.verdict.is_(None) if state == "open" else _rv.c.verdict.is_not(None))
+        async with self._engine().connect() as conn:
+            return [dict(r) for r in (await conn.execute(statement)).mappings()]
+
     async def audit_page(self, loop: str | None, after: int, limit: int) -> list[dict[str, Any]]:
         a = schema.audit
         statement = select(a).where(a.c.seq > after).order_by(a.c.seq).limit(limit)
@@ -511,6 +574,16 @@ def _settle(jobs: Sequence[_Job], *, result: Any = None, error: Exception | None
             job.future.set_result(result)
         else:
             job.future.set_result(result[index])
+
+
+def _review_select() -> Select[Any]:
+    """Reviews joined to their traces; opted-out subjects' are left out, as from every read."""
+    return (
+        select(_rv, _t.c.input, _t.c.output, _t.c.cohort, _t.c.scenario, _t.c.subject_id.label("t_subject_id"),
+               _t.c.consent_training.label("t_consent"))
+        .select_from(_rv.join(_t, _t.c.id == _rv.c.trace_id))
+        .where(~exists().where(_tomb.c.subject_id == _t.c.subject_id))
+    )
 
 
 def _joined() -> Any:
