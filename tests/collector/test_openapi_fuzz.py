@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.collector.harness import Collector
 
 TOKEN = "fuzz-token-00000000000000"
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:
@@ -23,7 +24,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
     service.start()
     try:
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("st")), "run", f"{service.url}/openapi.json", "--checks", "all",
+            [str(Path(sys.executable).with_name("st")), "--config-file", str(CONFIG),
+             "run", f"{service.url}/openapi.json", "--checks", "all",
              "--max-examples", os.environ.get("KAIZEN_FUZZ_EXAMPLES", "10"), "--seed", "13", "--no-color",
              "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "10"],
             capture_output=True, text=True, timeout=300,
