@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from kaizen.api.common import ModelRef
-from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
+from kaizen.api.improvementloop import (
+    Decision, ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus,
+)
 from kaizen.logic.loop import (
     BacklogItem, Child, Feedback, Observed, Reading, Request, answer, beyond_history_limits, child_name, decide,
-    fold_outcomes, observe_signals, record, target_slices,
+    fold_outcomes, observe_signals, record, target_slices, unaudited,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -499,3 +501,22 @@ def test_one_look_returns_every_effect_and_when_to_look_next():
     same = look(spec, wait.status, fold_outcomes(wait.status, spec, later.children, None), later,
                 at + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
     assert same.decision is None and same.events == () and same.status.decisions == wait.status.decisions
+
+
+# ------------------------------------------------------------------------------------------------ audit log
+
+
+def logged(*sequences: int) -> list[Decision]:
+    """A stored decision log, newest first."""
+    return [Decision(id=f"support-bot-20261128T1200{n:02d}-{n}", time=NOW + timedelta(seconds=n), action="Wait",
+                     reason="r") for n in sorted(sequences, reverse=True)]
+
+
+def test_the_audit_log_is_sent_the_stored_decisions_after_the_last_it_acknowledged_oldest_first():
+    log = logged(1, 2, 3, 4)
+    assert [d.id for d in unaudited(log, None)] == [d.id for d in reversed(log)]
+    assert [d.id for d in unaudited(log, log[2].id)] == [log[1].id, log[0].id]
+    assert unaudited(log, log[0].id) == []
+    # A decision the status lost and rebuilt from its child's spec.reason numbers after the acknowledged ones.
+    assert [d.id for d in unaudited(logged(5, 6, 7), "support-bot-20261128T120005-5")] == [
+        "support-bot-20261128T120006-6", "support-bot-20261128T120007-7"]

@@ -213,3 +213,8 @@ class ImprovementLoopStatus(CommonStatus):
         "audit log keeps all)."
     )
     last_action: RequestRecord | None = Field(default=None, description="The last user request and its outcome.")
+    audited_through: str | None = Field(
+        default=None, max_length=253, description="The newest decision of the log the collector's audit log has "
+        "acknowledged: those after it are sent by the next looks (decisions reach the audit log once they are "
+        "written here, so it never holds one this log lost, and one made while the collector was away is sent "
+        "when it is back).")

@@ -536,6 +536,19 @@ def record(decisions: list[Decision], plan: Plan, now: datetime, *, loop: str, l
     return [decision, *decisions][:limit]
 
 
+def unaudited(decisions: list[Decision], audited_through: str | None) -> list[Decision]:
+    """The decisions of a stored log (newest first) that the audit log has not acknowledged, oldest first: those
+    numbered after ``audited_through``.
+
+    Only a stored log is sent: a decision sent before the status recording it was written could be lost with the
+    status (the operator stopped in between) and made again by the next look under another id, which would leave
+    in the audit log a decision the loop never kept. A decision the status lost and rebuilt from its child
+    (:func:`lost_decisions`), or one made while the collector was away, is in a later stored log, and sent then.
+    """
+    done = _sequence_of(audited_through) if audited_through else 0
+    return sorted((d for d in decisions if _sequence(d) > done), key=_sequence)
+
+
 def decision_id(loop: str, now: datetime, sequence: int) -> str:
     """Unique within the loop: a sequence number that keeps counting when the bounded log drops old entries."""
     return f"{loop}-{now:%Y%m%dT%H%M%S}-{sequence}"
