@@ -503,6 +503,28 @@ def test_one_look_returns_every_effect_and_when_to_look_next():
     assert same.decision is None and same.events == () and same.status.decisions == wait.status.decisions
 
 
+def test_a_decision_the_status_lost_is_announced_by_the_look_that_rebuilds_it():
+    from kaizen.logic.loop import Gathered, look
+
+    spec = loop_spec(approval={"retrain": "Automatic", "promote": "Automatic"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    first = look(spec, current, fold_outcomes(current, spec, (), None),
+                 Gathered(readings=readings, feedback=ENOUGH_FEEDBACK), NOW, loop="support-bot", uid="uid-1",
+                 generation=1)
+    # The operator stopped after creating the child and before writing the status (and posting the Events).
+    retrain = first.decision
+    child = job(first.create.name, phase="Training", created=NOW, decision_id=retrain.id, summary=retrain.reason,
+                reason_evidence=retrain.evidence)
+    gathered = Gathered(readings=readings, children=(child,), feedback=ENOUGH_FEEDBACK)
+    at = NOW + timedelta(minutes=1)
+    again = look(spec, current, fold_outcomes(current, spec, (child,), None), gathered, at, loop="support-bot",
+                 uid="uid-1", generation=1)
+    assert [d.action for d in again.status.decisions] == ["Wait", "Retrain"] and again.create is None
+    assert [(e.reason, e.message.endswith(f"[decision {d.id}]")) for e, d in
+            zip(again.events, reversed(again.status.decisions))] == [("Retrain", True), ("Wait", True)]
+
+
 # ------------------------------------------------------------------------------------------------ audit log
 
 

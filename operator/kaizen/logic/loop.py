@@ -686,7 +686,11 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
     plan = decide(spec, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
                   loop=loop, uid=uid, generation=generation)
     decisions = record(outcomes.decisions, plan, now, loop=loop)
-    events: list[Event] = []
+    # A decision the status lost and its child's spec.reason gave back was never announced either: a look's Events
+    # are posted only once its status is written.
+    stored = {d.id for d in current.decisions}
+    events = [Event("Normal", d.action, f"{d.reason} [decision {d.id}]"[:1024])
+              for d in reversed(outcomes.decisions) if d.id not in stored]
     decision = decisions[0] if decisions is not outcomes.decisions else None
     if decision is not None:
         events.append(Event("Warning" if plan.action == "Degraded" else "Normal", plan.action,
