@@ -542,3 +542,27 @@ def test_the_audit_log_is_sent_the_stored_decisions_after_the_last_it_acknowledg
     # A decision the status lost and rebuilt from its child's spec.reason numbers after the acknowledged ones.
     assert [d.id for d in unaudited(logged(5, 6, 7), "support-bot-20261128T120005-5")] == [
         "support-bot-20261128T120006-6", "support-bot-20261128T120007-7"]
+
+
+def test_a_request_a_child_answers_is_recorded_and_not_acted_on_again():
+    """The look that acted on `kaizen approve` (a retrain) stopped before its status was written; the RetrainJob then
+    passed before the next look. That look records the approval as answered by the RetrainJob, and does not take
+    it as approval of the candidate's rollout too (promotion needs its own approval here)."""
+    from kaizen.logic.loop import Gathered, look
+
+    spec = loop_spec(approval={"retrain": "Manual", "promote": "Manual"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    approve = Request("approve", "alice", NOW - timedelta(minutes=5))
+    first = look(spec, current, fold_outcomes(current, spec, (), None),
+                 Gathered(readings=readings, feedback=ENOUGH_FEEDBACK, request=approve), NOW - timedelta(minutes=4),
+                 loop="support-bot", uid="uid-1", generation=1)
+    assert first.plan.action == "Retrain" and first.decision.evidence["approvedBy"] == "alice"
+    passed = job(first.create.name, phase="Succeeded", verdict="Passed", created=NOW - timedelta(minutes=4),
+                 decision_id=first.decision.id, summary=first.decision.reason,
+                 reason_evidence=first.decision.evidence, candidate=ModelRef(version="v2", uri="/models/v2"))
+    later = look(spec, current, fold_outcomes(current, spec, (passed,), None),
+                 Gathered(readings=readings, children=(passed,), feedback=ENOUGH_FEEDBACK, request=approve), NOW,
+                 loop="support-bot", uid="uid-1", generation=1)
+    assert later.plan.action == "AwaitApproval" and later.create is None
+    assert later.status.last_action.outcome == f"approve: created RetrainJob/{first.create.name}"

@@ -678,9 +678,12 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
     signals). The status is rebuilt whole; the controller writes only what differs from what is stored.
     """
     children = gathered.children
+    # A request a child already answers was acted on by a look whose status was never written: it is recorded now
+    # (answer), not acted on again -- an approval of a retrain must not also approve the candidate's rollout.
+    acted_on = gathered.request is not None and any(c.answers(gathered.request) for c in children)
     observed = Observed(
         signals=observe_signals(spec.signals, gathered.readings, current.signals, now), children=children,
-        feedback=gathered.feedback, request=gathered.request, paused=gathered.paused,
+        feedback=gathered.feedback, request=None if acted_on else gathered.request, paused=gathered.paused,
         failures_acknowledged=gathered.failures_acknowledged,
     )
     plan = decide(spec, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
