@@ -837,9 +837,21 @@ def check_events(run: Run, seen: Seen) -> list[str]:
     return sorted(logged - set(announced))
 
 
+def _observed_running(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The outcome without the loop's waits on a running child: a loop whose operator was killed before each of its
+    looks while a child ran (a RetrainJob, a Rollout of a few seconds) never saw it running, and rightly logged no
+    wait for it. Such waits may be missing, never added (:func:`assert_same`)."""
+    outcome = copy.deepcopy(outcome)
+    outcome["decisions"] = [d for d in outcome["decisions"] if d["code"] != "ChildRunning"]
+    return outcome
+
+
 def assert_same(outcome: dict[str, Any], reference: dict[str, Any], run: Run) -> None:
-    """``outcome`` equals the fault-free run's; else the difference, the kills, and the operators' logs."""
-    if outcome == reference:
+    """``outcome`` equals the fault-free run's (but for waits on a running child the loop never saw running); else
+    the difference, the kills, and the operators' logs."""
+    running = [d for d in outcome["decisions"] if d["code"] == "ChildRunning"]
+    if len(running) <= len([d for d in reference["decisions"] if d["code"] == "ChildRunning"]) \
+            and _observed_running(outcome) == _observed_running(reference):
         return
     diff = "\n".join(difflib.unified_diff(json.dumps(reference, indent=1, sort_keys=True).splitlines(),
                                           json.dumps(outcome, indent=1, sort_keys=True).splitlines(),
