@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # This checkout's code, whatever checkout the shared cached venv's editable install points at.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
-.PHONY: help setup prerequisites binaries venv venv-trainer-s3 postgres test-tools crds demo test test-unit test-integration fuzz e2e e2e-kind lint clean-cluster bench-retrain
+.PHONY: help setup prerequisites binaries venv venv-trainer-s3 postgres test-tools crds demo test test-unit test-integration fuzz chaos e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-integration: setup ## Run the integration tests only
 fuzz: setup ## Longer fuzzing: 2,100 generated custom resources on the API server, schemathesis with 100 examples
 	KAIZEN_FUZZ_EXAMPLES=700 $(VENV)/bin/pytest tests/integration/test_fuzz_crds.py
 	KAIZEN_FUZZ_EXAMPLES=100 $(VENV)/bin/pytest tests/collector/test_openapi_fuzz.py
+
+chaos: setup ## The chaos suite in full: the operator SIGKILLed at 33 points of one loop (make test: at 13), outages, a leader killed
+	KAIZEN_CHAOS=full $(VENV)/bin/pytest tests/chaos
 
 e2e: setup ## Run the end-to-end tests (against KAIZEN_TEST_KUBECONFIG when set)
 	$(VENV)/bin/pytest tests/e2e

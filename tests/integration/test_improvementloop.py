@@ -414,8 +414,13 @@ def test_feedback_volume_gates_a_retrain_targeted_at_the_backlog_and_decisions_r
                                       "cohorts": ["de", "fr"]}
     assert job["spec"]["reason"]["evidence"]["newFeedback"] == 8
 
-    status, audit = call(collector, "GET", f"/v1/audit?loop={namespace}/support-bot", scope="read")
-    assert status == 200
-    logged = {entry["id"]: entry for entry in audit["items"]}
-    assert job["spec"]["reason"]["decisionId"] in logged
+    def audited():
+        status, audit = call(collector, "GET", f"/v1/audit?loop={namespace}/support-bot", scope="read")
+        assert status == 200
+        entries = {entry["id"]: entry for entry in audit["items"]}
+        return job["spec"]["reason"]["decisionId"] in entries and entries
+
+    # A decision reaches the audit log once the status holds it: by the look after the one that made it.
+    logged = eventually(audited, what="the retrain in the audit log")
+    assert loop_status(crds, namespace)["auditedThrough"] in logged
     assert logged[job["spec"]["reason"]["decisionId"]]["action"] == "Retrain"

@@ -50,6 +50,12 @@ def test_a_new_retrainjob_creates_its_config_map_then_its_job_and_says_so_once()
     assert find_condition(effects.status["conditions"], "Progressing")["status"] == "True"
     assert effects.events == (Event("Normal", "JobCreated", "Created training Job rj-trainer."),)
     assert effects.next_due == NOW + retrain.FOLLOW_IDLE  # a safety net: the Job's watch event comes first
+    # The operator stopped after creating them, before writing the status and posting the Event: the next look
+    # finds the Job, adopts it, and says so then; once the status has a phase, it is not said again.
+    adopted = look({"observedGeneration": 1}, running_job(), [pod("p1", uid="u1")])
+    assert adopted.create == () and adopted.status["phase"] == "Training"
+    assert adopted.events == (Event("Normal", "JobCreated", "Created training Job rj-trainer."),)
+    assert look({"phase": "Pending"}, running_job(), [pod("p1", uid="u1")]).events == ()
 
 
 def test_a_training_pod_is_followed_for_its_gpu_time_and_a_waiting_one_only_by_watch():

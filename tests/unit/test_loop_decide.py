@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from kaizen.api.common import ModelRef
-from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus
+from kaizen.api.improvementloop import (
+    Decision, ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus,
+)
 from kaizen.logic.loop import (
     BacklogItem, Child, Feedback, Observed, Reading, Request, answer, beyond_history_limits, child_name, decide,
-    fold_outcomes, observe_signals, record, target_slices,
+    fold_outcomes, observe_signals, record, target_slices, unaudited,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -528,3 +530,66 @@ def test_a_look_that_changes_nothing_records_no_time_and_keeps_to_the_grid_until
                    Gathered(readings={**readings, "error-rate": Reading("error-rate", 0.02)}, feedback=ENOUGH_FEEDBACK),
                    NOW + timedelta(minutes=1), loop="support-bot", uid="uid-1", generation=1)
     assert changed.status.last_observed == NOW + timedelta(minutes=1)
+def test_a_decision_the_status_lost_is_announced_by_the_look_that_rebuilds_it():
+    from kaizen.logic.loop import Gathered, look
+
+    spec = loop_spec(approval={"retrain": "Automatic", "promote": "Automatic"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    first = look(spec, current, fold_outcomes(current, spec, (), None),
+                 Gathered(readings=readings, feedback=ENOUGH_FEEDBACK), NOW, loop="support-bot", uid="uid-1",
+                 generation=1)
+    # The operator stopped after creating the child and before writing the status (and posting the Events).
+    retrain = first.decision
+    child = job(first.create.name, phase="Training", created=NOW, decision_id=retrain.id, summary=retrain.reason,
+                reason_evidence=retrain.evidence)
+    gathered = Gathered(readings=readings, children=(child,), feedback=ENOUGH_FEEDBACK)
+    at = NOW + timedelta(minutes=1)
+    again = look(spec, current, fold_outcomes(current, spec, (child,), None), gathered, at, loop="support-bot",
+                 uid="uid-1", generation=1)
+    assert [d.action for d in again.status.decisions] == ["Wait", "Retrain"] and again.create is None
+    assert [(e.reason, e.message.endswith(f"[decision {d.id}]")) for e, d in
+            zip(again.events, reversed(again.status.decisions))] == [("Retrain", True), ("Wait", True)]
+
+
+# ------------------------------------------------------------------------------------------------ audit log
+
+
+def logged(*sequences: int) -> list[Decision]:
+    """A stored decision log, newest first."""
+    return [Decision(id=f"support-bot-20261128T1200{n:02d}-{n}", time=NOW + timedelta(seconds=n), action="Wait",
+                     reason="r") for n in sorted(sequences, reverse=True)]
+
+
+def test_the_audit_log_is_sent_the_stored_decisions_after_the_last_it_acknowledged_oldest_first():
+    log = logged(1, 2, 3, 4)
+    assert [d.id for d in unaudited(log, None)] == [d.id for d in reversed(log)]
+    assert [d.id for d in unaudited(log, log[2].id)] == [log[1].id, log[0].id]
+    assert unaudited(log, log[0].id) == []
+    # A decision the status lost and rebuilt from its child's spec.reason numbers after the acknowledged ones.
+    assert [d.id for d in unaudited(logged(5, 6, 7), "support-bot-20261128T120005-5")] == [
+        "support-bot-20261128T120006-6", "support-bot-20261128T120007-7"]
+
+
+def test_a_request_a_child_answers_is_recorded_and_not_acted_on_again():
+    """The look that acted on `kaizen approve` (a retrain) stopped before its status was written; the RetrainJob then
+    passed before the next look. That look records the approval as answered by the RetrainJob, and does not take
+    it as approval of the candidate's rollout too (promotion needs its own approval here)."""
+    from kaizen.logic.loop import Gathered, look
+
+    spec = loop_spec(approval={"retrain": "Manual", "promote": "Manual"})
+    current = ImprovementLoopStatus(signals=list(BREACHED), last_observed=NOW - timedelta(minutes=1))
+    readings = {"error-rate": Reading("error-rate", 0.08), "satisfaction": Reading("satisfaction", 0.9)}
+    approve = Request("approve", "alice", NOW - timedelta(minutes=5))
+    first = look(spec, current, fold_outcomes(current, spec, (), None),
+                 Gathered(readings=readings, feedback=ENOUGH_FEEDBACK, request=approve), NOW - timedelta(minutes=4),
+                 loop="support-bot", uid="uid-1", generation=1)
+    assert first.plan.action == "Retrain" and first.decision.evidence["approvedBy"] == "alice"
+    passed = job(first.create.name, phase="Succeeded", verdict="Passed", created=NOW - timedelta(minutes=4),
+                 decision_id=first.decision.id, summary=first.decision.reason,
+                 reason_evidence=first.decision.evidence, candidate=ModelRef(version="v2", uri="/models/v2"))
+    later = look(spec, current, fold_outcomes(current, spec, (passed,), None),
+                 Gathered(readings=readings, children=(passed,), feedback=ENOUGH_FEEDBACK, request=approve), NOW,
+                 loop="support-bot", uid="uid-1", generation=1)
+    assert later.plan.action == "AwaitApproval" and later.create is None
+    assert later.status.last_action.outcome == f"approve: created RetrainJob/{first.create.name}"

@@ -288,3 +288,8 @@ class ImprovementLoopStatus(CommonStatus):
     notifications: NotificationsStatus | None = Field(
         default=None, description="Which events were sent to the loop's webhooks, and which are retried."
     )
+    audited_through: str | None = Field(
+        default=None, max_length=253, description="The newest decision of the log the collector's audit log has "
+        "acknowledged: those after it are sent by the next looks (decisions reach the audit log once they are "
+        "written here, so it never holds one this log lost, and one made while the collector was away is sent "
+        "when it is back).")

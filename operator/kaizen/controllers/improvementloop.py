@@ -4,10 +4,11 @@ Gathering reads the loop's children (from kopf's in-memory indices of RetrainJob
 streams kopf keeps for their controllers: :func:`gather_children`), the signals from Prometheus, feedback from the
 collector and a user's request (:class:`kaizen.logic.loop.Gathered`); :func:`kaizen.logic.loop.look`, pure,
 returns every effect of the look (:class:`kaizen.logic.loop.Effects`); :func:`apply` carries them out — the child
-with the decision in its ``spec.reason``, the pruned children, the Events, the audit log entry — and writes the
-status once (a look that changes nothing writes nothing). A request's annotations are removed only once a status
-records it (:mod:`kaizen.logic.requests`). Spec validation (Ready / InvalidSpec) and error classification are the
-shared skeleton of :mod:`kaizen.controllers.reconcile`.
+with the decision in its ``spec.reason``, the pruned children, the Events — and writes the status once (a look that
+changes nothing writes nothing). Every look first sends the collector's audit log the decisions of the stored status
+it has not acknowledged (:func:`audit`). A request's annotations are removed only once a status records it
+(:mod:`kaizen.logic.requests`). Spec validation (Ready / InvalidSpec) and error classification are the shared
+skeleton of :mod:`kaizen.controllers.reconcile`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kaizen.k8s.errors import ApiError
 from kaizen.logic.effects import Effects as Changes
 from kaizen.logic.effects import Failure, refused, rejected_for
 from kaizen.logic.loop import (
-    BacklogItem, Child, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look,
+    BacklogItem, Child, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look, unaudited,
 )
 from kaizen.logic.promql import fill
 from kaizen.logic.validation import InvalidSpec, parse_spec
@@ -47,6 +48,9 @@ _written: dict[str, tuple[str, float]] = {}
 _created: dict[str, tuple[frozenset[tuple[str, str]], float]] = {}
 STALE_FOR_AT_MOST = 5.0
 LOOP_LABEL = resources.LOOP_LABEL
+#: The collector's answers to an audit entry that sending it again cannot change: another entry has its id (409),
+#: or it is invalid (422).
+REFUSED_FOR_GOOD = (409, 422)
 
 
 def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry: int) -> datetime | None:
@@ -87,6 +91,7 @@ def observe_and_decide(
     if rejected_for(dict(status), meta.get("generation")):
         return None  # the API server refused a child this spec describes; the InvalidSpec condition says so
     current = ImprovementLoopStatus.model_validate({k: v for k, v in dict(status).items() if k in STATUS_FIELDS})
+    audit(loop, current, namespace, name, patch, logger)
     annotations = dict(meta.get("annotations") or {})
     request = take_request(IMPROVEMENT_LOOP, dict(body), ("approve", "retrain"), current.last_action,
                            "an ImprovementLoop: use approve or retrain (kaizen approve|retrain LOOP)")
@@ -126,13 +131,9 @@ def apply_look(effects: Effects, loop: ImprovementLoopSpec, obj: dict[str, Any],
         return refused(stored, failure, now, generation)
 
     due = apply(obj, effects.changes, patch, logger, refused=refusal)
-    meta = obj["metadata"]
     if effects.changes.create and not failures:
-        _created[meta["uid"]] = (frozenset((c["kind"], c["metadata"]["name"]) for c in effects.changes.create),
-                                 time.monotonic())
-    if effects.decision is not None and not failures:
-        audit(loop, meta["namespace"], meta["name"],
-              effects.decision.model_dump(mode="json", by_alias=True, exclude_none=True), logger)
+        _created[obj["metadata"]["uid"]] = (
+            frozenset((c["kind"], c["metadata"]["name"]) for c in effects.changes.create), time.monotonic())
     return due
 
 
@@ -263,19 +264,46 @@ def to_child(kind: str, obj: dict[str, Any]) -> Child:
     )
 
 
-def audit(loop: ImprovementLoopSpec, namespace: str, name: str, decision: dict[str, Any], logger: kopf.Logger) -> None:
-    """Best effort: the status and the Event already hold the decision; the collector keeps it for good."""
+def audit(loop: ImprovementLoopSpec, status: ImprovementLoopStatus, namespace: str, name: str, patch: kopf.Patch,
+          logger: kopf.Logger) -> None:
+    """Send the collector's audit log the stored decisions it has not acknowledged (:func:`kaizen.logic.loop
+    .unaudited`), oldest first, and record the newest it acknowledged in ``status.auditedThrough``.
+
+    Every look does this first, also one that is not due yet: the one that follows a look's own status write sends
+    the decision that write recorded. Best effort, as the status and the Events already hold the decisions: what
+    the collector refuses or cannot take now is sent again by the next look (the audit log takes a decision once;
+    sent again, it is acknowledged). The decision log keeps its last 50 decisions: older ones not acknowledged by
+    then, after a long outage of the collector, do not reach it.
+    """
     if loop.feedback is None:
         return
     from kaizen.collector.client import CollectorError
 
+    pending = unaudited(status.decisions, status.audited_through)
+    if not pending:
+        return
     try:
-        entry = {k: v for k, v in decision.items() if k != "child"}
-        if decision.get("child"):
-            entry["evidence"] = {**entry.get("evidence", {}), "child": decision["child"]}
-        collector(loop, namespace).post_audit({"loop": f"{namespace}/{name}", **entry})
-    except (CollectorError, KeyError, ApiError) as error:
-        logger.warning(f"Failed to write decision={decision['id']} to the audit log: {_reason(error)}")
+        client = collector(loop, namespace)
+    except (KeyError, ApiError) as error:
+        logger.warning(f"Failed to write decision={pending[0].id} to the audit log: {_reason(error)}")
+        return
+    acknowledged = None
+    for decision in pending:
+        # Without its outcome, which a later look may fill in: sent again, the entry is the same.
+        entry = decision.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"child", "outcome"})
+        if decision.child:
+            entry["evidence"] = {**entry.get("evidence", {}), "child": decision.child}
+        try:
+            client.post_audit({"loop": f"{namespace}/{name}", **entry})
+        except CollectorError as error:
+            if error.status not in REFUSED_FOR_GOOD:
+                logger.warning(f"Failed to write decision={decision.id} to the audit log: {_reason(error)}")
+                break
+            # Sending it again cannot change the answer: it is passed over, once, not retried at every look.
+            logger.warning(f"Skipped decision={decision.id}, which the audit log refused: {_reason(error)}")
+        acknowledged = decision.id
+    if acknowledged is not None:
+        patch.status["auditedThrough"] = acknowledged
 
 
 def _reason(error: Exception) -> str:

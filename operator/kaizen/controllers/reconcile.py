@@ -40,6 +40,7 @@ from kaizen.api import ResourceKind
 from kaizen.api.actions import REQUEST_KEYS
 from kaizen.k8s import configmaps, deployments, httproutes, jobs, resources
 from kaizen.k8s.errors import ApiError, NotOwned
+from kaizen.logic.conditions import Event
 from kaizen.logic.effects import CHILD_REJECTED, SLOW_RETRY, Effects, Failure, unblocked
 from kaizen.logic.effects import refused as usual_refusal
 from kaizen.logic.requests import Requested, consumable, pending
@@ -201,6 +202,22 @@ def take_request(resource: ResourceKind, obj: dict[str, Any], allowed: Sequence[
 
 # ------------------------------------------------------------------------------------------------ apply
 
+
+class LookPatch(kopf.Patch):
+    """A look's status patch, and the Events :func:`apply` holds back until it is written (:meth:`announce`): an
+    Event never announces what a status that was not written (the operator stopped in between) does not hold, and
+    the look that does it again announces it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[dict[str, Any], Event]] = []
+
+    def announce(self) -> None:
+        for obj, event in self.events:
+            kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
+        self.events.clear()
+
+
 #: What a refused child means for the object: pure, from the stored status, the failure, now and the generation.
 Refused = Callable[[dict[str, Any], Failure, datetime, "int | None"], Effects]
 
@@ -210,9 +227,10 @@ def apply(obj: dict[str, Any], effects: Effects, patch: kopf.Patch, logger: kopf
     """Carry out one look's effects, the same way for every kind, and return when the object is next due.
 
     Children first, in order, and the status last: a crash in between leaves children with deterministic names that
-    the next look adopts. A child the API server refuses (or whose name is taken) stops the children there; what it
-    means for the object is ``refused``'s to say (by default :func:`kaizen.logic.effects.refused`), and those
-    effects are applied instead. A transient failure is raised: the scheduler retries with backoff.
+    the next look adopts. A look's Events are posted once its status is written (:class:`LookPatch`). A child the
+    API server refuses (or whose name is taken) stops the children there; what it means for the object is
+    ``refused``'s to say (by default :func:`kaizen.logic.effects.refused`), and those effects are applied instead.
+    A transient failure is raised: the scheduler retries with backoff.
     """
     meta = obj["metadata"]
     namespace, stored = meta["namespace"], dict(obj.get("status") or {})
@@ -234,7 +252,10 @@ def apply(obj: dict[str, Any], effects: Effects, patch: kopf.Patch, logger: kopf
         return apply(obj, (refused or usual_refusal)(stored, failure, clock.now(), meta.get("generation")), patch,
                      logger)
     for event in effects.events:
-        kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
+        if isinstance(patch, LookPatch):
+            patch.events.append((obj, event))
+        else:
+            kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
     for line in effects.log:
         logger.info(line)
     write_status(stored, patch, {**unblocked(stored), **effects.status})
@@ -390,11 +411,12 @@ def schedule(resource: ResourceKind, look: Look) -> Scheduler:
         scheduler.wake(meta.get("namespace") or "", meta.get("name") or "")
 
     def look_and_write(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> datetime | None:
-        patch = kopf.Patch()
+        patch = LookPatch()
         try:
             return look(obj, patch, logger, retry)
         finally:
             write(resource=resource, meta=obj["metadata"], patch=patch, logger=logger, retry=retry)
+            patch.announce()  # not when the write failed (it raised): the look that writes it announces it
 
     return scheduler
 

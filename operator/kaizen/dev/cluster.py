@@ -108,6 +108,9 @@ class LocalCluster(ClusterAccess):
         self.startup_seconds: float | None = None
         self.api_url: str | None = None
         self.ca: CertificateAuthority | None = None
+        # How this process started each component, and how to tell it is ready: what restart() needs.
+        self._commands: dict[str, list[str]] = {}
+        self._ready: dict[str, Callable[[], bool]] = {}
 
     @property
     def components(self) -> list[str]:
@@ -194,6 +197,27 @@ class LocalCluster(ClusterAccess):
         with contextlib.suppress(FileNotFoundError, OSError):
             self.workdir.rmdir()
 
+    def restart(self, component: str, down: float = 0.0, timeout: float | None = None) -> float:
+        """Stop ``component`` (SIGTERM, then SIGKILL) and start it again with the same flags -- the same port, etcd
+        data and certificates, so every client reconnects to what it knew -- as an upgrade or a crashed control-plane
+        process does. ``down``: seconds it stays stopped. Returns once it is ready again, with the seconds it was
+        unavailable; a component that does not come back raises :class:`ClusterStartError` with its log.
+
+        Only for a cluster this process started (the flags are not recorded in the state file), and from a thread
+        that lives as long as the cluster should (see :func:`kaizen.dev.processes.spawn`).
+        """
+        old = next((p for p in self.processes if p.name == component), None)
+        if old is None or component not in self._commands:
+            raise ValueError(f"{component} is not a component this process started; it runs {self.components}")
+        started = time.monotonic()
+        processes.stop([old])
+        time.sleep(down)
+        new = processes.spawn(component, self._commands[component], old.log, detach=self.detach)
+        self.processes[self.processes.index(old)] = new
+        self._wait(new, time.monotonic() + (timeout or self.startup_timeout), self._ready.get(component, new.alive))
+        self._write_state()
+        return time.monotonic() - started
+
     def kubeconfig_for(self, user: str, groups: Sequence[str] = ()) -> Path:
         """Writes a kubeconfig for a new client certificate of ``user`` in ``groups``, for testing RBAC."""
         if self.ca is None or self.api_url is None:
@@ -215,7 +239,8 @@ class LocalCluster(ClusterAccess):
         logs = self.workdir / "logs"
 
         def spawn(name: str, *args: str) -> processes.ManagedProcess:
-            process = processes.spawn(name, [binaries[name], *args], logs / f"{name}.log", detach=self.detach)
+            self._commands[name] = [str(binaries[name]), *args]
+            process = processes.spawn(name, self._commands[name], logs / f"{name}.log", detach=self.detach)
             self.processes.append(process)
             return process
 
@@ -275,8 +300,10 @@ class LocalCluster(ClusterAccess):
 
         api = _AdminClient(api_port, pki)
         etcd_client = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=1)
-        self._wait(etcd, deadline, lambda: _ok(etcd_client, "/health"))
-        self._wait(apiserver, deadline, lambda: api.request("GET", "/readyz")[0] == 200)
+        self._ready["etcd"] = lambda: _ok(etcd_client, "/health")
+        self._ready["kube-apiserver"] = lambda: api.request("GET", "/readyz")[0] == 200
+        self._wait(etcd, deadline, self._ready["etcd"])
+        self._wait(apiserver, deadline, self._ready["kube-apiserver"])
 
         if self.controllers:
             # These two exit, rather than retry, when the API server has not yet bootstrapped their RBAC roles.
@@ -306,7 +333,9 @@ class LocalCluster(ClusterAccess):
             # credentials. The `default` service account, which pods need, is the first thing they make.
             default_account = "/api/v1/namespaces/default/serviceaccounts/default"
             self._wait(kcm, deadline, lambda: api.request("GET", default_account)[0] == 200)
-            self._wait(scheduler, deadline, lambda: _component_healthy(scheduler_port))
+            self._ready["kube-scheduler"] = lambda: _component_healthy(scheduler_port)
+            self._ready["kube-controller-manager"] = lambda: _component_healthy(kcm_port)
+            self._wait(scheduler, deadline, self._ready["kube-scheduler"])
 
     def _wait(self, process: processes.ManagedProcess, deadline: float, ready: Callable[[], bool]) -> None:
         while True:

@@ -540,6 +540,19 @@ def record(decisions: list[Decision], plan: Plan, now: datetime, *, loop: str, l
     return [decision, *decisions][:limit]
 
 
+def unaudited(decisions: list[Decision], audited_through: str | None) -> list[Decision]:
+    """The decisions of a stored log (newest first) that the audit log has not acknowledged, oldest first: those
+    numbered after ``audited_through``.
+
+    Only a stored log is sent: a decision sent before the status recording it was written could be lost with the
+    status (the operator stopped in between) and made again by the next look under another id, which would leave
+    in the audit log a decision the loop never kept. A decision the status lost and rebuilt from its child
+    (:func:`lost_decisions`), or one made while the collector was away, is in a later stored log, and sent then.
+    """
+    done = _sequence_of(audited_through) if audited_through else 0
+    return sorted((d for d in decisions if _sequence(d) > done), key=_sequence)
+
+
 def decision_id(loop: str, now: datetime, sequence: int) -> str:
     """Unique within the loop: a sequence number that keeps counting when the bounded log drops old entries."""
     return f"{loop}-{now:%Y%m%dT%H%M%S}-{sequence}"
@@ -669,15 +682,22 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
     signals). The status is rebuilt whole; the controller writes only what differs from what is stored.
     """
     children = gathered.children
+    # A request a child already answers was acted on by a look whose status was never written: it is recorded now
+    # (answer), not acted on again -- an approval of a retrain must not also approve the candidate's rollout.
+    acted_on = gathered.request is not None and any(c.answers(gathered.request) for c in children)
     observed = Observed(
         signals=observe_signals(spec.signals, gathered.readings, current.signals, now), children=children,
-        feedback=gathered.feedback, request=gathered.request, paused=gathered.paused,
+        feedback=gathered.feedback, request=None if acted_on else gathered.request, paused=gathered.paused,
         failures_acknowledged=gathered.failures_acknowledged,
     )
     plan = decide(spec, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
                   loop=loop, uid=uid, generation=generation)
     decisions = record(outcomes.decisions, plan, now, loop=loop)
-    events: list[Event] = []
+    # A decision the status lost and its child's spec.reason gave back was never announced either: a look's Events
+    # are posted only once its status is written.
+    stored = {d.id for d in current.decisions}
+    events = [Event("Normal", d.action, f"{d.reason} [decision {d.id}]"[:1024])
+              for d in reversed(outcomes.decisions) if d.id not in stored]
     decision = decisions[0] if decisions is not outcomes.decisions else None
     if decision is not None:
         events.append(Event("Warning" if plan.action == "Degraded" else "Normal", plan.action,

@@ -667,6 +667,10 @@ def decide(spec: RetrainJobSpec, stored: dict[str, Any], job: dict[str, Any] | N
         )
     observed = observe(spec, job, pods, now, previous=previous_status(stored))
     events: list[Event] = []
+    if not stored.get("phase"):
+        # The look that created the Job stopped before writing its status, and a look's Events wait for its status
+        # (kaizen.controllers.reconcile.LookPatch): this one adopts the Job, and says so.
+        events.append(Event("Normal", "JobCreated", f"Created training Job {job['metadata']['name']}."))
     log: list[str] = []
     for failure in observed.new_failures:
         retried = "retrying from the last checkpoint" if failure.retried else "not retried"
