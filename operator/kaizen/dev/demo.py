@@ -68,6 +68,9 @@ TERMINAL = ("Promoted", "RolledBack", "Aborted")
 #: Seconds from the first look that saw a weight to the start of the servers' counts at it: Traefik serves a
 #: changed route within a second, and Prometheus scrapes every second.
 SETTLE = 2.0
+#: Seconds a routing state must hold to count as one: the operator writes the route, then the Rollout's status, and
+#: on a loaded machine a second or more can pass between the two.
+HOLD = 2.0
 
 
 def say(message: str) -> None:
@@ -205,7 +208,7 @@ class Routed:
 
 @dataclass
 class Held:
-    """A routing state that held for at least two looks in a row, and from when to when (Unix seconds)."""
+    """A routing state that held for :data:`HOLD` seconds or more, and from when to when (Unix seconds)."""
 
     routed: Routed
     since: float
@@ -220,8 +223,8 @@ def route_weights(objects: Any, name: str) -> tuple[tuple[str, int], ...]:
 
 
 def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) -> tuple[dict[str, Any], list[Held]]:
-    """Follow the loop's Rollout to its end, with its route: every routing state that held for two looks in a row
-    (so never the instant between the operator's write of the route and its write of the status), as it comes."""
+    """Follow the loop's Rollout to its end, with its route: every routing state that held for :data:`HOLD` seconds
+    (so never the moment between the operator's write of the route and its write of the status), as it comes."""
     import kubernetes.client
 
     objects = kubernetes.client.CustomObjectsApi(cluster.api_client())
@@ -238,7 +241,7 @@ def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) ->
             routed = Routed(status.get("currentStep"), status.get("phase"), status.get("canaryWeight"),
                             status.get("achievedWeight"), status.get("canaryReplicas"),
                             route_weights(objects, route) if route else ())
-            if previous is not None and previous[0] == routed:
+            if previous is not None and previous[0] == routed and now - previous[1] >= HOLD:
                 if held and held[-1].routed == routed:
                     held[-1].until = now
                 else:
