@@ -98,8 +98,9 @@ def assert_routed_by_the_gateway(output: str, ending: str) -> None:
         assert canary == 0 or stable + canary == 100, route
     # The weights the steps asked were reached on the route (a setWeight step ends in the look that routes it, once
     # the canary is ready at its size; a promoted canary reached them all).
-    asked = {a for _, phase, a, _, _ in looks if phase == "Progressing" and a}
-    reached = {a for _, phase, a, achieved, _ in looks if phase == "Progressing" and a and achieved == a}
+    under_way = ("Progressing", "Paused")  # Paused: holding at its weight for metrics or approval
+    asked = {a for _, phase, a, _, _ in looks if phase in under_way and a}
+    reached = {a for _, phase, a, achieved, _ in looks if phase in under_way and a and achieved == a}
     assert 50 in reached and (ending != "Promoted" or reached == asked == {50, 100}), (asked, reached)
     served = [(float(w), int(s), int(c)) for w, s, c in SERVED.findall(output)]
     split = [(w, s, c) for w, s, c in served if 0 < w < 100]

@@ -258,14 +258,15 @@ def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) ->
 
 
 def served_by_track(prometheus: Any, held: list[Held]) -> list[tuple[float, int, int, float]]:
-    """For each span of looks at one reached weight (asked and achieved alike) while the Rollout progressed: the
+    """For each span of looks at one reached weight (asked and achieved alike) while the Rollout was under way: the
     weight, the requests the servers counted for the stable and the canary track (Prometheus's
     ``kaizen_server_requests_total``, per pod, from :data:`SETTLE` seconds into the span to its last look), and the
     seconds counted."""
     spans: list[list[Held]] = []
     for state, before in zip(held, [None, *held]):
         routed = state.routed
-        if routed.phase != "Progressing" or routed.asked is None or routed.achieved != routed.asked:
+        # Paused (holding for metrics or approval) serves at its weight as Progressing does.
+        if routed.phase not in ("Progressing", "Paused") or routed.asked is None or routed.achieved != routed.asked:
             continue
         if spans and spans[-1][-1] is before and before.routed.achieved == routed.achieved:
             spans[-1].append(state)
