@@ -9,6 +9,12 @@ their traces, and Kaizen deciding from what Prometheus and the collector saw -- 
   the third; the candidate passes every offline gate but answers the third cohort wrongly live, and the canary's
   per-cohort analysis rolls it back, with the metric and its numbers in the message.
 
+Both run with the demo's default routing, Gateway API: the users' requests go through a real gateway (Traefik) by
+the HTTPRoute whose weights the Rollout sets. Each test checks that the gateway did the routing: at every step the
+route's weights are the share the Rollout's status says it achieved (the weight it asked, once reached), the requests
+the servers counted per track in Prometheus match that weight within a chi-square bound, and the route ends 100/0
+on the stable. (Replica routing on real served models is covered in tests/integration/test_rollout_gateway.py.)
+
 Nothing in the demo sets a quality or an error rate: every number asserted here was measured from answers. The pods
 run only on the local stack (kwok's node `kaizen-gpu-0` and the dev node agent), so with KAIZEN_TEST_KUBECONFIG
 (kind, any cluster) these tests are skipped; test_release.py covers what needs only a kubeconfig.
@@ -23,6 +29,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.gateway import CHI2_Q, chi_square
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,6 +76,43 @@ def measured(output: str, version: str) -> list[float]:
                                                output)]
 
 
+ROUTING = re.compile(r"Routing: step (\d+) (\w+): canary weight (\d+)% asked, ([0-9.]+)% achieved, \d+ canary "
+                     r"pod\(s\); HTTPRoute support-bot: (.*)")
+SERVED = re.compile(r"Served at ([0-9.]+)% canary: the servers counted (\d+) stable and (\d+) canary requests")
+
+
+def backends(text: str) -> dict[str, int]:
+    return {name: int(weight) for name, weight in (part.split("=") for part in text.split(", "))}
+
+
+def assert_routed_by_the_gateway(output: str, ending: str) -> None:
+    """What shows that the gateway split the canary's traffic, and gave it back to the stable (module docstring)."""
+    looks = [(int(step), phase, int(asked), float(achieved), backends(route))
+             for step, phase, asked, achieved, route in ROUTING.findall(output)]
+    assert looks and looks[-1][1] == ending, output
+    for step, phase, asked, achieved, route in looks:
+        # The status says what the route carries, at every look that held (the route as written has no weights
+        # until the canary serves: the stable's defaults to 1).
+        canary, stable = route.get("support-bot-canary", 0), route["support-bot-stable"]
+        assert 100 * canary / (stable + canary) == achieved, (step, phase, asked, achieved, route)
+        assert canary == 0 or stable + canary == 100, route
+    # The weights the steps asked were reached on the route (a setWeight step ends in the look that routes it, once
+    # the canary is ready at its size; a promoted canary reached them all).
+    under_way = ("Progressing", "Paused")  # Paused: holding at its weight for metrics or approval
+    asked = {a for _, phase, a, _, _ in looks if phase in under_way and a}
+    reached = {a for _, phase, a, achieved, _ in looks if phase in under_way and a and achieved == a}
+    assert 50 in reached and (ending != "Promoted" or reached == asked == {50, 100}), (asked, reached)
+    served = [(float(w), int(s), int(c)) for w, s, c in SERVED.findall(output)]
+    split = [(w, s, c) for w, s, c in served if 0 < w < 100]
+    assert split, output
+    for weight, stable, canary in split:
+        assert stable + canary >= 100 and chi_square(canary, stable + canary, weight) < CHI2_Q[1], (weight, stable,
+                                                                                                  canary)
+    assert all(stable == 0 and canary > 0 for w, stable, canary in served if w == 100), served
+    assert re.search(r"Route after the rollout: HTTPRoute support-bot: support-bot-stable=100, support-bot-canary=0\n",
+                     output), output
+
+
 def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     output = demo(tmp_path, "drift")
     # Before the change the users found v1 right; after it, v1's answers on returns are wrong and users say so.
@@ -98,6 +143,8 @@ def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     assert report and Path(report.group(1)) == (tmp_path / "demo" / "report.html").resolve(), output
     assert Path(report.group(1)).read_text().count("src='data:image/png;base64,") >= 2
     assert "The story ended as it should (Promoted)" in output
+    assert_routed_by_the_gateway(output, "Promoted")
+    assert 100 in [float(w) for w, _, _ in SERVED.findall(output)], output  # the canary alone served, then promoted
 
 
 def test_a_candidate_that_fails_one_cohort_live_is_rolled_back_on_its_feedback(tmp_path):
@@ -116,3 +163,4 @@ def test_a_candidate_that_fails_one_cohort_live_is_rolled_back_on_its_feedback(t
     assert re.search(r"improvementloop.kaizen.dev/support-bot +\w+ +v1\b", output), output
     assert "The story ended as it should (RolledBack)" in output
     assert job in output
+    assert_routed_by_the_gateway(output, "RolledBack")

@@ -277,6 +277,7 @@ def test_gateway_routing_sets_the_weight_once_the_canary_is_ready_and_restores_1
     started = routed_look({}, route=ROUTE)
     (canary,) = started.apply  # the route waits for the canary to be ready at its size
     assert canary["kind"] == "Deployment" and canary["spec"]["replicas"] == 1  # 25% of the stable's 4 replicas
+    assert started.status["achievedWeight"] == 0.0  # the route has no canary backendRef yet: it sends it nothing
     routed = routed_look(started.status, route=ROUTE, canary=owned_canary(1), now=NOW + timedelta(seconds=1))
     (route,) = routed.apply
     assert route["kind"] == "HTTPRoute" and route["metadata"]["resourceVersion"] == "7"

@@ -147,6 +147,18 @@ def test_demo_without_prometheus_prints_one_line_before_starting_anything(empty_
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_without_traefik_prints_one_line_before_starting_anything(empty_cache: Path, tmp_path: Path) -> None:
+    assets = tmp_path / "assets"
+    executable(assets / "kubectl")
+    executable(assets / "prometheus")
+    env = {**clean_env(empty_cache), "KUBEBUILDER_ASSETS": str(assets)}
+    result = demo_on_a_given_cluster(tmp_path, env)
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"kaizen dev demo: traefik {versions()['traefik']} was not found")
+    assert result.stdout == "" and not (tmp_path / "demo").exists()
+
+
 def test_a_checkout_without_versions_env_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     # What a copy of the package outside a checkout (site-packages) sees: no hack/versions.env beside it.
@@ -167,6 +179,7 @@ def test_a_checkout_without_versions_env_is_one_line(tmp_path: Path, monkeypatch
 def test_a_prometheus_that_fails_to_start_in_the_demo_is_one_line(empty_cache: Path, tmp_path: Path) -> None:
     assets = tmp_path / "assets"
     executable(assets / "kubectl")
+    executable(assets / "traefik")  # the demo's gateway, looked for before anything starts
     broken = tmp_path / "broken" / "prometheus"
     broken.parent.mkdir()
     broken.write_text("#!/bin/sh\necho 'err=\"error loading config\"' >&2\nexit 1\n")

@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "demo",
         help="run Kaizen's whole loop on the local stack through a served model: drift, retrain, canary, promotion",
         description="Start a local control plane (or use --kubeconfig), Prometheus, the collector, the operator and "
-        "the dev node agent, apply examples/demo/ (a served model, its Service and its ImprovementLoop), send "
-        "simulated users' requests and feedback through the Service, change their world, follow the loop to its end.",
+        "the dev node agent and a Gateway API gateway (Traefik), apply examples/demo/ (a served model, its Services, "
+        "its HTTPRoute and its ImprovementLoop), send simulated users' requests through the route and their "
+        "feedback to the collector, change their world, follow the loop to its end.",
     )
     demo.add_argument("--kubeconfig", type=Path, help="use this cluster instead of starting a local control plane")
     demo.add_argument("--dir", type=Path, default=Path(".kaizen") / "demo",
@@ -64,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="drift (default): a policy change, a targeted retrain, a canary promoted and the users' "
                       "quality restored; cohort-regression: a candidate that passes its gates but fails one cohort "
                       "live, rolled back by the canary")
+    demo.add_argument("--routing", choices=("gatewayAPI", "replicas"), default="gatewayAPI",
+                      help="how the canary gets its share: gatewayAPI (default): exact weights on the HTTPRoute the "
+                      "users' requests go through; replicas: canary pods beside the stable ones behind one Service")
     demo.set_defaults(func=run_demo)
 
 
@@ -130,18 +134,22 @@ def _print_usage(kubeconfig: Path) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from kaizen.dev import demo
-    from kaizen.dev.binaries import BinaryNotFoundError
+    from kaizen.dev.binaries import BinaryNotFoundError, gateway_api_crds
     from kaizen.dev.cluster import ClusterStartError, LocalCluster
+    from kaizen.dev.gateway import GatewayStartError
     from kaizen.dev.prometheus import PrometheusStartError
 
     # The demo's own control plane runs with controllers and kwok (kaizen.dev.demo.cluster_for).
     control_plane = [] if args.kubeconfig else LocalCluster(args.dir, controllers=True, kwok=True).components
-    if _missing_binary("demo", [*control_plane, *DEMO_BINARIES]):
+    gateway = ["traefik"] if args.routing == "gatewayAPI" else []
+    if _missing_binary("demo", [*control_plane, *DEMO_BINARIES, *gateway]):
         return 1
     try:
+        if gateway and not args.kubeconfig:  # a cluster of one's own may serve Gateway API already
+            gateway_api_crds()
         return demo.run(kubeconfig=args.kubeconfig, workdir=args.dir, keep=args.keep,
-                        scenario=args.scenario)
-    except (BinaryNotFoundError, ClusterStartError, PrometheusStartError) as error:
+                        scenario=args.scenario, routing=args.routing)
+    except (BinaryNotFoundError, ClusterStartError, PrometheusStartError, GatewayStartError) as error:
         # The first line says what failed; the rest (the end of a process's log) is in the demo's folder.
         what = str(error).splitlines()[0].rstrip(":")
         print(f"kaizen dev demo: {what} (logs: {args.dir.resolve()})", file=sys.stderr)

@@ -5,14 +5,22 @@ It builds the demo's data and trains the baseline v1, a small causal LM of a sho
 (:mod:`kaizen.dev.demo_data`, in the background), starts a local control plane (kube-apiserver, controller-manager,
 scheduler, kwok's GPU node), a real Prometheus, the feedback collector, the operator as ``kaizen operator`` runs in
 the cluster, and the dev node agent (:mod:`kaizen.dev.node_agent`), which runs the model-server pods
-(``kaizen_server``) and the training pods as local processes; then it applies ``examples/demo/`` (the served
-Deployment, its Service and its ImprovementLoop, pointed at the local Prometheus and collector).
+(``kaizen_server``) and the training pods as local processes, and a Gateway API gateway
+(:class:`~kaizen.dev.gateway.LocalGateway`: Traefik, routing by the cluster's HTTPRoutes); then it applies
+``examples/demo/`` (the served Deployment, its Services, the HTTPRoute users reach it by, and its ImprovementLoop,
+pointed at the local Prometheus and collector).
 
-Simulated users (:mod:`kaizen.dev.users`, :mod:`kaizen.dev.traffic`) send real requests to the Service (through
-:class:`~kaizen.dev.service_proxy.ServiceProxy`, spread over its ready pods as kube-proxy spreads them), judge each
-answer against what they know is right, and rate some answers on their trace in the collector. Then the world
+Simulated users (:mod:`kaizen.dev.users`, :mod:`kaizen.dev.traffic`) send real requests through the gateway, judge
+each answer against what they know is right, and rate some answers on their trace in the collector. Then the world
 changes (:data:`SCENARIOS`): a policy change makes one of the model's answers wrong. Nothing here sets a quality:
 the loop sees what users see, in Prometheus (the collector's feedback counters, the servers' request metrics).
+
+The loop's canary gets its share on the HTTPRoute (``trafficRouting.gatewayAPI``): the demo follows the Rollout and
+the route look by look (:func:`follow_rollout`), prints each step's weight as the status and the route hold it, the
+requests the servers counted per track in Prometheus at each weight (:func:`served_by_track`), and the route after
+the rollout, back to 100/0 on the stable. With ``--routing replicas`` the canary is pods beside the stable ones
+behind the Service ``support-bot``, and the users reach it through
+:class:`~kaizen.dev.service_proxy.ServiceProxy` (spread over its ready pods as kube-proxy spreads them).
 
 * ``drift`` (scenario (a), the default): the users' dissatisfaction breaches; the loop retrains targeted at their
   corrections; the candidate is gated against the baseline on the same holdout; the canary is judged on the users'
@@ -52,6 +60,17 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO = REPO_ROOT / "examples" / "demo"
 NAMESPACE = "kaizen-demo"
 LOOP = "support-bot"
+#: How the canary's share is routed: the HTTPRoute of examples/demo/gateway.yaml (the default), or replicas.
+ROUTINGS = ("gatewayAPI", "replicas")
+#: The Gateway the demo runs (examples/demo/gateway.yaml's route attaches to it).
+GATEWAY = "demo-gateway"
+TERMINAL = ("Promoted", "RolledBack", "Aborted")
+#: Seconds from the first look that saw a weight to the start of the servers' counts at it: Traefik serves a
+#: changed route within a second, and Prometheus scrapes every second.
+SETTLE = 2.0
+#: Seconds a routing state must hold to count as one: the operator writes the route, then the Rollout's status, and
+#: on a loaded machine a second or more can pass between the two.
+HOLD = 2.0
 
 
 def say(message: str) -> None:
@@ -113,12 +132,20 @@ def operator_process(cluster: ClusterAccess, log: Path, *scope: str) -> Iterator
             process.wait()
 
 
-def manifests(prometheus_url: str, collector_url: str) -> list[dict[str, Any]]:
-    """examples/demo/*.yaml with the local Prometheus and collector filled in."""
+def manifests(prometheus_url: str, collector_url: str, routing: str = "gatewayAPI") -> list[dict[str, Any]]:
+    """examples/demo/*.yaml with the local Prometheus and collector filled in. With ``routing`` replicas, without
+    gateway.yaml (the HTTPRoute and its Services), and the loop's canary routed by replicas."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing {routing!r}: expected one of {', '.join(ROUTINGS)}")
     documents = []
     for path in sorted(DEMO.glob("*.yaml")):
+        if routing == "replicas" and path.name == "gateway.yaml":
+            continue
         text = path.read_text().replace("http://prometheus.local", prometheus_url)
         documents.extend(yaml.safe_load_all(text.replace("http://collector.local", collector_url)))
+    if routing == "replicas":
+        loop = next(d for d in documents if d["kind"] == "ImprovementLoop")
+        loop["spec"]["rollout"]["trafficRouting"] = {"replicas": {}}
     return documents
 
 
@@ -157,6 +184,109 @@ def analysis_line(record: dict[str, Any]) -> str:
     parts = [f"{m['name']} canary {track(m.get('canary'))} vs stable {track(m.get('stable'))}: {m['verdict']}"
              for m in record["metrics"]]
     return f"step {record['step']} at {record['weight']}%: " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The canary's routing as one look saw it: the Rollout's step and phase, the weight it asks and the share it
+    achieves, its canary's size, and (gatewayAPI routing) the weights of the backendRefs of the HTTPRoute's rule."""
+
+    step: int | None
+    phase: str | None
+    asked: int | None
+    achieved: float | None
+    canary_replicas: int | None
+    route: tuple[tuple[str, int], ...] = ()
+
+    def backends(self, route: str) -> str:
+        return f"HTTPRoute {route}: " + ", ".join(f"{name}={weight}" for name, weight in self.route)
+
+    def line(self, route: str | None) -> str:
+        return (f"Routing: step {self.step} {self.phase}: canary weight {self.asked}% asked, {self.achieved or 0:g}% "
+                f"achieved, {self.canary_replicas or 0} canary pod(s)" + (f"; {self.backends(route)}" if route else ""))
+
+
+@dataclass
+class Held:
+    """A routing state that held for :data:`HOLD` seconds or more, and from when to when (Unix seconds)."""
+
+    routed: Routed
+    since: float
+    until: float
+
+
+def route_weights(objects: Any, name: str) -> tuple[tuple[str, int], ...]:
+    """(backend, weight) of the route's rule, in order: its first rule that is not one of Kaizen's own."""
+    route = objects.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", NAMESPACE, "httproutes", name)
+    rule = next((r for r in route["spec"].get("rules") or [] if not (r.get("name") or "").startswith("kaizen-")), {})
+    return tuple((b["name"], b.get("weight", 1)) for b in rule.get("backendRefs") or [])
+
+
+def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) -> tuple[dict[str, Any], list[Held]]:
+    """Follow the loop's Rollout to its end, with its route: every routing state that held for :data:`HOLD` seconds
+    (so never the moment between the operator's write of the route and its write of the status), as it comes."""
+    import kubernetes.client
+
+    objects = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    held: list[Held] = []
+    previous: tuple[Routed, float] | None = None
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.time()
+        rollouts = sorted(objects.list_namespaced_custom_object("kaizen.dev", "v1alpha1", NAMESPACE, "rollouts")
+                          ["items"], key=lambda r: r["metadata"]["creationTimestamp"])
+        if rollouts:
+            rollout = rollouts[0]
+            status = rollout.get("status") or {}
+            routed = Routed(status.get("currentStep"), status.get("phase"), status.get("canaryWeight"),
+                            status.get("achievedWeight"), status.get("canaryReplicas"),
+                            route_weights(objects, route) if route else ())
+            if previous is not None and previous[0] == routed and now - previous[1] >= HOLD:
+                if held and held[-1].routed == routed:
+                    held[-1].until = now
+                else:
+                    held.append(Held(routed, previous[1], now))
+                    say(routed.line(route))
+                if routed.phase in TERMINAL:
+                    return rollout, held
+            if previous is None or previous[0] != routed:
+                previous = (routed, now)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for the Rollout to end"
+                               + (f" (last: {held[-1].routed.line(route)})" if held else ""))
+        time.sleep(0.5)
+
+
+def served_by_track(prometheus: Any, held: list[Held]) -> list[tuple[float, int, int, float]]:
+    """For each span of looks at one reached weight (asked and achieved alike) while the Rollout was under way: the
+    weight, the requests the servers counted for the stable and the canary track (Prometheus's
+    ``kaizen_server_requests_total``, per pod, from :data:`SETTLE` seconds into the span to its last look), and the
+    seconds counted."""
+    spans: list[list[Held]] = []
+    for state, before in zip(held, [None, *held]):
+        routed = state.routed
+        # Paused (holding for metrics or approval) serves at its weight as Progressing does.
+        if routed.phase not in ("Progressing", "Paused") or routed.asked is None or routed.achieved != routed.asked:
+            continue
+        if spans and spans[-1][-1] is before and before.routed.achieved == routed.achieved:
+            spans[-1].append(state)
+        else:
+            spans.append([state])
+    query = f'sum by (pod, track) (kaizen_server_requests_total{{namespace="{NAMESPACE}",app="{LOOP}"}})'
+    counted = []
+    for span in spans:
+        start, end = span[0].since + SETTLE, span[-1].until
+        if end - start < 2:
+            continue
+        counts = [{(r["metric"].get("pod"), r["metric"].get("track")): float(r["value"][1])
+                   for r in prometheus.query(query, at=at)} for at in (start, end)]
+        tracks = {"stable": 0.0, "canary": 0.0}
+        for (pod, track), value in counts[1].items():
+            first = counts[0].get((pod, track), 0.0)
+            # A pod that restarted counts from zero again.
+            tracks[track] = tracks.get(track, 0.0) + (value - first if value >= first else value)
+        counted.append((span[0].routed.achieved, round(tracks["stable"]), round(tracks["canary"]), end - start))
+    return counted
 
 
 def spawn_python(name: str, module: str, args: list[str], log: Path, **env: str) -> ManagedProcess:
@@ -212,16 +342,44 @@ def quality_line(snapshot: Any, version: str) -> str:
             f"{snapshot.window_seconds:.0f}s ({cohorts})" if counts.requests else f"{version} answered nothing")
 
 
+def gateway_api_served(cluster: ClusterAccess) -> bool:
+    """Whether the cluster serves Gateway API's HTTPRoutes already (a cluster given with --kubeconfig may)."""
+    return cluster.kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", check=False).returncode == 0
+
+
+def ready_endpoints(cluster: ClusterAccess, service: str) -> int:
+    """Ready endpoints in the EndpointSlices of ``service``."""
+    slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", NAMESPACE, "-l",
+                                        f"kubernetes.io/service-name={service}", "-o", "json").stdout)["items"]
+    return sum(1 for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready"))
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` (the gateway) answers ``GET /v1/models``: its route is programmed and a server behind it."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), keep: bool = False,
-        scenario: str = "drift") -> int:
+        scenario: str = "drift", routing: str = "gatewayAPI") -> int:
     from kaizen.dev import node_agent, processes, support_domain
     from kaizen.dev.collector import LocalCollector
+    from kaizen.dev.gateway import LocalGateway, install_gateway_api, local_service
     from kaizen.dev.prometheus import LocalPrometheus, Target
     from kaizen.dev.service_proxy import ServiceProxy
     from kaizen.dev.traffic import Traffic
     from kaizen.dev.users import Population
 
     story = SCENARIOS[scenario]
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing {routing!r}: expected one of {', '.join(ROUTINGS)}")
+    by_gateway = routing == "gatewayAPI"
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     node_root = workdir / "node"
@@ -257,38 +415,64 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
             agent = node_agent.spawn(cluster.kubeconfig, workdir / "node-agent", node_root,
                                      prometheus_targets=pod_targets, log=agent_log)
             stack.callback(processes.stop, [agent])
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
+        if by_gateway:
+            # While the baseline trains on its one thread.
+            gateway_log = workdir / "gateway" / "traefik.log"
+            with stage(f"Starting the Gateway {GATEWAY}: Traefik, a Gateway API implementation, routing by the "
+                       f"cluster's HTTPRoutes (log: {gateway_log})"):
+                # A cluster of one's own keeps the Gateway API release it has; the local one gets the pinned one.
+                if not (kubeconfig and gateway_api_served(cluster)):
+                    install_gateway_api(cluster)
+                gateway = stack.enter_context(LocalGateway(cluster, NAMESPACE, GATEWAY, workdir / "gateway"))
         with stage("Waiting for the demo's data and the baseline model"):
             eventually(lambda: not data.alive(), "the demo's data", timeout=180)
             if data.exit_code() != 0:
                 raise RuntimeError(f"building the demo's data failed:\n{data.log_tail()}")
         say(data.log_tail(1).strip())
-        with stage(f"Applying examples/demo/ (the support-bot Deployment, its Service and its ImprovementLoop) in "
-                   f"{NAMESPACE}"):
-            cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
+        documents = manifests(prometheus.url, collector.url, routing)
+        loop = next(d for d in documents if d["kind"] == "ImprovementLoop")
+        route = loop["spec"]["rollout"]["trafficRouting"].get("gatewayAPI")
+        what = ("the support-bot Deployment, its Services, its HTTPRoute and its ImprovementLoop" if by_gateway else
+                "the support-bot Deployment, its Service and its ImprovementLoop")
+        with stage(f"Applying examples/demo/ ({what}) in {NAMESPACE}"):
             for secret, scopes in (("collector-token", "read,audit"), ("collector-ingest-token", "ingest")):
                 cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=cluster.kubectl(
                     "create", "secret", "generic", secret, "-n", NAMESPACE,
                     f"--from-literal=token={collector.tokens[scopes]}", "--dry-run=client", "-o", "yaml").stdout)
-            documents = manifests(prometheus.url, collector.url)
+            if route:
+                # The route's Services reach the agent's pods by the local gateway's endpoints (kaizen.dev.gateway).
+                backends = {route["stableBackend"]["name"], route["canaryBackend"]["name"]}
+                documents = [local_service(d) if d["kind"] == "Service" and d["metadata"]["name"] in backends else d
+                             for d in documents]
             cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(documents))
-            loop = next(d for d in documents if d["kind"] == "ImprovementLoop")
             pin_model(cluster, loop["spec"]["target"]["deployment"], loop["spec"]["target"]["container"],
                       loop["spec"]["model"])
-        proxy = stack.enter_context(ServiceProxy(cluster, NAMESPACE, LOOP))
-        with stage(f"Waiting for the model servers behind Service {LOOP} (the dev node agent runs them)"):
-            eventually(lambda: len(proxy.endpoints()) >= 2, "two ready endpoints", timeout=120)
+        if route:
+            url, through = gateway.url, f"Gateway {GATEWAY}'s HTTPRoute {route['httpRoute']}"
+            stable_service = route["stableBackend"]["name"]
+            with stage(f"Waiting for the model servers behind Service {stable_service} and the route to them (the dev "
+                       "node agent runs them)"):
+                eventually(lambda: ready_endpoints(cluster, stable_service) >= 2 and answers(url),
+                           "two ready endpoints, answering through the gateway", timeout=120,
+                           explain=lambda: gateway.log_tail(5))
+        else:
+            proxy = stack.enter_context(ServiceProxy(cluster, NAMESPACE, LOOP))
+            url, through = proxy.url, f"Service {LOOP}"
+            with stage(f"Waiting for the model servers behind Service {LOOP} (the dev node agent runs them)"):
+                eventually(lambda: len(proxy.endpoints()) >= 2, "two ready endpoints", timeout=120)
 
         # The users: the world as they know it, before the policy change; it changes when the story says so.
         # They rate often (the demo has minutes, not days, to gather feedback), wrong answers more often than right.
         population = Population(support_domain.Domain(support_domain.drift(policy_at=None)), size=300, seed=7,
                                 cohorts={"free": 0.35, "pro": 0.25, "business": 0.4}, feedback_right=0.5,
                                 feedback_wrong=0.8, noise=0.03)
-        traffic = Traffic(population, proxy.url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
+        traffic = Traffic(population, url, collector.url, collector.tokens["ingest"], collector.tokens["admin"],
                           model=LOOP, rate=20, duration=900, threads=4, window=20)
         stack.enter_context(traffic)
-        say(f"300 simulated users send {traffic.rate:g} requests/s to Service {LOOP} ({proxy.url}), judge each "
-            "answer against what they know is right, and rate some of them on the answer's trace")
+        say(f"300 simulated users send {traffic.rate:g} requests/s through {through} ({url}), judge each answer "
+            "against what they know is right, and rate some of them on the answer's trace")
         with stage("Serving: waiting for the loop to observe its signals"):
             status = eventually(lambda: (s := loop_status(cluster)).get("phase") == "Observing"
                                 and s.get("signals") and all(x["state"] == "Healthy" for x in s["signals"]) and s,
@@ -325,11 +509,16 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         ended = None
         if job_status.get("verdict") == "Passed":
             candidate = job_status["candidate"]["version"]
-            with stage(f"Rolling out {candidate}: a canary judged on the users' live feedback against the stable v1"):
-                rollout = eventually(lambda: [r for r in children(cluster, "rollout")
-                                              if r.get("status", {}).get("phase") in
-                                              ("Promoted", "RolledBack", "Aborted")], "the Rollout to end",
-                                     timeout=420)[0]
+            how = f"its share set on HTTPRoute {route['httpRoute']}" if route else "its share set by replicas"
+            with stage(f"Rolling out {candidate}: a canary judged on the users' live feedback against the stable v1, "
+                       f"{how}"):
+                rollout, held = follow_rollout(cluster, route["httpRoute"] if route else None, timeout=420)
+            for weight, stable, canary, seconds in served_by_track(prometheus, held):
+                say(f"Served at {weight:g}% canary: the servers counted {stable} stable and {canary} canary requests "
+                    f"in {seconds:.0f}s ({canary / max(1, stable + canary):.1%} canary; Prometheus, "
+                    "kaizen_server_requests_total by track)")
+            if route:
+                say(f"Route after the rollout: {held[-1].routed.backends(route['httpRoute'])}")
             for record in rollout["status"].get("analysis", [])[:1]:
                 say(f"Analysis: {analysis_line(record)}")
             ended = rollout["status"]["phase"]
@@ -367,7 +556,7 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
             f"{time.monotonic() - began:.0f}s")
         if keep:
             say(f"Kaizen is running. export KUBECONFIG={cluster.kubeconfig}; Prometheus at {prometheus.url}, "
-                f"collector at {collector.url}, the model at {proxy.url}. Ctrl-C stops everything.")
+                f"collector at {collector.url}, the model at {url}. Ctrl-C stops everything.")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)

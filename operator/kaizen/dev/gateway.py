@@ -14,9 +14,9 @@ IPv4) and listen on the loopback address with the same last three bytes, and onl
 here. So a Service meant for the gateway has no selector, and names its pods by the annotation
 :data:`LOCAL_SELECTOR` instead (e.g. ``app=support-bot,kaizen.dev/track=stable``); :class:`LocalGateway` keeps an
 EndpointSlice of type FQDN for it (the API accepts the dotted loopback address there) with the ready pods'
-loopback addresses and the Service's ports, as kube-controller-manager keeps one with pod IPs in a cluster. The
-route itself, and what Kaizen does to it, is exactly what it would be in a cluster. Dev-stack code, never imported
-by the operator.
+loopback addresses and the Service's ports, as kube-controller-manager keeps one with pod IPs in a cluster
+(:func:`local_service` turns a Service written for a cluster into such a one). The route itself, and what Kaizen
+does to it, is exactly what it would be in a cluster. Dev-stack code, never imported by the operator.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class GatewayStartError(RuntimeError):
 
 def install_gateway_api(cluster: ClusterAccess, timeout: float = 60.0) -> None:
     """Server-side apply the pinned Gateway API CRDs and wait until the API server serves them (idempotent)."""
-    for path in gateway_api_crds():
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kaizen-dev", "-f", str(path),
-                        timeout=timeout)
+    files = [arg for path in gateway_api_crds() for arg in ("-f", str(path))]  # one kubectl for all of them
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kaizen-dev", *files,
+                    timeout=timeout)
     cluster.kubectl("wait", "--for=condition=Established", f"--timeout={timeout:g}s",
                     *(f"crd/{yaml.safe_load(p.read_text())['metadata']['name']}" for p in gateway_api_crds()),
                     timeout=timeout + 5)
@@ -101,6 +101,20 @@ def local_endpoint_slice(service: dict[str, Any], pods: list[dict[str, Any]]) ->
                                 "endpointslice.kubernetes.io/managed-by": _MIRROR_MANAGER}},
         "addressType": "FQDN", "endpoints": endpoints, "ports": ports,
     }
+
+
+def local_service(service: dict[str, Any]) -> dict[str, Any]:
+    """``service`` (a manifest with a selector, as it is written for a cluster) as the local gateway reaches its pods:
+    selector-less, its selector moved to :data:`LOCAL_SELECTOR`, so :class:`LocalGateway` keeps its endpoints."""
+    spec = dict(service["spec"])
+    selector = spec.pop("selector", None)
+    if not selector:
+        raise ValueError(f"Service {service['metadata']['name']} has no selector: the local gateway serves the pods "
+                         "a selector names")
+    meta = dict(service["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}),
+                           LOCAL_SELECTOR: ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
+    return {**service, "metadata": meta, "spec": spec}
 
 
 class LocalGateway:

@@ -201,9 +201,11 @@ class LocalPrometheus:
         partial.write_text(json.dumps(groups))
         partial.replace(self.targets_file)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query, for tests that wait for data to arrive (the operator uses kaizen.metrics)."""
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}",
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query (at ``at``, Unix seconds; default now), for tests that wait for data to arrive and for
+        the demo's own figures (the operator uses kaizen.metrics)."""
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}",
                                     timeout=5) as response:
             return json.load(response)["data"]["result"]
 

@@ -698,7 +698,7 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
 def _route_change(spec: RolloutSpec, decision: Decision, observation: Observation, route: dict[str, Any] | None,
                   namespace: str, rollout: str) -> tuple[dict[str, Any] | None, float | None]:
     """Gateway API routing: (the route's apply configuration, or None when it is right already; the canary's
-    share in the route after this look, or None when unknown). Raises :class:`RouteError`.
+    share in the route after this look). Raises :class:`RouteError`.
 
     The route follows the step's weight once the canary Deployment is available at its size, so that no request
     is routed to a canary that cannot answer it yet; an ended rollout restores 100/0 (and the canary goes).
@@ -723,7 +723,9 @@ def _route_change(spec: RolloutSpec, decision: Decision, observation: Observatio
     desired = route_rules(rules, routing, route=f"{namespace}/{routing.http_route}", rollout=rollout,
                           weight=weight or 0, canary_version=spec.canary_model.version, model=model)
     if weight is None:
-        return None, route_share(rules, routing, model)
+        # The route sends the canary what it did; a route without the canary's backendRef yet sends it nothing.
+        share = route_share(rules, routing, model)
+        return None, 0.0 if share is None else share
     return (None if desired == rules else route_manifest(route, desired)), float(weight)
 
 
