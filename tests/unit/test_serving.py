@@ -352,7 +352,8 @@ def test_a_crashing_container_is_restarted_with_back_off_and_reported_as_crash_l
     pods, pod, reported = runtime(tmp_path, 3, clock)
     try:
         pods.sync([pod])
-        assert reported[-1]["phase"] == "Running" and reported[-1]["podIP"] == "10.245.0.1"
+        # The first free pod IP: 10.245.0.1 unless another dev stack on this machine listens on its address.
+        assert reported[-1]["phase"] == "Running" and reported[-1]["podIP"].startswith("10.245.0.")
         wait_exited(pods)
         pods.sync([pod])  # first exit: restarted at once
         entry = reported[-1]["containerStatuses"][0]
