@@ -290,8 +290,10 @@ def test_improvementloop_and_retrainjob_health_and_actions(operator, namespace, 
                                                            phase("AwaitingApproval")), "Suspended")
     assert rec.discover("suspended_awaitingApproval", obj)["approve"] is False
     rec.act(operator, namespace, "approve", obj, "suspended_awaitingApproval")
-    obj = rec.state("progressing_retraining", wait_for(operator, "improvementloop", "breached", namespace,
-                                                       phase("Retraining"), timeout=60), "Progressing")
+    # Settled: the look that acted on the request records it; a later look removes its annotations.
+    obj = rec.state("progressing_retraining", wait_for(operator, "improvementloop", "breached", namespace, lambda o: (
+        phase("Retraining")(o) and "kaizen.dev/action" not in (o["metadata"].get("annotations") or {})),
+        timeout=60), "Progressing")
     assert obj["status"]["lastAction"]["by"] == "argocd"
     job = obj["status"]["decisions"][0]["child"].removeprefix("RetrainJob/")
     training = wait_for(operator, "retrainjob", job, namespace, lambda o: o.get("status", {}).get("jobName"))
