@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from kaizen.dev.binaries import find_binary, versions
-from kaizen.dev.cluster import GPU_NODE, ClusterAccess, ClusterStartError, LocalCluster
+from kaizen.dev.cluster import GPU_COUNT, GPU_NODE, ClusterAccess, ClusterStartError, LocalCluster
 from kaizen.dev.processes import process_alive
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def test_a_gpu_pod_is_scheduled_onto_the_gpu_node_and_runs(
         """)
 
     local.kubectl("apply", f"--namespace={namespace}", "--filename=-", input=gpu_pod("train", 1))
-    local.kubectl("apply", f"--namespace={namespace}", "--filename=-", input=gpu_pod("too-big", 9))
+    local.kubectl("apply", f"--namespace={namespace}", "--filename=-", input=gpu_pod("too-big", GPU_COUNT + 1))
     wait_for("jsonpath={.status.phase}=Running", "pod/train", namespace, local)
     wait_for(
         "jsonpath={.status.conditions[?(@.type=='PodScheduled')].reason}=Unschedulable", "pod/too-big", namespace,

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument(
         "--kwok",
         action="store_true",
-        help="also run kwok with a fake node advertising nvidia.com/gpu: 8 (pods need --controllers to be bound)",
+        help="also run kwok with a fake node advertising nvidia.com/gpu: 64 (pods need --controllers to be bound)",
     )
     up.set_defaults(func=cluster_up)
 

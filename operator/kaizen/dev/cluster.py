@@ -83,8 +83,8 @@ class LocalCluster(ClusterAccess):
 
     ``workdir`` defaults to a temporary directory that :meth:`stop` removes. ``controllers`` adds
     kube-controller-manager and kube-scheduler (Deployments make pods, pods get bound); ``kwok`` adds kwok and the
-    fake node ``kaizen-gpu-0`` advertising ``nvidia.com/gpu: 8``, so bound pods become Running. ``detach`` starts
-    the processes in their own sessions so that they outlive this Python process (``kaizen dev cluster up``);
+    fake node ``kaizen-gpu-0`` advertising ``nvidia.com/gpu`` (:data:`GPU_COUNT`), so bound pods become Running.
+    ``detach`` starts the processes in their own sessions so that they outlive this Python process (``kaizen dev cluster up``);
     otherwise they die with it.
     """
 
@@ -423,8 +423,13 @@ def _component_flags(port: int) -> list[str]:
     ]
 
 
+#: GPUs the fake node advertises. Generous: a pod the dev node agent held Running can stay Terminating after its test
+#: ended (its agent is gone), and keeps its GPUs until the session's cluster goes; eight ran out in one suite.
+GPU_COUNT = 64
+
+
 def _gpu_node() -> dict[str, object]:
-    resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": str(GPU_COUNT)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
