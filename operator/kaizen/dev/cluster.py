@@ -84,8 +84,8 @@ class LocalCluster(ClusterAccess):
     ``workdir`` defaults to a temporary directory that :meth:`stop` removes. ``controllers`` adds
     kube-controller-manager and kube-scheduler (Deployments make pods, pods get bound); ``kwok`` adds kwok and the
     fake node ``kaizen-gpu-0`` advertising ``nvidia.com/gpu`` (:data:`GPU_COUNT`), so bound pods become Running.
-    ``detach`` starts the processes in their own sessions so that they outlive this Python process (``kaizen dev cluster up``);
-    otherwise they die with it.
+    ``detach`` starts the processes in their own sessions so that they outlive this Python process
+    (``kaizen dev cluster up``); otherwise they die with it.
     """
 
     def __init__(
