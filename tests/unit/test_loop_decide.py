@@ -400,6 +400,21 @@ def test_a_gap_in_the_data_keeps_the_onset_of_a_breach():
     assert back.state == "Breached" and back.since == onset
 
 
+def test_a_breach_that_went_into_a_gap_clears_only_after_its_window_within_bounds():
+    # A Prometheus restart must not cut the hysteresis short: the breach clears as it would have without the gap.
+    onset = NOW - timedelta(hours=3)
+    gap = observe(None, [SignalStatus(name="error-rate", value=0.05, state="Breached", since=onset)], NOW)
+    back = observe(0.01, [gap], NOW + timedelta(minutes=1))
+    assert (back.state, back.since, back.pending_since) == ("Breached", onset, NOW + timedelta(minutes=1))
+    still = observe(0.01, [back], NOW + timedelta(minutes=10))
+    cleared = observe(0.01, [still], NOW + timedelta(minutes=11))
+    assert still.state == "Breached" and (cleared.state, cleared.since) == ("Healthy", NOW + timedelta(minutes=1))
+
+
+def test_no_data_then_data_within_bounds_is_healthy_at_once():
+    assert observe(0.01, [observe(None, [], NOW)], NOW + timedelta(minutes=1)).state == "Healthy"
+
+
 def test_a_candidate_older_than_the_served_model_is_not_rolled_out_again():
     passed = job("rj-v2", "Succeeded", "Passed", candidate=ModelRef(version="v2", uri="/models/v2"),
                  created=NOW - timedelta(days=9))

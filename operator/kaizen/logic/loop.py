@@ -200,10 +200,13 @@ def observe_signals(
         else:
             raw = "Breached" if breached(signal, reading.value) else "Healthy"
             current = old.state if old else "Unknown"
-            if current == "Unknown" and raw == "Healthy":
+            if current == "Unknown" and old and old.pending_since:
+                # A breach went into a gap in the data: it kept its onset, and it clears as it would have without
+                # the gap, after ``for`` within bounds (a Prometheus restart does not cut the hysteresis short).
+                state, since = "Breached", old.pending_since
+                pending = None if raw == "Breached" else now
+            elif current == "Unknown" and raw == "Healthy":
                 state, since, pending = "Healthy", now, None  # no evidence of a problem: healthy at once
-            elif current == "Unknown" and raw == "Breached" and old and old.pending_since:
-                state, since, pending = "Breached", old.pending_since, None  # the breach outlived a gap in the data
             elif raw == current:
                 state, since, pending = current, old.since if old else now, None
             else:
