@@ -5,15 +5,23 @@ what it accepted must hold: ``parse_spec`` raises nothing but :class:`InvalidSpe
 valid spec (the RetrainJob's ConfigMap and Job, the Rollout's canary Deployment, a loop's RetrainJob with its Job,
 the loop's label selector) are accepted by the same API server (server-side dry run).
 
+Then the same kinds of objects are applied with the operator running, and kept: every one the API server accepted
+must be answered (acted on, or InvalidSpec with its problems named), with no error in the operator's log and no
+storm of API requests once answered.
+
 ``KAIZEN_FUZZ_EXAMPLES`` (default 150 per kind: 450 objects, about 20 s) raises the count: ``make fuzz`` runs 700 per
-kind, over 2,000 objects.
+kind, over 2,000 objects, both ways.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
+import logging
 import os
+import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ from kaizen.logic.deployments import canary_manifest
 from kaizen.logic import loop as loop_logic
 from kaizen.logic import retrain
 from kaizen.logic.validation import InvalidSpec, parse_spec
+from tests.integration.rollouts import running_operator
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +219,115 @@ def test_what_the_api_server_accepts_the_operator_can_act_on(api, fuzz_namespace
     # Both sides of the edge were reached: objects refused at admission, and objects accepted and built on.
     assert outcomes.count("refused") >= len(outcomes) // 10 and outcomes.count("built") >= len(outcomes) // 10, \
         {o: outcomes.count(o) for o in set(outcomes)}
+
+
+# --------------------------------------------------------------------------------- with the operator running
+
+#: At rest, with every fuzzed object answered, the requests on Kaizen's own kinds (which only the operator and this
+#: test touch; the controllers' and other tests' traffic is not the operator's) stay below the scale target for 1,000
+#: loops (issue 13: 20 requests/s); the probe that found these defects saw about 290/s, from objects retried forever.
+AT_REST_REQUESTS_PER_SECOND = 20.0
+KAIZEN_RESOURCES = {kind.plural for kind in (IMPROVEMENT_LOOP, RETRAIN_JOB, ROLLOUT)}
+
+
+def generated(base: dict[str, Any], fields: dict[tuple[str, ...], Any], count: int) -> list[dict[str, Any]]:
+    """``count`` fuzzed objects of one kind, one per name (the name strategy repeats names at the limits)."""
+    docs: dict[str, dict[str, Any]] = {}
+
+    @settings(FUZZ, max_examples=count)
+    @given(st.data())
+    def draw(data: Any) -> None:
+        doc = mutated(data.draw, base, fields)
+        docs.setdefault(doc["metadata"]["name"], doc)
+
+    draw()
+    return list(docs.values())
+
+
+def answered(obj: dict[str, Any]) -> bool:
+    """The operator answered this object's spec: judged at its generation, and either refused with the problems
+    named (InvalidSpec) or looked at (a phase, or a message saying what it waits for, as a Rollout whose target
+    Deployment does not exist or is held by another Rollout says)."""
+    status = obj.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    if status.get("observedGeneration") != obj["metadata"]["generation"]:
+        return False
+    invalid = conditions.get("InvalidSpec", {})
+    if invalid.get("status") == "True":
+        return bool(invalid.get("message"))
+    return conditions.get("Ready", {}).get("status") == "True" and bool(status.get("phase") or status.get("message"))
+
+
+def api_requests(cluster: Any) -> collections.Counter[str]:
+    """The API server's requests on Kaizen's kinds so far, by verb, resource and subresource (from its /metrics)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels.get("resource") not in KAIZEN_RESOURCES:
+                continue
+            key = " ".join(filter(None, (labels.get("verb"), labels.get("resource"), labels.get("subresource"))))
+            counts[key] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+class ErrorRecords(logging.Handler):
+    """The operator's log records at ERROR or with a traceback: a bug, whatever the input."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # kopf logs its own retried API requests at ERROR: the API server's 429 "storage is (re)initializing" while
+        # the CRDs of a fresh cluster settle, say. A retry is no bug; one that never succeeds leaves objects
+        # unanswered, which the test catches.
+        if not record.getMessage().startswith("Request attempt #"):
+            self.records.append(record)
+
+
+def test_with_the_operator_running_every_accepted_object_is_acted_on_or_invalid_without_a_storm(crds, api):
+    namespace = "t-fuzz-operator"
+    crds.kubectl("create", "namespace", namespace, check=False)
+    kinds = ((IMPROVEMENT_LOOP, "improvementloop.yaml", LOOP_FIELDS), (RETRAIN_JOB, "retrainjob.yaml", JOB_FIELDS),
+             (ROLLOUT, "rollout.yaml", ROLLOUT_FIELDS))
+    errors = ErrorRecords()
+    loggers = [logging.getLogger(name) for name in ("kopf", "kaizen")]
+    for logger in loggers:
+        logger.addHandler(errors)
+    custom = kubernetes.client.CustomObjectsApi(api)
+    # Drawn before the operator starts: hypothesis refuses draws while other threads use `random`.
+    docs = {kind: generated(example(file), fields, EXAMPLES_PER_KIND) for kind, file, fields in kinds}
+    try:
+        with running_operator(crds):
+            stored = {kind: [obj for doc in docs[kind] if (obj := create(api, kind, namespace, doc)) is not None]
+                      for kind in docs}
+            assert all(len(objs) >= EXAMPLES_PER_KIND // 10 for objs in stored.values()), \
+                {kind.kind: len(objs) for kind, objs in stored.items()}
+
+            def unanswered() -> list[str]:
+                left = []
+                for kind in stored:
+                    objs = custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, kind.plural)
+                    left += [f"{kind.kind}/{o['metadata']['name']}: {o.get('status')}"
+                             for o in objs["items"] if not answered(o)]
+                return left
+
+            deadline = time.monotonic() + 180
+            while (left := unanswered()) and time.monotonic() < deadline:
+                time.sleep(2)
+            assert not left, f"{len(left)} objects the operator never answered, e.g. {left[:3]}"
+
+            before, started = api_requests(crds), time.monotonic()
+            time.sleep(15)
+            served = api_requests(crds) - before
+            rate = served.total() / (time.monotonic() - started)
+            total = sum(len(objs) for objs in stored.values())
+            print(f"\n{total} fuzzed objects answered; at rest {rate:.1f} API requests/s on Kaizen's kinds")
+            assert rate <= AT_REST_REQUESTS_PER_SECOND, \
+                f"{rate:.1f} API requests/s at rest on Kaizen's kinds, {total} objects; 15 s: {served.most_common(8)}"
+    finally:
+        for logger in loggers:
+            logger.removeHandler(errors)
+        crds.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    assert not errors.records, "\n".join(errors.format(r) for r in errors.records[:5])
