@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# Test workers: each runs its test files on its own local control plane (make test TEST_WORKERS=1 runs them in turn).
+TEST_WORKERS ?= 2
 # This checkout's code, whatever checkout the shared cached venv's editable install points at.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
@@ -39,7 +41,7 @@ demo: setup ## The whole loop on the local stack: served model, simulated users,
 	$(VENV)/bin/kaizen dev demo
 
 test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) on the local control plane
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv ## Check the Python code: ruff (pycodestyle, pyflakes) and the layer contracts in .importlinter
 	$(VENV)/bin/ruff check .

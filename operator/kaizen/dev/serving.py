@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -441,7 +442,9 @@ class ServingPods:
         self.pods: dict[str, _Pod] = {}  # by uid
         self.stopping: list[_Pod] = []  # deleted, their process not yet gone
         self.finished: set[str] = set()
-        self._last_ip: str | None = None
+        # Each agent starts at its own random point of the range, so two dev stacks on one machine (two test
+        # workers) rarely reach for the same address at once; an address already listened on is skipped below.
+        self._last_ip: str | None = str(POD_CIDR[random.randrange(POD_CIDR.num_addresses)])
         self._targets: str | None = None
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
 
