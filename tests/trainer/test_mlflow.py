@@ -126,3 +126,13 @@ def test_a_failed_retrain_is_a_failed_run_with_its_reason(mlflow, tmp_path):
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["kaizen.failureReason"] == result.reason and "no-such.jsonl" in tags["kaizen.failureMessage"]
     assert tags["kaizen.decisionId"] == "d-rj-broken"
+
+
+def test_a_tracking_server_that_does_not_answer_does_not_fail_the_retrain(tmp_path):
+    """The run is a record of the retrain, not a gate of it: the candidate is still judged, and the result says what
+    was not recorded, and why."""
+    closed = f"http://127.0.0.1:{free_ports(1)[0]}"
+    code, result = run_trainer(tmp_path / "pod", tracked(tmp_path, closed, "team/rj-offline"))
+    assert code == 0 and result.phase == "Succeeded" and result.mlflow_run_id is None
+    assert result.message.startswith("Passed: 1/1 gates passed; not recorded in MLflow: MLflow at " + closed)
+    assert "after 4 tries" in result.message

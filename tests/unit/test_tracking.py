@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from kaizen.api.trainer import TrainerConfig, TrainerResult
+from kaizen.api.trainer import MlflowRun, TrainerConfig, TrainerResult
+from kaizen.dev.cluster import free_ports
 from kaizen.logic.retrain import observe, plan
 from kaizen_trainer import tracking
 from tests.unit.test_retrain_logic import NOW, job, pod, spec
@@ -95,3 +96,16 @@ def test_the_run_id_the_trainer_reports_reaches_the_status():
     done = observe(spec(), job(("Complete", "CompletionsReached")),
                    [pod("p1", "Succeeded", {"exitCode": 0, "message": result.to_termination_message()})], NOW)
     assert done.phase == "Succeeded" and done.fields["mlflowRunID"] == "0123abcd"
+
+
+def test_an_unreachable_server_is_a_tracking_error_naming_it():
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    client = tracking.Client(MlflowRun(tracking_uri=url, run_name="rj"), backoff=0)
+    with pytest.raises(tracking.TrackingError, match=f"MLflow at {url} did not answer POST mlflow/runs/create after "
+                                                     "4 tries: .*Connection refused"):
+        client.call("POST", "mlflow/runs/create", {})
+
+
+def test_an_unreadable_token_file_says_which():
+    with pytest.raises(tracking.TrackingError, match="cannot read the MLflow token file /no/such/token"):
+        tracking.Client(MlflowRun(tracking_uri="http://127.0.0.1:1", run_name="rj", token_file="/no/such/token"))
