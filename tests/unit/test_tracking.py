@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from kaizen.api.retrainjob import RetrainJobSpec
 from kaizen.api.trainer import MlflowRun, TrainerConfig, TrainerResult
 from kaizen.dev.cluster import free_ports
 from kaizen.logic.retrain import observe, plan
 from kaizen_trainer import tracking
+from tests.unit.test_loop_decide import BREACHED, ENOUGH_FEEDBACK, EXAMPLE, Observed, run
 from tests.unit.test_retrain_logic import NOW, job, pod, spec
 
 TRACKING = {"mlflow": {"trackingURI": "http://mlflow.mlflow.svc:5000", "experiment": "support-bot",
@@ -109,3 +111,12 @@ def test_an_unreachable_server_is_a_tracking_error_naming_it():
 def test_an_unreadable_token_file_says_which():
     with pytest.raises(tracking.TrackingError, match="cannot read the MLflow token file /no/such/token"):
         tracking.Client(MlflowRun(tracking_uri="http://127.0.0.1:1", run_name="rj", token_file="/no/such/token"))
+
+
+def test_a_loops_tracking_reaches_every_retrainjob_it_starts():
+    planned = run(Observed(BREACHED, feedback=ENOUGH_FEEDBACK))
+    assert planned.create.kind == "RetrainJob"
+    assert planned.create.spec["tracking"] == EXAMPLE["retrain"]["tracking"] == {
+        "mlflow": {"trackingURI": "http://mlflow.mlflow.svc:5000", "experiment": "support-bot"}}
+    retrain = RetrainJobSpec.model_validate({**planned.create.spec, "reason": {"decisionId": "d9", "summary": "s"}})
+    assert plan(retrain, "rj", "team", "u").config.mlflow.experiment == "support-bot"
