@@ -3,71 +3,27 @@ real ``mlflow server`` (SQLite backend store, artifacts proxied by the server) o
 through MLflow's REST API: parameters, candidate and baseline metrics, the dataset manifest, metrics.json and the model
 card as artifacts, and the decision id as a tag. A retried pod completes the same run; a failed retrain is a FAILED run.
 
-MLflow's server (its graphene) needs python-dateutil < 3 and kubernetes 37 needs >= 3, so it runs from its own
-environment, ``.venv-mlflow-server`` (``hack/setup-python.sh mlflow-server``, run by ``make setup``).
+The server comes from :mod:`tests.fixtures.mlflow`, built in its own environment by ``make setup``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import pytest
-
-from kaizen.dev import processes
 from kaizen.dev.cluster import free_ports
 from kaizen_trainer import synthetic
+from tests.fixtures.mlflow import mlflow, rest  # noqa: F401
+from tests.fixtures.mlflow import runs as runs_of
 from tests.trainer.conftest import config, run_trainer, write_jsonl
 
-REPO = Path(__file__).parents[2]
 TASK = "sequence-classification"
 EXPERIMENT = "support-bot"
 
 
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory):
-    """A real MLflow tracking server on a free loopback port; its base URL."""
-    binary = Path(os.environ.get("KAIZEN_MLFLOW_SERVER") or REPO / ".venv-mlflow-server" / "bin" / "mlflow")
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: run `make setup` (or hack/setup-python.sh mlflow-server) to build MLflow's "
-                    "server environment, or set KAIZEN_MLFLOW_SERVER to its mlflow", pytrace=False)
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_ports(1)[0]
-    server = processes.spawn("mlflow", [
-        binary, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1"], root / "mlflow.log", detach=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # it creates its database tables first; on a busy machine that takes a while
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=10).read()
-            break
-        except OSError:
-            assert server.alive(), server.log_tail()
-            assert time.monotonic() < deadline, f"mlflow server did not answer within 180 s:\n{server.log_tail()}"
-            time.sleep(0.5)
-    yield url
-    processes.stop([server])
-
-
-def rest(url: str, path: str, body: dict | None = None, raw: bool = False):
-    """One call of MLflow's REST API: GET with a query, or POST a JSON body."""
-    request = urllib.request.Request(f"{url}/api/2.0/{path}", data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        data = response.read()
-    return data if raw else json.loads(data)
-
-
 def runs(url: str, job: str) -> list[dict]:
-    experiment = rest(url, "mlflow/experiments/get-by-name?experiment_name=" + EXPERIMENT)["experiment"]
-    return rest(url, "mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                            "filter": f"tags.`kaizen.job` = '{job}'"}).get("runs", [])
+    return runs_of(url, EXPERIMENT, job)
 
 
 def tracked(tmp_path: Path, url: str, job: str, **overrides) -> dict:
