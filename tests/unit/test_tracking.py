@@ -120,3 +120,15 @@ def test_a_loops_tracking_reaches_every_retrainjob_it_starts():
         "mlflow": {"trackingURI": "http://mlflow.mlflow.svc:5000", "experiment": "support-bot"}}
     retrain = RetrainJobSpec.model_validate({**planned.create.spec, "reason": {"decisionId": "d9", "summary": "s"}})
     assert plan(retrain, "rj", "team", "u").config.mlflow.experiment == "support-bot"
+
+
+def test_artifacts_go_straight_to_an_artifact_root_the_server_does_not_proxy(tmp_path):
+    """``mlflow server --no-serve-artifacts`` hands out the artifact root itself (here a file:// one)."""
+    (tmp_path / "MODEL_CARD.md").write_text("# card\n")
+    root = tmp_path / "mlruns" / "1" / "r1" / "artifacts"
+    tracking.Client(MlflowRun(tracking_uri="http://127.0.0.1:1", run_name="rj")).upload(
+        f"file://{root}", [tmp_path / "MODEL_CARD.md"])
+    assert (root / "MODEL_CARD.md").read_text() == "# card\n"
+    with pytest.raises(tracking.TrackingError, match="cannot write the run's artifacts to gs://bucket/1/r1"):
+        tracking.Client(MlflowRun(tracking_uri="http://127.0.0.1:1", run_name="rj")).upload(
+            "gs://bucket/1/r1", [tmp_path / "MODEL_CARD.md"])

@@ -95,7 +95,7 @@ def _key(key: str) -> str:
 def batches(run_id: str, p: Mapping[str, str], m: Mapping[str, float], t: Mapping[str, str], step: int,
             timestamp_ms: int) -> list[dict[str, Any]]:
     """``runs/log-batch`` bodies within MLflow's per-request limits."""
-    items = {
+    items: dict[str, list[dict[str, Any]]] = {
         "params": [{"key": k, "value": v} for k, v in p.items()],
         "metrics": [{"key": k, "value": v, "timestamp": timestamp_ms, "step": step} for k, v in m.items()],
         "tags": [{"key": k, "value": v} for k, v in t.items()],
