@@ -90,5 +90,6 @@ def test_a_tracking_server_that_does_not_answer_does_not_fail_the_retrain(tmp_pa
     closed = f"http://127.0.0.1:{free_ports(1)[0]}"
     code, result = run_trainer(tmp_path / "pod", tracked(tmp_path, closed, "team/rj-offline"))
     assert code == 0 and result.phase == "Succeeded" and result.mlflow_run_id is None
-    assert result.message.startswith("Passed: 1/1 gates passed; not recorded in MLflow: MLflow at " + closed)
-    assert "after 4 tries" in result.message
+    assert result.message == "Passed: 1/1 gates passed"
+    assert result.mlflow_error.startswith(f"MLflow at {closed} did not answer GET mlflow/experiments/get-by-name")
+    assert "after 4 tries" in result.mlflow_error

@@ -98,6 +98,16 @@ def test_the_run_id_the_trainer_reports_reaches_the_status():
     done = observe(spec(), job(("Complete", "CompletionsReached")),
                    [pod("p1", "Succeeded", {"exitCode": 0, "message": result.to_termination_message()})], NOW)
     assert done.phase == "Succeeded" and done.fields["mlflowRunID"] == "0123abcd"
+    assert done.message == "Candidate passed all 1 gate(s)."
+
+
+def test_a_run_the_trainer_could_not_record_is_said_in_the_status_message_not_failed():
+    result = TrainerResult(phase="Succeeded", reason="Completed", mlflow_error="MLflow at http://m did not answer",
+                           metrics={"candidate": {"holdout.accuracy": 0.9}, "baseline": {"holdout.accuracy": 0.5}})
+    done = observe(spec(tracking=TRACKING), job(("Complete", "CompletionsReached")),
+                   [pod("p1", "Succeeded", {"exitCode": 0, "message": result.to_termination_message()})], NOW)
+    assert done.phase == "Succeeded" and "mlflowRunID" not in done.fields
+    assert done.message == "Candidate passed all 1 gate(s). Not recorded in MLflow: MLflow at http://m did not answer"
 
 
 def test_an_unreachable_server_is_a_tracking_error_naming_it():

@@ -131,8 +131,7 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
     report.write_json(staging / "dataset-manifest.json", manifest)
     (staging / MODEL_CARD).write_text(report.model_card(config, manifest, metrics, gates, verdict, stats,
                                                          device.name, training))
-    message = f"{verdict}: {sum(g.passed for g in gates)}/{len(gates)} gates passed"
-    run_id = None
+    run_id = error_text = None
     if config.mlflow is not None:
         try:
             run_id = tracking.record(config, status="FINISHED", evaluated=metrics, training=training,
@@ -140,11 +139,12 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
                                      candidateURI=f"{base}/model")
         except tracking.TrackingError as error:  # a record of the retrain, not a gate of it
             log.error("Recording the run in MLflow failed error=%s", error)
-            message = f"{message}; not recorded in MLflow: {error}"[:1024]
+            error_text = str(error)[:512]
     if output is None:
         _upload(staging, base)
     return TrainerResult(
-        phase="Succeeded", reason="Completed", message=message, mlflow_run_id=run_id,
+        phase="Succeeded", reason="Completed", message=f"{verdict}: {sum(g.passed for g in gates)}/{len(gates)} "
+        "gates passed", mlflow_run_id=run_id, mlflow_error=error_text,
         candidate=ModelRef(version=config.candidate_version, uri=f"{base}/model", base_uri=adapter_of),
         metrics=metrics, gates=gates, dataset=report.summary(manifest, f"{base}/dataset-manifest.json"),
         model_card_uri=f"{base}/{MODEL_CARD}", steps=stats.steps,

@@ -130,6 +130,9 @@ class TrainerResult(KaizenModel):
     mlflow_run_id: str | None = Field(
         default=None, alias="mlflowRunID", max_length=64, description="The MLflow run the trainer recorded."
     )
+    mlflow_error: str | None = Field(
+        default=None, max_length=512, description="Why the run could not be recorded in MLflow (the retrain goes on)."
+    )
 
     @property
     def permanent(self) -> bool:

@@ -608,9 +608,12 @@ def _succeeded(spec: RetrainJobSpec, result: TrainerResult, fields: dict[str, An
         fields["dataset"] = result.dataset.to_wire()
     if result.model_card_uri:
         fields["modelCardURI"] = result.model_card_uri
+    message = _verdict_message(verdict, gates)
     if result.mlflow_run_id:
         fields["mlflowRunID"] = result.mlflow_run_id
-    return Observation("Succeeded", _verdict_message(verdict, gates), fields, failures)
+    elif result.mlflow_error:  # a record of the retrain, not a gate of it: said, not failed
+        message += f" Not recorded in MLflow: {result.mlflow_error}"
+    return Observation("Succeeded", message, fields, failures)
 
 
 def _verdict_message(verdict: str, gates: list[GateResult]) -> str:
