@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2
 # This checkout's code, whatever checkout the shared cached venv's editable install points at.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer-image
 
-.PHONY: help setup prerequisites binaries venv venv-trainer-s3 postgres test-tools crds demo test test-unit test-integration fuzz chaos e2e e2e-kind lint clean-cluster bench-retrain
+.PHONY: help setup prerequisites binaries venv venv-trainer-s3 venv-mlflow-server postgres test-tools crds demo test test-unit test-integration fuzz chaos e2e e2e-kind lint clean-cluster bench-retrain
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ venv: ## Create the Python environment (cached in ~/.cache/kaizen/venvs, linked 
 venv-trainer-s3: ## The trainer's own environment for the s3:// tests (moto): no operator deps (cached, linked as .venv-trainer-s3)
 	hack/setup-python.sh trainer-s3
 
+venv-mlflow-server: ## MLflow's tracking server for the experiment-tracking test: its own environment (cached, linked as .venv-mlflow-server)
+	hack/setup-python.sh mlflow-server
+
 postgres: ## Install PostgreSQL's server binaries for the collector's tests (as root with apt-get; else says how)
 	hack/setup-postgres.sh
 
@@ -32,7 +35,7 @@ prerequisites:
 	@hack/build-binaries.sh --check
 	@hack/setup-python.sh --check
 
-setup: prerequisites binaries venv venv-trainer-s3 postgres test-tools ## Provision everything the demo and the tests need (needs Go >= 1.26.7, Python >= 3.11)
+setup: prerequisites binaries venv venv-trainer-s3 venv-mlflow-server postgres test-tools ## Provision everything the demo and the tests need (needs Go >= 1.26.7, Python >= 3.11)
 
 crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic models
 	$(PY) -m kaizen.api.crd

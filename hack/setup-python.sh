@@ -15,6 +15,9 @@
 #                                         botocore's python-dateutil < 3 cannot share an environment with kubernetes
 #                                         37's >= 3. No kaizen install: its users put the checkout on PYTHONPATH, as
 #                                         the trainer image does)
+#        hack/setup-python.sh mlflow-server (MLflow's tracking server for the experiment-tracking test, linked as
+#                                         .venv-mlflow-server: the mlflow-server extra alone; its graphene needs
+#                                         python-dateutil < 3, as botocore does)
 #        hack/setup-python.sh --check    (only check that Python is there and new enough)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
@@ -41,6 +44,8 @@ if sys.argv[2] == "trainer-s3":
     contract = set(pyproject["tool"]["kaizen"]["trainer-contract"])
     deps = [[d for d in project["dependencies"] if re.split(r"[\[=<>!~; ]", d)[0] in contract]]
     deps += [project["optional-dependencies"][e] for e in ("trainer", "s3", "s3-test")]
+elif sys.argv[2] == "mlflow-server":
+    deps = [project["optional-dependencies"]["mlflow-server"]]
 else:
     deps = [project["dependencies"]] + [project["optional-dependencies"][e] for e in sys.argv[2].split(",")]
 if sys.argv[3] == "key":
@@ -66,9 +71,10 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install --quiet --requirement "$venv/requirements.txt"
   touch "$venv/.complete"
 fi
-if [ "$extras" = trainer-s3 ]; then
-  ln -sfn "$venv" "$root/.venv-trainer-s3"
-  echo "setup-python: $root/.venv-trainer-s3 -> $venv" >&2
+# The environments of their own hold no kaizen install: their users put the checkout on PYTHONPATH, if they need it.
+if [ "$extras" = trainer-s3 ] || [ "$extras" = mlflow-server ]; then
+  ln -sfn "$venv" "$root/.venv-$extras"
+  echo "setup-python: $root/.venv-$extras -> $venv" >&2
   exit 0
 fi
 "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root"

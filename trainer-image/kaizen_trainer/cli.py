@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kaizen.api.trainer import TrainerConfig, TrainerResult
-from kaizen_trainer import distributed, pipeline
+from kaizen_trainer import distributed, pipeline, tracking
 from kaizen_trainer.distributed import SINGLE
 from kaizen_trainer.errors import EXIT_PERMANENT, EXIT_RETRY, TrainerError, invalid_config
 from kaizen_trainer.report import compact
@@ -42,6 +42,17 @@ def report(result: TrainerResult, path: Path) -> None:
     path.write_text(result.to_termination_message())
 
 
+def _record_failure(config: TrainerConfig | None, failed: TrainerResult) -> str | None:
+    """A failed retrain is an MLflow run too (FAILED, with the reason), when the config that asks for it was read."""
+    if config is None or config.mlflow is None:
+        return None
+    try:
+        return tracking.record(config, status="FAILED", failureReason=failed.reason, failureMessage=failed.message)
+    except tracking.TrackingError as error:
+        logging.error("Recording the failed run in MLflow failed error=%s", error)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kaizen-trainer", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="trainer config (JSON)")
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     world = SINGLE
+    config = None
     try:
         world = distributed.from_environment()
         distributed.start(world)
@@ -62,14 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerError as error:
         failed = TrainerResult(phase="Failed", reason=error.reason, message=str(error)[:1024])
         if world.main:  # rank 0 reports for all: every rank raises the same failure (distributed.agree)
+            failed.mlflow_run_id = _record_failure(config, failed)
             report(failed, args.result)
         print(f"kaizen-trainer: {error}", file=sys.stderr)
         return EXIT_PERMANENT if failed.permanent else EXIT_RETRY
     except Exception as error:  # an unforeseen crash (CUDA out of memory, a bug): retryable, with its traceback
         logging.exception("Training failed")
         if world.main:
-            report(TrainerResult(phase="Failed", reason="Error", message=f"{type(error).__name__}: {error}"[:1024]),
-                   args.result)
+            failed = TrainerResult(phase="Failed", reason="Error", message=f"{type(error).__name__}: {error}"[:1024])
+            failed.mlflow_run_id = _record_failure(config, failed)
+            report(failed, args.result)
         return EXIT_RETRY
     finally:
         distributed.stop(world)

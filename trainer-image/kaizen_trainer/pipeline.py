@@ -24,7 +24,7 @@ from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
 from kaizen.logic.gates import judge
 from kaizen_trainer import curate as curation
-from kaizen_trainer import adapters, distributed, evaluate, load, modeling, objectives, report, train
+from kaizen_trainer import adapters, distributed, evaluate, load, modeling, objectives, report, tracking, train
 from kaizen_trainer.distributed import SINGLE, World
 from kaizen_trainer.errors import TrainerError, invalid_config
 from kaizen_trainer.mirror import Mirror
@@ -131,11 +131,20 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
     report.write_json(staging / "dataset-manifest.json", manifest)
     (staging / MODEL_CARD).write_text(report.model_card(config, manifest, metrics, gates, verdict, stats,
                                                          device.name, training))
+    run_id = error_text = None
+    if config.mlflow is not None:
+        try:
+            run_id = tracking.record(config, status="FINISHED", evaluated=metrics, training=training,
+                                     artifacts=staging, verdict=verdict, datasetSha256=manifest["sha256"],
+                                     candidateURI=f"{base}/model")
+        except tracking.TrackingError as error:  # a record of the retrain, not a gate of it
+            log.error("Recording the run in MLflow failed error=%s", error)
+            error_text = str(error)[:512]
     if output is None:
         _upload(staging, base)
     return TrainerResult(
         phase="Succeeded", reason="Completed", message=f"{verdict}: {sum(g.passed for g in gates)}/{len(gates)} "
-        "gates passed",
+        "gates passed", mlflow_run_id=run_id, mlflow_error=error_text,
         candidate=ModelRef(version=config.candidate_version, uri=f"{base}/model", base_uri=adapter_of),
         metrics=metrics, gates=gates, dataset=report.summary(manifest, f"{base}/dataset-manifest.json"),
         model_card_uri=f"{base}/{MODEL_CARD}", steps=stats.steps,

@@ -261,6 +261,35 @@ def require_causal_lm(task: str, objective: str, judge: object | None) -> None:
         raise ValueError("a judge compares generated answers, so it needs task causal-lm; remove judge")
 
 
+class MlflowTracking(KaizenModel):
+    """An MLflow tracking server that records every RetrainJob as a run (MLflow's REST API, version 2.0)."""
+
+    tracking_uri: str = Field(
+        alias="trackingURI", max_length=1024, pattern=r"^https?://[^\s]+$",
+        description="Base URL of the MLflow tracking server, as seen from the training pod (what MLFLOW_TRACKING_URI "
+        "names), e.g. http://mlflow.mlflow.svc:5000. The run's artifacts go where the server says: through it "
+        "(mlflow-artifacts:, the default of `mlflow server`), or straight to its s3:// or file artifact root.",
+    )
+    experiment: str = Field(
+        default="kaizen", min_length=1, max_length=256,
+        description="Experiment the runs go to; created when missing.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a bearer token for the server (MLFLOW_TRACKING_TOKEN); mounted "
+        "as a file.",
+    )
+
+
+class Tracking(KaizenModel):
+    """Where the retrain's experiment is recorded, beside the RetrainJob's own status."""
+
+    mlflow: MlflowTracking = Field(
+        description="MLflow: one run per RetrainJob (its name), with the trainer's parameters, the candidate's and the "
+        "baseline's metrics (candidate.<dataset>.<metric>[.<cohort>], baseline.…), the dataset manifest, metrics.json "
+        "and the model card as artifacts, and the decision id as the tag kaizen.decisionId.",
+    )
+
+
 class RetrainTemplate(KaizenModel):
     """How to retrain: the part of a RetrainJob an ImprovementLoop fills in for every retrain it starts."""
 
@@ -330,6 +359,9 @@ class RetrainTemplate(KaizenModel):
         description="Where candidate models, metrics, dataset manifests and model cards are written; each job writes "
         "under <outputURI>/<namespace>/<job name>/.",
         json_schema_extra=validations(PVC_URI_RULE),
+    )
+    tracking: Tracking | None = Field(
+        default=None, description="Experiment tracking: every RetrainJob is also recorded as an MLflow run.",
     )
     backoff_limit: int = Field(
         default=2, ge=0, le=20, description="Retries of a failed training pod (with resources.nodes above 1, of a "
@@ -539,6 +571,10 @@ class RetrainJobStatus(CommonStatus):
     verdict: Verdict | None = Field(default=None, description="Passed when every gate passed.")
     model_card_uri: str | None = Field(
         default=None, alias="modelCardURI", max_length=1024, description="Where the model card is."
+    )
+    mlflow_run_id: str | None = Field(
+        default=None, alias="mlflowRunID", max_length=64,
+        description="The MLflow run that records this retrain (with spec.tracking.mlflow).",
     )
     failures: list[AttemptFailure] = Field(
         default_factory=list, max_length=FAILURES_KEPT,

@@ -64,6 +64,15 @@ class FeedbackExport(KaizenModel):
     since: str | None = Field(default=None, description="Only feedback newer than this RFC 3339 time.")
 
 
+class MlflowRun(KaizenModel):
+    """Where the trainer records its run: the RetrainJob's spec.tracking.mlflow, with the token mounted as a file."""
+
+    tracking_uri: str = Field(alias="trackingURI", description="Base URL of the MLflow tracking server.")
+    experiment: str = Field(default="kaizen", min_length=1, description="Experiment the run goes to.")
+    run_name: str = Field(min_length=1, description="The run's name: the RetrainJob's name.")
+    token_file: str | None = Field(default=None, description="File holding a bearer token for the server.")
+
+
 class TrainerConfig(KaizenModel):
     """Everything one training run needs."""
 
@@ -88,6 +97,9 @@ class TrainerConfig(KaizenModel):
     gates: list[Gate] = Field(default_factory=list, description="Gates, evaluated by the trainer for the model card.")
     output_dir: str = Field(min_length=1, description="Where the model, metrics, manifest and card are written.")
     checkpoint_dir: str = Field(min_length=1, description="Where checkpoints are written (a path in the pod).")
+    mlflow: MlflowRun | None = Field(
+        default=None, description="Record the run in MLflow (RetrainJob spec.tracking.mlflow); none: not tracked.",
+    )
     checkpoint_mirror: str | None = Field(
         default=None, description="Remote copy of the checkpoints (s3://...) when checkpointDir does not outlive the "
         "pod: every checkpoint is uploaded there, and a new pod downloads them to resume.",
@@ -115,6 +127,12 @@ class TrainerResult(KaizenModel):
     dataset: DatasetSummary | None = Field(default=None, description="Short form of the dataset manifest.")
     model_card_uri: str | None = Field(default=None, alias="modelCardURI", description="Where the model card is.")
     steps: int | None = Field(default=None, ge=0, description="Optimizer steps reached (resumed runs included).")
+    mlflow_run_id: str | None = Field(
+        default=None, alias="mlflowRunID", max_length=64, description="The MLflow run the trainer recorded."
+    )
+    mlflow_error: str | None = Field(
+        default=None, max_length=512, description="Why the run could not be recorded in MLflow (the retrain goes on)."
+    )
 
     @property
     def permanent(self) -> bool:

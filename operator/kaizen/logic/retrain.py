@@ -40,7 +40,7 @@ from kaizen.api.retrainjob import (
     ATTEMPTS_KEPT, FAILURES_KEPT, AttemptFailure, GateResult, PodAttempt, RetrainJobSpec, RetrainJobStatus,
     RetrainPhase,
 )
-from kaizen.api.trainer import FeedbackExport, TrainerConfig, TrainerResult
+from kaizen.api.trainer import FeedbackExport, MlflowRun, TrainerConfig, TrainerResult
 from kaizen.logic.conditions import Event, set_condition
 from kaizen.logic.effects import Effects, Failure, blocked
 from kaizen.logic.gates import judge
@@ -52,6 +52,7 @@ LABEL = f"{API_GROUP}/retrainjob"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_DIR = "/etc/kaizen/trainer"
 TOKEN_DIR = "/var/run/kaizen/collector"
+MLFLOW_TOKEN_DIR = "/var/run/kaizen/mlflow"
 PVC_ROOT = "/mnt/kaizen/pvc"
 WORKSPACE = "/workspace"
 #: The trainer image's unprivileged user (trainer-image/Dockerfile).
@@ -179,12 +180,16 @@ def plan(spec: RetrainJobSpec, name: str, namespace: str, uid: str, *, kind: str
             url=f"{spec.feedback.collector_url.rstrip('/')}/v1/export?{urlencode(query)}",
             token_file=f"{TOKEN_DIR}/token" if spec.feedback.token_secret_ref else None,
         )
+    tracking = spec.tracking.mlflow if spec.tracking else None
+    mlflow = MlflowRun(tracking_uri=tracking.tracking_uri, experiment=tracking.experiment, run_name=name,
+                       token_file=f"{MLFLOW_TOKEN_DIR}/token" if tracking.token_secret_ref else None) \
+        if tracking else None
     config = TrainerConfig(
         job=f"{namespace}/{name}", decision_id=spec.reason.decision_id, task=spec.task, baseline=spec.baseline,
         candidate_version=spec.candidate_version or name[:63], data=data, feedback=feedback, targets=spec.targets,
         hyperparameters=spec.hyperparameters, method=spec.method, lora=spec.lora, objective=spec.objective,
         judge=judge, gates=spec.gates, output_dir=output, checkpoint_dir=checkpoints,
-        checkpoint_mirror=None if on_volume else f"{output}/checkpoints", strategy=spec.strategy,
+        checkpoint_mirror=None if on_volume else f"{output}/checkpoints", strategy=spec.strategy, mlflow=mlflow,
     )
     child = child_name(name)
     owner = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "RetrainJob", "name": name, "uid": uid,
@@ -252,6 +257,11 @@ def _pod(spec: RetrainJobSpec, child: str, claims: dict[str, str]) -> _PodParts:
         volumes.append({"name": "collector-token",
                         "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "token"}]}})
         mounts.append({"name": "collector-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    if spec.tracking is not None and spec.tracking.mlflow.token_secret_ref is not None:
+        ref = spec.tracking.mlflow.token_secret_ref
+        volumes.append({"name": "mlflow-token",
+                        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "token"}]}})
+        mounts.append({"name": "mlflow-token", "mountPath": MLFLOW_TOKEN_DIR, "readOnly": True})
     return _PodParts(torchrun(spec, child), ["--config", f"{CONFIG_DIR}/config.json"],
                      {"requests": requests, "limits": limits}, volumes, mounts)
 
@@ -598,7 +608,12 @@ def _succeeded(spec: RetrainJobSpec, result: TrainerResult, fields: dict[str, An
         fields["dataset"] = result.dataset.to_wire()
     if result.model_card_uri:
         fields["modelCardURI"] = result.model_card_uri
-    return Observation("Succeeded", _verdict_message(verdict, gates), fields, failures)
+    message = _verdict_message(verdict, gates)
+    if result.mlflow_run_id:
+        fields["mlflowRunID"] = result.mlflow_run_id
+    elif result.mlflow_error:  # a record of the retrain, not a gate of it: said, not failed
+        message += f" Not recorded in MLflow: {result.mlflow_error}"
+    return Observation("Succeeded", message, fields, failures)
 
 
 def _verdict_message(verdict: str, gates: list[GateResult]) -> str:
