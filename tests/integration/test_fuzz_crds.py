@@ -302,7 +302,8 @@ def test_with_the_operator_running_every_accepted_object_is_acted_on_or_invalid_
         with running_operator(crds):
             stored = {kind: [obj for doc in docs[kind] if (obj := create(api, kind, namespace, doc)) is not None]
                       for kind in docs}
-            assert all(len(objs) >= EXAMPLES_PER_KIND // 10 for objs in stored.values()), \
+            # Most fuzzed loops are refused at admission (one bad field of many is enough): some of each are kept.
+            assert all(len(objs) >= EXAMPLES_PER_KIND // 30 for objs in stored.values()), \
                 {kind.kind: len(objs) for kind, objs in stored.items()}
 
             def unanswered() -> list[str]:
