@@ -83,7 +83,8 @@ class Engine:
                 self.own_adapter = model.active_adapter
             else:
                 model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
-        self.task, self.model, self.tokenizer, self.device = task, model.to(device.device).eval(), tokenizer, device
+        self.task, self.tokenizer, self.device = task, tokenizer, device
+        self.model = modeling.to_device(model, device.device).eval()
         self.positions = generation.positions(model, FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.threads = torch.get_num_threads()

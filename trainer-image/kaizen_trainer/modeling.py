@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import (
@@ -39,6 +40,15 @@ class Device:
     @property
     def name(self) -> str:
         return self.device.type + ("+bf16" if self.autocast else "")
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def to_device(model: M, device: torch.device) -> M:
+    """``model.to(device)``, typed: transformers wraps ``PreTrainedModel.to`` in ``functools.wraps``, which type
+    checkers read as a plain function whose first argument is the model."""
+    return model.to(device)
 
 
 def pick_device() -> Device:

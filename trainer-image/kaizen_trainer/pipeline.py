@@ -19,6 +19,7 @@ import copy
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
@@ -73,7 +74,7 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
         trainable, total = adapters.parameters(candidate)
         encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
         device = modeling.pick_device()
-        rows = encoder.encode_all(curated.train)
+        rows: list[modeling.Encoded] | list[dict[str, Any]] = encoder.encode_all(curated.train)
         sets = {"holdout": curated.holdout, "regression": curated.regression,
                 "stress": [evaluate.perturb(r) for r in curated.holdout]}
         for rows_of_set in sets.values():
@@ -154,6 +155,7 @@ def _write_model(config: TrainerConfig, candidate, tokenizer, staging: Path, bas
     modeling.save(candidate.cpu(), tokenizer, staging / "adapter", base_uri)
     # Merged into a fresh full-precision base, never into qlora's 4-bit one: the merged model is what gets served.
     merged, _ = modeling.load(config.task, str(staging / "adapter"))
+    assert adapters.is_adapter(merged)  # an adapter's directory loads as a peft model
     modeling.save(merged.merge_and_unload(), tokenizer, model)
     return None
 
