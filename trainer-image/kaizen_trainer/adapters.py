@@ -22,7 +22,6 @@ from kaizen_trainer.errors import invalid_config
 
 if TYPE_CHECKING:
     from peft import PeftModel
-    from typing_extensions import TypeIs
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -67,10 +66,18 @@ def quantisation(method: Method):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def is_adapter(model: torch.nn.Module) -> TypeIs[PeftModel]:
+def peft_model(model: torch.nn.Module) -> PeftModel | None:
+    """``model`` as the peft model (a base with an adapter) it is, or None for a model without an adapter.
+
+    The trainer passes both kinds as a ``PreTrainedModel``, which a peft model is not (it wraps one and forwards to
+    it); this gives the type checker the peft model where its own methods are called."""
     from peft import PeftModel
 
-    return isinstance(model, PeftModel)
+    return model if isinstance(model, PeftModel) else None
+
+
+def is_adapter(model: torch.nn.Module) -> bool:
+    return peft_model(model) is not None
 
 
 def attach(model: PreTrainedModel, task: Task, settings: LoraSettings | None, method: Method, seed: int):

@@ -120,9 +120,11 @@ def _load(task: Task, uri: str, source: str, quantisation) -> tuple[PreTrainedMo
 
 def base_of(model: PreTrainedModel) -> str | None:
     """The base model URI an adapter (a peft model) applies to; None for a full model."""
-    if not adapters.is_adapter(model):
+    peft = adapters.peft_model(model)
+    if peft is None:
         return None
-    return next(iter(model.peft_config.values())).base_model_name_or_path
+    base = next(iter(peft.peft_config.values())).base_model_name_or_path
+    return None if base is None else str(base)
 
 
 def separator(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -202,7 +204,9 @@ def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: 
         shutil.rmtree(directory)
     try:
         if adapters.is_adapter(model):
-            adapters.save(model, tokenizer, directory, base_uri or base_of(model))
+            base = base_uri or base_of(model)
+            assert base is not None, "peft names the base of every adapter it makes or loads"
+            adapters.save(model, tokenizer, directory, base)
             return
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
