@@ -93,7 +93,7 @@ class BoundedDuration(GroupedMetadata):
 
 
 def duration_bounds(schema: dict[str, Any]) -> tuple[str, str] | None:
-    """The (low, high) of a duration field's schema made by :func:`BoundedDuration`, or None."""
+    """The (low, high) of a duration field's schema made by :class:`BoundedDuration`, or None."""
     for rule in schema.get("x-kubernetes-validations", []):
         found = re.findall(r"duration\('([^']+)'\)", rule["rule"])
         if found:
