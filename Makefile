@@ -46,9 +46,10 @@ demo: setup ## The whole loop on the local stack: served model, simulated users,
 test: setup lint ## Lint, then run the whole test suite (unit, integration, e2e) on the local control plane
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
-lint: venv ## Check the Python code: ruff (pycodestyle, pyflakes) and the layer contracts in .importlinter
+lint: venv ## Check the Python code: ruff (pycodestyle, pyflakes), the layer contracts in .importlinter, and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 test-unit: venv ## Run the unit tests only (no control plane needed)
 	$(VENV)/bin/pytest tests/unit

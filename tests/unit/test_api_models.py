@@ -132,7 +132,7 @@ def test_parse_duration_rejects_what_no_clock_can_hold_with_a_value_error(text):
 
 
 def test_every_duration_field_is_bounded_and_says_its_bounds():
-    """A field made by bounded_duration carries a CEL rule; its description must tell users the same bounds."""
+    """A field made by BoundedDuration carries a CEL rule; its description must tell users the same bounds."""
     from kaizen.api import KINDS
     from kaizen.api.common import DURATION_PATTERN, duration_bounds
     from kaizen.api.crd import custom_resource_definition

@@ -93,6 +93,14 @@ def test_schema_level_errors_name_the_field_when_the_api_server_was_bypassed():
     assert any(p.startswith("spec.analysis.alpha: Input should be a valid number") for p in found)
 
 
+def test_an_analysis_metric_without_ratio_or_threshold_is_a_problem_when_the_api_server_was_bypassed():
+    # The API server's CEL rule (exactly one of ratio, threshold) is the only check of this; without it the
+    # semantic pass read metric.threshold.query off None and raised instead of reporting the field.
+    spec = example("rollout.yaml")
+    spec["analysis"]["metrics"][0] = {"name": "nothing"}
+    assert problems(ROLLOUT, spec) == ["spec.analysis.metrics[0]: exactly one of ratio, threshold must be set"]
+
+
 def test_every_problem_is_reported_at_once():
     spec = example("improvementloop.yaml")
     spec["signals"][0]["query"] = "{{a}}"

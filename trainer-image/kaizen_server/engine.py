@@ -78,12 +78,14 @@ class Engine:
         self.own_adapter: str | None = None
         self.adapters: dict[str, str] = {}
         self._ids = (f"kaizen{i}" for i in itertools.count())  # peft names must be module names: no dots
-        if adapters.is_adapter(model):
+        peft = adapters.peft_model(model)
+        if peft is not None:
             if keep_adapters:
-                self.own_adapter = model.active_adapter
+                self.own_adapter = peft.active_adapter
             else:
-                model = model.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
-        self.task, self.model, self.tokenizer, self.device = task, model.to(device.device).eval(), tokenizer, device
+                model = peft.merge_and_unload()  # the same answers, without the adapter's extra matmuls per layer
+        self.task, self.tokenizer, self.device = task, tokenizer, device
+        self.model = modeling.to_device(model, device.device).eval()
         self.positions = generation.positions(model, FALLBACK_POSITIONS)
         self.id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.threads = torch.get_num_threads()

@@ -9,6 +9,8 @@ that adapter (same rank and modules), so its candidate needs the same base.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kaizen.api.retrainjob import LoraSettings, Method, Task
 from kaizen_trainer.errors import invalid_config
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -61,10 +66,18 @@ def quantisation(method: Method):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def is_adapter(model: torch.nn.Module) -> bool:
+def peft_model(model: torch.nn.Module) -> PeftModel | None:
+    """``model`` as the peft model (a base with an adapter) it is, or None for a model without an adapter.
+
+    The trainer passes both kinds as a ``PreTrainedModel``, which a peft model is not (it wraps one and forwards to
+    it); this gives the type checker the peft model where its own methods are called."""
     from peft import PeftModel
 
-    return isinstance(model, PeftModel)
+    return model if isinstance(model, PeftModel) else None
+
+
+def is_adapter(model: torch.nn.Module) -> bool:
+    return peft_model(model) is not None
 
 
 def attach(model: PreTrainedModel, task: Task, settings: LoraSettings | None, method: Method, seed: int):
@@ -81,7 +94,8 @@ def attach(model: PreTrainedModel, task: Task, settings: LoraSettings | None, me
     if method == "qlora":
         model = prepare_model_for_kbit_training(model)
     config = LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        # peft annotates lora_alpha as an int, but only divides it by r: a float scales as well.
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,  # type: ignore[arg-type]
         target_modules=list(settings.target_modules) or None,
         # SEQ_CLS also trains the classification head in full: its rows for new labels start untrained.
         task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,

@@ -35,6 +35,7 @@ The preference objectives (``spec.objective``) train on rows built from the very
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from kaizen.api.retrainjob import DataSpec, Objective, Targets
 from kaizen.api.trainer import Example
@@ -158,20 +159,21 @@ def cap_slices(rows: Sequence[Row], max_share: float, seed: int) -> list[Row]:
 
 def preference_rows(example: Example, objective: Objective) -> list[Row]:
     """The dpo or kto rows of one usable feedback item (see the module docstring); none for sft or unrated items."""
-    correction, served = example.target, example.output
+    correction, served, prompt = example.target, example.output, example.input
+    if not prompt:
+        return []  # curate() counts it as noInput
     if correction and served and normalise(correction) == normalise(served):
         correction = None  # a "correction" that repeats the answer says only that the answer was right
-    labels = dict(origin="feedback", cohort=example.cohort, scenario=example.scenario)
+    row = functools.partial(Row, origin="feedback", cohort=example.cohort, scenario=example.scenario)
     if objective == "dpo":
-        return [Row(example.id, example.input, correction, rejected=served, **labels)] if correction and served \
-            else []
+        return [row(example.id, prompt, correction, rejected=served)] if correction and served else []
     if objective != "kto":
         return []
-    rows = [Row(example.id, example.input, correction, desirable=True, **labels)] if correction else []
+    rows = [row(example.id, prompt, correction, desirable=True)] if correction else []
     # A correction says the served answer was wrong, whatever the rating; without one the rating says it.
     good = example.sentiment == "positive" and not correction
     if served and (good or correction or example.sentiment == "negative"):
-        rows.append(Row(f"{example.id}:served", example.input, served, desirable=good, **labels))
+        rows.append(row(f"{example.id}:served", prompt, served, desirable=good))
     return rows
 
 
@@ -226,6 +228,7 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
                 if not target:
                     excluded["noOutput"] += 1
                     continue
+            assert ex.input, "usable() excluded every item without an input"
             row = Row(ex.id, ex.input, target, source.role, ex.cohort, ex.scenario, safety=source.role == "safety")
             {"feedback": targeted, "replay": replay, "holdout": explicit_holdout, "regression": regression,
              "safety": probes}[source.role].append(row)
@@ -286,7 +289,7 @@ def curate(sources: Sequence[Source], data: DataSpec, targets: Targets, seed: in
 
     train = _order(targeted + replay, seed)
     _check(train, holdout, data)
-    manifest = {
+    manifest: dict[str, Any] = {
         "sources": [{"uri": s.uri, "role": s.role, "sha256": s.sha256, "rows": len(s.rows)}
                     | ({"collectorExcluded": s.export_manifest.get("excluded", {})} if s.export_manifest else {})
                     for s in sources],

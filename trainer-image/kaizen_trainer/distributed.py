@@ -213,7 +213,8 @@ def wrap(model: torch.nn.Module, strategy: str, world: World, device: torch.devi
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft adapter (which names its transformer blocks)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(model, "get_base_model", None)
+    return base() if base is not None else model
 
 
 def _options(frozen: bool, **more):

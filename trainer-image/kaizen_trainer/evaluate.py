@@ -36,11 +36,11 @@ import hashlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kaizen.logic import textmetrics
 
@@ -84,7 +84,7 @@ def perturb(row: Row) -> Row:
 
 @torch.no_grad()
 def score(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[Scored]:
-    model.to(device.device).eval()
+    modeling.to_device(model, device.device).eval()
     scored = []
     for start in range(0, len(rows), EVAL_BATCH):
         chunk = rows[start: start + EVAL_BATCH]
@@ -111,7 +111,7 @@ def score(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device:
 
 
 def latencies_ms(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[float]:
-    model.to(device.device).eval()
+    modeling.to_device(model, device.device).eval()
     times = []
     with torch.no_grad():
         for row in rows[:LATENCY_SAMPLE]:
@@ -182,7 +182,7 @@ def _groups(rows: Sequence[Row]) -> dict[str, list[int]]:
 def generate(model: PreTrainedModel, encoder: Encoder, rows: Sequence[Row], device: Device) -> list[str]:
     """The model's greedy answers to the rows' prompts, as the model server answers them, up to the longest response
     the trainer trains on (half of maxLength, then eos)."""
-    model.to(device.device).eval()
+    modeling.to_device(model, device.device).eval()
     limit = generation.positions(model, encoder.max_length)
     prompts = [r.input for r in rows]
     return [c.text for start in range(0, len(rows), EVAL_BATCH)
@@ -208,7 +208,7 @@ class Judge:
 
     uri: str
     model: PreTrainedModel
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
 
 
 def load_judge(uri: str) -> Judge:
@@ -236,7 +236,7 @@ def win_rates(judge: Judge, rows: Sequence[Row], candidate: Sequence[str], basel
     asked = [i for i in range(len(rows)) if candidate[i] != baseline[i]]
     texts = [f"{rows[i].input} {sep} {candidate[i] if first[i] else baseline[i]} {sep} "
              f"{baseline[i] if first[i] else candidate[i]}" for i in asked]
-    judge.model.to(device.device)
+    modeling.to_device(judge.model, device.device)
     limit = generation.positions(judge.model, 1024)
     verdicts = [label.label for start in range(0, len(texts), EVAL_BATCH)
                 for label in generation.classify(judge.model, tok, device, texts[start: start + EVAL_BATCH], limit)]
@@ -248,7 +248,7 @@ def win_rates(judge: Judge, rows: Sequence[Row], candidate: Sequence[str], basel
             for suffix, members in _groups(rows).items()}
 
 
-def evaluate(model: PreTrainedModel, encoder: Encoder, sets: dict[str, Sequence[Row]],
+def evaluate(model: PreTrainedModel, encoder: Encoder, sets: Mapping[str, Sequence[Row]],
              device: Device, answers: dict[str, list[str]] | None = None) -> dict[str, float]:
     """All metrics of one model on every non-empty evaluation set, latency measured on the holdout. A causal LM's
     generated answers are scored too, and left in ``answers`` (by set) when it is given, for a judge."""

@@ -58,7 +58,8 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device:
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
     with _autocast(device):
-        out = model.generate(
+        # Causal LMs' GenerationMixin (or peft's forward of it), which PreTrainedModel itself lacks.
+        out = model.generate(  # type: ignore[operator]
             input_ids=ids.to(device.device), attention_mask=mask.to(device.device),
             max_new_tokens=new, do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
@@ -67,7 +68,9 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device:
     for row, generated in zip(inputs, out[:, width:].tolist(), strict=True):
         stop = tok.eos_token_id in generated
         tokens = generated[: generated.index(tok.eos_token_id) + 1] if stop else generated
-        text = tok.decode(tokens, skip_special_tokens=True).strip()
+        text = tok.decode(tokens, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        text = text.strip()
         completions.append(Completion(text, len(row), len(tokens), "stop" if stop else "length"))
     return completions
 

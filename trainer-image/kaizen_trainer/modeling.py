@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import (
@@ -39,6 +40,15 @@ class Device:
     @property
     def name(self) -> str:
         return self.device.type + ("+bf16" if self.autocast else "")
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def to_device(model: M, device: torch.device) -> M:
+    """``model.to(device)``, typed: transformers wraps ``PreTrainedModel.to`` in ``functools.wraps``, which type
+    checkers read as a plain function whose first argument is the model."""
+    return model.to(device)
 
 
 def pick_device() -> Device:
@@ -110,9 +120,11 @@ def _load(task: Task, uri: str, source: str, quantisation) -> tuple[PreTrainedMo
 
 def base_of(model: PreTrainedModel) -> str | None:
     """The base model URI an adapter (a peft model) applies to; None for a full model."""
-    if not adapters.is_adapter(model):
+    peft = adapters.peft_model(model)
+    if peft is None:
         return None
-    return next(iter(model.peft_config.values())).base_model_name_or_path
+    base = next(iter(peft.peft_config.values())).base_model_name_or_path
+    return None if base is None else str(base)
 
 
 def separator(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -192,7 +204,9 @@ def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: 
         shutil.rmtree(directory)
     try:
         if adapters.is_adapter(model):
-            adapters.save(model, tokenizer, directory, base_uri or base_of(model))
+            base = base_uri or base_of(model)
+            assert base is not None, "peft names the base of every adapter it makes or loads"
+            adapters.save(model, tokenizer, directory, base)
             return
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)

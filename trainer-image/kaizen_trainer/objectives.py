@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,6 +44,8 @@ class Preference:
 
         datasets.disable_progress_bars()
         sep = tokenizer.convert_ids_to_tokens(separator(tokenizer))
+        assert isinstance(sep, str)  # one id, one token
+        records: list[dict[str, Any]]
         if kind == "dpo":
             records = [{"prompt": r.input + sep, "chosen": r.target, "rejected": r.rejected} for r in rows]
         else:
@@ -59,11 +61,13 @@ class Preference:
             # DPO alone lowers chosen and rejected likelihoods together: on the trainer tests' task, with no replay
             # beside the pairs, it left the refund slice unfixed at a rate of 1e-4 and broke every slice at 3e-4.
             settings["loss_type"] = ["sigmoid", "sft"]
-        config, trainer = (DPOConfig, DPOTrainer) if kind == "dpo" else (KTOConfig, KTOTrainer)
         self.kind = kind
-        self.trainer = trainer(model=model, ref_model=reference, args=config(**settings),
-                               train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer)
-        self.items: list[dict[str, Any]] = list(self.trainer.train_dataset)
+        given: dict[str, Any] = dict(model=model, ref_model=reference, processing_class=tokenizer,
+                                     train_dataset=datasets.Dataset.from_list(records))
+        self.trainer = DPOTrainer(args=DPOConfig(**settings), **given) if kind == "dpo" \
+            else KTOTrainer(args=KTOConfig(**settings), **given)
+        # trl tokenises the records into a datasets.Dataset of dicts; its attribute is typed for any torch Dataset.
+        self.items: list[dict[str, Any]] = list(cast(Iterable[dict[str, Any]], self.trainer.train_dataset))
         if len(self.items) < len(records):
             log.info("Dropped preference rows whose prompt fills maxLength kept=%d of=%d", len(self.items),
                      len(records))
@@ -72,7 +76,7 @@ class Preference:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v
                 for k, v in self.trainer.data_collator(list(items)).items()}
 
-    def loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.trainer.compute_loss(model, batch)
         for logged in self.trainer._metrics.values():
             logged.clear()  # trl keeps per-step metrics for its own logging, which this loop does not use

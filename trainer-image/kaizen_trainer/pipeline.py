@@ -19,6 +19,7 @@ import copy
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kaizen.api.common import ModelRef
 from kaizen.api.trainer import TrainerConfig, TrainerResult
@@ -64,8 +65,8 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
         base_uri = modeling.base_of(baseline) or config.baseline.uri
         if config.method == "full":
             # A full retrain of an adapter's model starts from the two merged: the model as it was served.
-            candidate = copy.deepcopy(baseline).merge_and_unload() if adapters.is_adapter(baseline) \
-                else copy.deepcopy(baseline)
+            peft = adapters.peft_model(baseline)
+            candidate = copy.deepcopy(peft).merge_and_unload() if peft is not None else copy.deepcopy(baseline)
         else:
             start = modeling.load(config.task, config.baseline.uri, config.method)[0] if config.method == "qlora" \
                 else copy.deepcopy(baseline)
@@ -73,7 +74,7 @@ def run(config: TrainerConfig, world: World = SINGLE) -> TrainerResult | None:
         trainable, total = adapters.parameters(candidate)
         encoder = modeling.Encoder(config.task, candidate, tokenizer, hp.max_length)
         device = modeling.pick_device()
-        rows = encoder.encode_all(curated.train)
+        rows: list[modeling.Encoded] | list[dict[str, Any]] = encoder.encode_all(curated.train)
         sets = {"holdout": curated.holdout, "regression": curated.regression,
                 "stress": [evaluate.perturb(r) for r in curated.holdout]}
         for rows_of_set in sets.values():
@@ -162,7 +163,9 @@ def _write_model(config: TrainerConfig, candidate, tokenizer, staging: Path, bas
         return base_uri
     modeling.save(candidate.cpu(), tokenizer, staging / "adapter", base_uri)
     # Merged into a fresh full-precision base, never into qlora's 4-bit one: the merged model is what gets served.
-    merged, _ = modeling.load(config.task, str(staging / "adapter"))
+    adapter, _ = modeling.load(config.task, str(staging / "adapter"))
+    merged = adapters.peft_model(adapter)
+    assert merged is not None  # an adapter's directory loads as a peft model
     modeling.save(merged.merge_and_unload(), tokenizer, model)
     return None
 

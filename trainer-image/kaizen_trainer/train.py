@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -37,7 +38,7 @@ from kaizen_trainer import distributed
 from kaizen_trainer.distributed import SINGLE, World
 from kaizen_trainer.errors import TrainerError
 from kaizen_trainer.mirror import Mirror
-from kaizen_trainer.modeling import Device, Encoded, Encoder
+from kaizen_trainer.modeling import Device, Encoder
 from kaizen_trainer.objectives import Preference
 
 log = logging.getLogger("kaizen_trainer")
@@ -215,7 +216,7 @@ def _sigterm_flag() -> Iterator[list[bool]]:
 
 
 def train(
-    model: PreTrainedModel, encoder: Encoder, rows: Sequence[Encoded], hp: Hyperparameters, device: Device,
+    model: PreTrainedModel, encoder: Encoder, rows: Sequence[Any], hp: Hyperparameters, device: Device,
     checkpoint_dir: Path, tag: str, until: Callable[[int, int], bool] | None = None, mirror: Mirror | None = None,
     objective: Preference | None = None, world: World = SINGLE, strategy: str = "ddp",
 ) -> TrainStats:
@@ -223,10 +224,11 @@ def train(
 
     ``until(step, tokens)``, called after each step, may end training early by returning True (the benchmark
     evaluates the model there to measure the compute a target accuracy takes; one process only). With a ``mirror``,
-    checkpoints are also kept remotely (:mod:`kaizen_trainer.mirror`). With a preference ``objective`` (dpo, kto),
-    ``rows`` are its items and the loss is its own (:mod:`kaizen_trainer.objectives`). Under torchrun (``world``)
-    every rank calls this with the same rows and trains its share of each batch with ``strategy`` (ddp or fsdp);
-    afterwards rank 0's ``model`` holds the trained weights."""
+    checkpoints are also kept remotely (:mod:`kaizen_trainer.mirror`). ``rows`` are the encoder's
+    :class:`~kaizen_trainer.modeling.Encoded` rows; with a preference ``objective`` (dpo, kto), they are its items and
+    the loss is its own (:mod:`kaizen_trainer.objectives`). Under torchrun (``world``) every rank calls this with the
+    same rows and trains its share of each batch with ``strategy`` (ddp or fsdp); afterwards rank 0's ``model`` holds
+    the trained weights."""
     torch.manual_seed(hp.seed + world.rank)  # one process as ever; under torchrun each rank draws its own dropout
     trained = distributed.wrap(model.train(), strategy, world, device.device)
     steps = total_steps(len(rows), hp)

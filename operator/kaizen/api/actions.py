@@ -22,6 +22,11 @@ FAILURES_ACKNOWLEDGED = f"{API_GROUP}/failures-acknowledged-at"
 REQUEST_KEYS = [ACTION, ACTION_BY, ACTION_AT]
 
 
+def parse_timestamp(value: str) -> datetime:
+    """A timestamp the API server always writes, in RFC 3339 (``metadata.creationTimestamp``)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None

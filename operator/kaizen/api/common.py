@@ -11,9 +11,11 @@ CEL rules (``x-kubernetes-validations``) carry the cross-field checks the API se
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -62,30 +64,36 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def bounded_duration(low: str, high: str) -> Any:
-    """A duration field's type, bounded to [low, high]: checked by the API server (a CEL rule with ``duration()``)
-    and again by pydantic, so a spec stored before the bound existed is reported, not acted on. Say the bounds in
-    the field's description; :func:`duration_bounds` reads them back (the tests check every description)."""
-    low_td, high_td = parse_duration(low), parse_duration(high)
-    if low_td > timedelta(0):
-        rule = f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')"
-        message = f"must be at least {low} and at most {high}"
-    else:
-        rule, message = f"duration(self) <= duration('{high}')", f"must be at most {high}"
+class BoundedDuration(GroupedMetadata):
+    """A duration field's metadata, bounded to [low, high]: ``Annotated[str, BoundedDuration("1s", "24h")]``.
 
-    def check(value: str) -> str:
-        if not low_td <= parse_duration(value) <= high_td:
-            raise ValueError(f"{value} is out of range: {message}")
+    Checked by the API server (a CEL rule with ``duration()``) and again by pydantic, so a spec stored before the
+    bound existed is reported, not acted on. Say the bounds in the field's description; :func:`duration_bounds`
+    reads them back (the tests check every description). Metadata rather than a type built at run time, so that
+    type checkers see a ``str``.
+    """
+
+    def __init__(self, low: str, high: str) -> None:
+        self._low, self._high = parse_duration(low), parse_duration(high)
+        if self._low > timedelta(0):
+            self._rule = f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')"
+            self._message = f"must be at least {low} and at most {high}"
+        else:
+            self._rule, self._message = f"duration(self) <= duration('{high}')", f"must be at most {high}"
+
+    def __iter__(self) -> Iterator[object]:
+        rule = validations(cel(self._rule, self._message))
+        yield Field(pattern=DURATION_PATTERN, max_length=40, json_schema_extra=rule)
+        yield AfterValidator(self._check)
+
+    def _check(self, value: str) -> str:
+        if not self._low <= parse_duration(value) <= self._high:
+            raise ValueError(f"{value} is out of range: {self._message}")
         return value
-
-    return Annotated[
-        str, Field(pattern=DURATION_PATTERN, max_length=40, json_schema_extra=validations(cel(rule, message))),
-        AfterValidator(check),
-    ]
 
 
 def duration_bounds(schema: dict[str, Any]) -> tuple[str, str] | None:
-    """The (low, high) of a duration field's schema made by :func:`bounded_duration`, or None."""
+    """The (low, high) of a duration field's schema made by :class:`BoundedDuration`, or None."""
     for rule in schema.get("x-kubernetes-validations", []):
         found = re.findall(r"duration\('([^']+)'\)", rule["rule"])
         if found:

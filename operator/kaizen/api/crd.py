@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from kaizen.api import KINDS, ResourceKind
 from kaizen.api.common import API_GROUP, API_VERSION
@@ -102,7 +103,7 @@ def _rules(node: dict[str, Any]) -> list[dict[str, Any]]:
     return list(node.get("x-kubernetes-validations", []))
 
 
-def model_schema(model: type, path: str) -> dict[str, Any]:
+def model_schema(model: type[BaseModel], path: str) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return structural(raw, raw.get("$defs", {}), path)
 

@@ -7,12 +7,12 @@ policies that bound what Kaizen may do; it owns the RetrainJobs and Rollouts it 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from kaizen.api.common import (
-    CommonStatus, KaizenModel, ModelRef, Name, PrometheusSpec, SecretKeyRef, TargetRef, bounded_duration, bounds_rule,
+    CommonStatus, KaizenModel, ModelRef, Name, PrometheusSpec, SecretKeyRef, TargetRef, BoundedDuration, bounds_rule,
     cel, nested, validations,
 )
 from kaizen.api.retrainjob import GATES_FIELD, FeedbackCategory, Gate, RetrainTemplate
@@ -32,7 +32,7 @@ class Signal(KaizenModel):
     )
     min: float | None = Field(default=None, description="The signal breaches when it falls below this.")
     max: float | None = Field(default=None, description="The signal breaches when it rises above this.")
-    for_: bounded_duration("0s", "168h") = Field(
+    for_: Annotated[str, BoundedDuration("0s", "168h")] = Field(
         default="5m", alias="for",
         description="How long a breach must be sustained before it counts (and how long it must be clear before it "
         "clears): from 0s (at once) to 168h.",
@@ -79,7 +79,7 @@ class ApprovalPolicy(KaizenModel):
 class Policy(KaizenModel):
     """Limits on what the loop may do on its own."""
 
-    cooldown: bounded_duration("0s", "8760h") = Field(
+    cooldown: Annotated[str, BoundedDuration("0s", "8760h")] = Field(
         default="24h", description="Minimum time between two retrains: from 0s (none) to 8760h (a year)."
     )
     max_retrains_per_week: int = Field(default=3, ge=0, le=1000, description="Retrains allowed per rolling week.")
@@ -91,7 +91,7 @@ class Policy(KaizenModel):
     max_consecutive_failures: int = Field(
         default=3, ge=1, le=100, description="Failed retrains or rollouts in a row before the loop stops (Degraded)."
     )
-    rollback_window: bounded_duration("0s", "720h") = Field(
+    rollback_window: Annotated[str, BoundedDuration("0s", "720h")] = Field(
         default="1h",
         description="A breach that begins within this time after a promotion is blamed on it: Kaizen rolls back to "
         "the previous model instead of retraining. From 0s (never blamed) to 720h.",
@@ -164,7 +164,7 @@ class ImprovementLoopSpec(KaizenModel):
         ),
     )
     feedback: FeedbackSpec | None = Field(default=None, description="Explicit user feedback from the collector.")
-    interval: bounded_duration("1s", "24h") = Field(
+    interval: Annotated[str, BoundedDuration("1s", "24h")] = Field(
         default="1m", description="How often signals and feedback are observed: from 1s to 24h."
     )
     policy: Policy = nested(Policy, "Limits, budgets and approvals.")

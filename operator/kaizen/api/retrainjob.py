@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from kaizen.api.common import (
     DNS_SUBDOMAIN_PATTERN, IMMUTABLE, LABEL_VALUE_PATTERN, CommonStatus, KaizenModel, LabelKey, LabelValue, ModelRef,
-    Reason, SecretKeyRef, bounded_duration, bounds_rule, cel, label_key_rule, nested, validations,
+    Reason, SecretKeyRef, BoundedDuration, bounds_rule, cel, label_key_rule, nested, validations,
 )
 
 Task = Literal["causal-lm", "sequence-classification"]
@@ -367,7 +367,7 @@ class RetrainTemplate(KaizenModel):
         default=2, ge=0, le=20, description="Retries of a failed training pod (with resources.nodes above 1, of a "
         "failed attempt: the Job's limit is this times the nodes, as a failed rank ends every node's pod).",
     )
-    active_deadline: bounded_duration("1s", "720h") = Field(
+    active_deadline: Annotated[str, BoundedDuration("1s", "720h")] = Field(
         default="6h", description="Hard time limit of the training Job (its activeDeadlineSeconds): from 1s to 720h."
     )
 
@@ -435,7 +435,7 @@ class Gate(KaizenModel):
     }
 
 
-GATES_FIELD = Field(
+GATES_FIELD: list[Gate] = Field(
     default_factory=list, max_length=32,
     description="Release criteria; a candidate that fails any is not rolled out.",
 )

@@ -11,16 +11,18 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field
+from pydantic.json_schema import JsonValue
 
 from kaizen.api.common import (
     IMMUTABLE, CommonStatus, DNSLabel, KaizenModel, ModelRef, Name, Percent, PrometheusSpec, Reason, TargetRef,
-    bounded_duration, bounds_rule, cel, exactly_one_rule, nested, validations,
+    BoundedDuration, bounds_rule, cel, exactly_one_rule, nested, validations,
 )
 
-QUERY_FIELD = dict(
+#: A metric's PromQL, as a type (rather than Field keyword arguments in a dict) so that type checkers see a str.
+PromQL = Annotated[str, Field(
     min_length=1, max_length=4096,
     description="PromQL. Placeholders {{track}}, {{version}}, {{namespace}} and {{target}} are filled in per track.",
-)
+)]
 
 
 class ReplicasRouting(KaizenModel):
@@ -163,7 +165,7 @@ class AdapterRouting(KaizenModel):
         default="/etc/kaizen/adapters", min_length=2, max_length=256, pattern=r"^/[^\x00]*$",
         description="Where the stable's pods mount the ConfigMap; the server reads KAIZEN_ADAPTERS_FILE there.",
     )
-    sync_period: bounded_duration("0s", "10m") = Field(
+    sync_period: Annotated[str, BoundedDuration("0s", "10m")] = Field(
         default="60s", description="How long the pods take to see a change of the ConfigMap (the kubelet's sync "
         "period and cache, about a minute by default): a step's weight counts as set only after it; from 0s to 10m.",
     )
@@ -199,13 +201,15 @@ class TrafficRouting(KaizenModel):
 class AnalysisStep(KaizenModel):
     """Hold the current weight while the analysis metrics judge the canary; needs at least one metric."""
 
-    duration: bounded_duration("1s", "720h") = Field(description="How long to analyse, e.g. 10m: from 1s to 720h.")
+    duration: Annotated[str, BoundedDuration("1s", "720h")] = Field(
+        description="How long to analyse, e.g. 10m: from 1s to 720h."
+    )
 
 
 class PauseStep(KaizenModel):
     """Hold at the current weight; without a duration, wait for `kaizen approve` or `kaizen promote`."""
 
-    duration: bounded_duration("1s", "720h") | None = Field(
+    duration: Annotated[str, BoundedDuration("1s", "720h")] | None = Field(
         default=None, description="How long to pause, from 1s to 720h; omit to wait for approval."
     )
 
@@ -223,14 +227,14 @@ class Step(KaizenModel):
 class RatioMetric(KaizenModel):
     """A rate: good events over total events, per track (e.g. non-5xx over all requests)."""
 
-    good: str = Field(**QUERY_FIELD)
-    total: str = Field(**QUERY_FIELD)
+    good: PromQL
+    total: PromQL
 
 
 class ThresholdMetric(KaizenModel):
     """A value per track compared to a bound (e.g. p95 latency in seconds)."""
 
-    query: str = Field(**QUERY_FIELD)
+    query: PromQL
     min: float | None = Field(default=None, description="The canary's value must be at least this.")
     max: float | None = Field(default=None, description="The canary's value must be at most this.")
 
@@ -278,7 +282,7 @@ class FailurePolicy(KaizenModel):
 class Analysis(KaizenModel):
     """How the canary is judged against stable: every interval, throughout the rollout, by every metric."""
 
-    interval: bounded_duration("1s", "24h") = Field(
+    interval: Annotated[str, BoundedDuration("1s", "24h")] = Field(
         default="1m", description="Time between two looks at the metrics: from 1s to 24h."
     )
     alpha: float = Field(
@@ -305,8 +309,9 @@ class Analysis(KaizenModel):
 
 # Without analysis steps, so a template that defines no metrics is still valid: a timed 10 -> 50 -> 100 canary.
 # With metrics, the last step waits for a passing look before promoting (Analysis.metrics).
-DEFAULT_STEPS = [{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 50},
-                 {"pause": {"duration": "10m"}}, {"setWeight": 100}]
+# JSON values, as the CRD default they also are (json_schema_extra).
+DEFAULT_STEPS: list[JsonValue] = [{"setWeight": 10}, {"pause": {"duration": "5m"}}, {"setWeight": 50},
+                                   {"pause": {"duration": "10m"}}, {"setWeight": 100}]
 
 
 class RolloutTemplate(KaizenModel):

@@ -199,7 +199,7 @@ def _evaluation_settings(args: argparse.Namespace) -> Any:
             shares[track] = share
         else:
             default = share
-    judges = []
+    judges: list[tuple[str, str]] = []
     for value in args.eval_judge:
         name, sep, uri = value.partition("=") if "=" in value.split("/")[0] else ("judge", "", value)
         if not name or name in ("reference", "safety") or name in (n for n, _ in judges):

@@ -60,7 +60,8 @@ class Route:
 
 
 def document(routes: list[Route], title: str, version: str, description: str = "") -> dict[str, Any]:
-    requests, responses = {ErrorResponse}, {ErrorResponse}
+    requests: set[type[BaseModel]] = {ErrorResponse}
+    responses: set[type[BaseModel]] = {ErrorResponse}
     for r in routes:
         requests.update(r.body)
         responses.update(r.response)

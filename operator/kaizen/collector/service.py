@@ -257,7 +257,7 @@ def _parse_ingest(raw: bytes, single: type[BaseModel], batch: type[BaseModel]) -
         raise ClientError(422, "the body is invalid; see fields", _field_errors(error)) from None
 
 
-def _query(request: web.Request, model: type[m.FeedbackQuery] | type[m.AuditQuery]) -> Any:
+def _query(request: web.Request, model: type[m.FeedbackQuery] | type[m.AuditQuery] | type[m.ReviewQuery]) -> Any:
     try:
         if issubclass(model, m.FeedbackQuery):
             return model.from_query(request.query)

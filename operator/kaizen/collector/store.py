@@ -93,7 +93,8 @@ def _sqlite_ingest(table: Table) -> tuple[tuple[str, dict[str, Any]], tuple[str,
     kept = select(*fields.values()).where(~opted_out)  # SQLite's upsert needs the WHERE: it parses ON as a join's
     insert = sqlite.insert(table).from_select(list(fields), kept).on_conflict_do_nothing()
     named = sqlite.dialect(paramstyle="named")
-    return tuple((c.string, dict(c.params)) for c in (answer.compile(dialect=named), insert.compile(dialect=named)))
+    answering, inserting = answer.compile(dialect=named), insert.compile(dialect=named)
+    return (answering.string, dict(answering.params)), (inserting.string, dict(inserting.params))
 
 
 _POSTGRES_INGEST = {table: _postgres_ingest(table) for table in (_t, _f)}
@@ -421,12 +422,14 @@ class Store:
     def _ingest_sqlite(self, groups: list[tuple[Table, list[dict[str, Any]]]]) -> list[Sequence[Any]]:
         """Each group as an answering select and an insert, on the writer's own connection (in the writer thread)."""
         if self._sqlite is None:
-            conn = sqlite3.connect(make_url(self.url).database, isolation_level=None)  # autocommit
+            database = make_url(self.url).database
+            assert database, "async_url refuses a SQLite URL without a file path"
+            conn = sqlite3.connect(database, isolation_level=None)  # autocommit
             _sqlite_pragmas(conn, None)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
             self._sqlite = conn
         try:
-            answers = []
+            answers: list[Sequence[Any]] = []
             for table, rows in groups:
                 (answer, answer_params), (insert, insert_params) = _SQLITE_INGEST[table]
                 document = json.dumps(rows)

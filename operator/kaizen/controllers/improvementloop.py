@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from kaizen.api import IMPROVEMENT_LOOP
-from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, parse_time
+from kaizen.api.actions import FAILURES_ACKNOWLEDGED, PAUSED, parse_time, parse_timestamp
 from kaizen.api.common import API_GROUP, ModelRef
 from kaizen.api.improvementloop import ImprovementLoopSpec, ImprovementLoopStatus
 from kaizen.controllers import notifications, reconcile
@@ -77,7 +77,7 @@ scheduler = schedule(IMPROVEMENT_LOOP, look_now)
 
 @classified
 def observe_and_decide(
-    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
+    body: dict[str, Any], spec: dict[str, Any], status: dict[str, Any], meta: dict[str, Any], patch: kopf.Patch,
     logger: kopf.Logger, **_: Any,
 ) -> datetime | None:
     now = reconcile.clock.now()
@@ -201,16 +201,17 @@ _indices: dict[str, Any] = {}
 
 
 @kopf.index("kaizen.dev", "v1alpha1", "retrainjobs", labels={LOOP_LABEL: kopf.PRESENT}, id="loop_retrainjobs")
-def loop_retrainjobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
+def loop_retrainjobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
     return {(namespace, labels[LOOP_LABEL]): to_child("RetrainJob", dict(body))}
 
 
 @kopf.index("kaizen.dev", "v1alpha1", "rollouts", labels={LOOP_LABEL: kopf.PRESENT}, id="loop_rollouts")
-def loop_rollouts(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
+def loop_rollouts(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Child]:
     return {(namespace, labels[LOOP_LABEL]): to_child("Rollout", dict(body))}
 
 
-@kopf.on.startup(id="keep_loop_indices")
+# kopf passes its indices by name, which its ActivityFn protocol has no parameter for.
+@kopf.on.startup(id="keep_loop_indices")  # type: ignore[arg-type]
 def keep_indices(loop_retrainjobs: kopf.Index, loop_rollouts: kopf.Index, **_: Any) -> None:
     _indices.update(retrainjobs=loop_retrainjobs, rollouts=loop_rollouts)
 
@@ -239,7 +240,7 @@ def gather_children(namespace: str, loop: str) -> list[Child]:
 def to_child(kind: str, obj: dict[str, Any]) -> Child:
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
     labels = meta.get("labels", {})
-    created = parse_time(meta["creationTimestamp"])
+    created = parse_timestamp(meta["creationTimestamp"])
     candidate = status.get("candidate") if kind == "RetrainJob" else spec.get("canaryModel")
     transitions = [parse_time(c.get("lastTransitionTime")) for c in status.get("conditions", [])]
     finished = parse_time(status.get("completionTime")) or max((t for t in transitions if t), default=None)

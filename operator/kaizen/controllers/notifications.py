@@ -97,7 +97,7 @@ def deliver(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, due: da
     # Backoff counts from when the attempts ended: on a loaded machine a look's sends may take seconds.
     settled = logic.settle(box, results, reconcile.clock.now())
     for event in settled.events:
-        kopf.event(obj, type=event.type, reason=event.reason, message=event.message)
+        kopf.event(reconcile.as_body(obj), type=event.type, reason=event.reason, message=event.message)
     for line in settled.log:
         (logger.info if line.startswith("Notified") else logger.warning)(line)
     write_status(stored, patch, {"notifications": settled.cursor.to_wire()})
@@ -106,7 +106,7 @@ def deliver(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, due: da
 
 
 def _post(delivery: logic.Delivery, namespace: str, secrets: dict[tuple[str, str], str | Exception]) -> str | None:
-    secret = None
+    secret: str | None = None
     ref = delivery.target.secret_ref
     if ref is not None:
         if (ref.name, ref.key) not in secrets:
@@ -114,10 +114,11 @@ def _post(delivery: logic.Delivery, namespace: str, secrets: dict[tuple[str, str
                 secrets[(ref.name, ref.key)] = resources.read_secret_key(namespace, ref.name, ref.key)
             except (ApiError, KeyError) as error:
                 secrets[(ref.name, ref.key)] = error
-        secret = secrets[(ref.name, ref.key)]
-        if isinstance(secret, Exception):
-            what = "not found" if isinstance(secret, ApiError) and secret.not_found else str(secret)
+        read = secrets[(ref.name, ref.key)]
+        if isinstance(read, Exception):
+            what = "not found" if isinstance(read, ApiError) and read.not_found else str(read)
             return f"cannot read the signing secret from Secret {ref.name} key {ref.key}: {what}"
+        secret = read
     return webhook.post(delivery.target.url, delivery.notice.id, logic.payload(delivery.notice, delivery.target),
                         secret)
 

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kopf
 from pydantic import BaseModel
@@ -165,6 +165,12 @@ def classified(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def as_body(obj: dict[str, Any]) -> kopf.Body:
+    """An object as the API returned it, for kopf's Event posting: kopf types that argument as its own Body (a view
+    of such a dict) and reads only its apiVersion, kind and metadata."""
+    return cast(kopf.Body, obj)
+
+
 def report_bug(error: Exception, kwargs: dict[str, Any]) -> None:
     meta, logger = kwargs.get("meta") or {}, kwargs["logger"]
     key = (str(meta.get("uid")), f"{type(error).__name__}: {error}")
@@ -193,7 +199,7 @@ def take_request(resource: ResourceKind, obj: dict[str, Any], allowed: Sequence[
     try:
         request = pending(annotations, allowed, recorded, usage)
     except ValueError as problem:
-        kopf.warn(obj, reason="InvalidAction", message=str(problem))
+        kopf.warn(as_body(obj), reason="InvalidAction", message=str(problem))
         request = None
     if consumable(annotations, request):
         resources.remove_annotations(resource.kind, meta["namespace"], meta["name"], REQUEST_KEYS)
@@ -214,7 +220,7 @@ class LookPatch(kopf.Patch):
 
     def announce(self) -> None:
         for obj, event in self.events:
-            kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
+            kopf.event(as_body(obj), type=event.type, reason=event.reason, message=event.message[:1024])
         self.events.clear()
 
 
@@ -255,7 +261,7 @@ def apply(obj: dict[str, Any], effects: Effects, patch: kopf.Patch, logger: kopf
         if isinstance(patch, LookPatch):
             patch.events.append((obj, event))
         else:
-            kopf.event(obj, type=event.type, reason=event.reason, message=event.message[:1024])
+            kopf.event(as_body(obj), type=event.type, reason=event.reason, message=event.message[:1024])
     for line in effects.log:
         logger.info(line)
     write_status(stored, patch, {**unblocked(stored), **effects.status})

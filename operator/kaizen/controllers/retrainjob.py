@@ -39,7 +39,8 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
 
 
 @classified
-def follow(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> datetime | None:
+def follow(body: dict[str, Any], meta: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
+           **_: Any) -> datetime | None:
     if (body.get("status") or {}).get("phase") in FINISHED:
         return None  # at rest: nothing to read, nothing to do
     namespace, name = meta["namespace"], meta["name"]

@@ -26,7 +26,7 @@ from typing import Any
 import kopf
 
 from kaizen.api import ROLLOUT
-from kaizen.api.actions import ACTION, parse_time
+from kaizen.api.actions import ACTION, parse_timestamp
 from kaizen.api.common import parse_duration
 from kaizen.api.rollout import RolloutSpec, RolloutStatus
 from kaizen.controllers import reconcile
@@ -55,7 +55,7 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
 
 
 @classified
-def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
+def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger,
          **_: Any) -> datetime | None:
     """One look; returns when the next is due (:func:`kaizen.logic.rollout.next_due`), None: only on a change."""
     namespace, name = meta["namespace"], meta["name"]
@@ -125,7 +125,7 @@ def contenders(namespace: str, target: str) -> list[Contender]:
             parse_spec(ROLLOUT, obj.get("spec") or {}, meta["name"])
         except InvalidSpec:
             continue  # it will never act; it must not keep its target from others
-        found.append(Contender(name=meta["name"], created=parse_time(meta["creationTimestamp"]),
+        found.append(Contender(name=meta["name"], created=parse_timestamp(meta["creationTimestamp"]),
                                phase=status.get("phase")))
     return found
 

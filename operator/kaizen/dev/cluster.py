@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import kubernetes.client
 import kubernetes.config
+import urllib3
 import yaml
 
 from kaizen.dev import processes
@@ -466,6 +467,12 @@ def free_ports(count: int) -> list[int]:
         for s in sockets:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in sockets]
+
+
+def raw_json(response: object) -> Any:
+    """The API's JSON of a call made with ``_preload_content=False`` (the client's models are slow to build, and
+    reformat timestamps): the client types such a call as returning its model, but it returns the HTTP response."""
+    return json.loads(cast(urllib3.BaseHTTPResponse, response).data)
 
 
 def _component_healthy(port: int) -> bool:

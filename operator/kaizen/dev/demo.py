@@ -218,6 +218,7 @@ class Held:
 def route_weights(objects: Any, name: str) -> tuple[tuple[str, int], ...]:
     """(backend, weight) of the route's rule, in order: its first rule that is not one of Kaizen's own."""
     route = objects.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", NAMESPACE, "httproutes", name)
+    rule: dict[str, Any]
     rule = next((r for r in route["spec"].get("rules") or [] if not (r.get("name") or "").startswith("kaizen-")), {})
     return tuple((b["name"], b.get("weight", 1)) for b in rule.get("backendRefs") or [])
 
@@ -227,7 +228,7 @@ def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) ->
     (so never the moment between the operator's write of the route and its write of the status), as it comes."""
     import kubernetes.client
 
-    objects = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    objects: Any = kubernetes.client.CustomObjectsApi(cluster.api_client())  # its custom objects are the API's JSON
     held: list[Held] = []
     previous: tuple[Routed, float] | None = None
     deadline = time.monotonic() + timeout
@@ -257,7 +258,7 @@ def follow_rollout(cluster: ClusterAccess, route: str | None, timeout: float) ->
         time.sleep(0.5)
 
 
-def served_by_track(prometheus: Any, held: list[Held]) -> list[tuple[float, int, int, float]]:
+def served_by_track(prometheus: Any, held: list[Held]) -> list[tuple[float | None, int, int, float]]:
     """For each span of looks at one reached weight (asked and achieved alike) while the Rollout was under way: the
     weight, the requests the servers counted for the stable and the canary track (Prometheus's
     ``kaizen_server_requests_total``, per pod, from :data:`SETTLE` seconds into the span to its last look), and the

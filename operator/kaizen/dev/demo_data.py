@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kaizen.api.retrainjob import Task
 from kaizen.dev import support_domain as sd
 
 REPLAY = "data/support-bot/replay.jsonl"
@@ -75,7 +76,7 @@ def write_data(root: Path, dom: sd.Domain, task: str = "causal-lm") -> dict[str,
     }
 
 
-def initial_model(directory: Path, task: str = "causal-lm") -> Path:
+def initial_model(directory: Path, task: Task = "causal-lm") -> Path:
     """A randomly initialised tiny GPT-2 over every word of the domain, whatever the drift (and every action label,
     for classification)."""
     from kaizen_trainer import synthetic
@@ -115,7 +116,7 @@ def train(work: Path, output: Path, *, task: str, baseline: tuple[str, str], can
     return result
 
 
-def build(root: Path, task: str = "causal-lm", policy_cohorts: Sequence[str] | None = None,
+def build(root: Path, task: Task = "causal-lm", policy_cohorts: Sequence[str] | None = None,
           new_intent: bool = False) -> dict[str, Any]:
     """The demo's files and its baseline v1 under ``root``; returns the baseline's trainer result."""
     dom = domain(policy_cohorts, new_intent)

@@ -170,7 +170,7 @@ class LocalGateway:
         """Start Traefik and the Gateway objects, and wait until Traefik answers its ping."""
         traefik = find_binary("traefik")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._api = self.cluster.api_client()
+        self._api = api = self.cluster.api_client()
         self._apply_gateway()
         config = self.workdir / "traefik.yml"
         config.write_text(yaml.safe_dump(self.config()))
@@ -178,7 +178,8 @@ class LocalGateway:
                                         self.workdir / "traefik.log", detach=False,
                                         env={"KUBECONFIG": str(self.cluster.kubeconfig), "PATH": "/usr/bin:/bin"})
         self._stop.clear()
-        self._mirror = threading.Thread(target=self._mirror_endpoints, name="kaizen-gateway-endpoints", daemon=True)
+        self._mirror = threading.Thread(target=self._mirror_endpoints, args=(api,), name="kaizen-gateway-endpoints",
+                                        daemon=True)
         self._mirror.start()
         deadline = time.monotonic() + timeout
         while not self._pinged():
@@ -220,25 +221,27 @@ class LocalGateway:
         objects.patch_namespaced_custom_object(GATEWAY_GROUP, "v1", self.namespace, "gateways", self.name, gateway,
                                                **apply)
 
-    def _mirror_endpoints(self) -> None:
-        core = kubernetes.client.CoreV1Api(self._api)
-        discovery = kubernetes.client.DiscoveryV1Api(self._api)
+    def _mirror_endpoints(self, api: kubernetes.client.ApiClient) -> None:
+        core = kubernetes.client.CoreV1Api(api)
+        discovery = kubernetes.client.DiscoveryV1Api(api)
         written: dict[str, dict[str, Any]] = {}
         while not self._stop.wait(_MIRROR_SECONDS):
             try:
-                services = self._api.sanitize_for_serialization(core.list_namespaced_service(self.namespace).items)
-                pods = self._api.sanitize_for_serialization(core.list_namespaced_pod(self.namespace).items)
+                services = api.sanitize_for_serialization(core.list_namespaced_service(self.namespace).items)
+                pods = api.sanitize_for_serialization(core.list_namespaced_pod(self.namespace).items)
                 for service in services:
                     desired = local_endpoint_slice(service, pods)
                     if desired is None or written.get(desired["metadata"]["name"]) == desired:
                         continue
                     name = desired["metadata"]["name"]
+                    # The client types a body as its model, and sends a dict (the API's JSON) as it is.
                     try:
-                        discovery.replace_namespaced_endpoint_slice(name, self.namespace, desired)
+                        discovery.replace_namespaced_endpoint_slice(
+                            name, self.namespace, desired)  # type: ignore[arg-type]
                     except ApiException as error:
                         if error.status != 404:
                             raise
-                        discovery.create_namespaced_endpoint_slice(self.namespace, desired)
+                        discovery.create_namespaced_endpoint_slice(self.namespace, desired)  # type: ignore[arg-type]
                     written[name] = desired
                     log.info("Updated local endpoints service=%s addresses=%s", service["metadata"]["name"],
                              [e["addresses"][0] for e in desired["endpoints"] if e["conditions"]["ready"]])

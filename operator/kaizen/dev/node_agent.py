@@ -53,6 +53,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +64,7 @@ import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
 from kaizen.dev import processes
-from kaizen.dev.cluster import GPU_NODE, free_ports
+from kaizen.dev.cluster import GPU_NODE, free_ports, raw_json
 from kaizen.dev.serving import ConfigError, Lookup, ServingPods, container_env, expand, threads
 
 log = logging.getLogger("kaizen.dev.node_agent")
@@ -244,7 +245,7 @@ class NodeAgent:
     def host_ip(self) -> str:
         """The node's InternalIP, which a kubelet reports as its pods' hostIP."""
         try:
-            node = json.loads(self.core.read_node(self.node, _preload_content=False).data)
+            node = raw_json(self.core.read_node(self.node, _preload_content=False))
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -257,7 +258,7 @@ class NodeAgent:
         timestamps)."""
         listed = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}",
                                                       _preload_content=False)
-        return json.loads(listed.data)["items"]
+        return raw_json(listed)["items"]
 
     def sync(self) -> None:
         """One pass: start what is held and not yet run, report what ended, stop what was deleted."""
@@ -270,8 +271,8 @@ class NodeAgent:
             if pod.get("status", {}).get("phase") == "Running":
                 self.start(pod)
         for uid, run in list(self.running.items()):
-            pod = pods.get(uid)
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
+            seen = pods.get(uid)
+            if seen is None or seen["metadata"].get("deletionTimestamp"):
                 log.info(f"Stopped container of deleted pod pod={_key(run.pod)}")
                 processes.stop([run.process])
                 del self.running[uid]
@@ -352,7 +353,7 @@ class NodeAgent:
                 self.project(Path(folder), data, volume["secret"].get("items"), None)
         return filesystem
 
-    def _source(self, kind: str, name: str, namespace: str, volume: dict[str, Any]) -> dict[str, str]:
+    def _source(self, kind: str, name: str, namespace: str, volume: dict[str, Any]) -> Mapping[str, str]:
         """A ConfigMap's or Secret's data for a volume; empty for a missing ``optional`` one, and a
         :class:`~kaizen.dev.serving.ConfigError` for a missing one that is not (the pod waits, as with a kubelet)."""
         data = self.lookup(namespace)(kind, name)
@@ -363,7 +364,7 @@ class NodeAgent:
         return data
 
     @staticmethod
-    def project(folder: Path, data: dict[str, str], items: list[dict[str, str]] | None,
+    def project(folder: Path, data: Mapping[str, str], items: list[dict[str, str]] | None,
                 filesystem: Filesystem | None) -> None:
         """Write a ConfigMap's or Secret's keys as files (``items`` picks and renames them), each whole (written
         aside, then renamed, as the kubelet swaps a volume's content at once), and remove the files of keys that

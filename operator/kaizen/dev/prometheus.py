@@ -84,7 +84,7 @@ def kubernetes_pod_target(pod: dict[str, Any], container: dict[str, Any], port: 
     labels.update({f"__meta_kubernetes_pod_annotation_{_sanitize(k)}": v
                    for k, v in (meta.get("annotations") or {}).items()})
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
+    owner: dict[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
     labels.update({
         "__meta_kubernetes_pod_uid": meta.get("uid", ""), "__meta_kubernetes_pod_ip": status.get("podIP", ""),
         "__meta_kubernetes_pod_host_ip": status.get("hostIP", ""),

@@ -30,7 +30,7 @@ import kubernetes.config
 import kubernetes.watch
 from kubernetes.client.exceptions import ApiException
 
-from kaizen.dev.cluster import ClusterAccess
+from kaizen.dev.cluster import ClusterAccess, raw_json
 from kaizen.dev.serving import local_address
 
 log = logging.getLogger("kaizen.dev.service_proxy")
@@ -111,8 +111,7 @@ class ServiceProxy:
         api = self.access.api_client()
         core, discovery = kubernetes.client.CoreV1Api(api), kubernetes.client.DiscoveryV1Api(api)
         try:
-            service = json.loads(core.read_namespaced_service(self.service, self.namespace,
-                                                              _preload_content=False).data)
+            service = raw_json(core.read_namespaced_service(self.service, self.namespace, _preload_content=False))
         except ApiException as error:
             if error.status == 404:
                 raise ServiceProxyError(f"Service {self.namespace}/{self.service} not found: apply it first") from None
@@ -152,8 +151,8 @@ class ServiceProxy:
         selector = f"{_SERVICE_LABEL}={self.service}"
         while not self._stopping.is_set():
             try:
-                result = json.loads(discovery.list_namespaced_endpoint_slice(
-                    self.namespace, label_selector=selector, _preload_content=False).data)
+                result = raw_json(discovery.list_namespaced_endpoint_slice(
+                    self.namespace, label_selector=selector, _preload_content=False))
                 self._slices = {s["metadata"]["name"]: s for s in result["items"]}
                 listed.set()
                 version = result["metadata"]["resourceVersion"]

@@ -164,9 +164,9 @@ def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], lookup: 
         elif "configMapKeyRef" in source or "secretKeyRef" in source:
             kind, ref = (("ConfigMap", source["configMapKeyRef"]) if "configMapKeyRef" in source
                          else ("Secret", source["secretKeyRef"]))
-            data = _source(lookup, kind, ref, namespace)
-            if data is not None and ref["key"] in data:
-                env[name] = data[ref["key"]]
+            found = _source(lookup, kind, ref, namespace)
+            if found is not None and ref["key"] in found:
+                env[name] = found[ref["key"]]
             elif not ref.get("optional"):
                 raise ConfigError(f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}")
         else:
@@ -464,8 +464,8 @@ class ServingPods:
                 self.pods[uid] = self._adopt(pod)
             self.pods[uid].pod = pod
         for uid, served in list(self.pods.items()):
-            pod = current.get(uid)
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
+            seen = current.get(uid)
+            if seen is None or seen["metadata"].get("deletionTimestamp"):
                 del self.pods[uid]
                 self._begin_stop(served, now)
                 continue

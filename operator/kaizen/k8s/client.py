@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kubernetes.client
 import kubernetes.config
@@ -46,6 +46,11 @@ def configuration() -> kubernetes.client.Configuration:
 @functools.cache
 def api_client() -> kubernetes.client.ApiClient:
     return FencedApiClient(configuration())
+
+
+def json_object(response: object) -> dict[str, Any]:
+    """What the CustomObjectsApi returns, typed there as ``object``: the API server's JSON object, decoded."""
+    return cast(dict[str, Any], response)
 
 
 def fence(may_write: Callable[[], bool] | None) -> None:

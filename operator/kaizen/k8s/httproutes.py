@@ -19,7 +19,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from kaizen.api.rollout import GatewayAPIRouting
-from kaizen.k8s.client import FIELD_MANAGER, api_client
+from kaizen.k8s.client import FIELD_MANAGER, api_client, json_object
 from kaizen.k8s.errors import typed
 from kaizen.logic.routing import ModelSplit, RouteMissing, route_manifest, route_rules, route_share
 
@@ -42,7 +42,7 @@ def _objects() -> kubernetes.client.CustomObjectsApi:
 def read(namespace: str, name: str) -> dict[str, Any] | None:
     """The HTTPRoute as the API returns it, or None if there is none."""
     try:
-        return _objects().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return json_object(_objects().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     except ApiException as error:
         if error.status == 404:
             return None
@@ -54,10 +54,10 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply of :func:`kaizen.logic.routing.route_manifest` with Kaizen's field manager; ``force``: the
     rules are written whole (an atomic list), so Kaizen owns them while it routes the route."""
     meta = manifest["metadata"]
-    return _objects().patch_namespaced_custom_object(
+    return json_object(_objects().patch_namespaced_custom_object(
         GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], manifest, field_manager=FIELD_MANAGER, force=True,
         _content_type="application/apply-patch+yaml",
-    )
+    ))
 
 
 def set_weight(namespace: str, routing: GatewayAPIRouting, *, rollout: str, weight: int,

@@ -10,15 +10,19 @@ from kaizen.k8s.client import api_client
 
 
 def whoami() -> str:
-    """The authenticated username; the kubeconfig's user name if the API server does not answer the review."""
+    """The authenticated username; the kubeconfig's user name if the API server does not answer the review (or
+    answers it without a username)."""
     try:
         review = kubernetes.client.AuthenticationV1Api(api_client()).create_self_subject_review(
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+            kubernetes.client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
         )
-        return review.status.user_info.username
+        user = review.status.user_info if review.status else None
+        if user is not None and user.username:
+            return user.username
     except ApiException:
-        _, context = kubernetes.config.list_kube_config_contexts()
-        return context["context"].get("user", "unknown")
+        pass
+    _, context = kubernetes.config.list_kube_config_contexts()
+    return context["context"].get("user", "unknown")
 
 
 def current_namespace() -> str:

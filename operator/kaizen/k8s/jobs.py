@@ -10,7 +10,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from kaizen.k8s.client import FIELD_MANAGER, api_client
+from kaizen.k8s.client import FIELD_MANAGER, api_client, json_object
 from kaizen.k8s.errors import NotOwned, typed
 from kaizen.logic.retrain import TRAINJOB_GROUP, TRAINJOB_PLURAL, TRAINJOB_VERSION
 
@@ -35,23 +35,24 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 
 
 def _create_trainjob(namespace: str, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
-    return _custom().create_namespaced_custom_object(TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL,
-                                                     body, field_manager=field_manager)
+    return json_object(_custom().create_namespaced_custom_object(
+        TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL, body, field_manager=field_manager))
 
 
 def _read_trainjob(name: str, namespace: str) -> dict[str, Any]:
-    return _custom().get_namespaced_custom_object(TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL,
-                                                  name)
+    return json_object(_custom().get_namespaced_custom_object(
+        TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL, name))
 
 
 def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
     core, batch = _core(), _batch()
-    return {
+    calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
         "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
         "Service": (core.create_namespaced_service, core.read_namespaced_service),
         "Job": (batch.create_namespaced_job, batch.read_namespaced_job),
         "TrainJob": (_create_trainjob, _read_trainjob),
-    }[kind]
+    }
+    return calls[kind]
 
 
 @typed

@@ -10,7 +10,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kaizen.api import KINDS, ResourceKind
 from kaizen.api.common import API_GROUP, API_VERSION
-from kaizen.k8s.client import FIELD_MANAGER, api_client
+from kaizen.k8s.client import FIELD_MANAGER, api_client, json_object
 from kaizen.k8s.errors import NotOwned, typed
 
 BY_KIND: dict[str, ResourceKind] = {k.kind: k for k in KINDS}
@@ -24,9 +24,9 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 @typed
 def list_owned(kind: str, namespace: str, loop: str) -> list[dict[str, Any]]:
     """The objects of ``kind`` a loop created (found by label; owner references make them its children)."""
-    listed = _custom().list_namespaced_custom_object(
+    listed = json_object(_custom().list_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, label_selector=f"{LOOP_LABEL}={loop}"
-    )
+    ))
     return listed["items"]
 
 
@@ -36,13 +36,13 @@ def create_or_adopt(kind: str, namespace: str, body: dict[str, Any], owner_uid: 
     after a crash between create and status write), otherwise refuse with :class:`NotOwned`."""
     plural = BY_KIND[kind].plural
     try:
-        return _custom().create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, body,
-                                                          field_manager=FIELD_MANAGER)
+        return json_object(_custom().create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, body,
+                                                                      field_manager=FIELD_MANAGER))
     except ApiException as error:
         if error.status != 409:
             raise
-    existing = _custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural,
-                                                      body["metadata"]["name"])
+    existing = json_object(_custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural,
+                                                                  body["metadata"]["name"]))
     owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
     if owner_uid not in owners:
         owner = body["metadata"]["ownerReferences"][0]
@@ -62,7 +62,8 @@ def delete(kind: str, namespace: str, name: str) -> None:
 
 @typed
 def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
-    return _custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name)
+    return json_object(_custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace,
+                                                              BY_KIND[kind].plural, name))
 
 
 @typed
@@ -87,6 +88,7 @@ def remove_annotations(kind: str, namespace: str, name: str, keys: list[str]) ->
 @typed
 def read_secret_key(namespace: str, name: str, key: str) -> str:
     secret = kubernetes.client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
-    if key not in (secret.data or {}):
+    data = secret.data or {}
+    if key not in data:
         raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-    return base64.b64decode(secret.data[key]).decode().strip()
+    return base64.b64decode(data[key]).decode().strip()

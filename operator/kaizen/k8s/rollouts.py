@@ -8,21 +8,21 @@ import kubernetes.client
 
 from kaizen.api import ROLLOUT
 from kaizen.api.common import API_GROUP, API_VERSION
-from kaizen.k8s.client import api_client
+from kaizen.k8s.client import api_client, json_object
 from kaizen.k8s.errors import typed
 
 
 @typed
 def read(namespace: str, name: str) -> dict[str, Any]:
-    return kubernetes.client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name)
+    return json_object(kubernetes.client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name))
 
 
 @typed
 def list_in(namespace: str) -> list[dict[str, Any]]:
     """Every Rollout of the namespace, as the API server has them now."""
-    return kubernetes.client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, ROLLOUT.plural)["items"]
+    return json_object(kubernetes.client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural))["items"]
 
 
 @typed

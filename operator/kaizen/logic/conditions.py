@@ -23,13 +23,16 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Return ``conditions`` with the one of ``type`` set; ``lastTransitionTime`` moves only when status changes."""
     previous = next((c for c in conditions if c.get("type") == type), None)
-    changed = previous is None or previous.get("status") != status
+    if previous is not None and previous.get("status") == status:
+        transition = previous["lastTransitionTime"]
+    else:
+        transition = now.isoformat().replace("+00:00", "Z")
     condition = {
         "type": type,
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now.isoformat().replace("+00:00", "Z") if changed else previous["lastTransitionTime"],
+        "lastTransitionTime": transition,
         "observedGeneration": generation,
     }
     return [condition if c.get("type") == type else c for c in conditions] if previous else [*conditions, condition]

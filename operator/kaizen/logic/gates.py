@@ -58,15 +58,16 @@ def judge_gate(gate: Gate, candidate: Mapping[str, float], baseline: Mapping[str
     key = metric_key(gate)
     value, reference = candidate.get(key), baseline.get(key)
     needs_baseline = gate.min_delta is not None or gate.max_delta is not None
-    passed = value is not None and (reference is not None or not needs_baseline)
-    if passed:
-        # Rounded so that 0.30 - 0.28 meets "delta >= 0.02" as a reader of the numbers expects.
+    passed = False
+    if value is not None and (reference is not None or not needs_baseline):
+        # Rounded so that 0.30 - 0.28 meets "delta >= 0.02" as a reader of the numbers expects. A delta bound
+        # implies a reference (needs_baseline), so delta is None only where no delta bound asks for it.
         delta = round(value - reference, 9) if reference is not None else None
         passed = all((
             gate.min is None or value >= gate.min,
             gate.max is None or value <= gate.max,
-            gate.min_delta is None or delta >= gate.min_delta,
-            gate.max_delta is None or delta <= gate.max_delta,
+            gate.min_delta is None or (delta is not None and delta >= gate.min_delta),
+            gate.max_delta is None or (delta is not None and delta <= gate.max_delta),
         ))
     bounds = threshold(gate)
     if value is None or (needs_baseline and reference is None):

@@ -252,6 +252,7 @@ def fold_outcomes(
     promoted = None
     for child in sorted((c for c in children if c.kind == "Rollout" and c.phase == "Promoted" and c.candidate),
                         key=lambda c: c.finished or c.created):
+        assert child.candidate is not None  # for mypy: the generator keeps only children with a candidate
         when = child.finished or child.created
         if model is not None and (model.version == child.candidate.version or (model.since and when <= model.since)):
             continue  # already folded in on an earlier observation

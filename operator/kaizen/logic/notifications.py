@@ -73,7 +73,7 @@ def event_id(decision_id: str, event_type: str) -> str:
 
 def derive(decisions: list[Decision], namespace: str, loop: str) -> list[Notice]:
     """The events the decision log (newest first, as stored) holds, oldest first."""
-    notices = []
+    notices: list[Notice] = []
     for decision in reversed(decisions):
         outcome = decision.outcome or ""
         ended = outcome.split(":", 1)[0]

@@ -574,7 +574,7 @@ def _phase(spec: RetrainJobSpec, job: dict[str, Any], pods: list[dict[str, Any]]
                                        "reached",
                "DeadlineExceeded": f"activeDeadline {spec.active_deadline} exceeded",
                "PodFailurePolicy": "the trainer reported a failure retrying cannot fix"}.get(
-            failed.get("reason"), failed.get("message") or failed.get("reason") or "the Job failed")
+            failed.get("reason") or "", failed.get("message") or failed.get("reason") or "the Job failed")
         detail = f"; last: {last.reason}: {last.message}" if last else ""
         return Observation("Failed", f"Training failed: {why}{detail}", fields, failures)
     if job.get("spec", {}).get("suspend"):

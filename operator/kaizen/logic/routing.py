@@ -178,7 +178,7 @@ def managed_rule_indexes(rules: list[dict[str, Any]], routing: GatewayAPIRouting
     stable = routing.stable_backend
     candidates = [i for i, r in enumerate(rules) if not (r.get("name") or "").startswith(prefix)]
     if routing.rules:
-        names = {rules[i].get("name"): i for i in candidates if rules[i].get("name")}
+        names: dict[str, int] = {rules[i]["name"]: i for i in candidates if rules[i].get("name")}
         missing = [n for n in routing.rules if n not in names]
         if missing:
             raise RouteError(f"HTTPRoute {route} has no rule named {', '.join(missing)} (its named rules: "

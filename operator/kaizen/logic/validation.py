@@ -127,12 +127,18 @@ def _rollout_problems(rollout: RolloutTemplate, field: str) -> Iterator[str]:
     analysed = [i for i, step in enumerate(rollout.steps) if step.analysis]
     if analysed and not analysis.metrics:
         yield f"{field}.analysis.metrics: steps {analysed} analyse the canary, but no analysis metric is defined"
-    for i in analysed:
-        if parse_duration(rollout.steps[i].analysis.duration) < interval:
-            yield (f"{field}.steps[{i}].analysis.duration: {rollout.steps[i].analysis.duration} is shorter than the "
+    for i, step in enumerate(rollout.steps):
+        if step.analysis and parse_duration(step.analysis.duration) < interval:
+            yield (f"{field}.steps[{i}].analysis.duration: {step.analysis.duration} is shorter than the "
                    f"analysis interval {analysis.interval}, so the canary would never be looked at")
     for i, metric in enumerate(analysis.metrics):
-        queries = [metric.ratio.good, metric.ratio.total] if metric.ratio else [metric.threshold.query]
+        if metric.ratio:
+            queries = [metric.ratio.good, metric.ratio.total]
+        elif metric.threshold:
+            queries = [metric.threshold.query]
+        else:  # the API server's CEL rule says so too; a spec that bypassed it must not raise here
+            yield f"{field}.analysis.metrics[{i}]: exactly one of ratio, threshold must be set"
+            continue
         for query in queries:
             yield from _placeholders(query, f"{field}.analysis.metrics[{i}]", ANALYSIS_PLACEHOLDERS)
         if "track" not in {name for query in queries for name in PLACEHOLDER.findall(query)}:
