@@ -58,6 +58,38 @@ def test_mmd_detects_a_real_shift_and_its_effect_grows_with_it() -> None:
     assert power >= 0.9, power
 
 
+def test_novelty_false_alarms_stay_near_alpha_on_unshifted_samples() -> None:
+    rng = np.random.default_rng(3)
+    trials, alpha = 200, 0.05
+    p_values = [drift.novelty_test(rng.normal(size=(60, 8)), rng.normal(size=(60, 8)), permutations=200,
+                                   seed=i).p_value for i in range(trials)]
+    assert sum(p < alpha for p in p_values) / trials <= 0.1
+    assert 0.2 < float(np.mean(p_values)) < 0.8, "p-values of a valid test are uniform under no shift"
+
+
+def test_novelty_finds_a_small_share_of_new_points_that_the_mmd_misses() -> None:
+    # A mixture shift: 8 of 80 recent points from a place the reference never visits, the rest as before.
+    rng = np.random.default_rng(4)
+    found = {"novelty": 0, "mmd": 0}
+    shares = []
+    for i in range(20):
+        reference, recent = rng.normal(size=(80, 8)), rng.normal(size=(80, 8))
+        recent[:8] = rng.normal(size=(8, 8)) * 0.3 + 6 * np.eye(8)[0]
+        novelty = drift.novelty_test(reference, recent, permutations=200, seed=i)
+        found["novelty"] += novelty.p_value < 0.01
+        found["mmd"] += drift.mmd_test(reference, recent, permutations=200, seed=i).p_value < 0.01
+        shares.append(novelty.novel_share)
+    assert found["novelty"] >= 18 and found["novelty"] > found["mmd"], found
+    assert 0.05 <= float(np.median(shares)) <= 0.15, shares  # about the 8/80 that are new
+
+
+def test_novelty_refuses_mismatched_or_tiny_samples() -> None:
+    with pytest.raises(ValueError, match="same width"):
+        drift.novelty_test(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2 points"):
+        drift.novelty_test(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
 def test_mmd_p_value_is_bounded_by_its_permutations() -> None:
     rng = np.random.default_rng(3)
     result = drift.mmd_test(rng.normal(size=(40, 4)), rng.normal(size=(40, 4)) + 5, permutations=99)

@@ -14,8 +14,9 @@ from kaizen.api.improvementloop import (
     Decision, ImprovementLoopSpec, ImprovementLoopStatus, ServedModel, SignalStatus,
 )
 from kaizen.logic.loop import (
-    BacklogItem, Child, Feedback, Observed, Reading, Request, answer, beyond_history_limits, child_name, decide,
-    fold_outcomes, observe_signals, record, target_slices, unaudited,
+    BacklogItem, Child, Feedback, Gathered, Observed, Reading, Request, answer, beyond_history_limits, child_name,
+    companion_evidence, companion_queries, decide, fold_outcomes, look, observe_signals, record, target_slices,
+    unaudited,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -608,3 +609,63 @@ def test_a_request_a_child_answers_is_recorded_and_not_acted_on_again():
                  loop="support-bot", uid="uid-1", generation=1)
     assert later.plan.action == "AwaitApproval" and later.create is None
     assert later.status.last_action.outcome == f"approve: created RetrainJob/{first.create.name}"
+
+
+# ------------------------------------------------------------------------- drift and evaluation as evidence
+
+DRIFT_QUERY = 'max(kaizen_input_drift{model="support-bot",cohort="",method="mmd2"})'
+EVAL_QUERY = ('sum(rate(kaizen_eval_total{model="support-bot",evaluator="judge",verdict="good"}[30m]))'
+              ' / sum(rate(kaizen_eval_total{model="support-bot",evaluator="judge"}[30m]))')
+
+
+def traffic_spec() -> ImprovementLoopSpec:
+    spec = copy.deepcopy(EXAMPLE)
+    spec["signals"] = [{"name": "input-drift", "query": DRIFT_QUERY, "max": 0.004, "for": "0s"},
+                       {"name": "judged-good", "query": EVAL_QUERY, "min": 0.7, "for": "0s"}]
+    return ImprovementLoopSpec.model_validate(spec)
+
+
+def test_a_drift_signal_reads_every_method_of_its_window_and_an_evaluation_signal_its_verdicts_by_evaluator():
+    assert companion_queries(DRIFT_QUERY) == {"drift": 'kaizen_input_drift{model="support-bot",cohort=""}'}
+    assert companion_queries(EVAL_QUERY) == {"evaluation": 'sum by (evaluator, verdict) (increase(kaizen_eval_total'
+                                             '{model="support-bot",evaluator="judge"}[30m]))'}
+    assert companion_queries(SIGNALS[0].query) == {}  # telemetry: nothing beside its value
+    assert companion_queries('sum(kaizen_eval_total{verdict="bad"})') == {
+        "evaluation": "sum by (evaluator, verdict) (kaizen_eval_total{})"}
+
+
+def series(value, **labels):
+    return {"metric": labels, "value": [1764331200.0, str(value)]}
+
+
+def test_companion_series_become_p_values_effect_sizes_and_good_total_shares():
+    drift = companion_evidence("drift", [
+        series(0.0061, model="support-bot", cohort="", method="mmd2"),
+        series(0.002, model="support-bot", cohort="", method="mmd_p_value"),
+        series(1, model="support-bot", cohort="", method="drifted"),
+        series("NaN", model="support-bot", cohort="", method="scenario_psi"),
+    ])
+    assert drift == {"drift": [{"model": "support-bot", "cohort": "", "mmd2": 0.0061, "mmd_p_value": 0.002,
+                                "drifted": 1.0, "scenario_psi": None}]}
+    evaluation = companion_evidence("evaluation", [
+        series(42, evaluator="judge", verdict="good"), series(18, evaluator="judge", verdict="bad"),
+        series(60, evaluator="safety", verdict="good"),
+    ])
+    assert evaluation == {"evaluation": {"judge": {"good": 42.0, "total": 60.0, "goodShare": 0.7},
+                                         "safety": {"good": 60.0, "total": 60.0, "goodShare": 1.0}}}
+
+
+def test_the_decision_evidence_names_the_drift_and_the_evaluators_numbers_the_look_read():
+    spec = traffic_spec()
+    drift = {"drift": [{"model": "support-bot", "cohort": "", "mmd2": 0.0061, "mmd_p_value": 0.002}]}
+    evaluation = {"evaluation": {"judge": {"good": 30.0, "total": 60.0, "goodShare": 0.5}}}
+    gathered = Gathered(readings={"input-drift": Reading("input-drift", 0.0061, detail=drift),
+                                  "judged-good": Reading("judged-good", 0.5, detail=evaluation)},
+                        feedback=ENOUGH_FEEDBACK)
+    current = ImprovementLoopStatus()
+    effects = look(spec, current, fold_outcomes(current, spec, (), None), gathered, NOW, loop="support-bot",
+                   uid="uid-1", generation=1)
+    signals = {s["name"]: s for s in effects.decision.evidence["signals"]}
+    assert signals["input-drift"]["state"] == "Breached" and signals["input-drift"]["drift"] == drift["drift"]
+    assert signals["judged-good"]["evaluation"] == evaluation["evaluation"]
+    assert effects.decision.evidence["breached"] == ["input-drift", "judged-good"]

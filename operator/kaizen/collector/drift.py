@@ -7,6 +7,10 @@ embeds them (:mod:`kaizen.collector.embedding`) and exports what these functions
   pairwise distance of the pooled sample (the median heuristic), with a permutation p-value. The effect size (MMD²)
   is reported beside the p-value because with large windows any tiny difference becomes "significant" (the false
   alarms alibi-detect's users report): a signal may threshold either, or both (:func:`drifted`).
+- **New kinds of input** (:func:`novelty_test`): the mean distance from a recent input to its nearest reference
+  input, with a permutation p-value, and the share of recent inputs unlike any reference input as its effect size.
+  A small share of requests of a new kind (a new intent) moves it more than the MMD, which averages over all pairs:
+  ``bench/drift`` measures both on that mixture shift.
 - **Categorical fields** (scenario/intent, cohort): Pearson's chi-square test of homogeneity, and the population
   stability index (PSI, on shares smoothed by half a count), the effect size the industry thresholds (0.1
   moderate, 0.25 large).
@@ -35,6 +39,24 @@ class MMDResult:
     p_value: float
     bandwidth: float
     permutations: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NoveltyResult:
+    """A nearest-neighbour novelty test: the mean distance from a recent input to its nearest reference input, its
+    permutation p-value, and the effect size ``novel_share``."""
+
+    mean_distance: float
+    p_value: float
+    #: The share of recent inputs farther from every reference input than the quantile ``NOVEL_QUANTILE`` of the
+    #: reference's own nearest-neighbour distances (about ``1 - NOVEL_QUANTILE`` without drift).
+    novel_share: float
+    permutations: int
+
+
+#: Recent inputs farther from the reference than this quantile of the reference's own nearest-neighbour distances
+#: count as novel in :attr:`NoveltyResult.novel_share`.
+NOVEL_QUANTILE = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +98,7 @@ def _unbiased_mmd2(kernel: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def mmd_test(reference: np.ndarray, recent: np.ndarray, *, permutations: int = 500, seed: int = 0) -> MMDResult:
     """MMD² of two samples of vectors (rows) under an RBF kernel with the median bandwidth, and the permutation
     p-value ``(1 + #{permuted MMD² >= observed}) / (1 + permutations)``, which is exact (valid at any size)."""
-    reference, recent = np.asarray(reference, dtype=np.float64), np.asarray(recent, dtype=np.float64)
-    if reference.ndim != 2 or recent.ndim != 2 or reference.shape[1] != recent.shape[1]:
-        raise ValueError(f"expected two 2-D samples of the same width, got shapes {reference.shape} and "
-                         f"{recent.shape}")
-    if len(reference) < 2 or len(recent) < 2:
-        raise ValueError(f"each sample needs at least 2 points, got {len(reference)} and {len(recent)}")
+    reference, recent = _checked(reference, recent)
     pooled = np.vstack([reference, recent])
     sq = _sq_distances(pooled)
     bandwidth = median_bandwidth(sq)
@@ -98,6 +115,52 @@ def mmd_test(reference: np.ndarray, recent: np.ndarray, *, permutations: int = 5
         exceed += int((_unbiased_mmd2(kernel, masks[chunk:chunk + 100]) >= stat).sum())
     return MMDResult(mmd2=stat, p_value=(1 + exceed) / (1 + permutations), bandwidth=bandwidth,
                      permutations=permutations)
+
+
+def _checked(reference: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    reference, recent = np.asarray(reference, dtype=np.float64), np.asarray(recent, dtype=np.float64)
+    if reference.ndim != 2 or recent.ndim != 2 or reference.shape[1] != recent.shape[1]:
+        raise ValueError(f"expected two 2-D samples of the same width, got shapes {reference.shape} and "
+                         f"{recent.shape}")
+    if len(reference) < 2 or len(recent) < 2:
+        raise ValueError(f"each sample needs at least 2 points, got {len(reference)} and {len(recent)}")
+    return reference, recent
+
+
+def _mean_nn_distance(distances: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """For each split (rows of ``masks``: True for the reference), the mean over the other points of the distance to
+    their nearest reference point."""
+    out = np.empty(len(masks))
+    for chunk in range(0, len(masks), 16):  # bounded memory: 16 x N x N at a time
+        m = masks[chunk:chunk + 16]
+        nearest = np.where(m[:, None, :], distances[None], np.inf).min(axis=2)  # (splits, N)
+        out[chunk:chunk + 16] = np.where(m, 0.0, nearest).sum(axis=1) / (~m).sum(axis=1)
+    return out
+
+
+def novelty_test(reference: np.ndarray, recent: np.ndarray, *, permutations: int = 500, seed: int = 0
+                 ) -> NoveltyResult:
+    """Are there recent inputs unlike any reference input? The statistic is the mean distance from a recent input
+    to its nearest reference input: a small share of inputs of a new kind (a new intent, the mixture shift a
+    served model meets) moves it far more than it moves the MMD, which averages over all pairs. One-sided (it
+    looks for new inputs, not for vanished ones); the permutation p-value is exact, as :func:`mmd_test`'s."""
+    reference, recent = _checked(reference, recent)
+    pooled = np.vstack([reference, recent])
+    distances = np.sqrt(_sq_distances(pooled)).astype(np.float32)
+    np.fill_diagonal(distances, np.inf)  # a point is not its own neighbour
+    n = len(reference)
+    observed = np.zeros((1, len(pooled)), dtype=bool)
+    observed[0, :n] = True
+    rng = np.random.default_rng(seed)
+    masks = rng.permuted(np.tile(np.arange(len(pooled)), (permutations, 1)), axis=1) < n
+    stat = float(_mean_nn_distance(distances, observed)[0])
+    # >= with a float32 tolerance: ties (duplicate requests are common) count against drift, as exactness needs.
+    exceed = int((_mean_nn_distance(distances, masks) >= stat - 1e-6).sum())
+    own = distances[:n, :n].min(axis=1)  # each reference input's nearest other reference input
+    to_reference = distances[n:, :n].min(axis=1)
+    novel = float((to_reference > np.quantile(own, NOVEL_QUANTILE)).mean())
+    return NoveltyResult(mean_distance=stat, p_value=(1 + exceed) / (1 + permutations), novel_share=novel,
+                         permutations=permutations)
 
 
 def witness(reference: np.ndarray, recent: np.ndarray, bandwidth: float) -> np.ndarray:

@@ -78,12 +78,15 @@ class Report:
     cohort_mix: drift.CategoricalResult | None
     drifted: bool
     clusters: tuple[DriftCluster, ...]
+    novelty: drift.NoveltyResult | None = None
 
     def gauges(self) -> dict[str, float]:
         """method -> value of the ``kaizen_input_drift`` gauges."""
         values: dict[str, float] = {"drifted": float(self.drifted)}
         if self.mmd is not None:
             values |= {"mmd2": self.mmd.mmd2, "mmd_p_value": self.mmd.p_value}
+        if self.novelty is not None:
+            values |= {"novel_share": self.novelty.novel_share, "novelty_p_value": self.novelty.p_value}
         for name, result in (("scenario", self.scenario), ("cohort", self.cohort_mix)):
             if result is not None:
                 values |= {f"{name}_psi": result.psi, f"{name}_chi2_p_value": result.p_value}
@@ -132,23 +135,25 @@ def assess(windows: Windows, embedder: Embedder | None, settings: Settings, now:
     """Test one window pair: MMD on the inputs' embeddings (when there is an embedder), chi-square and PSI on the
     scenario mix, and on the cohort mix for a model's whole traffic; and the drifted clusters."""
     reference, recent = windows.reference, windows.recent
-    mmd, scores = None, None
+    mmd, novelty, scores = None, None, None
     if embedder is not None:
         ref_vectors = embedder.embed([r["input"] for r in reference])
         cur_vectors = embedder.embed([r["input"] for r in recent])
         mmd = drift.mmd_test(ref_vectors, cur_vectors, permutations=settings.permutations)
+        novelty = drift.novelty_test(ref_vectors, cur_vectors, permutations=settings.permutations)
         scores = drift.witness(ref_vectors, cur_vectors, mmd.bandwidth)
     scenario = _categorical(reference, recent, "scenario")
     cohort_mix = _categorical(reference, recent, "cohort") if windows.cohort is None else None
     signals = [
         mmd is not None and drift.drifted(mmd.p_value, mmd.mmd2, alpha=settings.alpha, min_effect=settings.min_mmd2),
+        novelty is not None and drift.drifted(novelty.p_value, novelty.novel_share, alpha=settings.alpha),
         scenario is not None and drift.drifted(scenario.p_value, scenario.psi, alpha=settings.alpha,
                                                min_effect=settings.min_psi),
     ]
     drifted = any(signals)
     clusters = _clusters(windows, mmd, scenario, scores, settings, now) if drifted else ()
     return Report(windows.model, windows.cohort, len(reference), len(recent), now, mmd, scenario, cohort_mix, drifted,
-                  clusters)
+                  clusters, novelty)
 
 
 def _clusters(

@@ -137,7 +137,8 @@ class Metrics:
         )
         self.input_drift = Gauge(
             "kaizen_input_drift", "Input drift of a model's recent traffic (cohort empty: all of it) against its "
-            "reference window, by method: mmd2 and mmd_p_value (sentence embeddings), scenario_psi, "
+            "reference window, by method: mmd2 and mmd_p_value, novel_share and novelty_p_value (sentence "
+            "embeddings), scenario_psi, "
             "scenario_chi2_p_value, cohort_psi, cohort_chi2_p_value, and drifted (1 when a test signals).",
             ["model", "cohort", "method"], registry=self.registry,
         )

@@ -30,7 +30,8 @@ from kaizen.k8s.errors import ApiError
 from kaizen.logic.effects import Effects as Changes
 from kaizen.logic.effects import Failure, refused, rejected_for
 from kaizen.logic.loop import (
-    BacklogItem, Child, Effects, Feedback, Gathered, Reading, Request, fold_outcomes, look, next_look, unaudited,
+    BacklogItem, Child, Effects, Feedback, Gathered, Reading, Request, companion_evidence, companion_queries,
+    fold_outcomes, look, next_look, unaudited,
 )
 from kaizen.logic.promql import fill
 from kaizen.logic.validation import InvalidSpec, parse_spec
@@ -155,10 +156,18 @@ def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger
     for signal in loop.signals:
         query = fill(signal.query, namespace=namespace, target=loop.target.deployment, version=version)
         try:
-            readings[signal.name] = Reading(signal.name, client.scalar(query))
+            value = client.scalar(query)
         except PrometheusError as error:
             logger.warning(f"Failed to read signal={signal.name}: {error}")
             readings[signal.name] = Reading(signal.name, None, str(error))
+            continue
+        detail: dict[str, Any] = {}
+        for kind, companion in companion_queries(query).items():
+            try:  # evidence only: a companion that fails to read leaves the signal's value standing
+                detail |= companion_evidence(kind, [s for s in client.query(companion) if isinstance(s, dict)])
+            except PrometheusError as error:
+                logger.warning(f"Failed to read signal={signal.name} companion={kind}: {error}")
+        readings[signal.name] = Reading(signal.name, value, detail=detail)
     return readings
 
 

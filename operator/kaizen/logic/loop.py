@@ -15,6 +15,8 @@ after a failure) and approval.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,11 +42,13 @@ ROLLOUT_FINISHED = ("Promoted", "RolledBack", "Aborted")
 
 @dataclass(frozen=True)
 class Reading:
-    """One signal's value as Prometheus returned it (None: no data or an error)."""
+    """One signal's value as Prometheus returned it (None: no data or an error), and for a signal on the collector's
+    drift or evaluation metrics what :func:`companion_evidence` made of its :func:`companion_queries`."""
 
     name: str
     value: float | None
     error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ class Observed:
     request: Request | None = None
     paused: bool = False
     failures_acknowledged: datetime | None = None
+    #: Signal name -> what its reading's companions said (:attr:`Reading.detail`), for the decision evidence.
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,62 @@ def observe_signals(
         states.append(SignalStatus(name=signal.name, value=reading.value, state=state, since=since,
                                    pending_since=pending))
     return tuple(states)
+
+
+#: The collector's metrics a signal may read whose neighbours the evidence names: a drift gauge's other methods
+#: (its p-value beside its effect size) and an evaluation ratio's good and total counts per evaluator. The metric,
+#: its label matchers and its range, as written in the (filled-in) query.
+_COMPANION_METRIC = re.compile(r"\b(kaizen_input_drift|kaizen_eval_total)\b\s*(?:\{([^}]*)\})?(?:\s*\[([^\]]+)\])?")
+_MATCHER = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*")\s*,?')
+
+
+def companion_queries(query: str) -> dict[str, str]:
+    """The queries a look reads beside a signal's own, so that its decision evidence names what the signal stands
+    on: for a signal on ``kaizen_input_drift``, every method's gauge of the same model and cohort (``drift``: the
+    p-values and effect sizes); for one on ``kaizen_eval_total``, the good and bad verdicts per evaluator over the
+    signal's range (``evaluation``). Other signals have none. The first use of each metric in the query is taken."""
+    queries: dict[str, str] = {}
+    for match in _COMPANION_METRIC.finditer(query):
+        metric, matchers, window = match.group(1), match.group(2) or "", match.group(3)
+        kind = "drift" if metric == "kaizen_input_drift" else "evaluation"
+        if kind in queries:
+            continue
+        drop = "method" if kind == "drift" else "verdict"
+        kept = ",".join(f"{label}{op}{value}" for label, op, value in _MATCHER.findall(matchers) if label != drop)
+        selector = f"{metric}{{{kept}}}"
+        if kind == "drift":
+            queries[kind] = selector
+        else:
+            counted = f"increase({selector}[{window.strip()}])" if window else selector
+            queries[kind] = f"sum by (evaluator, verdict) ({counted})"
+    return queries
+
+
+def companion_evidence(kind: str, series: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a companion query's series say, as evidence: ``drift``, a list of ``{model, cohort, <method>: value}``
+    (one per model and cohort the signal reads); ``evaluation``, ``{evaluator: {good, total, goodShare}}``."""
+    def value(s: dict[str, Any]) -> float | None:
+        number = float(s["value"][1])
+        return None if math.isnan(number) else round(number, 6)
+
+    if kind == "drift":
+        windows: dict[tuple[str, str], dict[str, Any]] = {}
+        for s in series:
+            labels = s.get("metric", {})
+            key = (labels.get("model", ""), labels.get("cohort", ""))
+            windows.setdefault(key, {"model": key[0], "cohort": key[1]})[labels.get("method", "value")] = value(s)
+        return {"drift": [windows[k] for k in sorted(windows)]}
+    counts: dict[str, dict[str, float]] = {}
+    for s in series:
+        labels = s.get("metric", {})
+        verdicts = counts.setdefault(labels.get("evaluator", ""), {"good": 0.0, "total": 0.0})
+        number = value(s) or 0.0
+        verdicts["total"] += number
+        if labels.get("verdict") == "good":
+            verdicts["good"] += number
+    return {"evaluation": {name: {"good": round(c["good"], 3), "total": round(c["total"], 3),
+                                  "goodShare": round(c["good"] / c["total"], 4) if c["total"] else None}
+                           for name, c in sorted(counts.items())}}
 
 
 # ---------------------------------------------------------------------------------------------------- outcomes
@@ -327,7 +389,8 @@ def decide(
         return rollout_plan
 
     signals = {s.name: s for s in observed.signals}
-    evidence = {"signals": [_signal_evidence(sig, signals.get(sig.name)) for sig in spec.signals]}
+    evidence = {"signals": [_signal_evidence(sig, signals.get(sig.name), observed.details.get(sig.name, {}))
+                            for sig in spec.signals]}
     breaches = [s for s in observed.signals if s.state == "Breached"]
     manual = request is not None and request.action == "retrain"
     if not breaches and not manual:
@@ -576,10 +639,10 @@ def _why(breaches: list[SignalStatus]) -> str:
                      if s.since and s.value is not None) or "requested"
 
 
-def _signal_evidence(signal: Signal, status: SignalStatus | None) -> dict[str, Any]:
+def _signal_evidence(signal: Signal, status: SignalStatus | None, detail: dict[str, Any]) -> dict[str, Any]:
     return {"name": signal.name, "value": status.value if status else None,
             "state": status.state if status else "Unknown", "min": signal.min, "max": signal.max,
-            "for": signal.for_, "since": _time(status.since) if status and status.since else None}
+            "for": signal.for_, "since": _time(status.since) if status and status.since else None, **detail}
 
 
 def _approval_evidence(request: Request | None) -> dict[str, Any]:
@@ -693,6 +756,7 @@ def look(spec: ImprovementLoopSpec, current: ImprovementLoopStatus, outcomes: Ou
         signals=observe_signals(spec.signals, gathered.readings, current.signals, now), children=children,
         feedback=gathered.feedback, request=None if acted_on else gathered.request, paused=gathered.paused,
         failures_acknowledged=gathered.failures_acknowledged,
+        details={name: r.detail for name, r in gathered.readings.items() if r.detail},
     )
     plan = decide(spec, observed, outcomes.model, outcomes.previous_model, outcomes.consecutive_failures, now,
                   loop=loop, uid=uid, generation=generation)
