@@ -43,6 +43,8 @@ from kaizen.logic.rollout import (
     judge_look, look_due, status_of, target_holder,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
+from kaizen.k8s.client import CONCURRENCY
+from kaizen.metrics import prometheus as prometheus_clients
 from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
 
 register(ROLLOUT)
@@ -102,7 +104,10 @@ def step(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patc
     if effects is None:
         effects = decide(spec, stored, holder(gathered, namespace, name, target), now, rollout=fresh)
     assert effects is not None  # with the holder known, decide always decides
-    return apply(fresh, effects, patch, logger)
+    due = apply(fresh, effects, patch, logger)
+    # The request's annotations go once the status recording it is written (take_request): at a look right after
+    # this one, as the watch event of this look's own write does not wake the Rollout (schedule below).
+    return now if request is not None else due
 
 
 def holder(gathered: Gathered, namespace: str, name: str, target: str) -> Gathered:
@@ -200,7 +205,9 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
     if prometheus.bearer_token_secret_ref is not None:
         ref = prometheus.bearer_token_secret_ref
         token = resources.read_secret_key(namespace, ref.name, ref.key)
-    return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
+    return prometheus_clients.shared(prometheus.url, bearer_token=token,
+                                     insecure_skip_verify=prometheus.insecure_skip_verify, connections=CONCURRENCY)
 
 
-scheduler = schedule(ROLLOUT, look_now)
+# A look reads the Rollout fresh and says when it is next due: its own status write is nothing new to look at.
+scheduler = schedule(ROLLOUT, look_now, wake_on_own_writes=False)
