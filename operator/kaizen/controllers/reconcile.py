@@ -25,6 +25,7 @@ Errors (:func:`classify`, :func:`classified`), never a tight loop:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import functools
 import threading
@@ -427,8 +428,10 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = True
             while not stopped:
                 wake.clear()
                 try:
+                    # In this task's context (as asyncio.to_thread would): kopf.event reads its settings there.
+                    context = contextvars.copy_context()
                     due = await asyncio.get_running_loop().run_in_executor(
-                        executor(), look_and_write, copy.deepcopy(dict(body)), logger, retry)
+                        executor(), context.run, look_and_write, copy.deepcopy(dict(body)), logger, retry)
                     retry = 0
                 except kopf.TemporaryError as error:
                     due, retry = clock.now() + timedelta(seconds=error.delay or 0), retry + 1
