@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import functools
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
@@ -428,10 +428,13 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = True
             while not stopped:
                 wake.clear()
                 try:
+                    # A snapshot, taken here on the event loop that updates the body: by JSON, which is what the
+                    # body is (copy.deepcopy of an 11 KB Rollout took 3.4 ms, this 0.6 ms, at every look).
+                    snapshot = json.loads(json.dumps(dict(body)))
                     # In this task's context (as asyncio.to_thread would): kopf.event reads its settings there.
                     context = contextvars.copy_context()
                     due = await asyncio.get_running_loop().run_in_executor(
-                        executor(), context.run, look_and_write, copy.deepcopy(dict(body)), logger, retry)
+                        executor(), context.run, look_and_write, snapshot, logger, retry)
                     retry = 0
                 except kopf.TemporaryError as error:
                     due, retry = clock.now() + timedelta(seconds=error.delay or 0), retry + 1
