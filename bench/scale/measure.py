@@ -161,8 +161,8 @@ def log_errors(log: str, limit: int = 10) -> dict[str, int]:
             while j < len(lines) and (lines[j].startswith((" ", "Traceback", "[")) or not lines[j].strip()):
                 j += 1
             key = lines[j][:200] if j < len(lines) else "Traceback without an exception line"
-        elif " ERROR " in line or line.startswith("[ERROR") or "[ERROR" in line[:40]:
-            key = line.split("ERROR", 1)[1].strip(" ]")[:200]
+        elif "[ERROR" in line:  # kopf's format: [time] logger [ERROR   ] message
+            key = line.split("[ERROR", 1)[1].lstrip(" ]")[:200]
         if key:
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
