@@ -6,6 +6,7 @@ growth of a cost with N, and the targets. Nothing here touches a process or the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -146,3 +147,25 @@ def judge(results: Sequence[Mapping[str, Any]], targets: Mapping[str, float] = T
         met["p99CauseToActionSeconds"] = False  # an action never taken is not within any bound
     met["all"] = None if result is None else all(v is True for v in met.values())
     return met
+
+
+def log_errors(log: str, limit: int = 10) -> dict[str, int]:
+    """What went wrong in an operator's log: each traceback's last line (the exception), and each ERROR line's
+    message, counted (URLs and numbers collapsed), the ``limit`` most frequent."""
+    counts: dict[str, int] = {}
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        key = None
+        if line.startswith("Traceback (most recent call last)"):
+            j = i + 1
+            # Lines of other threads' logging may come between a traceback's lines ("[2026-...").
+            while j < len(lines) and (lines[j].startswith((" ", "Traceback", "[")) or not lines[j].strip()):
+                j += 1
+            key = lines[j] if j < len(lines) else "Traceback without an exception line"
+        elif "[ERROR" in line:  # kopf's format: [time] logger [ERROR   ] message
+            key = line.split("[ERROR", 1)[1].lstrip(" ]")
+        if key:
+            # One line per kind of error, not per object: URLs and numbers (names' indices, ports) collapsed.
+            key = re.sub(r"\d+", "N", re.sub(r"https?://[^\s')]+", "URL", key))[:200]
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])

@@ -26,7 +26,7 @@ an administrator, exempt, so never counted) and by every client, and Prometheus 
 machine (its load included: a loaded machine slows every number) and writes ``bench/results/scale.json``.
 
     PYTHONPATH=operator .venv/bin/python bench/scale/run.py [--n 10,100] [--window 60] [--samples 10] [--out FILE]
-        [--baseline REF [--baseline-n 10,100]]   # also the operator of commit REF, in the same run
+        [--logs DIR] [--baseline REF [--baseline-n 10,100]]   # also the operator of commit REF, in the same run
 """
 
 from __future__ import annotations
@@ -544,7 +544,10 @@ def run_one(n: int, args: argparse.Namespace, work: Path, operator_path: Path = 
         if process.poll() is not None:
             raise RuntimeError(f"the operator exited with status {process.returncode}:\n{log.read_text()[-4000:]}")
     # The work directory goes with the run; what went wrong in the operator stays in the result.
-    tracebacks = log.read_text(errors="replace").count("Traceback (most recent call last)")
+    text = log.read_text(errors="replace")
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        (args.logs / f"operator-{n}.log").write_text(text)
     summary = measure.latency_summary(latencies)
     return {"N": n, "objects": {"improvementLoops": n, "rolloutsAtRest": half, "rolloutsProgressing": n - half,
                                 "deployments": len(phase_a), "created": created + len(progressing)},
@@ -555,7 +558,9 @@ def run_one(n: int, args: argparse.Namespace, work: Path, operator_path: Path = 
             "apiRequestsPerSecondAtRest": rest["apiRequestsPerSecond"],
             "prometheusQueriesPerSecond": steady["prometheusQueriesPerSecond"],
             "p50CauseToActionSeconds": summary["p50"], "p99CauseToActionSeconds": summary["p99"],
-            "causes": causes, "windows": {"atRest": rest, "steady": steady}, "operatorTracebacks": tracebacks,
+            "causes": causes, "windows": {"atRest": rest, "steady": steady},
+            "operatorTracebacks": text.count("Traceback (most recent call last)"),
+            "operatorErrors": measure.log_errors(text),
             "unactedRollouts": unacted}
 
 
@@ -620,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-interval", default="30s", help="the loops' interval (default 30s)")
     parser.add_argument("--analysis-interval", default="10s", help="the progressing Rollouts' (default 10s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument("--logs", type=Path, help="keep each operator's log in this directory (operator-N.log)")
     parser.add_argument("--note", default="", help="a note stored in the machine block (e.g. what else ran)")
     parser.add_argument("--baseline", metavar="REF", help="also measure the operator of this commit (e.g. main), in "
                         "the same run, on the same machine, right after this checkout's at each --baseline-n")

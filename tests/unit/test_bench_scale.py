@@ -131,3 +131,26 @@ def test_judge_compares_at_n_1000_and_a_missed_action_fails_the_latency_target()
     missed = {**within, "causes": {"annotationToEffect": {"missed": 1}}}
     assert measure.judge([missed])["p99CauseToActionSeconds"] is False
     assert measure.judge([{**within, "N": 100}])["all"] is None  # not measured at 1,000: not met, not failed
+
+
+def test_log_errors_counts_each_tracebacks_exception_and_error_lines_across_interleaved_logging():
+    log = "\n".join([
+        "[2026-12-01 20:52:03,943] kopf.objects         [ERROR   ] Failed with an unexpected error name=a",
+        "Traceback (most recent call last):",
+        '  File "stats.py", line 98, in value',
+        "[2026-12-01 20:52:03,950] kopf.objects         [INFO    ] Analysed step=1",  # another thread's line
+        "    return math.exp(top)",
+        "OverflowError: math range error",
+        "[2026-12-01 20:52:04,001] kopf.objects         [INFO    ] Analysed step=1",
+        "Traceback (most recent call last):",
+        '  File "stats.py", line 98, in value',
+        "OverflowError: math range error",
+        "[2026-12-01 20:42:16,405] kopf.objects         [ERROR   ] Request attempt #1/9 failed; will retry: PATCH "
+        "https://127.0.0.1:56341/apis/kaizen.dev/v1alpha1/namespaces/bench/rollouts/rest-0124 -> 429",
+        "[2026-12-01 20:42:16,406] kopf.objects         [ERROR   ] Request attempt #1/9 failed; will retry: PATCH "
+        "https://127.0.0.1:56341/apis/kaizen.dev/v1alpha1/namespaces/bench/rollouts/rest-0125 -> 429",
+    ])
+    assert measure.log_errors(log) == {"OverflowError: math range error": 2,
+                                       "Request attempt #N/N failed; will retry: PATCH URL -> N": 2,
+                                       "Failed with an unexpected error name=a": 1}
+    assert measure.log_errors("[2026-12-01 20:52:04,001] kopf.objects [INFO    ] fine") == {}

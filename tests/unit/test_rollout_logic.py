@@ -161,6 +161,19 @@ def test_fail_rolls_back_with_the_metric_and_its_numbers():
     assert later.status == decision.status and later.canary_replicas is None and not later.promote
 
 
+def test_a_verdict_is_announced_when_it_changes_and_trouble_at_every_look():
+    s, d = started()
+    status, at = d.status, d.status.step_started_at
+    reasons = []
+    for i, verdict in enumerate(("Pass", "Pass", "Inconclusive", "Inconclusive", "Pass", "Error", "Error"), 1):
+        decision = run(s, status, at + timedelta(seconds=i), look=look(verdict, step=1, at=at + timedelta(seconds=i)))
+        status = decision.status
+        reasons.append([e.reason for e in decision.events if e.reason.startswith("Analysis")])
+        assert status.analysis[0].verdict == verdict  # every look is recorded in the status
+    assert reasons == [["AnalysisPass"], [], ["AnalysisInconclusive"], [], ["AnalysisPass"], ["AnalysisError"],
+                       ["AnalysisError"]]
+
+
 def test_errors_hold_then_hit_the_limit():
     s, d = started(spec(STEPS, policy={"consecutiveErrorLimit": 3}))
     status, at = d.status, d.status.step_started_at

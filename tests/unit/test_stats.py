@@ -3,12 +3,13 @@ detects a real regression."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from kaizen.dev.simulation import binomial
-from kaizen.logic.stats import Counts, judge_ratio, rate_interval
+from kaizen.logic.stats import MAX_EVIDENCE, Counts, judge_ratio, rate_interval
 
 
 def simulate(rng, *, stable_error, canary_error, canary_per_look, looks, alpha, max_regression=0.0, weights=(10,)):
@@ -155,3 +156,15 @@ def test_verdicts_name_the_numbers():
     assert early.verdict == "Inconclusive" and "waiting for 100 events per track" in early.message
     undecided = judge_ratio(stable, Counts(good=985, total=1000), max_regression=0.0, alpha=0.05, min_samples=100)
     assert undecided.verdict == "Inconclusive" and undecided.ci_low < 0 < undecided.ci_high
+
+
+def test_overwhelming_evidence_is_a_finite_number_that_rolls_back():
+    # A canary failing half of 100 requests/s for the 30s between two looks (seen at N=1,000 in bench/scale, whose
+    # looks fell behind): the log-evidence passes 709, where math.exp overflowed and the look failed with
+    # OverflowError instead of rolling back.
+    clean = judge_ratio(Counts(1_000, 1_000), Counts(1_000, 1_000), max_regression=0.05, alpha=0.05, min_samples=50)
+    judgement = judge_ratio(Counts(4_000, 4_000), Counts(2_500, 4_000), max_regression=0.05, alpha=0.05,
+                            min_samples=50, evidence=clean.evidence)
+    assert max(judgement.evidence.log_ratios) > 709
+    assert judgement.verdict == "Fail" and judgement.evidence.value == MAX_EVIDENCE
+    assert math.isfinite(judgement.evidence.value)

@@ -139,7 +139,8 @@ def apply_look(effects: Effects, loop: ImprovementLoopSpec, obj: dict[str, Any],
 
 
 def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger: kopf.Logger) -> dict[str, Reading]:
-    from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
+    from kaizen.k8s.client import CONCURRENCY
+    from kaizen.metrics.prometheus import PrometheusError, shared
 
     token = None
     if loop.prometheus.bearer_token_secret_ref:
@@ -150,8 +151,8 @@ def read_signals(loop: ImprovementLoopSpec, namespace: str, version: str, logger
             problem = f"cannot read the Prometheus token from Secret {ref.name}: {_reason(error)}"
             logger.warning(f"Failed to read signals: {problem}")
             return {s.name: Reading(s.name, None, problem) for s in loop.signals}
-    client = PrometheusClient(loop.prometheus.url, bearer_token=token,
-                              insecure_skip_verify=loop.prometheus.insecure_skip_verify)
+    client = shared(loop.prometheus.url, bearer_token=token,
+                    insecure_skip_verify=loop.prometheus.insecure_skip_verify, connections=CONCURRENCY)
     readings = {}
     for signal in loop.signals:
         query = fill(signal.query, namespace=namespace, target=loop.target.deployment, version=version)

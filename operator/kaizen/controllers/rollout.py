@@ -8,7 +8,7 @@ adapters the stable's pods hold, :mod:`kaizen.logic.adapters`), and — when an
 analysis interval is due — both tracks' metrics from Prometheus (:func:`analyse`). The decision's effects are
 declarative (the canary's size, the promotion's model variable by server-side apply, the canary removed once the
 rollout has ended, Events), so a restart or a retried look repeats nothing. One Rollout at a time holds a target
-Deployment (:func:`kaizen.logic.rollout.target_holder`); the target's Rollouts are listed (:func:`contenders`) only
+Deployment (:func:`kaizen.logic.rollout.target_holder`); the target's Rollouts are found (:func:`contenders`) only
 when a look is about to touch a Deployment, or before the Rollout starts; the others wait and touch nothing.
 
 Looks are scheduled by :func:`kaizen.controllers.reconcile.schedule`: at the next analysis look, a timed step's
@@ -43,6 +43,8 @@ from kaizen.logic.rollout import (
     judge_look, look_due, status_of, target_holder,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
+from kaizen.k8s.client import CONCURRENCY
+from kaizen.metrics import prometheus as prometheus_clients
 from kaizen.metrics.prometheus import PrometheusClient, PrometheusError
 
 register(ROLLOUT)
@@ -97,26 +99,61 @@ def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], pat
     # A Rollout that has not started asks who holds its target before anything else; one under way asks only when
     # it is about to touch a Deployment (decide says so), so that a Rollout at rest costs no list of Rollouts.
     if current.phase is None:
-        gathered = holder(gathered, namespace, name, target)
+        gathered = holder(gathered, fresh, target)
     effects = decide(spec, stored, gathered, now, rollout=fresh)
     if effects is None:
-        effects = decide(spec, stored, holder(gathered, namespace, name, target), now, rollout=fresh)
+        effects = decide(spec, stored, holder(gathered, fresh, target), now, rollout=fresh)
     assert effects is not None  # with the holder known, decide always decides
-    return apply(fresh, effects, patch, logger)
+    due = apply(fresh, effects, patch, logger)
+    # The request's annotations go once the status recording it is written (take_request): at a look right after
+    # this one, as the watch event of this look's own write does not wake the Rollout (schedule below).
+    return now if request is not None else due
 
 
-def holder(gathered: Gathered, namespace: str, name: str, target: str) -> Gathered:
-    """``gathered`` with who holds ``target`` (:func:`kaizen.logic.rollout.target_holder`), listed now."""
-    return dataclasses.replace(gathered, holder=target_holder(name, contenders(namespace, target)), holder_known=True)
+def holder(gathered: Gathered, fresh: dict[str, Any], target: str) -> Gathered:
+    """``gathered`` with who holds ``target`` (:func:`kaizen.logic.rollout.target_holder`), found now for the
+    Rollout ``fresh`` (as just read)."""
+    name = fresh["metadata"]["name"]
+    return dataclasses.replace(gathered, holder=target_holder(name, contenders(fresh, target)), holder_known=True)
 
 
-def contenders(namespace: str, target: str) -> list[Contender]:
+#: kopf's index of Rollouts by (namespace, target Deployment): their names, from the watch of Rollouts that starts
+#: their looks; set at startup (:func:`keep_index`), complete before any look runs.
+_by_target: dict[str, Any] = {}
+
+
+@kopf.index("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="rollouts_by_target")
+def rollouts_by_target(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, str]:
+    return {(namespace, (spec.get("target") or {}).get("deployment")): name}
+
+
+# kopf passes its indices by name, which its ActivityFn protocol has no parameter for.
+@kopf.on.startup(id="keep_rollout_index")  # type: ignore[arg-type]
+def keep_index(rollouts_by_target: kopf.Index, **_: Any) -> None:
+    _by_target["index"] = rollouts_by_target
+
+
+def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
     """The Rollouts of ``target`` that may hold it: not ended, not being deleted, with a spec that can be acted on.
 
-    Read fresh from the API server (not a cache), so that two Rollouts looked at one after the other rank the same
-    list."""
+    Which Rollouts name ``target`` comes from the index (a list of the namespace's Rollouts, as before, made
+    starting N Rollouts cost N lists of N Rollouts), each read fresh from the API server (not the cache; ``fresh``,
+    the one looking, was just read), so that two Rollouts looked at one after the other rank the same list. None
+    that can rank ahead of the one looking is missing from the index: one created before it, or one that has
+    started (whose look followed its watch event), came before it in the watch stream that started its look."""
+    namespace, own = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
+    try:
+        names = set(_by_target["index"][(namespace, target)])
+    except KeyError:
+        names = set()
     found = []
-    for obj in rollouts.list_in(namespace):
+    for rollout_name in sorted(names | {own}):
+        try:
+            obj = fresh if rollout_name == own else rollouts.read(namespace, rollout_name)
+        except ApiError as error:
+            if error.not_found:
+                continue  # deleted since the index saw it
+            raise
         meta, status = obj["metadata"], obj.get("status") or {}
         if (obj.get("spec") or {}).get("target", {}).get("deployment") != target or meta.get("deletionTimestamp") \
                 or status.get("phase") in TERMINAL:
@@ -200,7 +237,9 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
     if prometheus.bearer_token_secret_ref is not None:
         ref = prometheus.bearer_token_secret_ref
         token = resources.read_secret_key(namespace, ref.name, ref.key)
-    return PrometheusClient(prometheus.url, bearer_token=token, insecure_skip_verify=prometheus.insecure_skip_verify)
+    return prometheus_clients.shared(prometheus.url, bearer_token=token,
+                                     insecure_skip_verify=prometheus.insecure_skip_verify, connections=CONCURRENCY)
 
 
-scheduler = schedule(ROLLOUT, look_now)
+# A look reads the Rollout fresh and says when it is next due: its own status write is nothing new to look at.
+scheduler = schedule(ROLLOUT, look_now, wake_on_own_writes=False)

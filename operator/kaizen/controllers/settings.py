@@ -10,8 +10,16 @@ import kopf
 from kaizen.api.common import API_GROUP
 
 
+def quiet_wakes(record: logging.LogRecord) -> bool:
+    """Not kopf's "Handler 'wake_...' succeeded." at every watch event: a wake handler runs at each event of every
+    object (thousands a minute at 1,000 objects), and the line says only that an event arrived."""
+    message = record.getMessage()
+    return not (message.startswith("Handler 'wake_") and message.endswith(" succeeded."))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    logging.getLogger("kopf.objects").addFilter(quiet_wakes)
     # Handler progress and the last-handled spec go to annotations under our own prefix (not status), so the
     # status schema stays ours and nothing is pruned.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)

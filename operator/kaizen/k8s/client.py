@@ -18,6 +18,10 @@ from kaizen.k8s.errors import ApiError
 
 #: The field manager of everything Kaizen writes with server-side apply (the model pointer, canaries, Jobs).
 FIELD_MANAGER = "kaizen"
+#: How many requests the operator's threads may have in flight at once: the controllers' looks run in this many
+#: threads (:mod:`kaizen.controllers.reconcile`), and each client keeps as many connections, so that no look waits
+#: for a connection nor opens (and TLS-handshakes) one that the pool then throws away.
+CONCURRENCY = 32
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _may_write: Callable[[], bool] | None = None
 
@@ -40,6 +44,7 @@ def configuration() -> kubernetes.client.Configuration:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
                                            client_configuration=config)
+    config.connection_pool_maxsize = max(config.connection_pool_maxsize, CONCURRENCY)
     return config
 
 

@@ -67,10 +67,12 @@ def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
 
 
 @typed
-def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """A merge patch of the status subresource (a None value removes a field)."""
-    _custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, BY_KIND[kind].plural, name,
-                                                    {"status": status})
+def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> str | None:
+    """A merge patch of the status subresource (a None value removes a field); returns the object's new
+    resourceVersion."""
+    patched = _custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace,
+                                                              BY_KIND[kind].plural, name, {"status": status})
+    return (patched.get("metadata") or {}).get("resourceVersion") if isinstance(patched, dict) else None
 
 
 @typed

@@ -1,4 +1,4 @@
-"""Rollout objects through the API: read one fresh, list a namespace's, and write the status subresource."""
+"""Rollout objects through the API: read one fresh and write the status subresource."""
 
 from __future__ import annotations
 
@@ -16,13 +16,6 @@ from kaizen.k8s.errors import typed
 def read(namespace: str, name: str) -> dict[str, Any]:
     return json_object(kubernetes.client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, ROLLOUT.plural, name))
-
-
-@typed
-def list_in(namespace: str) -> list[dict[str, Any]]:
-    """Every Rollout of the namespace, as the API server has them now."""
-    return json_object(kubernetes.client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, ROLLOUT.plural))["items"]
 
 
 @typed

@@ -63,6 +63,9 @@ ALTERNATIVES = (1.5, 2.0, 3.0, 5.0)
 #: ``log(1/alpha)`` it must gather: equal weights take about 8 % more requests to catch a doubling.
 WEIGHTS = (1, 3, 1, 1)
 _BISECTIONS = 40  # halvings: 2**-40 of the bracket, below any rate a count can resolve
+#: The largest e-value said: far beyond any threshold (1/alpha), and still a number JSON (the status) can hold. A
+#: canary failing half its requests for minutes gathers a log-evidence past 709, where math.exp overflows.
+MAX_EVIDENCE = 1e300
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Evidence:
     def value(self) -> float:
         """The e-value: the alternatives' likelihood ratios averaged with :data:`WEIGHTS`. Rollback at ``1/alpha``."""
         top = max(self.log_ratios)
+        if top >= math.log(MAX_EVIDENCE):
+            return MAX_EVIDENCE  # the weighted mean is at most exp(top)
         weighted = sum(w * math.exp(r - top) for w, r in zip(WEIGHTS, self.log_ratios, strict=True))
         return math.exp(top) * weighted / sum(WEIGHTS)
 
