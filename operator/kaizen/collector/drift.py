@@ -103,18 +103,23 @@ def mmd_test(reference: np.ndarray, recent: np.ndarray, *, permutations: int = 5
     sq = _sq_distances(pooled)
     bandwidth = median_bandwidth(sq)
     kernel = np.exp(-sq / (2 * bandwidth**2))
-    n = len(reference)
-    observed = np.zeros((1, len(pooled)), dtype=bool)
-    observed[0, :n] = True
-    rng = np.random.default_rng(seed)
-    # Each row a random relabelling: the points whose shuffled label is below n form the permuted reference.
-    masks = rng.permuted(np.tile(np.arange(len(pooled)), (permutations, 1)), axis=1) < n
+    observed, masks = _splits(len(reference), len(pooled), permutations, seed)
     stat = float(_unbiased_mmd2(kernel, observed)[0])
     exceed = 0
     for chunk in range(0, permutations, 100):  # bounded memory: 100 x N at a time
         exceed += int((_unbiased_mmd2(kernel, masks[chunk:chunk + 100]) >= stat).sum())
     return MMDResult(mmd2=stat, p_value=(1 + exceed) / (1 + permutations), bandwidth=bandwidth,
                      permutations=permutations)
+
+
+def _splits(n: int, total: int, permutations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The observed split of the pooled sample (its first ``n`` points are the reference) and ``permutations``
+    random relabellings, as boolean rows: the points whose shuffled label is below ``n`` form the permuted
+    reference."""
+    observed = np.zeros((1, total), dtype=bool)
+    observed[0, :n] = True
+    rng = np.random.default_rng(seed)
+    return observed, rng.permuted(np.tile(np.arange(total), (permutations, 1)), axis=1) < n
 
 
 def _checked(reference: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +154,7 @@ def novelty_test(reference: np.ndarray, recent: np.ndarray, *, permutations: int
     distances = np.sqrt(_sq_distances(pooled)).astype(np.float32)
     np.fill_diagonal(distances, np.inf)  # a point is not its own neighbour
     n = len(reference)
-    observed = np.zeros((1, len(pooled)), dtype=bool)
-    observed[0, :n] = True
-    rng = np.random.default_rng(seed)
-    masks = rng.permuted(np.tile(np.arange(len(pooled)), (permutations, 1)), axis=1) < n
+    observed, masks = _splits(n, len(pooled), permutations, seed)
     stat = float(_mean_nn_distance(distances, observed)[0])
     # >= with a float32 tolerance: ties (duplicate requests are common) count against drift, as exactness needs.
     exceed = int((_mean_nn_distance(distances, masks) >= stat - 1e-6).sum())
