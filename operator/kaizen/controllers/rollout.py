@@ -140,20 +140,21 @@ def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
     starting N Rollouts cost N lists of N Rollouts), each read fresh from the API server (not the cache; ``fresh``,
     the one looking, was just read), so that two Rollouts looked at one after the other rank the same list. None
     that can rank ahead of the one looking is missing from the index: one created before it, or one that has
-    started (whose look followed its watch event), came before it in the watch stream that started its look."""
+    started (whose look followed its watch event), came before it in the watch stream that started its look.
+    Several others are read in one list of the namespace: k Rollouts waiting on one target, each reading the k
+    others at every look, stormed the API server (the fuzz test with the operator running found it)."""
     namespace, own = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
     try:
-        names = set(_by_target["index"][(namespace, target)])
+        others = sorted(set(_by_target["index"][(namespace, target)]) - {own})
     except KeyError:
-        names = set()
+        others = []
+    if len(others) > 1:
+        listed = {o["metadata"]["name"]: o for o in rollouts.list_in(namespace)}
+        objs = [fresh, *(listed[name] for name in others if name in listed)]  # absent: deleted since indexed
+    else:
+        objs = [fresh, *filter(None, (_read_if_there(namespace, name) for name in others))]
     found = []
-    for rollout_name in sorted(names | {own}):
-        try:
-            obj = fresh if rollout_name == own else rollouts.read(namespace, rollout_name)
-        except ApiError as error:
-            if error.not_found:
-                continue  # deleted since the index saw it
-            raise
+    for obj in objs:
         meta, status = obj["metadata"], obj.get("status") or {}
         if (obj.get("spec") or {}).get("target", {}).get("deployment") != target or meta.get("deletionTimestamp") \
                 or status.get("phase") in TERMINAL:
@@ -165,6 +166,15 @@ def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
         found.append(Contender(name=meta["name"], created=parse_timestamp(meta["creationTimestamp"]),
                                phase=status.get("phase")))
     return found
+
+
+def _read_if_there(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return rollouts.read(namespace, name)
+    except ApiError as error:
+        if error.not_found:
+            return None  # deleted since the index saw it
+        raise
 
 
 def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datetime,

@@ -19,6 +19,13 @@ def read(namespace: str, name: str) -> dict[str, Any]:
 
 
 @typed
+def list_in(namespace: str) -> list[dict[str, Any]]:
+    """Every Rollout of the namespace, as the API server has them now."""
+    return json_object(kubernetes.client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, ROLLOUT.plural))["items"]
+
+
+@typed
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """A merge patch of the status subresource (``None`` values remove a field)."""
     kubernetes.client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
