@@ -348,6 +348,10 @@ class Scheduler:
             return
         self.wake(namespace, name)
 
+    def wrote(self, namespace: str, name: str, resource_version: str) -> None:
+        """A look wrote the object's status, which the API server stored as ``resource_version``."""
+        self._written[(namespace, name)] = resource_version
+
     def wake(self, namespace: str, name: str) -> None:
         """Make the object look now (from any thread): something it depends on changed."""
         with self._lock:
@@ -461,7 +465,7 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = True
         finally:
             version = write(resource=resource, meta=obj["metadata"], patch=patch, logger=logger, retry=retry)
             if version is not None:
-                scheduler._written[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = version
+                scheduler.wrote(obj["metadata"]["namespace"], obj["metadata"]["name"], version)
             patch.announce()  # not when the write failed (it raised): the look that writes it announces it
 
     return scheduler
