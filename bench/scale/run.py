@@ -15,7 +15,7 @@ kube-scheduler, kwok with enough fake nodes) and a real Prometheus scraping one 
    ``approve`` annotation on a paused Rollout → its next step. Each latency is counted beyond the time the
    operator was due to act: the loop's first scheduled look after the breach became visible (its last look before
    plus the interval), the failing look's time (when it read the metrics: when looks are scheduled is the
-   operator's rule, interval/2 apart today), the annotation's write. The bench sees actions through its own
+   operator's rule, an interval apart), the annotation's write. The bench sees actions through its own
    watches, at the time the event arrives.
 
 Measured per window: operator CPU (share of one core, utime + stime from /proc/PID/stat), RSS (largest VmRSS,

@@ -293,8 +293,9 @@ def test_look_due_every_interval_only_while_the_canary_serves():
     assert look_due(s, d.status, serving + timedelta(seconds=10))
     at = serving + timedelta(seconds=10)
     looked = d.status.model_copy(update={"analysis": [look("Pass", step=1, at=at).record]})
-    assert not look_due(s, looked, at + timedelta(seconds=4))
-    assert look_due(s, looked, at + timedelta(seconds=5))
+    assert not look_due(s, looked, at + timedelta(seconds=5))  # an interval between looks, not half of one
+    assert not look_due(s, looked, at + timedelta(seconds=9.4))
+    assert look_due(s, looked, at + timedelta(seconds=9.5))  # a scheduler waking a hair early does not skip it
     assert not look_due(s, looked.model_copy(update={"phase": "RolledBack"}), T0 + timedelta(minutes=1))
     assert not look_due(spec(STEPS, metrics=()), d.status, T0)
     assert analysis_window(d.status, d.status.analysis_started_at + timedelta(seconds=95.5),
@@ -505,7 +506,7 @@ def test_the_next_look_is_due_at_the_next_thing_that_can_change():
     assert next_due(s, at_analysis, T0 + timedelta(seconds=2)) == T0 + timedelta(seconds=11)  # the first look
     looked = at_analysis.model_copy(update={"analysis": [look("Inconclusive", step=1, at=T0 + timedelta(seconds=11))
                                                          .record]})
-    assert next_due(s, looked, T0 + timedelta(seconds=12)) == T0 + timedelta(seconds=16)  # half an interval on
+    assert next_due(s, looked, T0 + timedelta(seconds=12)) == T0 + timedelta(seconds=21)  # an interval on
     assert next_due(s, looked.model_copy(update={"phase": "RolledBack"}), T0) is None
     # A setWeight step polls its canary; an untimed pause without metrics waits for a user's action alone.
     assert next_due(s, RolloutStatus(phase="Progressing", current_step=0, step_started_at=T0), T0) == \

@@ -168,12 +168,13 @@ def wait_for_target(spec: RolloutSpec, status: RolloutStatus, holder: Contender,
 
 
 def look_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
-    """Whether this tick should read the metrics: the canary has served for an interval, and half an interval has
-    passed since the last look.
+    """Whether this look should read the metrics: the canary has served for an interval, and an interval has passed
+    since the last look (:data:`LOOK_EARLY` before it will do).
 
     The first interval is left alone because Prometheus has not yet discovered and scraped a canary that just
-    started, and that "no data" is no sign of trouble. Half, not a whole interval between looks, so a timer firing a
-    little early never skips an interval, while a restart right after a look does not look twice.
+    started, and that "no data" is no sign of trouble. A look is due an interval after the last (:func:`next_due`),
+    so a restart right after a look does not look twice. (Looks were half an interval apart, when a 1 s timer drove
+    them, so that a tick firing early never skipped an interval: at 500 Rollouts analysing, twice the work.)
     """
     if not spec.analysis.metrics or status.phase in TERMINAL or status.analysis_started_at is None:
         return False
@@ -183,7 +184,17 @@ def look_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
     if now - status.analysis_started_at < interval:
         return False
     last = status.analysis[0].time if status.analysis else None
-    return last is None or now - last >= interval / 2
+    return last is None or now - last >= interval - early(interval)
+
+
+#: How early a look may read the metrics: a scheduler waking a hair before the due time (its timer and the clock are
+#: not one) must not skip the look and wake again a moment later.
+LOOK_EARLY = timedelta(seconds=1)
+
+
+def early(interval: timedelta) -> timedelta:
+    """:data:`LOOK_EARLY`, or a twentieth of a shorter interval's length."""
+    return min(LOOK_EARLY, interval / 20)
 
 
 def analysis_window(status: RolloutStatus, now: datetime, interval: timedelta) -> str:
@@ -535,7 +546,7 @@ def next_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> datetim
     if spec.analysis.metrics and status.analysis_started_at is not None:
         interval = parse_duration(spec.analysis.interval)
         first = status.analysis_started_at + interval
-        due.append(max(first, status.analysis[0].time + interval / 2) if status.analysis else first)
+        due.append(max(first, status.analysis[0].time + interval) if status.analysis else first)
     future = [t for t in due if t > now]
     if future:
         return min(future)
