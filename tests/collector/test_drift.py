@@ -34,14 +34,15 @@ def drift_collector(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     service.stop()
 
 
-def _traces(model: str, prefix: str, cohort: str, n: int, seed: int, pause_share: float = 0.0) -> list[dict]:
-    """``n`` support requests of ``cohort``: the usual intents, and a ``pause_share`` of the new one (pausing a
-    plan, which the reference never had)."""
+def _traces(model: str, prefix: str, cohort: str, n: int, seed: int, pause_share: float = 0.0,
+            version: str = "v1") -> list[dict]:
+    """``n`` support requests of ``cohort`` served by ``version``: the usual intents, and a ``pause_share`` of the
+    new one (pausing a plan, which the reference never had)."""
     rnd = random.Random(seed)
     rows = []
     for i in range(n):
         intent = PAUSE if rnd.random() < pause_share else rnd.choice(INTENTS)
-        rows.append({"id": f"{model}-{prefix}-{i}", "model": model, "modelVersion": "v1", "track": "stable",
+        rows.append({"id": f"{model}-{prefix}-{i}", "model": model, "modelVersion": version, "track": "stable",
                      "cohort": cohort, "scenario": intent.name, "input": DOMAIN.phrase(intent.name, cohort, rnd),
                      "output": "ok"})
     return rows
@@ -58,6 +59,29 @@ def _gauges(collector: Collector) -> dict[tuple[str, str, str], float]:
     pattern = r'^kaizen_input_drift\{cohort="([^"]*)",method="([^"]*)",model="([^"]*)"\} (\S+)$'
     return {(model, cohort, method): float(value)
             for cohort, method, model, value in re.findall(pattern, text, flags=re.MULTILINE)}
+
+
+def _wait_for(collector: Collector, key: tuple[str, str, str], value: float) -> dict[tuple[str, str, str], float]:
+    deadline, gauges = time.monotonic() + 180, {}
+    while time.monotonic() < deadline:
+        gauges = _gauges(collector)
+        if gauges.get(key) == value:
+            return gauges
+        time.sleep(0.5)
+    pytest.fail(f"{key} never became {value} in 180 s; got {gauges}\n{collector.log()}")
+
+
+def test_a_promotion_moves_the_reference_to_what_the_new_version_first_served(drift_collector: Collector) -> None:
+    model = f"promoted-{uuid.uuid4().hex[:8]}"
+    _ingest(drift_collector, _traces(model, "ref", "business", 120, 21))
+    _ingest(drift_collector, _traces(model, "cur", "business", 120, 22, pause_share=0.5))
+    _wait_for(drift_collector, (model, "", "drifted"), 1.0)  # v1 serves a traffic it never saw
+    # v2, retrained on that traffic, is promoted: its first answers are the reference now, and the same traffic
+    # after them is no drift. (Against v1's first traces, as before, it would stay drifted for good.)
+    _ingest(drift_collector, _traces(model, "v2-ref", "business", 120, 23, pause_share=0.5, version="v2"))
+    _ingest(drift_collector, _traces(model, "v2-cur", "business", 120, 24, pause_share=0.5, version="v2"))
+    gauges = _wait_for(drift_collector, (model, "", "drifted"), 0.0)
+    assert gauges[(model, "", "scenario_chi2_p_value")] > 0.01 and gauges[(model, "", "mmd_p_value")] > 0.01, gauges
 
 
 def test_drift_pass_exports_gauges_per_model_and_cohort_and_drifted_clusters(drift_collector: Collector) -> None:

@@ -6,9 +6,11 @@ statistics of :mod:`kaizen.collector.drift`), and the service exports the report
 ``kaizen_input_drift{model,cohort,method}`` and adds their drifted clusters to the backlog.
 
 Windows. The *recent* window is the newest ``sample`` traces of the last ``window_s`` seconds. The *reference* is a
-pinned interval (``reference``: the served model's training period, say), or else the interval of the model's first
-``sample`` traces the collector stored (a cohort's reference: its traces in that interval); the recent window
-starts after the reference ends, so they never overlap.
+pinned interval (``reference``: the served model's training period, say), or else the first ``sample`` traces that
+the model's served version answered (the version of its newest stable-track trace; a cohort's reference: its traces
+of that version in that interval); the recent window starts after the reference ends, so they never overlap. So a
+promotion moves the reference: a version retrained on the drifted traffic is judged against what it first served,
+not against the inputs its predecessor saw (which would keep the drift breached for good).
 A model or cohort with fewer than ``min_traces`` in either window is not tested: its gauges are left out.
 """
 
@@ -47,7 +49,8 @@ class Settings:
     #: The PSI below which a significant change of the scenario mix is not called drift.
     min_psi: float = 0.0
     permutations: int = 500
-    #: A pinned reference interval, epoch seconds (from, to]; None: each model's first ``sample`` traces.
+    #: A pinned reference interval, epoch seconds (from, to]; None: the first ``sample`` traces of each model's
+    #: served version.
     reference: tuple[float, float] | None = None
     #: Clusters and example traces per drifted window in the backlog.
     clusters: int = 5
@@ -95,16 +98,18 @@ class Report:
 
 async def gather(store: Store, settings: Settings, now: float) -> list[Windows]:
     """The window pairs to test: each model with recent traffic, and each of its cohorts with enough of it. A
-    cohort's reference is its traces in the model's reference interval."""
+    cohort's reference is its traces in the model's reference interval (of the served version)."""
     pairs = []
     traffic = await store.recent_traffic(now - settings.window_s)
     for model, cohorts in sorted(traffic.items()):
         first: list[dict[str, Any]] | None = None
+        version: str | None = None
         if settings.reference is not None:
             start, end = settings.reference
         else:
+            version = await store.served_version(model)
             first = await store.window_inputs(model, None, after=None, before=None, newest=False,
-                                              limit=settings.sample)
+                                              limit=settings.sample, version=version)
             start, end = None, max((r["created_at"] for r in first), default=now)
         scopes: list[str | None] = [None]
         scopes += sorted(c for c, n in cohorts.items() if c is not None and n >= settings.min_traces)
@@ -113,7 +118,7 @@ async def gather(store: Store, settings: Settings, now: float) -> list[Windows]:
                 reference = first
             else:
                 reference = await store.window_inputs(model, cohort, after=start, before=end, newest=True,
-                                                      limit=settings.sample)
+                                                      limit=settings.sample, version=version)
             recent = await store.window_inputs(model, cohort, after=max(end, now - settings.window_s), before=now,
                                                newest=True, limit=settings.sample)
             if min(len(reference), len(recent)) >= settings.min_traces:

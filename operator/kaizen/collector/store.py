@@ -496,14 +496,27 @@ class Store:
                 traffic.setdefault(model, {})[cohort] = int(count)
         return traffic
 
+    async def served_version(self, model: str) -> str | None:
+        """The version of ``model`` that served its newest stable-track trace (None: no stable trace yet)."""
+        statement = (
+            select(_t.c.model_version).where(_t.c.model == model, _t.c.track == "stable")
+            .order_by(_t.c.created_at.desc(), _t.c.id.desc()).limit(1)
+        )
+        async with self._engine().connect() as conn:
+            return (await conn.execute(statement)).scalar_one_or_none()
+
     async def window_inputs(
-        self, model: str, cohort: str | None, *, after: float | None, before: float | None, newest: bool, limit: int
+        self, model: str, cohort: str | None, *, after: float | None, before: float | None, newest: bool, limit: int,
+        version: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` traces of ``model`` (and ``cohort``, when given) with text, stored in (after, before]:
-        the newest or the oldest. Opted-out subjects' traces are left out, as from every read."""
+        """Up to ``limit`` traces of ``model`` (and ``cohort``, and the model ``version`` that served them, when
+        given) with text, stored in (after, before]: the newest or the oldest. Opted-out subjects' traces are left
+        out, as from every read."""
         where = [_t.c.model == model, _t.c.input.is_not(None), ~exists().where(_tomb.c.subject_id == _t.c.subject_id)]
         if cohort is not None:
             where.append(_t.c.cohort == cohort)
+        if version is not None:
+            where.append(_t.c.model_version == version)
         if after is not None:
             where.append(_t.c.created_at > after)
         if before is not None:
