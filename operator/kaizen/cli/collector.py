@@ -72,8 +72,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the recent window: traces of the last SECONDS (default: 3600)")
     drift.add_argument("--drift-reference", metavar="FROM/TO",
                        help="a pinned reference window as two ISO 8601 times, e.g. the served model's training period "
-                       "2026-11-01T00:00Z/2026-11-08T00:00Z (default: the first --drift-sample traces of each model's served "
-                       "version, so a promotion moves it)")
+                       "2026-11-01T00:00Z/2026-11-08T00:00Z (default: the first --drift-sample traces of each "
+                       "model's served version, so a promotion moves it)")
     drift.add_argument("--drift-sample", type=int, default=200, metavar="N",
                        help="traces per window, the newest (default: 200)")
     drift.add_argument("--drift-min-traces", type=int, default=50, metavar="N",
