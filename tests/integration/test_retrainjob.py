@@ -474,3 +474,17 @@ def test_status_follows_the_job_within_a_second_and_a_finished_retrainjob_reads_
 
     poll(lambda: {"GET busy", "GET busy-trainer", "GET pods"} <= busy_reads(), timeout=10,
          what=lambda: "\n".join(sent))
+
+
+def test_a_training_retrainjob_looks_when_due_and_not_at_each_of_its_own_status_writes(operator, namespace):
+    """A running pod's GPU time changes the status at every look, so if the watch event of a look's own status write
+    woke the RetrainJob, it would look again at once, for ever: about 25 looks a second, each a GET and a status
+    PATCH (the storm the fuzz test measured at rest). It looks when due, or when its Job or pods change."""
+    apply(operator, namespace, retrain_job("ticking"))
+    running_pods(operator, namespace, "ticking-trainer")
+    first = settled(retrainjob.scheduler, namespace, "ticking",
+                    lambda s: s.due is not None and get(operator, "retrainjob", "ticking", namespace)
+                    .get("status", {}).get("phase") == "Training")
+    time.sleep(3)  # a bounded window: a third of the look interval while training (FOLLOW_RUNNING, 10 s)
+    looks = retrainjob.scheduler.slept(namespace, "ticking").looks - first.looks
+    assert looks <= 2, f"{looks} looks in 3 s while training"

@@ -72,7 +72,9 @@ def follow(body: dict[str, Any], meta: dict[str, Any], patch: kopf.Patch, logger
     return apply(fresh, effects, patch, logger, refused=retrain.refused)
 
 
-scheduler = schedule(RETRAIN_JOB, look_now)
+# A look reads the RetrainJob fresh and says when it is next due; its own status write is no news. (Woken by it, a
+# RetrainJob training looked again at once, for ever: its pods' GPU seconds change the status at every look.)
+scheduler = schedule(RETRAIN_JOB, look_now, wake_on_own_writes=False)
 
 
 @kopf.on.startup()
