@@ -13,7 +13,7 @@ from kaizen.cli import main as kaizen_cli
 from kaizen.controllers import rollout as controller
 from kaizen.k8s.identity import whoami
 from kaizen.logic.effects import SLOW_RETRY
-from kaizen.logic.rollout import RECHECK
+from kaizen.logic.rollout import TARGET_RECHECK
 from tests.fixtures.prometheus import emit, prometheus  # noqa: F401
 from tests.integration.kube import apply, condition, driven_clock, get, settled, wait_for
 from tests.integration.rollouts import (
@@ -288,12 +288,12 @@ def test_a_second_rollout_of_one_target_waits_and_touches_nothing_until_the_firs
         "nothing until it does. To go ahead sooner: `kaizen abort bot-v2` or delete it; or delete this Rollout.")
     assert condition(refused, "Progressing")["status"] == "False"
     # While it waits, the stable Deployment and bot-v2's canary stay as bot-v2 left them, look after look: three
-    # rechecks, brought by the driven clock.
+    # rechecks, brought by the driven clock. (Unwoken it rechecks every 5 minutes: bot-v2's end wakes it below.)
     stable_generation = deployment(operator, namespace, "bot")["metadata"]["generation"]
     with driven_clock() as clock:
         slept = settled(controller.scheduler, namespace, "bot-v3", lambda s: s.due is not None)
         for _ in range(3):
-            clock.advance(RECHECK)
+            clock.advance(TARGET_RECHECK)
             slept = settled(controller.scheduler, namespace, "bot-v3", lambda s: s.due is not None,
                             after=slept.looks)
             canary = deployment(operator, namespace, "bot-canary")

@@ -234,7 +234,7 @@ def test_a_rollout_refused_its_target_touches_nothing_and_says_so_once():
     assert (effects.apply, effects.delete) == ((), ()) and effects.status["phase"] is None
     assert effects.status["message"].startswith("Deployment prod/bot is held by Rollout bot-v1")
     assert find_condition(effects.status["conditions"], "Progressing")["reason"] == "TargetInUse"
-    assert [e.reason for e in effects.events] == ["TargetInUse"] and effects.next_due == NOW + machine.RECHECK
+    assert [e.reason for e in effects.events] == ["TargetInUse"] and effects.next_due == NOW + machine.TARGET_RECHECK
     again = rollout_look(effects.status, holder=holder, holder_known=True)
     assert again.events == ()
 

@@ -253,3 +253,18 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
 
 # A look reads the Rollout fresh and says when it is next due: its own status write is nothing new to look at.
 scheduler = schedule(ROLLOUT, look_now, wake_on_own_writes=False)
+
+
+@kopf.on.event("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="wake_waiting_rollouts")
+async def free_target(type: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
+    """A Rollout that has ended, or is going, frees its target: the other Rollouts of that target look now, and the
+    next in line takes it (unwoken, a waiting Rollout looks only every ``TARGET_RECHECK``)."""
+    if type != "DELETED" and not meta.get("deletionTimestamp") and status.get("phase") not in TERMINAL:
+        return
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    try:
+        waiting = set(_by_target["index"][(namespace, (spec.get("target") or {}).get("deployment"))]) - {name}
+    except KeyError:
+        return
+    for other in waiting:
+        scheduler.wake(namespace, other)
