@@ -1,5 +1,4 @@
-"""Operator-wide kopf settings: how kopf logs in (:func:`kaizen.k8s.client.kopf_session`), where it keeps its
-bookkeeping, timeouts, and how noisy it is."""
+"""Operator-wide kopf settings: where kopf keeps its bookkeeping, timeouts, and how noisy it is."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from typing import Any
 import kopf
 
 from kaizen.api.common import API_GROUP
-from kaizen.k8s.client import kopf_session
 
 
 def quiet_wakes(record: logging.LogRecord) -> bool:
@@ -17,9 +15,6 @@ def quiet_wakes(record: logging.LogRecord) -> bool:
     object (thousands a minute at 1,000 objects), and the line says only that an event arrived."""
     message = record.getMessage()
     return not (message.startswith("Handler 'wake_") and message.endswith(" succeeded."))
-
-
-kopf.on.login()(kopf_session)
 
 
 @kopf.on.startup()
