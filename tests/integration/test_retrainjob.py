@@ -487,4 +487,5 @@ def test_a_training_retrainjob_looks_when_due_and_not_at_each_of_its_own_status_
                     .get("status", {}).get("phase") == "Training")
     time.sleep(3)  # a bounded window: a third of the look interval while training (FOLLOW_RUNNING, 10 s)
     looks = retrainjob.scheduler.slept(namespace, "ticking").looks - first.looks
-    assert looks <= 2, f"{looks} looks in 3 s while training"
+    # Woken by its own writes it looked about 30 times in 3 s; kwok's pod updates may wake it a few times.
+    assert looks <= 5, f"{looks} looks in 3 s while training"
