@@ -73,7 +73,9 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
     return notifications.deliver(obj, patch, logger, due)  # the events this look's decision log holds
 
 
-scheduler = schedule(IMPROVEMENT_LOOP, look_now)
+# A loop looks once more after its own status write: the look after the one that recorded a request removes the
+# request's annotations (take_request), and that must not wait for the next interval.
+scheduler = schedule(IMPROVEMENT_LOOP, look_now, wake_on_own_writes=True)
 
 
 @classified

@@ -330,7 +330,7 @@ class Slept:
 class Scheduler:
     """The looks of one kind: a task per object (by uid), woken by its due time or by :meth:`wake`."""
 
-    def __init__(self, resource: ResourceKind, wake_on_own_writes: bool = True) -> None:
+    def __init__(self, resource: ResourceKind, wake_on_own_writes: bool = False) -> None:
         self.resource = resource
         self.wake_on_own_writes = wake_on_own_writes
         #: The resourceVersion of each object's last status write by a look: its watch event is not a change.
@@ -412,16 +412,17 @@ async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, moved: asynci
             return
 
 
-def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = True) -> Scheduler:
+def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = False) -> Scheduler:
     """Run ``look`` for every object of ``resource`` when it is due, instead of polling: one asyncio task per object
     sleeps until the due time ``look`` returned, or until the object changes (any watch event wakes it) or
     :meth:`Scheduler.wake` is called. The look runs in a thread (the Kubernetes, Prometheus and collector clients
     block), and its status patch is written in one merge patch of the status subresource, skipped when empty; a
     TemporaryError's delay replaces the due time.
 
-    ``wake_on_own_writes=False``: the watch event of a look's own status write does not wake the object (a kind whose
-    look reads the object fresh and returns its next due time has nothing to look at then; at 100 Rollouts
-    analysing, that second look was half of the operator's API requests)."""
+    The watch event of a look's own status write does not wake the object (a look reads the object fresh and returns
+    its next due time, so there is nothing to look at then: at 100 Rollouts analysing that second look was half of
+    the operator's API requests, and a RetrainJob whose status changes at every look looked again for ever).
+    ``wake_on_own_writes=True`` makes it look once more after each write (the loop: see its controller)."""
     target = ("kaizen.dev", "v1alpha1", resource.plural)
     scheduler = Scheduler(resource, wake_on_own_writes)
     _schedulers.append(scheduler)

@@ -72,9 +72,7 @@ def follow(body: dict[str, Any], meta: dict[str, Any], patch: kopf.Patch, logger
     return apply(fresh, effects, patch, logger, refused=retrain.refused)
 
 
-# A look reads the RetrainJob fresh and says when it is next due; its own status write is no news. (Woken by it, a
-# RetrainJob training looked again at once, for ever: its pods' GPU seconds change the status at every look.)
-scheduler = schedule(RETRAIN_JOB, look_now, wake_on_own_writes=False)
+scheduler = schedule(RETRAIN_JOB, look_now)
 
 
 @kopf.on.startup()

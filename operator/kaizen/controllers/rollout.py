@@ -133,6 +133,14 @@ def keep_index(rollouts_by_target: kopf.Index, **_: Any) -> None:
     _by_target["index"] = rollouts_by_target
 
 
+def rollouts_of(namespace: str, target: str | None) -> set[str]:
+    """The names of the Rollouts of ``target`` in the index."""
+    try:
+        return set(_by_target["index"][(namespace, target)])
+    except KeyError:
+        return set()
+
+
 def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
     """The Rollouts of ``target`` that may hold it: not ended, not being deleted, with a spec that can be acted on.
 
@@ -144,10 +152,7 @@ def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
     Several others are read in one list of the namespace: k Rollouts waiting on one target, each reading the k
     others at every look, stormed the API server (the fuzz test with the operator running found it)."""
     namespace, own = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
-    try:
-        others = sorted(set(_by_target["index"][(namespace, target)]) - {own})
-    except KeyError:
-        others = []
+    others = sorted(rollouts_of(namespace, target) - {own})
     if len(others) > 1:
         listed = {o["metadata"]["name"]: o for o in rollouts.list_in(namespace)}
         objs = [fresh, *(listed[name] for name in others if name in listed)]  # absent: deleted since indexed
@@ -251,8 +256,7 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
                                      insecure_skip_verify=prometheus.insecure_skip_verify, connections=CONCURRENCY)
 
 
-# A look reads the Rollout fresh and says when it is next due: its own status write is nothing new to look at.
-scheduler = schedule(ROLLOUT, look_now, wake_on_own_writes=False)
+scheduler = schedule(ROLLOUT, look_now)
 
 
 @kopf.on.event("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="wake_waiting_rollouts")
@@ -262,9 +266,5 @@ async def free_target(type: str | None, meta: kopf.Meta, spec: kopf.Spec, status
     if type != "DELETED" and not meta.get("deletionTimestamp") and status.get("phase") not in TERMINAL:
         return
     namespace, name = meta.get("namespace") or "", meta.get("name") or ""
-    try:
-        waiting = set(_by_target["index"][(namespace, (spec.get("target") or {}).get("deployment"))]) - {name}
-    except KeyError:
-        return
-    for other in waiting:
+    for other in rollouts_of(namespace, (spec.get("target") or {}).get("deployment")) - {name}:
         scheduler.wake(namespace, other)
