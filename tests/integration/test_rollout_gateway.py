@@ -18,7 +18,7 @@ from tests.integration.gateway import (
     CHI2_Q, chi_square, create, gateway_service, get_models, serving_deployment, versions_seen, wait_until_served,
 )
 from tests.integration.kube import apply, condition, wait_for
-from tests.integration.rollouts import running_operator
+from tests.integration.rollouts import deployment, running_operator
 
 pytestmark = pytest.mark.integration
 MODELS = {"v1": "/models/bot/v1/model", "v2": "/models/bot/v2/model"}
@@ -53,14 +53,14 @@ def route_manifest(gateway):
                  "backendRefs": [{"name": "bot-stable", "port": 80}]}]}}
 
 
-def gateway_rollout(steps):
+def gateway_rollout(steps, **routing):
     return {"apiVersion": "kaizen.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "bot-v2"}, "spec": {
         "target": {"deployment": "bot", "container": "server"},
         "stableModel": {"version": "v1", "uri": MODELS["v1"]},
         "canaryModel": {"version": "v2", "uri": MODELS["v2"]},
         "trafficRouting": {"gatewayAPI": {
             "httpRoute": "bot", "stableBackend": {"name": "bot-stable", "port": 80},
-            "canaryBackend": {"name": "bot-canary", "port": 80}, "sessionAffinity": {"header": PIN}}},
+            "canaryBackend": {"name": "bot-canary", "port": 80}, "sessionAffinity": {"header": PIN}, **routing}},
         "steps": steps,
     }}
 
@@ -175,21 +175,33 @@ def test_an_aborted_rollout_restores_the_route_and_the_stable_alone_answers(oper
     cluster = operator
     create(cluster, namespace, serving_deployment("bot", track="stable", version="v1", model=MODELS["v1"]),
            gateway_service("bot-stable", track="stable"), gateway_service("bot-canary", track="canary"))
-    with LocalGateway(cluster, namespace) as gateway:
+    # Traefik as deployed, loading a changed configuration 2 s after the change (its default throttle).
+    with LocalGateway(cluster, namespace, throttle="2s") as gateway:
         create(cluster, namespace, route_manifest(gateway))
         wait_until_served(gateway.url, {"v1"})
-        apply(cluster, namespace, gateway_rollout([{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]))
+        apply(cluster, namespace, gateway_rollout([{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}],
+                                                  scaleDownDelay="10s"))
         wait_for(cluster, "rollout", "bot-v2", namespace,
                  lambda o: o.get("status", {}).get("awaitingApproval"), timeout=120)
         wait_for_route_weight(gateway.url, 50)
         assert kaizen_cli(["abort", "bot-v2", "-n", namespace]) == 0
-        wait_for(cluster, "rollout", "bot-v2", namespace,
-                 lambda o: o.get("status", {}).get("phase") == "Aborted", timeout=60)
-        # The stable alone answers now (the route went back to 100/0 before the canary was deleted).
-        seen = versions_seen(gateway.url, 100)
-        assert seen == {"v1": 100}
+        aborted = wait_for(cluster, "rollout", "bot-v2", namespace,
+                           lambda o: o.get("status", {}).get("phase") == "Aborted", timeout=60)
         backends = get_route(cluster, namespace)["spec"]["rules"][0]["backendRefs"]
         assert [(b["name"], b["weight"]) for b in backends] == [("bot-stable", 100), ("bot-canary", 0)]
+        assert aborted["status"]["canaryRemovalAt"] and deployment(cluster, namespace, "bot-canary") is not None
+        # Traefik loads the restored route a moment later, and until then sends the canary its half: the canary
+        # stays for scaleDownDelay, so every request is answered (versions_seen fails on any other status; with
+        # the canary deleted at the abort, CI saw a 502), and soon the stable alone answers.
+        deadline = time.monotonic() + 9
+        while (seen := versions_seen(gateway.url, 100)) != {"v1": 100}:
+            assert time.monotonic() < deadline, f"the canary still answers after the abort: {dict(seen)}"
+        cluster.kubectl("wait", "--for=delete", "deployment/bot-canary", "-n", namespace, "--timeout=60s",
+                        timeout=70)
+        ended = wait_for(cluster, "rollout", "bot-v2", namespace,
+                         lambda o: o["status"].get("canaryRemovalAt") is None, timeout=30)
+        assert ended["status"]["phase"] == "Aborted"
+        assert versions_seen(gateway.url, 50) == {"v1": 50}
 
 
 def test_cohorts_and_a_cookie_pin_route_through_the_real_gateway(operator, agent, namespace):
@@ -234,12 +246,15 @@ def test_a_rollout_deleted_under_way_restores_its_route_first(operator, agent, n
            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "bot"},
             "spec": {"rules": [{"name": "api", "filters": [TEAM_FILTER],
                                 "backendRefs": [{"name": "bot-stable", "port": 80}]}]}})
-    apply(cluster, namespace, gateway_rollout([{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}]))
+    apply(cluster, namespace, gateway_rollout([{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}],
+                                              scaleDownDelay="5s"))
     wait_for(cluster, "rollout", "bot-v2", namespace, lambda o: o.get("status", {}).get("awaitingApproval"),
              timeout=120)
     routed = get_route(cluster, namespace)["spec"]["rules"]
     assert [r["name"] for r in routed] == ["kaizen-bot-v2-api-pin", "api"]
+    started = time.monotonic()
     cluster.kubectl("delete", "rollout.kaizen.dev", "bot-v2", "-n", namespace, "--timeout=60s")
+    assert time.monotonic() - started >= 5  # the Rollout, and so its canary, stayed for scaleDownDelay
     rules = get_route(cluster, namespace)["spec"]["rules"]
     assert [r["name"] for r in rules] == ["api"] and rules[0]["filters"] == [TEAM_FILTER]
     assert [(b["name"], b["weight"]) for b in rules[0]["backendRefs"]] == [("bot-stable", 100), ("bot-canary", 0)]

@@ -274,6 +274,8 @@ def weights(manifest):
 
 
 def test_gateway_routing_sets_the_weight_once_the_canary_is_ready_and_restores_100_0_before_removing_it():
+    """The canary goes the route's scaleDownDelay (30 s) after the route went back to 100/0, as a gateway loads the
+    route some time after it is written; until then the ended Rollout holds its target and says when it will look."""
     started = routed_look({}, route=ROUTE)
     (canary,) = started.apply  # the route waits for the canary to be ready at its size
     assert canary["kind"] == "Deployment" and canary["spec"]["replicas"] == 1  # 25% of the stable's 4 replicas
@@ -289,7 +291,22 @@ def test_gateway_routing_sets_the_weight_once_the_canary_is_ready_and_restores_1
                           action=machine.Action("abort", "alice", NOW))
     (restored,) = aborted.apply
     assert weights(restored) == [("bot", 100), ("bot-canary", 0)]
-    assert aborted.delete == (("Deployment", "bot-canary"),) and aborted.status["achievedWeight"] == 0.0
+    assert aborted.delete == () and aborted.status["achievedWeight"] == 0.0
+    removal = NOW + timedelta(seconds=32)
+    assert aborted.status["phase"] == "Aborted" and aborted.status["canaryRemovalAt"] == "2026-11-28T12:00:32Z"
+    assert aborted.next_due == removal and machine.holds_target(aborted.status)
+    restored_route = {**ROUTE, "spec": {"rules": restored["spec"]["rules"]}}
+    early = routed_look(aborted.status, route=restored_route, canary=owned_canary(1),
+                        now=removal - timedelta(seconds=1))
+    assert (early.apply, early.delete, early.events, early.next_due) == ((), (), (), removal)
+    removed = routed_look(early.status, route=restored_route, canary=owned_canary(1), now=removal)
+    assert (removed.apply, removed.delete) == ((), (("Deployment", "bot-canary"),))
+    assert removed.status["canaryRemovalAt"] is None and removed.next_due is None
+    assert not machine.holds_target(removed.status)
+    # Without a canary to remove (it never became ready, or it is gone already), nothing is held.
+    never = routed_look(routed.status, route=on_route, now=NOW + timedelta(seconds=2),
+                        action=machine.Action("abort", "alice", NOW))
+    assert never.status["canaryRemovalAt"] is None and not machine.holds_target(never.status)
 
 
 def test_a_missing_or_foreign_route_is_an_invalid_spec_that_touches_nothing_and_clears_when_fixed():

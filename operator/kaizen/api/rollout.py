@@ -120,6 +120,12 @@ class GatewayAPIRouting(KaizenModel):
         default=None, description="Keep conversations the canary answered on the canary."
     )
     cohorts: Cohorts | None = Field(default=None, description="Cohorts that go to the canary first.")
+    scale_down_delay: Annotated[str, BoundedDuration("0s", "1h")] = Field(
+        default="30s", description="How long the canary Deployment stays after the rollout ended and the route went "
+        "back to 100/0 (promoted, rolled back or aborted): a gateway loads a route change some time after it is "
+        "written, and until then it still sends the canary its share (Argo Rollouts' abortScaleDownDelaySeconds). "
+        "The Rollout holds its target until the canary is gone; from 0s to 1h.",
+    )
 
     model_config = {
         "json_schema_extra": validations(
@@ -457,6 +463,10 @@ class RolloutStatus(CommonStatus):
         "routing, the route's exact weight with gatewayAPI. Analysis and Events use it.",
     )
     canary_replicas: int | None = Field(default=None, ge=0, description="Replicas of the canary Deployment.")
+    canary_removal_at: datetime | None = Field(
+        default=None, description="When the ended rollout removes its canary Deployment: with gatewayAPI routing, "
+        "the route's scaleDownDelay after the route went back to 100/0. Unset once the canary is gone.",
+    )
     consecutive_errors: int | None = Field(default=None, ge=0, description="Error intervals in a row.")
     consecutive_inconclusive: int | None = Field(default=None, ge=0, description="Inconclusive intervals in a row.")
     analysis: list[AnalysisRecord] = Field(

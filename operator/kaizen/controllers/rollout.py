@@ -19,6 +19,7 @@ approval without metrics costs nothing until then. Spec validation (Ready / Inva
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime
 from typing import Any
@@ -39,8 +40,8 @@ from kaizen.logic.effects import rejected_for
 from kaizen.logic.promql import fill
 from kaizen.logic.routing import ModelSplit, RouteError
 from kaizen.logic.rollout import (
-    ACTIONS, ACTIONS_USAGE, TERMINAL, Action, Contender, Gathered, Look, MetricSample, analysis_window, decide,
-    judge_look, look_due, status_of, target_holder,
+    ACTIONS, ACTIONS_USAGE, Action, Contender, Gathered, Look, MetricSample, analysis_window, decide,
+    holds_target, judge_look, look_due, status_of, target_holder,
 )
 from kaizen.logic.validation import InvalidSpec, parse_spec
 from kaizen.k8s.client import CONCURRENCY
@@ -61,8 +62,8 @@ def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], pat
          **_: Any) -> datetime | None:
     """One look; returns when the next is due (:func:`kaizen.logic.rollout.next_due`), None: only on a change."""
     namespace, name = meta["namespace"], meta["name"]
-    if status.get("phase") in TERMINAL and ACTION not in (meta.get("annotations") or {}):
-        return None  # ended: nothing to do, and no need to read anything
+    if not holds_target(status) and ACTION not in (meta.get("annotations") or {}):
+        return None  # ended, its canary gone: nothing to do, and no need to read anything
     try:
         fresh = rollouts.read(namespace, name)
     except ApiError as error:
@@ -82,7 +83,7 @@ def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], pat
     current = status_of(stored)
     request = take_request(ROLLOUT, fresh, ACTIONS, current.last_action, ACTIONS_USAGE)
     action = None if request is None else Action(request.action, request.by, request.at)  # type: ignore[arg-type]
-    if current.phase in TERMINAL and action is None:
+    if not holds_target(stored) and action is None:
         return None
     now = reconcile.clock.now()
     target = spec.target.deployment
@@ -142,7 +143,8 @@ def rollouts_of(namespace: str, target: str | None) -> set[str]:
 
 
 def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
-    """The Rollouts of ``target`` that may hold it: not ended, not being deleted, with a spec that can be acted on.
+    """The Rollouts of ``target`` that may hold it (:func:`kaizen.logic.rollout.holds_target`), not being deleted,
+    with a spec that can be acted on.
 
     Which Rollouts name ``target`` comes from the index (a list of the namespace's Rollouts, as before, made
     starting N Rollouts cost N lists of N Rollouts), each read fresh from the API server (not the cache; ``fresh``,
@@ -162,7 +164,7 @@ def contenders(fresh: dict[str, Any], target: str) -> list[Contender]:
     for obj in objs:
         meta, status = obj["metadata"], obj.get("status") or {}
         if (obj.get("spec") or {}).get("target", {}).get("deployment") != target or meta.get("deletionTimestamp") \
-                or status.get("phase") in TERMINAL:
+                or not holds_target(status):
             continue
         try:
             parse_spec(ROLLOUT, obj.get("spec") or {}, meta["name"])
@@ -217,9 +219,10 @@ def analyse(spec: RolloutSpec, status: RolloutStatus, namespace: str, now: datet
 
 
 @kopf.on.delete("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="restore_route")
-def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
-    """A Rollout deleted under way: its HTTPRoute back to 100/0, before its canary Deployment (garbage-collected
-    once the Rollout is gone) stops answering the share the route still sends it."""
+async def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
+    """A Rollout deleted under way: its HTTPRoute back to 100/0, then the Rollout stays for the route's
+    ``scaleDownDelay`` (this handler's finalizer), so that its canary Deployment, garbage-collected once the Rollout
+    is gone, answers the share the gateway sends it until the gateway has loaded the restored route."""
     try:
         parsed: RolloutSpec = parse_spec(ROLLOUT, dict(spec), meta["name"])  # type: ignore[assignment]
     except InvalidSpec:
@@ -231,8 +234,8 @@ def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: An
     model = None if adapter is None else ModelSplit(adapter.model_name_header, adapter.served_model_name,
                                                     adapters.adapter_name(adapter, parsed.canary_model))
     try:
-        result = httproutes.set_weight(meta["namespace"], gateway, rollout=meta["name"], weight=0,
-                                       canary_version=parsed.canary_model.version, model=model)
+        result = await asyncio.to_thread(httproutes.set_weight, meta["namespace"], gateway, rollout=meta["name"],
+                                         weight=0, canary_version=parsed.canary_model.version, model=model)
     except RouteError as problem:  # no route, or not one this Rollout routes: nothing of ours to restore
         logger.info(f"Left route alone httproute={gateway.http_route} reason={problem}")
         return
@@ -242,7 +245,9 @@ def restore_route(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: An
         logger.warning(f"Restoring route failed httproute={gateway.http_route} error={error}")
         return
     if result.changed:
-        logger.info(f"Restored route httproute={gateway.http_route} canaryWeight=0")
+        delay = parse_duration(gateway.scale_down_delay).total_seconds()
+        logger.info(f"Restored route httproute={gateway.http_route} canaryWeight=0; the canary goes in {delay:g}s")
+        await asyncio.sleep(delay)  # a restarted operator finds the route restored, and lets the Rollout go
 
 
 def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
@@ -261,9 +266,9 @@ scheduler = schedule(ROLLOUT, look_now)
 
 @kopf.on.event("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="wake_waiting_rollouts")
 async def free_target(type: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
-    """A Rollout that has ended, or is going, frees its target: the other Rollouts of that target look now, and the
-    next in line takes it (unwoken, a waiting Rollout looks only every ``TARGET_RECHECK``)."""
-    if type != "DELETED" and not meta.get("deletionTimestamp") and status.get("phase") not in TERMINAL:
+    """A Rollout that has ended (its canary gone), or is going, frees its target: the other Rollouts of that target
+    look now, and the next in line takes it (unwoken, a waiting Rollout looks only every ``TARGET_RECHECK``)."""
+    if type != "DELETED" and not meta.get("deletionTimestamp") and holds_target(dict(status)):
         return
     namespace, name = meta.get("namespace") or "", meta.get("name") or ""
     for other in rollouts_of(namespace, (spec.get("target") or {}).get("deployment")) - {name}:

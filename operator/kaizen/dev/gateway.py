@@ -127,8 +127,10 @@ class LocalGateway:
     """
 
     def __init__(self, cluster: ClusterAccess, namespace: str, name: str = "kaizen-dev",
-                 workdir: Path | None = None) -> None:
-        self.cluster, self.namespace, self.name = cluster, namespace, name
+                 workdir: Path | None = None, throttle: str = "100ms") -> None:
+        # throttle: how long Traefik waits for more changes before it loads a new configuration (routes and
+        # endpoints alike); Traefik's own default is 2s, and 100ms keeps tests quick.
+        self.cluster, self.namespace, self.name, self.throttle = cluster, namespace, name, throttle
         self._owned = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kaizen-gateway-"))
         self.port, self.ping_port = free_ports(2)
@@ -162,8 +164,8 @@ class LocalGateway:
             "ping": {"entryPoint": "ping"},
             "log": {"level": "INFO", "noColor": True},
             "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-            "providers": {"providersThrottleDuration": "100ms",
-                          "kubernetesGateway": {"namespaces": [self.namespace], "throttleDuration": "100ms"}},
+            "providers": {"providersThrottleDuration": self.throttle,
+                          "kubernetesGateway": {"namespaces": [self.namespace], "throttleDuration": self.throttle}},
         }
 
     def start(self, timeout: float = 60.0) -> LocalGateway:

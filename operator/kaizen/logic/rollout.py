@@ -114,7 +114,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Contender:
-    """A Rollout of a target Deployment that has not ended (nor been deleted), and whose spec can be acted on."""
+    """A Rollout of a target Deployment that may hold it (:func:`holds_target`): not deleted, and with a spec that
+    can be acted on."""
 
     name: str
     created: datetime
@@ -527,10 +528,11 @@ IDLE_LOOK = timedelta(seconds=30)
 
 def next_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> datetime | None:
     """When the step machine next needs to look: the next analysis look, the end of a timed step, or a poll while it
-    waits on a Deployment. None once the rollout has ended, and for an untimed pause without metrics, which only a
-    user's action (a change to the Rollout, which wakes it) ends."""
+    waits on a Deployment. Once the rollout has ended: the canary's removal while it is still to come, else None;
+    None also for an untimed pause without metrics, which only a user's action (a change to the Rollout, which
+    wakes it) ends."""
     if status.phase in TERMINAL:
-        return None
+        return status.canary_removal_at
     if status.phase is None:
         return now
     index = status.current_step or 0
@@ -661,7 +663,7 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
             decision.status.achieved_weight = route_effect[1]
     resize = decision.canary_replicas is not None and (
         canary is None or canary["spec"].get("replicas") != decision.canary_replicas)
-    remove = decision.canary_replicas is None and canary is not None
+    remove = decision.canary_replicas is None and _canary_goes(spec, current, decision, canary, now)
     promote = decision.promote and not serving
     manifest = route_effect[0] if route_effect else None
     pool: list[dict[str, Any]] = []  # an adapter canary's ConfigMap and the stable's mount of it
@@ -712,6 +714,38 @@ def decide(spec: RolloutSpec, stored: dict[str, Any], gathered: Gathered, now: d
     concluded = _conclude(spec, stored, current, decision, now, generation, due=next_due(spec, decision.status, now))
     return Effects(status=concluded.status, apply=tuple(apply), delete=(("Deployment", canary_name),) if remove else (),
                    events=concluded.events, log=(*log, *concluded.log), next_due=concluded.next_due)
+
+
+def _canary_goes(spec: RolloutSpec, current: RolloutStatus, decision: Decision, canary: dict[str, Any] | None,
+                 now: datetime) -> bool:
+    """Whether the canary Deployment (``canary``, as read), which the decision no longer wants, is removed in this
+    look; ``decision.status.canaryRemovalAt`` says when it will be, while it is still to come.
+
+    With Gateway API routing the look that ends the rollout writes the route back to 100/0, and the gateway loads
+    it some time later (Traefik, about 2 s): a canary removed in that look would fail the requests the gateway still
+    sends it. So the canary stays for the route's ``scaleDownDelay``, with its removal time in status, so that a
+    restarted operator keeps it (and the Rollout holds its target until then, :func:`holds_target`).
+    """
+    routing = spec.traffic_routing.gateway_api
+    if canary is None:
+        decision.status.canary_removal_at = None
+        return False
+    if routing is None or decision.status.phase not in TERMINAL:
+        return True
+    if current.phase not in TERMINAL:  # ended in this look
+        decision.status.canary_removal_at = now + parse_duration(routing.scale_down_delay)
+    due = decision.status.canary_removal_at
+    if due is not None and now < due:
+        return False
+    decision.status.canary_removal_at = None
+    return True
+
+
+def holds_target(status: dict[str, Any]) -> bool:
+    """Whether a Rollout (its status as stored) holds its target against others that have not started: one under
+    way or not started yet, and one that ended but whose canary Deployment is still to be removed (a newcomer
+    would take over that very Deployment, :func:`_canary_goes`)."""
+    return status.get("phase") not in TERMINAL or status.get("canaryRemovalAt") is not None
 
 
 def _route_change(spec: RolloutSpec, decision: Decision, observation: Observation, route: dict[str, Any] | None,
