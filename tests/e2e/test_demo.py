@@ -2,9 +2,10 @@
 served model -- real model-server pods behind a Service, simulated users who see only the answers and rate them on
 their traces, and Kaizen deciding from what Prometheus and the collector saw -- and cleans up after itself.
 
-* Scenario (a), `drift`: a policy change makes one of the served model's answers wrong; the users' dissatisfaction
-  breaches; the loop retrains targeted at their corrections; the candidate passes its gates on the same holdout as
-  the baseline; the canary is judged on the users' live feedback and promoted; the users' measured quality recovers.
+* Scenario (a), `drift`: a policy change makes one of the served model's answers wrong, and the users start asking
+  something new; the collector's input drift rises before the users' dissatisfaction breaches; the loop retrains targeted at their corrections; the candidate passes its gates on the same holdout as
+  the baseline; the canary is judged on the users' live feedback and promoted; the users' measured quality recovers,
+  and the drift against the promoted version clears.
 * Scenario (b), `cohort-regression`: the change applies to two cohorts only, and the team's data has no requests of
   the third; the candidate passes every offline gate but answers the third cohort wrongly live, and the canary's
   per-cohort analysis rolls it back, with the metric and its numbers in the message.
@@ -121,9 +122,16 @@ def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     calm = re.search(r"Signals: dissatisfaction=([0-9.]+) \(Healthy\)", output)
     assert calm and float(calm.group(1)) <= 0.15, output
     assert re.search(r"dissatisfaction=[0-9.]+ \(Breached\)", output), output
-    # The changed intent leads the targets (users also rate a few right answers down, so others may follow it).
-    assert re.search(r'targets \{"categories": \[[^]]*"incorrect"[^]]*\][^}]*"scenarios": \["refund\.return"[],]',
-                     output), output
+    # The changed intent and the new one lead the targets (users also rate a few right answers down, so others may
+    # follow them).
+    scenarios = re.search(r'targets \{"categories": \[[^]]*"incorrect"[^]]*\][^}]*"scenarios": \[([^]]*)\]', output)
+    assert scenarios and {'"refund.return"', '"plan.pause"'} <= set(scenarios.group(1).split(", ")[:2]), output
+    # The collector saw the requests themselves change (the new intent) before the users' verdict breached.
+    drift = re.search(r"Input drift: the collector saw the requests change (\d+)s after the change \(novel share "
+                      r"([0-9.]+), novelty p ([0-9.e-]+), request mix PSI ([0-9.]+)\); the users' dissatisfaction "
+                      r"breached (\d+)s after it", output)
+    assert drift and int(drift.group(1)) < int(drift.group(5)), output
+    assert float(drift.group(2)) > 0 and float(drift.group(3)) < 0.01, output
 
     # The trainer ran for real on the users' corrections: the candidate learnt the new policy, lost nothing else.
     [job] = re.findall(r"RetrainJob (support-bot-retrain-[0-9a-f]+): Succeeded, verdict Passed", output)
@@ -138,6 +146,8 @@ def test_drift_is_repaired_by_a_targeted_retrain_and_the_users_see_it(tmp_path):
     assert after >= 0.95 and after > drifted + 0.05, output
     assert re.search(rf"improvementloop.kaizen.dev/support-bot +Observing +{job}", output), output
     assert re.search(r"outcome: Rollout support-bot-rollout-[0-9a-f]+ promoted", output), output
+    # The drift's reference follows the served version: the promoted one, trained on the new requests, is not drifted.
+    assert re.search(rf"Input drift against {job}'s first answers \(.*\): none", output), output
     # It ends by writing the loop's report (kaizen report), with its figures embedded.
     report = re.search(r"==> Report: (\S+)", output)
     assert report and Path(report.group(1)) == (tmp_path / "demo" / "report.html").resolve(), output

@@ -12,8 +12,11 @@ pointed at the local Prometheus and collector).
 
 Simulated users (:mod:`kaizen.dev.users`, :mod:`kaizen.dev.traffic`) send real requests through the gateway, judge
 each answer against what they know is right, and rate some answers on their trace in the collector. Then the world
-changes (:data:`SCENARIOS`): a policy change makes one of the model's answers wrong. Nothing here sets a quality:
-the loop sees what users see, in Prometheus (the collector's feedback counters, the servers' request metrics).
+changes (:data:`SCENARIOS`): a policy change makes one of the model's answers wrong, and in the ``drift`` story the
+users also start asking something new. Nothing here sets a quality: the loop sees what users see, in Prometheus (the
+collector's feedback counters, the servers' request metrics), and the collector's drift pass sees the requests
+themselves change (``kaizen_input_drift``), which the demo prints beside the feedback signal's breach
+(:func:`drift_line`).
 
 The loop's canary gets its share on the HTTPRoute (``trafficRouting.gatewayAPI``): the demo follows the Rollout and
 the route look by look (:func:`follow_rollout`), prints each step's weight as the status and the route hold it, the
@@ -22,9 +25,11 @@ the rollout, back to 100/0 on the stable. With ``--routing replicas`` the canary
 behind the Service ``support-bot``, and the users reach it through
 :class:`~kaizen.dev.service_proxy.ServiceProxy` (spread over its ready pods as kube-proxy spreads them).
 
-* ``drift`` (scenario (a), the default): the users' dissatisfaction breaches; the loop retrains targeted at their
-  corrections; the candidate is gated against the baseline on the same holdout; the canary is judged on the users'
-  live feedback and promoted; the users' measured quality recovers, and the demo prints it before and after.
+* ``drift`` (scenario (a), the default): the return policy changes and customers start asking to pause their plan,
+  which v1 never saw; the input drift rises first, then the users' dissatisfaction breaches; the loop retrains
+  targeted at their corrections; the candidate is gated against the baseline on the same holdout; the canary is
+  judged on the users' live feedback and promoted; the users' measured quality recovers, and the demo prints it
+  before and after, and the input drift against the promoted version clears.
 * ``cohort-regression`` (scenario (b)): the change applies to two cohorts only, and the team's data holds no
   requests of the third; the candidate passes its offline gates but answers the third cohort wrongly, and the
   canary's per-cohort analysis rolls it back, naming the metric and its numbers.
@@ -311,15 +316,65 @@ class Scenario:
     policy_cohorts: tuple[str, ...] | None
     #: How the story ends when it goes as it should: the candidate promoted, or rolled back by the canary.
     ending: str
+    #: Whether the users also start asking something new (pausing a plan) at the change: an input drift.
+    new_intent: bool = False
 
 
 SCENARIOS = {
-    "drift": Scenario("drift", "the return window shrinks from 30 to 14 days for everyone", None, "Promoted"),
+    "drift": Scenario("drift", "the return window shrinks from 30 to 14 days for everyone, and customers start "
+                      "asking to pause their plan", None, "Promoted", new_intent=True),
     "cohort-regression": Scenario(
         "cohort-regression", "the return window shrinks to 14 days for free and pro customers; business customers "
         "keep 30 days by contract (and the team's replay and holdout hold no business requests)",
         ("free", "pro"), "RolledBack"),
 }
+
+
+#: The collector's drift pass in the demo: every 5 s, the newest 100 requests of the last 10 s against the first 100
+#: the served version answered. Only the model's whole traffic is tested (a cohort has fewer than 100 requests in
+#: 10 s): one embedding of 200 requests a pass, on cores the servers and the trainer share.
+DRIFT_PASS = ("--drift-every", "5", "--drift-window", "10", "--drift-sample", "100", "--drift-min-traces", "100")
+DRIFT_QUERY = f'kaizen_input_drift{{model="{LOOP}",cohort=""}}'
+
+
+class DriftWatch:
+    """The collector's input-drift gauges of the demo's model, as Prometheus scraped them: :meth:`look` notes the
+    first time they say ``drifted`` (and the gauges then), :meth:`now` reads the flag."""
+
+    def __init__(self, prometheus: Any) -> None:
+        self.prometheus = prometheus
+        self.first: float | None = None
+        self.gauges: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        return {r["metric"]["method"]: float(r["value"][1]) for r in self.prometheus.query(DRIFT_QUERY)}
+
+    def look(self) -> None:
+        if self.first is None:
+            gauges = self.read()
+            if gauges.get("drifted") == 1.0:
+                self.first, self.gauges = time.time(), gauges
+
+    def now(self) -> float | None:
+        return self.read().get("drifted")
+
+
+def drift_line(drift: DriftWatch, status: dict[str, Any], changed_at: float) -> str:
+    """When the requests themselves were seen to change, against when the users' verdict breached."""
+    breached = [s for s in status.get("signals", []) if s["state"] == "Breached" and s.get("since")]
+    verdict = (f"the users' {breached[0]['name']} breached {parse_time(breached[0]['since']) - changed_at:.0f}s "
+               "after it" if breached else "no feedback signal had breached")
+    if drift.first is None:
+        return f"Input drift: none seen by the collector; {verdict}"
+    g = drift.gauges
+    return (f"Input drift: the collector saw the requests change {drift.first - changed_at:.0f}s after the change "
+            f"(novel share {g.get('novel_share', float('nan')):.2f}, novelty p {g.get('novelty_p_value', 1):.3g}, "
+            f"request mix PSI {g.get('scenario_psi', float('nan')):.2f}); {verdict}")
+
+
+def parse_time(stamp: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def pin_model(cluster: ClusterAccess, deployment: str, container: str, model: dict[str, str]) -> None:
@@ -394,13 +449,16 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         data_args = ["--root", str(node_root)]
         if story.policy_cohorts:
             data_args += ["--policy-cohorts", ",".join(story.policy_cohorts)]
+        if story.new_intent:
+            data_args += ["--new-intent"]  # the team's holdout holds the new requests too, to gate on them
         data = spawn_python("demo-data", "kaizen.dev.demo_data", data_args, workdir / "data.log", OMP_NUM_THREADS="1")
         stack.callback(processes.stop, [data])
         cluster = stack.enter_context(cluster_for(kubeconfig, workdir))
         pod_targets = workdir / "node-agent" / "prometheus-targets.json"
         with stage("Starting Prometheus and the feedback collector"):
             prometheus = stack.enter_context(LocalPrometheus(workdir / "prometheus", pod_targets=[pod_targets]))
-            collector = LocalCollector(f"sqlite:///{workdir / 'collector.db'}", workdir / "collector").start()
+            collector = LocalCollector(f"sqlite:///{workdir / 'collector.db'}", workdir / "collector",
+                                       *DRIFT_PASS).start()
             stack.callback(collector.stop)
             prometheus.set_targets([Target(collector.url.removeprefix("http://"))])
         with stage("Installing the Kaizen CRDs"):
@@ -482,16 +540,25 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
         say(f"Measured: {quality_line(traffic.snapshot(), 'v1')}")
 
         # The drift: the world changes under the served model; nothing touches the model or its numbers.
+        changed_at = time.time()
         population.domain = support_domain.Domain(support_domain.drift(
-            policy_at=traffic.now(), policy_cohorts=story.policy_cohorts))
+            policy_at=traffic.now(), policy_cohorts=story.policy_cohorts,
+            new_intent_at=traffic.now() if story.new_intent else None))
+        drift = DriftWatch(prometheus)
+
+        def retrain_jobs() -> list[dict[str, Any]]:
+            drift.look()  # the requests' drift is noted while the users' verdict gathers
+            return children(cluster, "retrainjob")
+
         with stage(f"The policy changes: {story.title}. Waiting for the users' verdict and the loop's decision"):
-            jobs = eventually(lambda: children(cluster, "retrainjob"), "a RetrainJob", timeout=180,
+            jobs = eventually(retrain_jobs, "a RetrainJob", timeout=180,
                               explain=lambda: f"{signal_line(s := loop_status(cluster))}; "
                               f"{(s.get('decisions') or [{}])[0].get('reason')}")
         status = loop_status(cluster)
         job = jobs[0]
         name = job["metadata"]["name"]
         say(f"Signals: {signal_line(status)}")
+        say(drift_line(drift, status, changed_at))
         say(f"Created RetrainJob {name}: baseline {job['spec']['baseline']['version']}, "
             f"targets {json.dumps(job['spec'].get('targets', {}))}")
 
@@ -539,6 +606,12 @@ def run(kubeconfig: Path | None = None, workdir: Path = Path(".kaizen/demo"), ke
                 say(f"Measured: {quality_line(after, candidate)}")
                 say(f"Quality the users measured: {before.quality('v1', window=True):.1%} right with v1 after the "
                     f"change, {after.quality(candidate, window=True):.1%} with {candidate}")
+                if drift.first is not None:
+                    # The reference follows the served version: the new one is judged on what it first served.
+                    eventually(lambda: drift.now() == 0.0, "the input drift against the new version to clear",
+                               timeout=60, explain=lambda: f"drifted={drift.now()}")
+                    say(f"Input drift against {candidate}'s first answers (the collector's reference follows the "
+                        "served version): none")
             else:
                 say(f"Still serving v1: {quality_line(traffic.snapshot(), 'v1')}")
         final = traffic.snapshot()
