@@ -268,7 +268,7 @@ scheduler = schedule(ROLLOUT, look_now)
 async def free_target(type: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
     """A Rollout that has ended (its canary gone), or is going, frees its target: the other Rollouts of that target
     look now, and the next in line takes it (unwoken, a waiting Rollout looks only every ``TARGET_RECHECK``)."""
-    if type != "DELETED" and not meta.get("deletionTimestamp") and holds_target(dict(status)):
+    if type != "DELETED" and not meta.get("deletionTimestamp") and holds_target(status):
         return
     namespace, name = meta.get("namespace") or "", meta.get("name") or ""
     for other in rollouts_of(namespace, (spec.get("target") or {}).get("deployment")) - {name}:

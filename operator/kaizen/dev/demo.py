@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kaizen.api import KINDS
+from kaizen.api.actions import parse_timestamp
 from kaizen.dev.cluster import ClusterAccess, LocalCluster
 
 if TYPE_CHECKING:
@@ -323,9 +324,12 @@ class Scenario:
     new_intent: bool = False
 
 
+#: Seconds between the new intent's first requests and the policy change in the ``drift`` story.
+NEW_INTENT_LEAD = 20.0
+
 SCENARIOS = {
-    "drift": Scenario("drift", "customers start asking to pause their plan, and 20 s later the return window "
-                      "shrinks from 30 to 14 days for everyone", None, "Promoted", new_intent=True),
+    "drift": Scenario("drift", f"customers start asking to pause their plan, and {NEW_INTENT_LEAD:g} s later the "
+                      "return window shrinks from 30 to 14 days for everyone", None, "Promoted", new_intent=True),
     "cohort-regression": Scenario(
         "cohort-regression", "the return window shrinks to 14 days for free and pro customers; business customers "
         "keep 30 days by contract (and the team's replay and holdout hold no business requests)",
@@ -333,8 +337,6 @@ SCENARIOS = {
 }
 
 
-#: Seconds between the new intent's first requests and the policy change in the ``drift`` story (its title says 20).
-NEW_INTENT_LEAD = 20.0
 #: The collector's drift pass in the demo: every 5 s, the newest 200 requests of the last 15 s against the first 200
 #: the served version answered. Only the model's whole traffic is tested (a cohort has fewer than 200 requests in
 #: 15 s). 200 a side, as bench/drift measured its lead with: at 100, a new intent asked by one request in twelve is
@@ -368,8 +370,10 @@ class DriftWatch:
 def drift_line(drift: DriftWatch, status: dict[str, Any], changed_at: float) -> str:
     """When the requests themselves were seen to change, against when the users' verdict breached."""
     breached = [s for s in status.get("signals", []) if s["state"] == "Breached" and s.get("since")]
-    verdict = (f"the users' {breached[0]['name']} breached {parse_time(breached[0]['since']) - changed_at:.0f}s "
-               "after it" if breached else "no feedback signal had breached")
+    verdict = "no feedback signal had breached"
+    if breached:
+        after = parse_timestamp(breached[0]["since"]).timestamp() - changed_at
+        verdict = f"the users' {breached[0]['name']} breached {after:.0f}s after it"
     if drift.first is None:
         return f"Input drift: none seen by the collector; {verdict}"
     g = drift.gauges
@@ -377,11 +381,6 @@ def drift_line(drift: DriftWatch, status: dict[str, Any], changed_at: float) -> 
             f"(novel share {g.get('novel_share', float('nan')):.2f}, novelty p {g.get('novelty_p_value', 1):.3g}; "
             f"request mix PSI {g.get('scenario_psi', float('nan')):.2f}, chi-square p "
             f"{g.get('scenario_chi2_p_value', 1):.3g}); {verdict}")
-
-
-def parse_time(stamp: str) -> float:
-    from datetime import datetime
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def pin_model(cluster: ClusterAccess, deployment: str, container: str, model: dict[str, str]) -> None:

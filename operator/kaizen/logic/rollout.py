@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -741,7 +741,7 @@ def _canary_goes(spec: RolloutSpec, current: RolloutStatus, decision: Decision, 
     return True
 
 
-def holds_target(status: dict[str, Any]) -> bool:
+def holds_target(status: Mapping[str, Any]) -> bool:
     """Whether a Rollout (its status as stored) holds its target against others that have not started: one under
     way or not started yet, and one that ended but whose canary Deployment is still to be removed (a newcomer
     would take over that very Deployment, :func:`_canary_goes`)."""
