@@ -5,6 +5,7 @@ what is due."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -69,3 +70,27 @@ def test_a_due_time_in_the_past_is_looked_at_at_once(clock):
                                                 NOW - timedelta(seconds=1)), 1)
 
     asyncio.run(scenario())
+
+
+def test_the_sleep_says_whether_a_change_ended_it(clock):
+    async def scenario():
+        wake, moved = asyncio.Event(), asyncio.Event()
+        assert await reconcile._sleep(Running(), wake, moved, NOW - timedelta(seconds=1)) is False  # due
+        wake.set()
+        assert await asyncio.wait_for(reconcile._sleep(Running(), wake, moved, None), 1) is True  # woken
+
+    asyncio.run(scenario())
+
+
+def test_a_woken_look_never_waits_for_a_thread_behind_due_looks():
+    """Every due-look thread busy (1,000 loops and 500 Rollouts analysing outran them): a look woken by a user's
+    request still gets a thread at once."""
+    release = threading.Event()
+    due = reconcile.executor(woken=False)
+    busy = [due.submit(release.wait, 10) for _ in range(reconcile.CONCURRENCY - reconcile.WOKEN_THREADS + 4)]
+    try:
+        assert reconcile.executor(woken=True).submit(lambda: "looked").result(timeout=2) == "looked"
+        assert not any(future.done() for future in busy)  # the due looks were all still waiting
+    finally:
+        release.set()
+    assert all(future.result(timeout=5) for future in busy)
