@@ -70,7 +70,7 @@ from kaizen.api.actions import action_annotations  # noqa: E402
 from kaizen.dev.cluster import KWOK_NODE_ANNOTATION, ClusterAccess, LocalCluster, free_ports  # noqa: E402
 from kaizen.dev.demo import operator_process  # noqa: E402
 from kaizen.dev.emitter import Stream  # noqa: E402
-from kaizen.dev.prometheus import LocalPrometheus, Target  # noqa: E402
+from kaizen.dev.prometheus import LocalPrometheus, Target, queries_answered  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 NAMESPACE = "bench"
@@ -145,14 +145,6 @@ def prometheus_query(url: str, promql: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}",
                                 timeout=5) as response:
         return json.load(response)["data"]["result"]
-
-
-def prometheus_queries(url: str) -> float:
-    """Queries Prometheus has answered so far (instant and range)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return measure.counter_sum(text, "prometheus_http_requests_total",
-                               {"handler": ["/api/v1/query", "/api/v1/query_range"]})
 
 
 # --- objects ----------------------------------------------------------------------------------------------------
@@ -344,14 +336,14 @@ def window(seconds: float, pid: int, cluster: LocalCluster, prometheus_url: str)
     status = Path(f"/proc/{pid}/status")
     load0 = os.getloadavg()[0]
     start, cpu0 = time.monotonic(), measure.cpu_seconds(stat.read_text(), ticks)
-    (operator0, all0, by0), queries0 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator0, all0, by0), queries0 = api_requests(cluster), queries_answered(prometheus_url)
     rss = []
     while time.monotonic() - start < seconds:
         rss.append(measure.rss_mib(status.read_text()))
         time.sleep(1.0)
     elapsed = time.monotonic() - start
     cpu = measure.cpu_seconds(stat.read_text(), ticks) - cpu0
-    (operator1, all1, by1), queries1 = api_requests(cluster), prometheus_queries(prometheus_url)
+    (operator1, all1, by1), queries1 = api_requests(cluster), queries_answered(prometheus_url)
     return {"seconds": round(elapsed, 1), "operatorCpuCores": round(cpu / elapsed, 3),
             "operatorRssMiB": round(max(rss), 1),
             "apiRequestsPerSecond": round((operator1 - operator0) / elapsed, 2),

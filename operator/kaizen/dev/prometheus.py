@@ -215,6 +215,10 @@ class LocalPrometheus:
         with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{params}", timeout=10) as response:
             return json.load(response)["data"]["result"]
 
+    def queries_answered(self) -> float:
+        """How many queries this Prometheus has answered (:func:`queries_answered`)."""
+        return queries_answered(self.url)
+
     def wait_for_data(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until ``promql`` returns something (targets discovered and scraped) and return it."""
         deadline = time.monotonic() + timeout
@@ -231,3 +235,14 @@ class LocalPrometheus:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+
+def queries_answered(url: str) -> float:
+    """How many queries (instant and range) the Prometheus at ``url`` has answered so far, from its own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "prometheus_http_requests_total"
+               and sample.labels.get("handler") in ("/api/v1/query", "/api/v1/query_range"))
