@@ -94,3 +94,18 @@ def test_a_woken_look_never_waits_for_a_thread_behind_due_looks():
     finally:
         release.set()
     assert all(future.result(timeout=5) for future in busy)
+
+
+def test_a_snapshot_holds_the_looks_last_write_only_once_the_watch_delivered_it():
+    from kaizen.api import ROLLOUT
+
+    scheduler = reconcile.Scheduler(ROLLOUT)
+    assert scheduler.watched_own_write("ns", "r")  # nothing written yet: kopf's body is as fresh as any read
+    scheduler.wrote("ns", "r", "41")
+    assert not scheduler.watched_own_write("ns", "r")  # written, not yet watched: the look must read it fresh
+    scheduler.changed("ns", "r", "40")  # an older event still arriving
+    assert not scheduler.watched_own_write("ns", "r")
+    scheduler.changed("ns", "r", "41")
+    assert scheduler.watched_own_write("ns", "r")
+    scheduler.changed("ns", "r", "42")  # someone else's change after ours: the body has ours, and theirs
+    assert scheduler.watched_own_write("ns", "r")
