@@ -338,7 +338,7 @@ class Kill:
     line: str | None = None
     after: float = 8.0
     down: float = 0.0
-    #: Among the kills of the short plan (`make test`; `make chaos` runs them all).
+    #: Among the kills of the short plan (``KAIZEN_CHAOS=quick``; ``make test`` runs them all).
     quick: bool = False
 
 

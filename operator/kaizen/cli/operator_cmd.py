@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import kaizen.controllers  # noqa: F401  (registers the handlers of the selected controllers)
 
     kopf.configure(verbose=args.verbose)
+    tune_malloc()
     if elector is None:
         # One replica: nothing to elect. (Several without --leader-elect would each handle every object.)
         kopf.run(
@@ -115,6 +116,38 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     return asyncio.run(run_elected(args, elector))
+
+
+#: glibc's mallopt parameter for the most arenas malloc may create.
+M_ARENA_MAX = -8
+#: How often freed memory is given back to the system.
+TRIM_EVERY_SECONDS = 30.0
+
+
+def tune_malloc() -> None:
+    """glibc's malloc, tuned for a process of many threads that allocates in bursts: at most two arenas (by default
+    up to eight per core, one per thread that allocates, each keeping its own free memory), and freed memory given
+    back to the system every :data:`TRIM_EVERY_SECONDS`. At 1,000 loops and 1,000 Rollouts the operator's start-up
+    (kopf handles every object at once, on up to 900 TLS connections) grew the RSS to 600 MiB, which glibc kept
+    once the burst was over; so tuned, the RSS went back to about 300 MiB after it. Nothing to do where the C
+    library is not glibc."""
+    import ctypes
+    import threading
+    import time
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(TRIM_EVERY_SECONDS)
+            trim(0)
+
+    threading.Thread(target=trim_forever, name="kaizen-malloc-trim", daemon=True).start()
 
 
 def build_elector(args: argparse.Namespace) -> LeaderElector:

@@ -10,6 +10,10 @@ import kopf
 from kaizen.api.common import API_GROUP
 
 
+#: How many Events kopf posts at once, each on one of its connections to the API server.
+KOPF_EVENT_POSTERS = 8
+
+
 def quiet_wakes(record: logging.LogRecord) -> bool:
     """Not kopf's "Handler 'wake_...' succeeded." at every watch event: a wake handler runs at each event of every
     object (thousands a minute at 1,000 objects), and the line says only that an event arrived."""
@@ -34,3 +38,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     # Our own Events say what users need to see; kopf's per-handler "succeeded" Events would drown them.
     settings.posting.level = logging.WARNING
+    # Events posted a few at a time: unbounded, the first look of 1,000 loops posted 1,000 Events at once, each on
+    # a TLS connection of its own. (kopf's object workers cannot be bounded so: at start-up each waits for every
+    # index to be complete, which needs a worker for every object, and with a limit the operator never started; a
+    # login handler bounding kopf's session to 64 connections stalled it at 1,000 loops too, its patches waiting.)
+    settings.posting.worker_limit = KOPF_EVENT_POSTERS
