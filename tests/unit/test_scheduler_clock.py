@@ -109,3 +109,27 @@ def test_a_snapshot_holds_the_looks_last_write_only_once_the_watch_delivered_it(
     assert scheduler.watched_own_write("ns", "r")
     scheduler.changed("ns", "r", "42")  # someone else's change after ours: the body has ours, and theirs
     assert scheduler.watched_own_write("ns", "r")
+
+
+def test_a_looks_own_write_seen_by_the_watch_before_the_write_returned_wakes_nothing():
+    """Under load the watch event of a look's status write often arrived before the write returned, so the look
+    could not tell it was its own: every analysis look woke another (and read the Rollout fresh)."""
+    from kaizen.api import ROLLOUT
+
+    scheduler = reconcile.Scheduler(ROLLOUT)
+    woken: list[tuple[str, str]] = []
+    scheduler.wake = lambda namespace, name: woken.append((namespace, name))  # type: ignore[method-assign]
+
+    scheduler.looking("ns", "r")
+    scheduler.changed("ns", "r", "51")  # the look's own write, delivered before it returned
+    scheduler.wrote("ns", "r", "51")
+    scheduler.looked("ns", "r")
+    assert woken == [] and scheduler.watched_own_write("ns", "r")
+
+    scheduler.looking("ns", "r")
+    scheduler.changed("ns", "r", "52")  # someone else's change during the look: judged at its end, and it wakes
+    assert woken == []
+    scheduler.looked("ns", "r")
+    assert woken == [("ns", "r")]
+    scheduler.changed("ns", "r", "53")  # between looks: at once
+    assert woken == [("ns", "r"), ("ns", "r")]

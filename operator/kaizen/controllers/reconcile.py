@@ -342,6 +342,8 @@ class Scheduler:
         self._written: dict[tuple[str, str], str] = {}
         #: The objects whose last status write by a look the watch has delivered (kopf's body holds it).
         self._seen: set[tuple[str, str]] = set()
+        #: The watch events (their resourceVersions) of each object that is looking now, held until the look ends.
+        self._held: dict[tuple[str, str], list[str | None]] = {}
         self._wakeups: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Event]] = {}
         self._uids: dict[tuple[str, str], str] = {}
         self._slept: dict[tuple[str, str], Slept] = {}
@@ -349,12 +351,31 @@ class Scheduler:
 
     def changed(self, namespace: str, name: str, resource_version: str | None) -> None:
         """A watch event of the object: wake it, unless the event is its last look's own status write and this kind
-        does not look again for that (its look says when it is next due)."""
-        own = resource_version is not None and self._written.get((namespace, name)) == resource_version
+        does not look again for that (its look says when it is next due). An event that arrives while the object is
+        looking is judged once the look is over: until its write has returned, the look cannot tell its own write's
+        event from another's (under load the event often came first, and every own write woke another look)."""
+        key = (namespace, name)
+        held = self._held.get(key)
+        if held is not None:
+            held.append(resource_version)
+        else:
+            self._judge(key, resource_version)
+
+    def _judge(self, key: tuple[str, str], resource_version: str | None) -> None:
+        own = resource_version is not None and self._written.get(key) == resource_version
         if own:
-            self._seen.add((namespace, name))
-        if not (own and not self.wake_on_own_writes):
-            self.wake(namespace, name)
+            self._seen.add(key)
+        if not own or self.wake_on_own_writes:
+            self.wake(*key)
+
+    def looking(self, namespace: str, name: str) -> None:
+        """A look of the object begins: its watch events wait for its end (:meth:`looked`)."""
+        self._held[(namespace, name)] = []
+
+    def looked(self, namespace: str, name: str) -> None:
+        """The look has ended (its status written, or not): the events that arrived meanwhile are judged now."""
+        for resource_version in self._held.pop((namespace, name), []):
+            self._judge((namespace, name), resource_version)
 
     def wrote(self, namespace: str, name: str, resource_version: str) -> None:
         """A look wrote the object's status, which the API server stored as ``resource_version``."""
@@ -401,6 +422,7 @@ class Scheduler:
                 self._slept.pop((meta["namespace"], meta["name"]), None)
                 self._written.pop((meta["namespace"], meta["name"]), None)
                 self._seen.discard((meta["namespace"], meta["name"]))
+                self._held.pop((meta["namespace"], meta["name"]), None)
 
 
 _schedulers: list[Scheduler] = []
@@ -461,8 +483,12 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = Fals
                     snapshot = json.loads(json.dumps(dict(body)))
                     # In this task's context (as asyncio.to_thread would): kopf.event reads its settings there.
                     context = contextvars.copy_context()
-                    due = await asyncio.get_running_loop().run_in_executor(
-                        executor(woken), context.run, look_and_write, snapshot, logger, retry)
+                    scheduler.looking(*key)
+                    try:
+                        due = await asyncio.get_running_loop().run_in_executor(
+                            executor(woken), context.run, look_and_write, snapshot, logger, retry)
+                    finally:
+                        scheduler.looked(*key)
                     retry = 0
                 except kopf.TemporaryError as error:
                     due, retry = clock.now() + timedelta(seconds=error.delay or 0), retry + 1
