@@ -129,7 +129,7 @@ def tune_malloc() -> None:
     up to eight per core, one per thread that allocates, each keeping its own free memory), and freed memory given
     back to the system every :data:`TRIM_EVERY_SECONDS`. At 1,000 loops and 1,000 Rollouts the operator's start-up
     (kopf handles every object at once, on up to 900 TLS connections) grew the RSS to 600 MiB, which glibc kept
-    once the burst was over; so tuned, the RSS went back to about 300 MiB after it. Nothing to do where the C
+    once the burst was over; so tuned, it went back to 275-360 MiB after it (bench/scale). Nothing to do where the C
     library is not glibc."""
     import ctypes
     import threading

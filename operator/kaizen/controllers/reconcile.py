@@ -79,8 +79,8 @@ def executor(woken: bool = False) -> ThreadPoolExecutor:
     A look mostly waits (on the API server, Prometheus, the collector), so looks due together must wait in
     parallel: in asyncio's default pool (cores + 4 threads: 6 on 2 cores) 200 loops due on one grid waited ~7s
     behind one another. And a woken look must never queue behind the due ones: at 1,000 loops and 500 Rollouts
-    analysing, the due looks outran one shared pool, and a user's approval waited 68 s (p50) for a thread; on threads
-    of its own it waited 0.75 s."""
+    analysing, the due looks outran one shared pool, and a user's approval waited 68 s (p50) behind them. (Its own
+    threads did not cure that there: see the README's scale section; the woken looks saturate them too.)"""
     if woken not in _executors:
         size = WOKEN_THREADS if woken else CONCURRENCY - WOKEN_THREADS
         _executors[woken] = ThreadPoolExecutor(size, thread_name_prefix="kaizen-woken" if woken else "kaizen-look")
