@@ -179,7 +179,9 @@ def test_export_carries_the_served_answer_and_preference_rows_keep_every_privacy
     # The trainer reads the export as it does in a job, and builds its preference rows from it.
     feedback = load_source(DataSource(uri=f"{collector.url}/v1/export?model={model}"), "feedback",
                            token=TOKENS["read"])
-    data = DataSpec(targeted_ratio=1, min_rows=1, holdout_fraction=0.01)
+    # The ids hash into the holdout by their random model name: at 0.01 one row in a hundred went there (a flaky
+    # test); at 1e-9 none does, and the explicit holdout file is the holdout.
+    data = DataSpec(targeted_ratio=1, min_rows=1, holdout_fraction=1e-9)
     holdout = Source("holdout.jsonl", "holdout", "-", (Example(id="h", input="an unrelated question", output="a"),))
     dpo = curate([feedback, holdout], data, Targets(), seed=1, objective="dpo").train
     kto = curate([feedback, holdout], data, Targets(), seed=1, objective="kto").train
