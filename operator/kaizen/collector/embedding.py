@@ -9,6 +9,7 @@ then tests the categorical fields only.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,12 +24,19 @@ class EmbeddingUnavailable(Exception):
     """The embedding model or its libraries are not installed."""
 
 
+#: Texts whose embeddings are kept (the least recently used go first): 15 MiB at 384 float32s each.
+CACHE_TEXTS = 10_000
+
+
 class SentenceEmbedder:
-    """``embed(texts) -> array (len(texts), 384)`` of unit vectors, on CPU, in batches."""
+    """``embed(texts) -> array (len(texts), 384)`` of unit vectors, on CPU, in batches, each distinct text embedded
+    once while it is among the :data:`CACHE_TEXTS` most recently used: consecutive drift passes share most of their
+    windows (the reference does not change at all), and users ask the same things in the same words."""
 
     def __init__(self, tokenizer: Any, model: Any, torch: Any, *, batch_size: int = 64, max_length: int = 256) -> None:
         self._tokenizer, self._model, self._torch = tokenizer, model, torch
         self.batch_size, self.max_length = batch_size, max_length
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     def load(cls, *, threads: int = 1) -> SentenceEmbedder:
@@ -50,14 +58,27 @@ class SentenceEmbedder:
         return cls(tokenizer, model, torch)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        known = {t: self._cache[t] for t in texts if t in self._cache}
+        for text in known:
+            self._cache.move_to_end(text)
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            known.update(zip(batch, self._embed(batch), strict=True))
+        for text in missing:
+            self._cache[text] = known[text]
+        while len(self._cache) > CACHE_TEXTS:
+            self._cache.popitem(last=False)
+        return np.vstack([known[t] for t in texts])
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
-        out = []
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                        max_length=self.max_length, return_tensors="pt")
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, p=2, dim=1).numpy())
-        return np.vstack(out) if out else np.zeros((0, 384), dtype=np.float32)
+            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()

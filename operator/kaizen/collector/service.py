@@ -704,7 +704,9 @@ async def _drift_loop(collector: Collector, settings: monitor.Settings) -> None:
         except Exception:  # noqa: BLE001 - a failed pass must not stop the next one, and is counted
             collector.prom.drift_passes.labels("failed").inc()
             log.exception("Failed to run a drift pass")
-        await asyncio.sleep(settings.every_s)
+        # Passes start every every_s (a pass that took longer is followed at once), not every_s after the last
+        # ended: a pass's own time, longer on a loaded machine, made drift seen that much later.
+        await asyncio.sleep(max(settings.every_s - (time.time() - started), 0.0))
 
 
 async def _evaluation_loop(collector: Collector, settings: evaluation.Settings) -> None:
