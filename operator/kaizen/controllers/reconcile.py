@@ -67,6 +67,8 @@ SLOW_RETRY_SECONDS = SLOW_RETRY.total_seconds()
 #: The next try after a bug: rarely enough to cost nothing, soon enough to pick up a fixed operator's peers' work.
 BUG_RETRY_SECONDS = 300.0
 _reported: set[tuple[str, str]] = set()
+#: The latest a follow-up look comes (see :func:`schedule`) when the watch has not delivered the write it follows.
+FOLLOW_UP_AT_MOST_SECONDS = 5.0
 #: Of the look threads, how many take only looks woken by a change (a user's request, a spec edit, a child's change).
 WOKEN_THREADS = 8
 _executors: dict[bool, ThreadPoolExecutor] = {}
@@ -321,6 +323,8 @@ def _delete(kind: str, namespace: str, name: str) -> None:
 #: A look at one object: given a snapshot of it, gather, decide and :func:`apply`, put the status to write into the
 #: patch, and return when it is next due (None: only when the object or what is watched for it changes).
 Look = Callable[[dict[str, Any], kopf.Patch, kopf.Logger, int], "datetime | None"]
+#: Whether a look's status write (its fields) asks for a follow-up look once the watch delivers it.
+FollowUp = Callable[[dict[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -335,11 +339,13 @@ class Slept:
 class Scheduler:
     """The looks of one kind: a task per object (by uid), woken by its due time or by :meth:`wake`."""
 
-    def __init__(self, resource: ResourceKind, wake_on_own_writes: bool = False) -> None:
+    def __init__(self, resource: ResourceKind, follow_up: FollowUp | None = None) -> None:
         self.resource = resource
-        self.wake_on_own_writes = wake_on_own_writes
+        self.follow_up = follow_up
         #: The resourceVersion of each object's last status write by a look: its watch event is not a change.
         self._written: dict[tuple[str, str], str] = {}
+        #: The objects whose last status write asks for a look as soon as the watch delivers it (``follow_up``).
+        self._again: set[tuple[str, str]] = set()
         #: The objects whose last status write by a look the watch has delivered (kopf's body holds it).
         self._seen: set[tuple[str, str]] = set()
         #: The watch events (their resourceVersions) of each object that is looking now, held until the look ends.
@@ -350,8 +356,8 @@ class Scheduler:
         self._lock = threading.Lock()
 
     def changed(self, namespace: str, name: str, resource_version: str | None) -> None:
-        """A watch event of the object: wake it, unless the event is its last look's own status write and this kind
-        does not look again for that (its look says when it is next due). An event that arrives while the object is
+        """A watch event of the object: wake it, unless the event is its last look's own status write that asks for
+        no follow-up (the look said when it is next due). An event that arrives while the object is
         looking is judged once the look is over: until its write has returned, the look cannot tell its own write's
         event from another's (under load the event often came first, and every own write woke another look)."""
         key = (namespace, name)
@@ -362,11 +368,12 @@ class Scheduler:
             self._judge(key, resource_version)
 
     def _judge(self, key: tuple[str, str], resource_version: str | None) -> None:
-        own = resource_version is not None and self._written.get(key) == resource_version
-        if own:
+        if resource_version is not None and self._written.get(key) == resource_version:
             self._seen.add(key)
-        if not own or self.wake_on_own_writes:
-            self.wake(*key)
+            if key not in self._again:
+                return
+            self._again.discard(key)
+        self.wake(*key)
 
     def looking(self, namespace: str, name: str) -> None:
         """A look of the object begins: its watch events wait for its end (:meth:`looked`)."""
@@ -377,10 +384,15 @@ class Scheduler:
         for resource_version in self._held.pop((namespace, name), []):
             self._judge((namespace, name), resource_version)
 
-    def wrote(self, namespace: str, name: str, resource_version: str) -> None:
-        """A look wrote the object's status, which the API server stored as ``resource_version``."""
-        self._written[(namespace, name)] = resource_version
-        self._seen.discard((namespace, name))
+    def wrote(self, namespace: str, name: str, resource_version: str, fields: dict[str, Any]) -> bool:
+        """A look wrote the status ``fields`` of the object, which the API server stored as ``resource_version``.
+        True when the write asks for a follow-up look."""
+        key = (namespace, name)
+        self._written[key] = resource_version
+        self._seen.discard(key)
+        again = self.follow_up is not None and self.follow_up(fields)
+        (self._again.add if again else self._again.discard)(key)
+        return again
 
     def watched_own_write(self, namespace: str, name: str) -> bool:
         """Whether kopf's body of the object (and so a look's snapshot of it) holds the last status write of its
@@ -422,6 +434,7 @@ class Scheduler:
                 self._slept.pop((meta["namespace"], meta["name"]), None)
                 self._written.pop((meta["namespace"], meta["name"]), None)
                 self._seen.discard((meta["namespace"], meta["name"]))
+                self._again.discard((meta["namespace"], meta["name"]))
                 self._held.pop((meta["namespace"], meta["name"]), None)
 
 
@@ -450,7 +463,7 @@ async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, moved: asynci
             return wake.is_set()
 
 
-def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = False) -> Scheduler:
+def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = None) -> Scheduler:
     """Run ``look`` for every object of ``resource`` when it is due, instead of polling: one asyncio task per object
     sleeps until the due time ``look`` returned, or until the object changes (any watch event wakes it) or
     :meth:`Scheduler.wake` is called. The look runs in a thread (the Kubernetes, Prometheus and collector clients
@@ -459,10 +472,11 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = Fals
 
     The watch event of a look's own status write does not wake the object (a look reads the object fresh and returns
     its next due time, so there is nothing to look at then: at 100 Rollouts analysing that second look was half of
-    the operator's API requests, and a RetrainJob whose status changes at every look looked again for ever).
-    ``wake_on_own_writes=True`` makes it look once more after each write (the loop: see its controller)."""
+    the operator's API requests, and a RetrainJob whose status changes at every look looked again for ever). A write
+    of status fields the next look acts on (``follow_up`` of them is true: a request recorded, whose annotations
+    the next look removes) wakes it when the watch delivers it, so that kopf's body then holds the write."""
     target = ("kaizen.dev", "v1alpha1", resource.plural)
-    scheduler = Scheduler(resource, wake_on_own_writes)
+    scheduler = Scheduler(resource, follow_up)
     _schedulers.append(scheduler)
     # The operator's /metrics, derived from the status each look writes (kaizen.metrics.exporter): the one hook.
     look = EXPORTER.instrumented(resource.kind, look, live=lambda ns, name: scheduler.slept(ns, name) is not None)
@@ -503,14 +517,19 @@ def schedule(resource: ResourceKind, look: Look, wake_on_own_writes: bool = Fals
         scheduler.changed(meta.get("namespace") or "", meta.get("name") or "", meta.get("resourceVersion"))
 
     def look_and_write(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> datetime | None:
-        patch = LookPatch()
+        patch, again = LookPatch(), False
         try:
-            return look(obj, patch, logger, retry)
+            due = look(obj, patch, logger, retry)
         finally:
             version = write(resource=resource, meta=obj["metadata"], patch=patch, logger=logger, retry=retry)
             if version is not None:
-                scheduler.wrote(obj["metadata"]["namespace"], obj["metadata"]["name"], version)
+                again = scheduler.wrote(obj["metadata"]["namespace"], obj["metadata"]["name"], version,
+                                        dict(patch.get("status") or {}))
             patch.announce()  # not when the write failed (it raised): the look that writes it announces it
+        if again:  # the write's watch event wakes it; should the event not come, it looks all the same
+            latest = clock.now() + timedelta(seconds=FOLLOW_UP_AT_MOST_SECONDS)
+            due = latest if due is None else min(due, latest)
+        return due
 
     return scheduler
 

@@ -103,10 +103,7 @@ def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], pat
     if effects is None:
         effects = decide(spec, stored, holder(gathered, rollout, target), now, rollout=rollout)
     assert effects is not None  # with the holder known, decide always decides
-    due = apply(rollout, effects, patch, logger)
-    # The request's annotations go once the status recording it is written (take_request): at a look right after
-    # this one, as the watch event of this look's own write does not wake the Rollout (schedule below).
-    return now if request is not None else due
+    return apply(rollout, effects, patch, logger)
 
 
 def holder(gathered: Gathered, rollout: dict[str, Any], target: str) -> Gathered:
@@ -269,7 +266,9 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
                                      insecure_skip_verify=prometheus.insecure_skip_verify, connections=CONCURRENCY)
 
 
-scheduler = schedule(ROLLOUT, look_now)
+# The request's annotations go once the status recording it is written (take_request): at the look that the watch
+# event of that write wakes, whose body holds the write (no GET).
+scheduler = schedule(ROLLOUT, look_now, follow_up=lambda fields: "lastAction" in fields)
 
 
 @kopf.on.event("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="wake_waiting_rollouts")
