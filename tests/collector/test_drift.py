@@ -152,6 +152,7 @@ def test_the_embedder_embeds_each_distinct_text_once_and_the_cache_changes_no_ve
     alone = embedding.SentenceEmbedder.load().embed(["where is my order", "return my shoes"])
     assert np.allclose(alone, second[::-1], atol=1e-5)
     assert embedder.embed([]).shape == (0, 384)
+    assert all(vector.base is None for vector in embedder._cache.values())  # no view holds its batch's array
     # Bounded: the least recently used text goes first ("pause my plan" here), and is embedded again when asked.
     monkeypatch.setattr(embedding, "CACHE_TEXTS", 2)
     embedder.embed(["where is my order"])

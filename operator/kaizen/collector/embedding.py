@@ -66,9 +66,9 @@ class SentenceEmbedder:
         missing = [t for t in dict.fromkeys(texts) if t not in known]
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start:start + self.batch_size]
-            known.update(zip(batch, self._embed(batch), strict=True))
-        for text in missing:
-            self._cache[text] = known[text]
+            for text, row in zip(batch, self._embed(batch), strict=True):
+                # A copy: a row view would keep its whole batch's array alive for as long as it is cached.
+                self._cache[text] = known[text] = row.copy()
         while len(self._cache) > CACHE_TEXTS:
             self._cache.popitem(last=False)
         return np.vstack([known[t] for t in texts])
