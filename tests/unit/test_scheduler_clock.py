@@ -141,7 +141,7 @@ def test_only_a_write_that_asks_for_a_follow_up_wakes_the_object_when_the_watch_
     each woke a look that had nothing to do)."""
     from kaizen.api import IMPROVEMENT_LOOP
 
-    scheduler = reconcile.Scheduler(IMPROVEMENT_LOOP, follow_up=lambda fields: "lastAction" in fields)
+    scheduler = reconcile.Scheduler(IMPROVEMENT_LOOP, follow_up=lambda fields: "decisions" in fields)
     woken: list[tuple[str, str]] = []
     scheduler.wake = lambda namespace, name: woken.append((namespace, name))  # type: ignore[method-assign]
 
@@ -162,3 +162,11 @@ def test_only_a_write_that_asks_for_a_follow_up_wakes_the_object_when_the_watch_
     assert woken == [("ns", "l")]
     scheduler.looked("ns", "l")
     assert woken == [("ns", "l"), ("ns", "l")]
+    assert scheduler.wrote("ns", "l", "64", {"decisions": [{"id": "l-1"}]})  # this kind's own follow-up
+    scheduler.changed("ns", "l", "64")
+    assert woken == [("ns", "l")] * 3
+
+    # A recorded request is followed up for every kind, whatever its own rule.
+    from kaizen.api import ROLLOUT
+    assert reconcile.Scheduler(ROLLOUT).wrote("ns", "r", "1", {"lastAction": {"action": "approve"}})
+    assert not reconcile.Scheduler(ROLLOUT).wrote("ns", "r", "1", {"decisions": []})

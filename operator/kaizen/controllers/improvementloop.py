@@ -73,11 +73,10 @@ def look_now(obj: dict[str, Any], patch: kopf.Patch, logger: kopf.Logger, retry:
     return notifications.deliver(obj, patch, logger, due)  # the events this look's decision log holds
 
 
-# A loop looks once more after a status write that recorded a request or a decision, as soon as the watch delivers
-# it: that look removes the request's annotations (take_request) and sends the decision to the audit log (audit),
-# which must not wait for the next interval. Any other own write wakes nothing (1,000 loops at rest: 7 a second).
-scheduler = schedule(IMPROVEMENT_LOOP, look_now,
-                     follow_up=lambda fields: "lastAction" in fields or "decisions" in fields)
+# A loop looks once more after a status write that recorded a decision (as after a request: schedule), as soon as
+# the watch delivers it: that look sends the decision to the audit log (audit), which must not wait for the next
+# interval. Any other own write wakes nothing (1,000 loops at rest: 7 a second).
+scheduler = schedule(IMPROVEMENT_LOOP, look_now, follow_up=lambda fields: "decisions" in fields)
 
 
 @classified

@@ -82,7 +82,7 @@ def executor(woken: bool = False) -> ThreadPoolExecutor:
     parallel: in asyncio's default pool (cores + 4 threads: 6 on 2 cores) 200 loops due on one grid waited ~7s
     behind one another. And a woken look must never queue behind the due ones: at 1,000 loops and 500 Rollouts
     analysing, the due looks outran one shared pool, and a user's approval waited 68 s (p50) behind them. (Its own
-    threads did not cure that there: see the README's scale section; the woken looks saturate them too.)"""
+    threads did not cure that there: see the README's scale section.)"""
     if woken not in _executors:
         size = WOKEN_THREADS if woken else CONCURRENCY - WOKEN_THREADS
         _executors[woken] = ThreadPoolExecutor(size, thread_name_prefix="kaizen-woken" if woken else "kaizen-look")
@@ -323,8 +323,12 @@ def _delete(kind: str, namespace: str, name: str) -> None:
 #: A look at one object: given a snapshot of it, gather, decide and :func:`apply`, put the status to write into the
 #: patch, and return when it is next due (None: only when the object or what is watched for it changes).
 Look = Callable[[dict[str, Any], kopf.Patch, kopf.Logger, int], "datetime | None"]
-#: Whether a look's status write (its fields) asks for a follow-up look once the watch delivers it.
+#: Whether a look's status write (its fields) asks for a follow-up look once the watch delivers it, beyond a recorded
+#: request (:data:`REQUEST_RECORD`), which always does.
 FollowUp = Callable[[dict[str, Any]], bool]
+#: The status field a look records a user's request in: the look after that write removes the request's annotations
+#: (:func:`take_request`), for every kind.
+REQUEST_RECORD = "lastAction"
 
 
 @dataclass(frozen=True)
@@ -390,7 +394,7 @@ class Scheduler:
         key = (namespace, name)
         self._written[key] = resource_version
         self._seen.discard(key)
-        again = self.follow_up is not None and self.follow_up(fields)
+        again = REQUEST_RECORD in fields or (self.follow_up is not None and self.follow_up(fields))
         (self._again.add if again else self._again.discard)(key)
         return again
 
@@ -473,8 +477,9 @@ def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = No
     The watch event of a look's own status write does not wake the object (a look reads the object fresh and returns
     its next due time, so there is nothing to look at then: at 100 Rollouts analysing that second look was half of
     the operator's API requests, and a RetrainJob whose status changes at every look looked again for ever). A write
-    of status fields the next look acts on (``follow_up`` of them is true: a request recorded, whose annotations
-    the next look removes) wakes it when the watch delivers it, so that kopf's body then holds the write."""
+    of status fields the next look acts on (a request recorded, whose annotations the next look removes, or what
+    ``follow_up`` of the fields is true for) wakes it when the watch delivers it, so that kopf's body then holds the
+    write."""
     target = ("kaizen.dev", "v1alpha1", resource.plural)
     scheduler = Scheduler(resource, follow_up)
     _schedulers.append(scheduler)

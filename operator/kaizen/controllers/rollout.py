@@ -266,9 +266,7 @@ def prometheus_client(spec: RolloutSpec, namespace: str) -> PrometheusClient:
                                      insecure_skip_verify=prometheus.insecure_skip_verify, connections=CONCURRENCY)
 
 
-# The request's annotations go once the status recording it is written (take_request): at the look that the watch
-# event of that write wakes, whose body holds the write (no GET).
-scheduler = schedule(ROLLOUT, look_now, follow_up=lambda fields: "lastAction" in fields)
+scheduler = schedule(ROLLOUT, look_now)
 
 
 @kopf.on.event("kaizen.dev", "v1alpha1", ROLLOUT.plural, id="wake_waiting_rollouts")
