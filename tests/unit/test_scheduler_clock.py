@@ -42,42 +42,66 @@ def clock(monkeypatch):
 
 def test_a_moved_clock_ends_the_sleep_of_what_is_due_and_only_that(clock):
     async def scenario():
-        wake, moved = asyncio.Event(), asyncio.Event()
-        sleeping = asyncio.ensure_future(reconcile._sleep(Running(), wake, moved, NOW + timedelta(minutes=1)))
+        sleeper = reconcile.Sleeper()
+        sleeping = asyncio.ensure_future(sleeper.sleep(Running(), NOW + timedelta(minutes=1)))
         await asyncio.sleep(0.05)
         clock.time = NOW + timedelta(seconds=59)
-        moved.set()
+        sleeper.clock_moved()
         await asyncio.sleep(0.05)
         assert not sleeping.done()  # not due yet: it measured the time left and sleeps on
         clock.time = NOW + timedelta(minutes=1)
-        moved.set()
-        await asyncio.wait_for(sleeping, 1)  # due: the look comes at once, not a minute of wall time later
+        sleeper.clock_moved()
+        assert await asyncio.wait_for(sleeping, 1) is False  # due: the look comes at once, not a minute later
 
-        never = asyncio.ensure_future(reconcile._sleep(Running(), wake, moved, None))
+        never = asyncio.ensure_future(sleeper.sleep(Running(), None))
         clock.time += timedelta(days=365)
-        moved.set()
+        sleeper.clock_moved()
         await asyncio.sleep(0.05)
         assert not never.done()  # nothing is due: only a change ends it
-        wake.set()
-        await asyncio.wait_for(never, 1)
+        threading.Thread(target=sleeper.wake).start()  # from a look's thread
+        assert await asyncio.wait_for(never, 1) is True
 
     asyncio.run(scenario())
 
 
 def test_a_due_time_in_the_past_is_looked_at_at_once(clock):
     async def scenario():
-        await asyncio.wait_for(reconcile._sleep(Running(), asyncio.Event(), asyncio.Event(),
-                                                NOW - timedelta(seconds=1)), 1)
+        assert await asyncio.wait_for(reconcile.Sleeper().sleep(Running(), NOW - timedelta(seconds=1)), 1) is False
 
     asyncio.run(scenario())
 
 
-def test_the_sleep_says_whether_a_change_ended_it(clock):
+def test_a_due_time_ends_the_sleep_on_the_wall_clock():
     async def scenario():
-        wake, moved = asyncio.Event(), asyncio.Event()
-        assert await reconcile._sleep(Running(), wake, moved, NOW - timedelta(seconds=1)) is False  # due
-        wake.set()
-        assert await asyncio.wait_for(reconcile._sleep(Running(), wake, moved, None), 1) is True  # woken
+        started = asyncio.get_running_loop().time()
+        due = reconcile.clock.now() + timedelta(seconds=0.2)
+        assert await asyncio.wait_for(reconcile.Sleeper().sleep(Running(), due), 2) is False
+        assert asyncio.get_running_loop().time() - started >= 0.15
+
+    asyncio.run(scenario())
+
+
+def test_a_change_during_the_look_ends_the_next_sleep_at_once_and_a_stop_ends_any(clock):
+    class Stopping(Running):
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def __bool__(self) -> bool:
+            return self.stopped
+
+    async def scenario():
+        sleeper = reconcile.Sleeper()
+        sleeper.wake()  # while the object was looking
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(sleeper.sleep(Running(), None), 1) is True
+        sleeper.woken = False  # the next look begins
+        stopped = Stopping()
+        sleeping = asyncio.ensure_future(sleeper.sleep(stopped, None))
+        await asyncio.sleep(0.05)
+        assert not sleeping.done()
+        stopped.stopped = True
+        sleeper.stop()
+        assert await asyncio.wait_for(sleeping, 1) is False
 
     asyncio.run(scenario())
 

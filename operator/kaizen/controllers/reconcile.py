@@ -331,6 +331,52 @@ FollowUp = Callable[[dict[str, Any]], bool]
 REQUEST_RECORD = "lastAction"
 
 
+class Sleeper:
+    """One object's sleep between looks: a future that its due time, a change (:meth:`wake`), a moved clock or the
+    daemon's end resolves. No task per sleep: three per sleep (one per thing to wait on), started and cancelled at
+    every look, were about 6,000 of the operator's 10,650 asyncio tasks at 1,000 loops and 1,000 Rollouts. Used on
+    the event loop that made it, except :meth:`wake` and :meth:`clock_moved`, which any thread may call."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        #: A change came since the look began: the sleep after it ends at once.
+        self.woken = False
+        self._moved = False
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        self.loop.call_soon_threadsafe(self._poke, True, False)
+
+    def clock_moved(self) -> None:
+        self.loop.call_soon_threadsafe(self._poke, False, True)
+
+    def stop(self) -> None:
+        self._poke(False, False)
+
+    def _poke(self, woken: bool, moved: bool) -> None:
+        self.woken, self._moved = self.woken or woken, self._moved or moved
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def sleep(self, stopped: kopf.DaemonStopped, due: datetime | None) -> bool:
+        """Until ``due`` on :data:`clock` (None: for ever), a change or the daemon's end; a moved clock measures the
+        time left again. True when a change woke it."""
+        while not (stopped or self.woken):
+            self._moved = False
+            delay = None if due is None else max((due - clock.now()).total_seconds(), 0.0)
+            self._future = self.loop.create_future()
+            timer = None if delay is None else self.loop.call_later(delay, self._poke, False, False)
+            try:
+                await self._future
+            finally:
+                self._future = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._moved or (due is not None and clock.now() >= due):
+                break
+        return self.woken
+
+
 @dataclass(frozen=True)
 class Slept:
     """What the scheduler of one object last did: how many looks it has taken, and until when it now sleeps
@@ -354,7 +400,7 @@ class Scheduler:
         self._seen: set[tuple[str, str]] = set()
         #: The watch events (their resourceVersions) of each object that is looking now, held until the look ends.
         self._held: dict[tuple[str, str], list[str | None]] = {}
-        self._wakeups: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Event]] = {}
+        self._sleepers: dict[str, Sleeper] = {}
         self._uids: dict[tuple[str, str], str] = {}
         self._slept: dict[tuple[str, str], Slept] = {}
         self._lock = threading.Lock()
@@ -407,33 +453,31 @@ class Scheduler:
     def wake(self, namespace: str, name: str) -> None:
         """Make the object look now (from any thread): something it depends on changed."""
         with self._lock:
-            waker = self._wakeups.get(self._uids.get((namespace, name), ""))
-        if waker is not None:
-            loop, event, _ = waker
-            loop.call_soon_threadsafe(event.set)
+            sleeper = self._sleepers.get(self._uids.get((namespace, name), ""))
+        if sleeper is not None:
+            sleeper.wake()
 
     def clock_moved(self) -> None:
         """Make every sleeping object measure its due time again on :data:`clock` (from any thread)."""
         with self._lock:
-            wakers = list(self._wakeups.values())
-        for loop, _, moved in wakers:
-            loop.call_soon_threadsafe(moved.set)
+            sleepers = list(self._sleepers.values())
+        for sleeper in sleepers:
+            sleeper.clock_moved()
 
     def slept(self, namespace: str, name: str) -> Slept | None:
         return self._slept.get((namespace, name))
 
-    def _enter(self, meta: dict[str, Any]) -> tuple[asyncio.Event, asyncio.Event]:
-        wake, moved = asyncio.Event(), asyncio.Event()
+    def _enter(self, meta: dict[str, Any]) -> Sleeper:
+        sleeper = Sleeper()
         with self._lock:
-            self._wakeups[meta["uid"]] = (asyncio.get_running_loop(), wake, moved)
+            self._sleepers[meta["uid"]] = sleeper
             self._uids[(meta["namespace"], meta["name"])] = meta["uid"]
-        return wake, moved
+        return sleeper
 
-    def _leave(self, meta: dict[str, Any], wake: asyncio.Event) -> None:
+    def _leave(self, meta: dict[str, Any], sleeper: Sleeper) -> None:
         with self._lock:
-            entry = self._wakeups.get(meta["uid"])
-            if entry is not None and entry[1] is wake:
-                del self._wakeups[meta["uid"]]
+            if self._sleepers.get(meta["uid"]) is sleeper:
+                del self._sleepers[meta["uid"]]
                 self._uids.pop((meta["namespace"], meta["name"]), None)
                 self._slept.pop((meta["namespace"], meta["name"]), None)
                 self._written.pop((meta["namespace"], meta["name"]), None)
@@ -449,22 +493,6 @@ def clock_moved() -> None:
     """:data:`clock` was moved (a test drives it): every object of every kind measures its due time again."""
     for scheduler in _schedulers:
         scheduler.clock_moved()
-
-
-async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, moved: asyncio.Event,
-                 due: datetime | None) -> bool:
-    """Until ``due`` on :data:`clock` (None: for ever), a change (``wake``) or the daemon's end; a moved clock
-    measures the time left again. True when a change woke it."""
-    while True:
-        moved.clear()
-        delay = None if due is None else max((due - clock.now()).total_seconds(), 0.0)
-        waits = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait()),
-                 asyncio.ensure_future(moved.wait())]
-        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            task.cancel()
-        if stopped or wake.is_set() or not moved.is_set() or (due is not None and clock.now() >= due):
-            return wake.is_set()
 
 
 def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = None) -> Scheduler:
@@ -490,12 +518,15 @@ def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = No
     async def run(stopped: kopf.DaemonStopped, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         meta = dict(body["metadata"])
         key = (meta["namespace"], meta["name"])
-        wake, moved = scheduler._enter(meta)
+        sleeper = scheduler._enter(meta)
+        # The daemon's end ends its sleep: one task for the daemon's life, not one per sleep.
+        stopping = asyncio.ensure_future(stopped.wait())
+        stopping.add_done_callback(lambda _: sleeper.stop())
         retry = looks = 0
         woken = False  # the first look: at start-up every object is new, and they all take the many threads
         try:
             while not stopped:
-                wake.clear()
+                sleeper.woken = False
                 try:
                     # A snapshot, taken here on the event loop that updates the body: by JSON, which is what the
                     # body is (copy.deepcopy of an 11 KB Rollout took 3.4 ms, this 0.6 ms, at every look).
@@ -513,9 +544,10 @@ def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = No
                     due, retry = clock.now() + timedelta(seconds=error.delay or 0), retry + 1
                 looks += 1
                 scheduler._slept[key] = Slept(looks, due)
-                woken = await _sleep(stopped, wake, moved, due)
+                woken = await sleeper.sleep(stopped, due)
         finally:
-            scheduler._leave(meta, wake)
+            stopping.cancel()
+            scheduler._leave(meta, sleeper)
 
     @kopf.on.event(*target, id=f"wake_{resource.plural}")
     async def changed(meta: kopf.Meta, **_: Any) -> None:
