@@ -15,6 +15,7 @@ from 0, which ``rate()`` reads as a reset). Served by prometheus-client's own HT
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -66,16 +67,21 @@ HELP = {
 
 @dataclass
 class Seen:
-    """What the exporter keeps of one object: its metadata, spec and status after its last look, what of it has
-    been counted, the scheduler that runs it, and when it was last looked at (monotonic)."""
+    """What the exporter keeps of one object: its namespace, name and labels, its spec and status after its last
+    look (as JSON text: a sixth of the memory of the dicts, which the operator held a second copy of for every
+    object, beside kopf's; a scrape decodes them), what of it has been counted, the scheduler that runs it, and
+    when it was last looked at (monotonic)."""
 
     uid: str
     meta: dict[str, Any]
-    spec: dict[str, Any]
-    status: dict[str, Any]
+    spec_and_status: str
     counted: om.Progress
     live: Live
     at: float
+
+    def gauges(self, kind: str) -> list[om.Sample]:
+        spec, status = json.loads(self.spec_and_status)
+        return om.gauges(kind, self.meta, spec, status)
 
 
 class Exporter(Collector):
@@ -139,7 +145,7 @@ class Exporter(Collector):
             if seen is None or seen.uid != meta.get("uid"):
                 # First seen (or created again under the same name): what it already holds is not counted.
                 counted = om.progress(kind, dict(obj.get("status") or {}))
-                seen = self._objects[key] = Seen(str(meta.get("uid")), {}, {}, {}, counted, live, 0.0)
+                seen = self._objects[key] = Seen(str(meta.get("uid")), {}, "", counted, live, 0.0)
                 for zero in om.zeros(kind, meta, dict(obj.get("spec") or {})):
                     self._counters.setdefault((zero.name, zero.labels), 0.0)
             added, seen.counted = om.increments(kind, meta, seen.counted, status)
@@ -147,7 +153,8 @@ class Exporter(Collector):
                 series = (increment.name, increment.labels)
                 self._counters[series] = self._counters.get(series, 0.0) + increment.value
             seen.meta = {k: meta.get(k) for k in ("namespace", "name", "labels")}
-            seen.spec, seen.status, seen.at = dict(obj.get("spec") or {}), status, time.monotonic()
+            seen.spec_and_status = json.dumps([obj.get("spec") or {}, status], separators=(",", ":"))
+            seen.at = time.monotonic()
             if seen.at - self._pruned > PRUNE_SECONDS:
                 self._forget_the_gone(seen.at)
 
@@ -165,8 +172,7 @@ class Exporter(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             self._forget_the_gone(time.monotonic())
-            samples = [s for key, seen in self._objects.items()
-                       for s in om.gauges(key[0], seen.meta, seen.spec, seen.status)]
+            samples = [s for key, seen in self._objects.items() for s in seen.gauges(key[0])]
             counters = dict(self._counters)
         families: dict[str, Any] = {}
         for s in samples:
