@@ -8,7 +8,10 @@ import pytest
 
 from kaizen.api.common import ModelRef
 from kaizen.cli.rollout import target
-from kaizen.logic.deployments import available, canary_manifest, container_name, model_patch, rolled_out, serves
+from kaizen.k8s.deployments import Expired, Watched
+from kaizen.logic.deployments import (
+    available, canary_manifest, container_name, essentials, model_patch, owned_by_rollout, rolled_out, serves,
+)
 
 STABLE = {
     "apiVersion": "apps/v1", "kind": "Deployment",
@@ -69,6 +72,44 @@ def test_serves_rolled_out_and_available():
     assert not rolled_out(rolling) and available(rolling) == 0
     rolling["status"].update(observedGeneration=4, updatedReplicas=2)
     assert not rolled_out(rolling) and available(rolling) == 2
+
+
+def test_what_the_operator_keeps_of_a_deployment_answers_as_the_whole_does():
+    canary = canary_manifest(STABLE, ROLLOUT, container="server", model_env="MODEL_URI", model=V2, replicas=1)
+    watched = copy.deepcopy(STABLE)
+    watched["metadata"].update(uid="d-1", resourceVersion="812", creationTimestamp="2026-01-01T00:00:00Z",
+                               annotations={"kubectl.kubernetes.io/last-applied-configuration": "{...}" * 500},
+                               managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 20)
+    kept = essentials(watched)
+    assert "managedFields" not in kept["metadata"] and "annotations" not in kept["metadata"]
+    assert len(str(kept)) < len(str(watched)) / 4
+    assert kept["spec"] == STABLE["spec"] and kept["status"] == STABLE["status"]
+    for read in (rolled_out, available, lambda d: serves(d, container="server", model_env="MODEL_URI",
+                                                         uri="s3://m/v1")):
+        assert read(kept) == read(watched)
+    assert canary_manifest(kept, ROLLOUT, container="server", model_env="MODEL_URI", model=V2, replicas=1) == canary
+    assert owned_by_rollout(essentials({**canary, "status": {}})) and not owned_by_rollout(kept)
+
+
+def test_watch_events_keep_what_a_look_reads_and_an_expired_watch_lists_again():
+    watched = Watched()
+    watched._followed.add("prod")  # as if listed: get reads what the events left
+    stable = {**copy.deepcopy(STABLE), "metadata": {**STABLE["metadata"], "resourceVersion": "7", "managedFields": []}}
+    assert watched._apply("prod", {"type": "ADDED", "object": stable}, "1") == "7"
+    assert watched.get("prod", "bot") == essentials(stable)
+    looked = watched.get("prod", "bot")
+    looked["spec"]["replicas"] = 99  # each look decodes a copy of its own
+    assert watched.get("prod", "bot")["spec"]["replicas"] == 4
+    scaled = copy.deepcopy(stable)
+    scaled["spec"]["replicas"], scaled["metadata"]["resourceVersion"] = 6, "9"
+    assert watched._apply("prod", {"type": "MODIFIED", "object": scaled}, "7") == "9"
+    assert watched.get("prod", "bot")["spec"]["replicas"] == 6
+    bookmark = {"type": "BOOKMARK", "object": {"kind": "Deployment", "metadata": {"resourceVersion": "12"}}}
+    assert watched._apply("prod", bookmark, "9") == "12" and watched.get("prod", "bot") is not None
+    assert watched._apply("prod", {"type": "DELETED", "object": scaled}, "12") == "9"
+    assert watched.get("prod", "bot") is None
+    with pytest.raises(Expired):
+        watched._apply("prod", {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}, "9")
 
 
 def test_container_name_defaults_to_the_first_and_names_what_exists():

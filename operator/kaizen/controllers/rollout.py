@@ -3,7 +3,8 @@
 
 Gathering takes the Rollout as the watch last delivered it, or reads it fresh while the watch has not yet delivered
 the last status write of its looks (so a look never decides on a status older than that write), the user's
-request (:func:`kaizen.controllers.reconcile.take_request`), the stable and canary Deployments, the HTTPRoute with
+request (:func:`kaizen.controllers.reconcile.take_request`), the stable and canary Deployments (as a watch delivered
+them, :class:`kaizen.k8s.deployments.Watched`: never a GET at a look), the HTTPRoute with
 Gateway API routing (whose new rules are an effect like the canary's size), an adapter canary's ConfigMap (the
 adapters the stable's pods hold, :mod:`kaizen.logic.adapters`), and — when an
 analysis interval is due — both tracks' metrics from Prometheus (:func:`analyse`). The decision's effects are
@@ -86,10 +87,14 @@ def step(body: dict[str, Any], meta: dict[str, Any], status: dict[str, Any], pat
     now = reconcile.clock.now()
     target = spec.target.deployment
 
-    stable = deployments.read(namespace, target)
+    # As the watch last delivered them, not read (two GETs at every look were most of the operator's requests at
+    # 500 Rollouts analysing). A view one event behind is safe: a look's writes to a Deployment are declarative
+    # (server-side apply, create-or-adopt by a deterministic name, delete), so a look that has not yet seen the
+    # previous look's write repeats it, which changes nothing; and a Rollout waiting on a Deployment polls it.
+    stable = deployments.WATCHED.get(namespace, target)
     gateway = spec.traffic_routing.gateway_api
     gathered = Gathered(
-        stable=stable, canary=deployments.read(namespace, canary_name(target)) if stable is not None else None,
+        stable=stable, canary=deployments.WATCHED.get(namespace, canary_name(target)) if stable is not None else None,
         look=analyse(spec, current, namespace, now, logger) if look_due(spec, current, now) else None,
         action=action, route=httproutes.read(namespace, gateway.http_route) if gateway is not None else None,
         configmap=configmaps.read(namespace, adapters.configmap_name(target))

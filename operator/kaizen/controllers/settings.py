@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from kaizen.api.common import API_GROUP
+from kaizen.k8s.client import LIST_PAGE
 
 
 #: How many Events kopf posts at once, each on one of its connections to the API server.
@@ -36,6 +37,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.chunk_size = LIST_PAGE  # the first listing of each kind in pages
     # Our own Events say what users need to see; kopf's per-handler "succeeded" Events would drown them.
     settings.posting.level = logging.WARNING
     # Events posted a few at a time: unbounded, the first look of 1,000 loops posted 1,000 Events at once, each on

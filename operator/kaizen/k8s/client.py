@@ -22,6 +22,9 @@ FIELD_MANAGER = "kaizen"
 #: threads (:mod:`kaizen.controllers.reconcile`), and each client keeps as many connections, so that no look waits
 #: for a connection nor opens (and TLS-handshakes) one that the pool then throws away.
 CONCURRENCY = 32
+#: Objects per page of a first listing, the operator's and kopf's (client-go's reflectors list 500 a page too): one
+#: response of every Deployment or Rollout of a large cluster, decoded at once, is the largest allocation it makes.
+LIST_PAGE = 500
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _may_write: Callable[[], bool] | None = None
 

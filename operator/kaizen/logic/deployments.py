@@ -19,6 +19,19 @@ MODEL_VERSION_LABEL = f"{API_GROUP}/model-version"
 ROLLOUT_LABEL = f"{API_GROUP}/rollout"
 
 
+#: The metadata a Rollout reads of a Deployment (:func:`essentials`).
+READ_METADATA = ("name", "namespace", "uid", "generation", "labels", "ownerReferences")
+
+
+def essentials(deployment: dict[str, Any]) -> dict[str, Any]:
+    """What a Rollout reads of a Deployment: its spec, status and the metadata above. Not its managedFields nor its
+    annotations (``kubectl apply``'s copy of the whole manifest among them), most of its size: the operator keeps
+    this of every Deployment it watches."""
+    meta = deployment.get("metadata") or {}
+    return {"metadata": {key: meta[key] for key in READ_METADATA if key in meta},
+            "spec": deployment.get("spec") or {}, "status": deployment.get("status") or {}}
+
+
 def canary_name(target: str) -> str:
     return f"{target}-canary"
 
