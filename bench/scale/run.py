@@ -6,7 +6,8 @@ kube-scheduler, kwok with enough fake nodes) and a real Prometheus scraping one 
 1. N minimal ImprovementLoops (interval 30s, one signal ``max(bench_signal{deployment="{{target}}"})``, max 0.5,
    for 0s) and N/2 Rollouts at rest on a ``pause: {}`` step (no metrics) are created concurrently, then the
    operator starts (``kaizen operator --all-namespaces`` in a child process, as the chart runs it) and catches up;
-   a window at rest is measured.
+   once it has posted its start-up's Events (the namespace's count of Events still for 6 s), a window at rest is
+   measured.
 2. N/2 Rollouts progressing (setWeight 20, then a 24h analysis step judged every ``--analysis-interval`` on a
    success-rate ratio read from Prometheus, both tracks emitting 100 requests/s, no errors) are added; once each has
    looked once, a steady window is measured.
@@ -365,6 +366,24 @@ def settle(what: str, ready: Callable[[], int], total: int, timeout: float) -> d
     return {"ready": done, "of": total, "seconds": seconds}
 
 
+def events_posted(core: kubernetes.client.CoreV1Api, timeout: float, quiet: float = 6.0) -> dict[str, Any]:
+    """Wait until the operator has posted the Events of its start-up (kopf posts a few at a time, so at N = 1,000
+    they take a minute or two after every object has settled): until the namespace's count of Events has not grown
+    for ``quiet`` seconds. So the window at rest measures the operator at rest, not its start-up's tail."""
+    started, last, still_since = time.monotonic(), -1, time.monotonic()
+    while time.monotonic() - started < timeout:
+        response: Any = core.list_namespaced_event(NAMESPACE, _preload_content=False)
+        count = len(json.loads(response.data).get("items") or [])
+        if count != last:
+            last, still_since = count, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            break
+        time.sleep(1.0)
+    seconds = round(time.monotonic() - started, 1)
+    print(f"  start-up Events posted: {last} in {seconds}s", file=sys.stderr, flush=True)
+    return {"events": last, "seconds": seconds}
+
+
 def run_causes(n: int, samples: int, observed: Observed, exporter: Exporter, api: kubernetes.client.ApiClient,
                prometheus_url: str, loop_interval: float, analysis_interval: float) -> dict[str, Any]:
     """Inject ``samples`` of each cause, spread over one loop interval, and measure each action beyond its due
@@ -520,6 +539,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path, operator_path: Path = 
                 lambda name, s: name.startswith("rest-") and bool(s.get("awaitingApproval")), "rollouts"),
                 half, timeout),
         }
+        settled["events"] = events_posted(core, timeout)
         rest = window(args.window, process.pid, cluster, url)
         print(f"  at rest: {rest}", file=sys.stderr, flush=True)
 
