@@ -3,11 +3,13 @@ operator can judge becomes InvalidSpec with a clear message, once, without retri
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import kubernetes.config
 import pytest
+import kopf
 import yaml
 from kopf.testing import KopfRunner
 
@@ -40,6 +42,23 @@ def test_valid_object_becomes_ready_with_observed_generation(operator, namespace
     assert ready["status"] == "True" and ready["reason"] == "SpecAccepted"
     assert ready["observedGeneration"] == obj["metadata"]["generation"] == 1
     assert condition(obj, "InvalidSpec") is None
+
+
+@pytest.mark.parametrize("example", ["improvementloop.yaml", "rollout.yaml"])
+def test_the_body_kopf_keeps_of_an_object_holds_no_managed_fields(operator, namespace, example):
+    """kopf keeps every object's latest body for its daemon; the operator drops the body's managedFields (half of it
+    as Python objects), which the API server sends with every event."""
+    doc = yaml.safe_load((EXAMPLES / example).read_text())
+    apply(operator, namespace, doc)
+    name = doc["metadata"]["name"]
+    wait_for(operator, doc["kind"].lower(), name, namespace, reconciled)
+    served = json.loads(operator.kubectl("get", f"{doc['kind'].lower()}.kaizen.dev", name, "-n", namespace, "-o",
+                                         "json", "--show-managed-fields").stdout)
+    assert served["metadata"]["managedFields"]
+    kept = [body for body in gc.get_objects() if isinstance(body, kopf.Body)
+            and body.metadata.name == name and body.metadata.namespace == namespace]
+    assert kept, "kopf keeps no body of the object"
+    assert all("managedFields" not in body["metadata"] for body in kept)
 
 
 def test_semantic_error_becomes_invalid_spec_once_and_clears_when_fixed(operator, namespace):

@@ -550,7 +550,8 @@ def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = No
             scheduler._leave(meta, sleeper)
 
     @kopf.on.event(*target, id=f"wake_{resource.plural}")
-    async def changed(meta: kopf.Meta, **_: Any) -> None:
+    async def changed(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+        forget_managed_fields(event)
         scheduler.changed(meta.get("namespace") or "", meta.get("name") or "", meta.get("resourceVersion"))
 
     def look_and_write(obj: dict[str, Any], logger: kopf.Logger, retry: int) -> datetime | None:
@@ -569,6 +570,19 @@ def schedule(resource: ResourceKind, look: Look, follow_up: FollowUp | None = No
         return due
 
     return scheduler
+
+
+def forget_managed_fields(event: kopf.RawEvent) -> None:
+    """Drop ``metadata.managedFields`` from the object of a watch event, which is the body kopf keeps.
+
+    kopf keeps the latest body of every object it runs a daemon for, as the event's own dict (the next event's
+    replaces it; nothing is copied), so what is dropped here is not kept. Nothing Kaizen does reads managedFields,
+    yet they are about half of a body as Python objects (21 of a loop's 42 KB, 15 of a paused Rollout's 26 KB: some
+    36 MB at 1,000 loops and 1,000 Rollouts), and every look copied them into its snapshot. Should kopf one day copy
+    the event, this only stops saving memory."""
+    metadata: Any = event.get("object", {}).get("metadata")  # kopf types it without managedFields
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
 
 
 @classified
