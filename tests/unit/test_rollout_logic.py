@@ -281,7 +281,7 @@ def test_records_are_bounded_newest_first():
     status = d.status
     for i in range(30):
         status = run(s, status, T0, look=look("Inconclusive", step=1, at=T0 + timedelta(seconds=i))).status
-    assert len(status.analysis) == 20 and status.analysis[0].time == T0 + timedelta(seconds=29)
+    assert len(status.analysis) == 10 and status.analysis[0].time == T0 + timedelta(seconds=29)
 
 
 def test_look_due_every_interval_only_while_the_canary_serves():

@@ -52,8 +52,10 @@ from kaizen.logic.routing import (
 from kaizen.logic.stats import Counts, Evidence, judge_ratio
 
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
-#: Analysis records kept in status, newest first.
-MAX_RECORDS = 20
+#: Analysis records kept in status, newest first: as many as Argo Rollouts keeps measurements per metric. Each is
+#: a few KB as Python objects in the operator's memory (and in the exporter's), for every Rollout analysing; a
+#: Rollout's evidence and counters carry its whole history, the records only show the latest looks.
+MAX_RECORDS = 10
 # The worst verdict of a look's metrics is the look's verdict.
 _SEVERITY = {"Pass": 0, "Inconclusive": 1, "Error": 2, "Fail": 3}
 
