@@ -7,9 +7,9 @@ import gc
 import json
 from pathlib import Path
 
+import kopf
 import kubernetes.config
 import pytest
-import kopf
 import yaml
 from kopf.testing import KopfRunner
 
